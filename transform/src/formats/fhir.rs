@@ -328,8 +328,13 @@ mod tests {
         let c = Context { device: Some("d"), ..ctx() };
         let o = normalise(&shared("data/fhir-examples/r4-core/Observation-body-temperature.json"), &c);
         assert_eq!((o.readings[0].code(), o.readings[0].value), ("8310-5", 36.5));
+        let o = normalise(&shared("data/fhir-examples/r4-core/Observation-satO2.json"), &ctx());
+        assert_eq!(o.rejections, vec![]);
+        let r = &o.readings[0];
+        assert_eq!((r.code(), r.value, r.unit(), r.device_id.as_str()), ("2708-6", 95.0, "%", "example"));
+        // The transport's device wins over nothing but must agree with the payload's.
         let o = normalise(&shared("data/fhir-examples/r4-core/Observation-satO2.json"), &c);
-        assert_eq!((o.readings[0].code(), o.readings[0].value, o.readings[0].unit()), ("2708-6", 95.0, "%"));
+        assert_eq!(o.rejections[0].reason, Reason::DeviceMismatch);
     }
 
     #[test]
