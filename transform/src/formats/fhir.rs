@@ -78,6 +78,9 @@ fn bundle(o: &Map<String, Value>, ctx: &Context<'_>, out: &mut Outcome) {
             format!("Bundle.type {} is not accepted; use batch or transaction", clip(t)),
         ));
     }
+    if entries.is_empty() {
+        return out.rejections.push(Rejection::new(Reason::MissingField, "Bundle has no entries"));
+    }
     // Each entry is an item of its own: its index is the entry index.
     for (i, e) in entries.iter().enumerate() {
         let loc = format!("entry[{i}]");
