@@ -1,1 +1,150 @@
-//! placeholder
+//! `carewatch-store`: durability. Nothing acknowledged is lost.
+//!
+//! An append's future completes only when its rows are in the write-ahead log and fsynced
+//! (group commit: concurrent appends share one fsync). Durable rows are immediately visible in
+//! the in-memory buffer of Arrow batches. On size or age the buffer is sorted by (patient,
+//! code, effective time), de-duplicated on the natural key (device, code, effective time), and
+//! written as ZSTD Parquet under `observations/date=YYYY-MM-DD/` (and `dead_letters/…`) through
+//! the `object_store` crate (a local directory by default, S3-compatible by URL); then a
+//! checkpoint records which WAL segments are persisted and those segments are deleted.
+//! Compaction merges a day's small files; retention drops whole old days.
+//!
+//! Modules: [`wal`] (segments and frames), [`codec`] (record encoding), [`tables`] (Parquet
+//! layout, writing, reading), [`dead`] (the dead-letters schema).
+//!
+//! Invariants:
+//! - acknowledged ⇒ in an fsynced WAL frame, or in a Parquet file named by a checkpoint;
+//! - replay after a crash skips segments the checkpoint covers and deletes Parquet files a
+//!   crashed persist left behind, so every row exists exactly once;
+//! - the buffer is bounded: a full buffer answers [`Error::Busy`], never grows without bound.
+//!
+//! What it must not do: parse payloads, know about HTTP or MQTT, or hold a lock across I/O
+//! that an append waits on.
+
+pub mod codec;
+pub mod dead;
+pub mod tables;
+pub mod wal;
+
+mod engine;
+
+pub use engine::{Snapshot, Store, StoreStats};
+pub use tables::{FileMeta, Table};
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use carewatch_transform::{Format, Reading, Reason, Source};
+
+/// One row to store: a normalised reading plus how and when it arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// The reading (patient already resolved by the edge).
+    pub reading: Reading,
+    /// When carewatch received it, UTC microseconds.
+    pub received_us: i64,
+    /// Transport.
+    pub source: Source,
+    /// Payload format.
+    pub format: Format,
+}
+
+/// One rejected item, kept with its raw payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// When carewatch received it, UTC microseconds.
+    pub received_us: i64,
+    /// Transport.
+    pub source: Source,
+    /// The device, when known.
+    pub device_id: Option<String>,
+    /// Stable reason.
+    pub reason: Reason,
+    /// Human-readable reason.
+    pub message: String,
+    /// Item index within the payload.
+    pub index: Option<u32>,
+    /// The raw payload bytes.
+    pub raw: Vec<u8>,
+}
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The buffer is full because persistence is behind: retry later (HTTP 503, MQTT: stop
+    /// polling).
+    #[error("store is busy: the in-memory buffer is full, retry later")]
+    Busy,
+    /// Writing or syncing the WAL failed (disk full, I/O error): nothing was acknowledged.
+    #[error("write-ahead log: {0}")]
+    Wal(std::io::Error),
+    /// File system or object store failure outside the append path.
+    #[error("storage: {0}")]
+    Io(String),
+    /// Parquet or Arrow encoding failure.
+    #[error("encoding: {0}")]
+    Encode(String),
+    /// The store has shut down.
+    #[error("store is shut down")]
+    Closed,
+    /// Bad configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Store configuration. The defaults keep ack latency in the low milliseconds (group commit
+/// without added delay: whatever queues during one fsync shares the next).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Local directory for the WAL and checkpoint (and the tables, when no URL is given).
+    pub data_dir: PathBuf,
+    /// Where tables live: `None` = `data_dir`; or an object store URL (`s3://bucket/prefix`,
+    /// `file:///path`).
+    pub tables_url: Option<String>,
+    /// Extra time a group commit waits for more appends before its fsync.
+    pub commit_delay: Duration,
+    /// Most rows in one group commit.
+    pub max_commit_rows: usize,
+    /// Persist when the buffer holds this many rows…
+    pub persist_rows: usize,
+    /// …or when its oldest rows are this old.
+    pub persist_age: Duration,
+    /// Appends are refused with [`Error::Busy`] beyond this many buffered rows.
+    pub buffer_limit_rows: usize,
+    /// Rotate WAL segments beyond this size.
+    pub segment_bytes: u64,
+    /// Compact a day once it has this many files.
+    pub compact_min_files: usize,
+    /// Drop days older than this (by effective date); `None` keeps everything.
+    pub retention: Option<Duration>,
+    /// Parquet row group size.
+    pub row_group_rows: usize,
+    /// How long replaced files stay readable for queries that listed them.
+    pub delete_grace: Duration,
+    /// How often the background task checks persistence, compaction and retention.
+    pub tick: Duration,
+}
+
+impl Config {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            data_dir: data_dir.into(),
+            tables_url: None,
+            commit_delay: Duration::ZERO,
+            max_commit_rows: 100_000,
+            persist_rows: 1_000_000,
+            persist_age: Duration::from_secs(300),
+            buffer_limit_rows: 8_000_000,
+            segment_bytes: 64 << 20,
+            compact_min_files: 8,
+            retention: None,
+            row_group_rows: 1 << 20,
+            delete_grace: Duration::from_secs(120),
+            tick: Duration::from_secs(1),
+        }
+    }
+}

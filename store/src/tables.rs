@@ -1,0 +1,233 @@
+//! Table layout and Parquet encoding.
+//!
+//! Files live at `<table>/date=YYYY-MM-DD/wal-<first>-<last>[-c<n>].parquet`: the hive
+//! partition is the UTC date of the row's time (effective time for observations, received
+//! time for dead letters), and the name records the WAL segments the file was persisted from,
+//! which is how a restart recognises files a crashed persist left behind.
+
+use std::collections::BTreeMap;
+
+use arrow_array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
+use arrow_ord::sort::{SortColumn, lexsort_to_indices};
+use arrow_schema::SchemaRef;
+use arrow_select::take::take_record_batch;
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+use crate::{Error, Result};
+
+/// The persisted tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// `observations`.
+    Observations,
+    /// `dead_letters`.
+    DeadLetters,
+}
+
+impl Table {
+    /// Directory name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Observations => "observations",
+            Table::DeadLetters => "dead_letters",
+        }
+    }
+    /// The column that decides the day partition.
+    pub fn time_column(self) -> &'static str {
+        match self {
+            Table::Observations => "effective_time",
+            Table::DeadLetters => "received_time",
+        }
+    }
+    /// The table's schema.
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            Table::Observations => carewatch_transform::schema::observations_schema(),
+            Table::DeadLetters => crate::dead::dead_letters_schema(),
+        }
+    }
+    /// Both tables.
+    pub const ALL: [Table; 2] = [Table::Observations, Table::DeadLetters];
+}
+
+/// A persisted file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    /// Table.
+    pub table: Table,
+    /// Object store path.
+    pub path: object_store::path::Path,
+    /// Partition date, `YYYY-MM-DD`.
+    pub date: String,
+    /// First WAL segment persisted into it.
+    pub wal_first: u64,
+    /// Last WAL segment persisted into it.
+    pub wal_last: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The path for a new file.
+pub fn file_path(
+    table: Table,
+    date: &str,
+    first: u64,
+    last: u64,
+    suffix: &str,
+) -> object_store::path::Path {
+    object_store::path::Path::from(format!(
+        "{}/date={date}/wal-{first:016}-{last:016}{suffix}.parquet",
+        table.name()
+    ))
+}
+
+/// Recognises one of our files from its path.
+pub fn parse_path(path: &object_store::path::Path, size: u64) -> Option<FileMeta> {
+    let parts: Vec<&str> = path.as_ref().split('/').collect();
+    let n = parts.len();
+    if n < 3 {
+        return None;
+    }
+    let table = Table::ALL.into_iter().find(|t| t.name() == parts[n - 3])?;
+    let date = parts[n - 2].strip_prefix("date=")?.to_owned();
+    let stem = parts[n - 1]
+        .strip_suffix(".parquet")?
+        .strip_prefix("wal-")?;
+    let mut it = stem.split('-');
+    let first = it.next()?.parse().ok()?;
+    let last = it.next()?.parse().ok()?;
+    Some(FileMeta {
+        table,
+        path: path.clone(),
+        date,
+        wal_first: first,
+        wal_last: last,
+        size,
+    })
+}
+
+fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| Error::Encode(format!("column {name} missing or mistyped")))
+}
+
+/// Sorts a batch of one table into its persisted order and, for observations, drops
+/// duplicates of the natural key (device, code, effective time), keeping the first received.
+pub fn sort_dedupe(table: Table, batch: &RecordBatch) -> Result<RecordBatch> {
+    let enc = |e: arrow_schema::ArrowError| Error::Encode(e.to_string());
+    let names: &[&str] = match table {
+        Table::Observations => &[
+            "patient_id",
+            "code",
+            "effective_time",
+            "device_id",
+            "received_time",
+        ],
+        Table::DeadLetters => &["received_time"],
+    };
+    let cols: Vec<SortColumn> = names
+        .iter()
+        .map(|n| {
+            batch
+                .column_by_name(n)
+                .cloned()
+                .map(|values| SortColumn {
+                    values,
+                    options: None,
+                })
+                .ok_or_else(|| Error::Encode(format!("column {n} missing")))
+        })
+        .collect::<Result<_>>()?;
+    let idx = lexsort_to_indices(&cols, None).map_err(enc)?;
+    let sorted = take_record_batch(batch, &idx).map_err(enc)?;
+    if table != Table::Observations || sorted.num_rows() < 2 {
+        return Ok(sorted);
+    }
+    let dev = column::<StringArray>(&sorted, "device_id")?;
+    let code = column::<StringArray>(&sorted, "code")?;
+    let t = column::<TimestampMicrosecondArray>(&sorted, "effective_time")?;
+    let pat = column::<StringArray>(&sorted, "patient_id")?;
+    let mut keep: Vec<u32> = Vec::with_capacity(sorted.num_rows());
+    keep.push(0);
+    for i in 1..sorted.num_rows() {
+        let j = *keep.last().unwrap_or(&0) as usize;
+        let same = t.value(i) == t.value(j)
+            && code.value(i) == code.value(j)
+            && dev.value(i) == dev.value(j)
+            && pat.is_null(i) == pat.is_null(j)
+            && (pat.is_null(i) || pat.value(i) == pat.value(j));
+        if !same {
+            keep.push(i as u32);
+        }
+    }
+    if keep.len() == sorted.num_rows() {
+        return Ok(sorted);
+    }
+    take_record_batch(&sorted, &UInt32Array::from(keep)).map_err(enc)
+}
+
+/// Splits a batch by the UTC date of the table's time column, keeping row order.
+pub fn split_by_day(table: Table, batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>> {
+    let t = column::<TimestampMicrosecondArray>(batch, table.time_column())?;
+    let mut days: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+    for i in 0..batch.num_rows() {
+        days.entry(t.value(i).div_euclid(86_400_000_000))
+            .or_default()
+            .push(i as u32);
+    }
+    let mut out = Vec::with_capacity(days.len());
+    for (day, idx) in days {
+        let date = chrono::DateTime::from_timestamp(day * 86_400, 0)
+            .map(|d| d.format("%Y-%m-%d").to_string())
+            .ok_or_else(|| Error::Encode(format!("day {day} out of range")))?;
+        let part = if idx.len() == batch.num_rows() {
+            batch.clone()
+        } else {
+            take_record_batch(batch, &UInt32Array::from(idx))
+                .map_err(|e| Error::Encode(e.to_string()))?
+        };
+        out.push((date, part));
+    }
+    Ok(out)
+}
+
+/// Encodes a batch as ZSTD Parquet with statistics.
+pub fn encode_parquet(batch: &RecordBatch, row_group_rows: usize) -> Result<Bytes> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).map_err(|e| Error::Encode(e.to_string()))?,
+        ))
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build();
+    let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);
+    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    w.write(batch).map_err(|e| Error::Encode(e.to_string()))?;
+    w.close().map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(Bytes::from(buf))
+}
+
+/// Decodes a Parquet file into batches.
+pub fn decode_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>> {
+    let r = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.with_batch_size(64 * 1024).build())
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    r.collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// Concatenates batches of one schema.
+pub fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    arrow_select::concat::concat_batches(schema, batches).map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// Builds an empty batch (for tables with no rows).
+pub fn empty(schema: &SchemaRef) -> RecordBatch {
+    RecordBatch::new_empty(schema.clone())
+}
