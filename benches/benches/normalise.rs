@@ -11,12 +11,18 @@ use serde_json::{Value, json};
 use std::hint::black_box;
 
 fn ts(i: usize) -> String {
-    format!("2024-05-01T08:{:02}:{:02}.{:03}+02:00", (i / 60) % 60, i % 60, i % 1000)
+    format!(
+        "2024-05-01T08:{:02}:{:02}.{:03}+02:00",
+        (i / 60) % 60,
+        i % 60,
+        i % 1000
+    )
 }
 
 fn payloads() -> Vec<(&'static str, Vec<u8>, usize)> {
     let single = json!({"device_id": "dev-0001", "patient_id": "p-0001", "time": ts(1), "type": "heart_rate", "value": 72});
-    let multi = json!({"device_id": "dev-0001", "time": ts(1), "heart_rate": 72, "spo2": 97, "steps": 3});
+    let multi =
+        json!({"device_id": "dev-0001", "time": ts(1), "heart_rate": 72, "spo2": 97, "steps": 3});
     let array: Vec<Value> = (0..100)
         .map(|i| json!({"device_id": "dev-0001", "time": ts(i), "type": "heart_rate", "value": 60 + i % 40}))
         .collect();
@@ -37,7 +43,11 @@ fn payloads() -> Vec<(&'static str, Vec<u8>, usize)> {
     vec![
         ("carewatch_single", single.to_string().into_bytes(), 1),
         ("carewatch_multi_vital", multi.to_string().into_bytes(), 3),
-        ("carewatch_array_100", Value::Array(array).to_string().into_bytes(), 100),
+        (
+            "carewatch_array_100",
+            Value::Array(array).to_string().into_bytes(),
+            100,
+        ),
         ("carewatch_ndjson_100", ndjson.into_bytes(), 100),
         ("fhir_observation", obs(1).to_string().into_bytes(), 1),
         ("fhir_bundle_100", bundle.to_string().into_bytes(), 100),
@@ -58,14 +68,20 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("normalise");
     for (name, bytes, readings) in payloads() {
         let ctx = if name.starts_with("template") {
-            Context { templates: Some(&templates), tz: ZonePolicy::Reject, ..Context::default() }
+            Context {
+                templates: Some(&templates),
+                tz: ZonePolicy::Reject,
+                ..Context::default()
+            }
         } else {
             Context::default()
         };
         let out = normalise(&bytes, &ctx);
         assert_eq!(out.readings.len(), readings, "{name}: {:?}", out.rejections);
         g.throughput(Throughput::Elements(readings as u64));
-        g.bench_function(format!("{name}/normalise"), |b| b.iter(|| normalise(black_box(&bytes), &ctx)));
+        g.bench_function(format!("{name}/normalise"), |b| {
+            b.iter(|| normalise(black_box(&bytes), &ctx))
+        });
         g.bench_function(format!("{name}/parse_only"), |b| {
             b.iter(|| {
                 if name.contains("ndjson") {

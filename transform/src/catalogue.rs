@@ -61,7 +61,10 @@ pub struct Conversion {
 
 impl Conversion {
     /// The identity conversion.
-    pub const ID: Conversion = Conversion { scale: 1.0, offset: 0.0 };
+    pub const ID: Conversion = Conversion {
+        scale: 1.0,
+        offset: 0.0,
+    };
     /// A pure scale.
     pub const fn scale(scale: f64) -> Self {
         Conversion { scale, offset: 0.0 }
@@ -86,7 +89,10 @@ pub struct UnitAlias {
 }
 
 const fn u(unit: &'static str, scale: f64) -> UnitAlias {
-    UnitAlias { unit, conversion: Conversion::scale(scale) }
+    UnitAlias {
+        unit,
+        conversion: Conversion::scale(scale),
+    }
 }
 
 /// One measurable quantity.
@@ -166,16 +172,55 @@ const TEMP: &[UnitAlias] = &[
     u("c", 1.0),
     u("degc", 1.0),
     u("celsius", 1.0),
-    UnitAlias { unit: "[degf]", conversion: Conversion { scale: 5.0 / 9.0, offset: -32.0 * 5.0 / 9.0 } },
-    UnitAlias { unit: "°f", conversion: Conversion { scale: 5.0 / 9.0, offset: -32.0 * 5.0 / 9.0 } },
-    UnitAlias { unit: "f", conversion: Conversion { scale: 5.0 / 9.0, offset: -32.0 * 5.0 / 9.0 } },
-    UnitAlias { unit: "degf", conversion: Conversion { scale: 5.0 / 9.0, offset: -32.0 * 5.0 / 9.0 } },
+    UnitAlias {
+        unit: "[degf]",
+        conversion: Conversion {
+            scale: 5.0 / 9.0,
+            offset: -32.0 * 5.0 / 9.0,
+        },
+    },
+    UnitAlias {
+        unit: "°f",
+        conversion: Conversion {
+            scale: 5.0 / 9.0,
+            offset: -32.0 * 5.0 / 9.0,
+        },
+    },
+    UnitAlias {
+        unit: "f",
+        conversion: Conversion {
+            scale: 5.0 / 9.0,
+            offset: -32.0 * 5.0 / 9.0,
+        },
+    },
+    UnitAlias {
+        unit: "degf",
+        conversion: Conversion {
+            scale: 5.0 / 9.0,
+            offset: -32.0 * 5.0 / 9.0,
+        },
+    },
     UnitAlias {
         unit: "fahrenheit",
-        conversion: Conversion { scale: 5.0 / 9.0, offset: -32.0 * 5.0 / 9.0 },
+        conversion: Conversion {
+            scale: 5.0 / 9.0,
+            offset: -32.0 * 5.0 / 9.0,
+        },
     },
-    UnitAlias { unit: "k", conversion: Conversion { scale: 1.0, offset: -273.15 } },
-    UnitAlias { unit: "kelvin", conversion: Conversion { scale: 1.0, offset: -273.15 } },
+    UnitAlias {
+        unit: "k",
+        conversion: Conversion {
+            scale: 1.0,
+            offset: -273.15,
+        },
+    },
+    UnitAlias {
+        unit: "kelvin",
+        conversion: Conversion {
+            scale: 1.0,
+            offset: -273.15,
+        },
+    },
 ];
 
 /// 1 kPa = 7.500 615 613 7 mm[Hg].
@@ -252,7 +297,14 @@ pub static VITALS: &[Vital] = &[
         unit: "/min",
         unit_display: "beats/minute",
         extra_codings: &[],
-        names: &["heartrate", "hr", "pulse", "pulserate", "heartratebpm", "bpm"],
+        names: &[
+            "heartrate",
+            "hr",
+            "pulse",
+            "pulserate",
+            "heartratebpm",
+            "bpm",
+        ],
         input_codes: &["149530", "147842"],
         units: PER_MIN,
         range: (20.0, 300.0),
@@ -267,10 +319,22 @@ pub static VITALS: &[Vital] = &[
         unit: "%",
         unit_display: "%",
         extra_codings: &[
-            (LOINC, "59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry"),
+            (
+                LOINC,
+                "59408-5",
+                "Oxygen saturation in Arterial blood by Pulse oximetry",
+            ),
             (MDC, "150456", "MDC_PULS_OXIM_SAT_O2"),
         ],
-        names: &["spo2", "oxygensaturation", "o2sat", "sao2", "oxygen", "saturation", "sato2"],
+        names: &[
+            "spo2",
+            "oxygensaturation",
+            "o2sat",
+            "sao2",
+            "oxygen",
+            "saturation",
+            "sato2",
+        ],
         input_codes: &["59408-5", "150456", "20564-1"],
         units: PERCENT,
         range: (50.0, 100.0),
@@ -285,7 +349,14 @@ pub static VITALS: &[Vital] = &[
         unit: "/min",
         unit_display: "breaths/minute",
         extra_codings: &[],
-        names: &["respiratoryrate", "resprate", "rr", "respiration", "breathingrate", "rrate"],
+        names: &[
+            "respiratoryrate",
+            "resprate",
+            "rr",
+            "respiration",
+            "breathingrate",
+            "rrate",
+        ],
         input_codes: &["151562"],
         units: BREATHS,
         range: (2.0, 80.0),
@@ -300,7 +371,13 @@ pub static VITALS: &[Vital] = &[
         unit: "Cel",
         unit_display: "C",
         extra_codings: &[],
-        names: &["bodytemperature", "temperature", "temp", "bodytemp", "skintemperature"],
+        names: &[
+            "bodytemperature",
+            "temperature",
+            "temp",
+            "bodytemp",
+            "skintemperature",
+        ],
         input_codes: &["150364"],
         units: TEMP,
         range: (25.0, 45.0),
@@ -315,7 +392,14 @@ pub static VITALS: &[Vital] = &[
         unit: "mm[Hg]",
         unit_display: "mmHg",
         extra_codings: &[],
-        names: &["systolic", "systolicbloodpressure", "bpsystolic", "sys", "sbp", "systolicbp"],
+        names: &[
+            "systolic",
+            "systolicbloodpressure",
+            "bpsystolic",
+            "sys",
+            "sbp",
+            "systolicbp",
+        ],
         input_codes: &["150021"],
         units: MMHG,
         range: (40.0, 300.0),
@@ -330,7 +414,14 @@ pub static VITALS: &[Vital] = &[
         unit: "mm[Hg]",
         unit_display: "mmHg",
         extra_codings: &[],
-        names: &["diastolic", "diastolicbloodpressure", "bpdiastolic", "dia", "dbp", "diastolicbp"],
+        names: &[
+            "diastolic",
+            "diastolicbloodpressure",
+            "bpdiastolic",
+            "dia",
+            "dbp",
+            "diastolicbp",
+        ],
         input_codes: &["150022"],
         units: MMHG,
         range: (20.0, 200.0),
@@ -465,7 +556,9 @@ pub fn name_key(name: &str) -> String {
 /// Looks up a vital by LOINC code (also input-only codes such as 59408-5 or MDC codes).
 pub fn by_code(code: &str) -> Option<&'static Vital> {
     let code = code.trim();
-    VITALS.iter().find(|v| v.code == code || v.input_codes.contains(&code))
+    VITALS
+        .iter()
+        .find(|v| v.code == code || v.input_codes.contains(&code))
 }
 
 /// Looks up a vital by a device's name for it (`heartRate`, `spo2`, `bp_systolic`, …) or code.
@@ -474,7 +567,9 @@ pub fn by_name(name: &str) -> Option<&'static Vital> {
         return Some(v);
     }
     let k = name_key(name);
-    VITALS.iter().find(|v| name_key(v.key) == k || v.names.contains(&k.as_str()))
+    VITALS
+        .iter()
+        .find(|v| name_key(v.key) == k || v.names.contains(&k.as_str()))
 }
 
 /// Looks up by our key (`heart_rate`).
@@ -483,7 +578,10 @@ pub fn by_key(key: &str) -> Option<&'static Vital> {
 }
 
 fn unit_key(unit: &str) -> String {
-    unit.chars().filter(|c| !c.is_whitespace()).flat_map(char::to_lowercase).collect()
+    unit.chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 impl Vital {
@@ -494,7 +592,10 @@ impl Vital {
         if k.is_empty() || k == unit_key(self.unit) {
             return Some(Conversion::ID);
         }
-        self.units.iter().find(|a| unit_key(a.unit) == k).map(|a| a.conversion)
+        self.units
+            .iter()
+            .find(|a| unit_key(a.unit) == k)
+            .map(|a| a.conversion)
     }
 
     /// Converts `value` in `unit` (None: canonical) to the canonical unit and checks the
@@ -523,7 +624,11 @@ impl Vital {
         };
         let v = conv.apply(value);
         // Round away float noise from conversions (e.g. 98.6 °F -> 37.0 °C), keeping 6 decimals.
-        let v = if conv == Conversion::ID { v } else { (v * 1e6).round() / 1e6 };
+        let v = if conv == Conversion::ID {
+            v
+        } else {
+            (v * 1e6).round() / 1e6
+        };
         let (lo, hi) = self.range;
         if !(lo..=hi).contains(&v) {
             let shown = match unit {
@@ -560,8 +665,13 @@ mod tests {
             for c in v.input_codes {
                 assert!(codes.insert(c), "input code {c} twice");
             }
-            let own: std::collections::BTreeSet<String> =
-                v.names.iter().copied().chain([v.key]).map(name_key).collect();
+            let own: std::collections::BTreeSet<String> = v
+                .names
+                .iter()
+                .copied()
+                .chain([v.key])
+                .map(name_key)
+                .collect();
             for k in own {
                 if let Some(prev) = names.insert(k.clone(), v.key) {
                     panic!("name {k} used by {prev} and {}", v.key);

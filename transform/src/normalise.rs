@@ -59,7 +59,13 @@ pub struct Context<'a> {
 
 impl Default for Context<'_> {
     fn default() -> Self {
-        Context { tz: ZonePolicy::Reject, device: None, format: None, templates: None, max_bytes: 4 << 20 }
+        Context {
+            tz: ZonePolicy::Reject,
+            device: None,
+            format: None,
+            templates: None,
+            max_bytes: 4 << 20,
+        }
     }
 }
 
@@ -90,7 +96,11 @@ pub struct Outcome {
 
 impl Outcome {
     fn rejected(r: Rejection) -> Self {
-        Outcome { rejections: vec![r], items: 1, ..Outcome::default() }
+        Outcome {
+            rejections: vec![r],
+            items: 1,
+            ..Outcome::default()
+        }
     }
 
     /// Records a format once.
@@ -111,7 +121,11 @@ pub fn normalise(bytes: &[u8], ctx: &Context<'_>) -> Outcome {
     if bytes.len() > ctx.max_bytes {
         return Outcome::rejected(Rejection::new(
             Reason::TooLarge,
-            format!("payload of {} bytes exceeds the limit of {} bytes", bytes.len(), ctx.max_bytes),
+            format!(
+                "payload of {} bytes exceeds the limit of {} bytes",
+                bytes.len(),
+                ctx.max_bytes
+            ),
         ));
     }
     let text = match std::str::from_utf8(bytes) {
@@ -119,29 +133,46 @@ pub fn normalise(bytes: &[u8], ctx: &Context<'_>) -> Outcome {
         Err(e) => {
             return Outcome::rejected(Rejection::new(
                 Reason::InvalidUtf8,
-                format!("payload is not UTF-8: invalid byte at offset {}", e.valid_up_to()),
+                format!(
+                    "payload is not UTF-8: invalid byte at offset {}",
+                    e.valid_up_to()
+                ),
             ));
         }
     };
     match serde_json::from_str::<Value>(text) {
         Ok(v) => normalise_value(&v, ctx),
-        Err(e) if e.is_syntax() && e.line() > 1 && looks_like_ndjson(text) => normalise_ndjson(text, ctx),
+        Err(e) if e.is_syntax() && e.line() > 1 && looks_like_ndjson(text) => {
+            normalise_ndjson(text, ctx)
+        }
         Err(e) => Outcome::rejected(json_error(&e)),
     }
 }
 
 fn looks_like_ndjson(text: &str) -> bool {
-    text.lines().filter(|l| !l.trim().is_empty()).take(2).count() == 2
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(2)
+        .count()
+        == 2
 }
 
 fn json_error(e: &serde_json::Error) -> Rejection {
     let msg = e.to_string();
     if msg.contains("recursion limit") {
-        Rejection::new(Reason::TooDeep, "payload nests JSON deeper than 128 levels".to_owned())
+        Rejection::new(
+            Reason::TooDeep,
+            "payload nests JSON deeper than 128 levels".to_owned(),
+        )
     } else {
         Rejection::new(
             Reason::InvalidJson,
-            format!("payload is not valid JSON: {} at line {} column {}", classify(e), e.line(), e.column()),
+            format!(
+                "payload is not valid JSON: {} at line {} column {}",
+                classify(e),
+                e.line(),
+                e.column()
+            ),
         )
     }
 }
@@ -161,7 +192,11 @@ fn normalise_ndjson(text: &str, ctx: &Context<'_>) -> Outcome {
         out.items += 1;
         match serde_json::from_str::<Value>(line) {
             Ok(v) => item(&v, index, ctx, &mut out),
-            Err(e) => out.rejections.push(json_error(&e).context(&format!("line {}", index + 1)).at(index)),
+            Err(e) => out.rejections.push(
+                json_error(&e)
+                    .context(&format!("line {}", index + 1))
+                    .at(index),
+            ),
         }
     }
     out
@@ -171,7 +206,8 @@ fn normalise_ndjson(text: &str, ctx: &Context<'_>) -> Outcome {
 pub fn normalise_value(v: &Value, ctx: &Context<'_>) -> Outcome {
     let mut out = Outcome::default();
     // Templates see the whole message, as MedTech does (an array body fans out by template).
-    if ctx.format == Some(Format::Template) || (ctx.templates.is_some() && detect_top(v).is_none()) {
+    if ctx.format == Some(Format::Template) || (ctx.templates.is_some() && detect_top(v).is_none())
+    {
         out.items = 1;
         template_item(v, None, ctx, &mut out);
         return out;
@@ -183,7 +219,10 @@ pub fn normalise_value(v: &Value, ctx: &Context<'_>) -> Outcome {
                 item(it, index, ctx, &mut out);
             }
             if items.is_empty() {
-                out.rejections.push(Rejection::new(Reason::MissingField, "payload is an empty array"));
+                out.rejections.push(Rejection::new(
+                    Reason::MissingField,
+                    "payload is an empty array",
+                ));
             }
         }
         _ => {
@@ -210,7 +249,9 @@ pub fn detect(v: &Value) -> Option<Format> {
     let o = v.as_object()?;
     if o.contains_key("resourceType") {
         Some(Format::Fhir)
-    } else if (o.contains_key("header") && o.contains_key("body")) || o.contains_key("effective_time_frame") {
+    } else if (o.contains_key("header") && o.contains_key("body"))
+        || o.contains_key("effective_time_frame")
+    {
         Some(Format::Omh)
     } else if carewatch::looks_like(o) {
         Some(Format::Carewatch)
@@ -282,12 +323,17 @@ pub(crate) fn resolve_device(
     match (payload_device, ctx.device) {
         (Some(p), Some(t)) if p != t => Err(Rejection::new(
             Reason::DeviceMismatch,
-            format!("field `{field}` names device {} but the message came from device {}", clip(p), clip(t)),
+            format!(
+                "field `{field}` names device {} but the message came from device {}",
+                clip(p),
+                clip(t)
+            ),
         )
         .with_device(Some(t))),
-        (Some(p), _) if p.trim().is_empty() => {
-            Err(Rejection::new(Reason::MissingField, format!("field `{field}` is empty")))
-        }
+        (Some(p), _) if p.trim().is_empty() => Err(Rejection::new(
+            Reason::MissingField,
+            format!("field `{field}` is empty"),
+        )),
         (Some(p), _) => Ok(p.to_owned()),
         (None, Some(t)) => Ok(t.to_owned()),
         (None, None) => Err(Rejection::missing(field)),

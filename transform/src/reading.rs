@@ -70,7 +70,11 @@ impl Reading {
     }
     /// The FHIR Observation id of this reading.
     pub fn observation_id(&self) -> String {
-        observation_id(&self.device_id, self.panel().unwrap_or(self.code()), self.effective_us)
+        observation_id(
+            &self.device_id,
+            self.panel().unwrap_or(self.code()),
+            self.effective_us,
+        )
     }
 }
 

@@ -130,7 +130,12 @@ pub struct Rejection {
 impl Rejection {
     /// A rejection with a reason and message.
     pub fn new(reason: Reason, message: impl Into<String>) -> Self {
-        Rejection { reason, message: message.into(), index: None, device_id: None }
+        Rejection {
+            reason,
+            message: message.into(),
+            index: None,
+            device_id: None,
+        }
     }
 
     /// Missing field `field`.
@@ -214,7 +219,10 @@ mod tests {
     #[test]
     fn messages_name_field_and_value() {
         let r = Rejection::wrong_type("value", "a number", &serde_json::json!("fast"));
-        assert_eq!(r.to_string(), "wrong_type: field `value` must be a number, got string \"fast\"");
+        assert_eq!(
+            r.to_string(),
+            "wrong_type: field `value` must be a number, got string \"fast\""
+        );
         let long = "x".repeat(100);
         assert!(clip(&long).ends_with('…'));
     }

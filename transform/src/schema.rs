@@ -6,8 +6,12 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow_array::builder::{Float64Builder, Int16Builder, StringBuilder, TimestampMicrosecondBuilder};
-use arrow_array::{Array, ArrayRef, Float64Array, Int16Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_array::builder::{
+    Float64Builder, Int16Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow_array::{
+    Array, ArrayRef, Float64Array, Int16Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::normalise::Format;
@@ -21,27 +25,94 @@ fn ts() -> DataType {
 }
 
 fn field(name: &str, dt: DataType, nullable: bool, description: &str) -> Field {
-    Field::new(name, dt, nullable).with_metadata([("description".to_owned(), description.to_owned())].into())
+    Field::new(name, dt, nullable)
+        .with_metadata([("description".to_owned(), description.to_owned())].into())
 }
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(
         Schema::new(vec![
-            field("patient_id", DataType::Utf8, true, "patient, from the payload or the device registry"),
-            field("device_id", DataType::Utf8, false, "device that measured the value"),
-            field("code", DataType::Utf8, false, "LOINC code of the measured quantity"),
-            field("panel_code", DataType::Utf8, true, "panel LOINC code (85354-9 for blood pressure)"),
-            field("value", DataType::Float64, false, "value in the code's canonical UCUM unit"),
+            field(
+                "patient_id",
+                DataType::Utf8,
+                true,
+                "patient, from the payload or the device registry",
+            ),
+            field(
+                "device_id",
+                DataType::Utf8,
+                false,
+                "device that measured the value",
+            ),
+            field(
+                "code",
+                DataType::Utf8,
+                false,
+                "LOINC code of the measured quantity",
+            ),
+            field(
+                "panel_code",
+                DataType::Utf8,
+                true,
+                "panel LOINC code (85354-9 for blood pressure)",
+            ),
+            field(
+                "value",
+                DataType::Float64,
+                false,
+                "value in the code's canonical UCUM unit",
+            ),
             field("unit", DataType::Utf8, false, "canonical UCUM unit"),
-            field("effective_time", ts(), false, "when it was measured (device clock), UTC"),
-            field("effective_end", ts(), true, "end of the measured interval, when it is one"),
-            field("tz_offset_min", DataType::Int16, true, "the sender's UTC offset in minutes"),
-            field("received_time", ts(), false, "when carewatch received it, UTC"),
-            field("source", DataType::Utf8, false, "transport: http, mqtt, replay, cli"),
-            field("format", DataType::Utf8, false, "payload format: carewatch, fhir, omh, template"),
-            field("extra", DataType::Utf8, true, "FHIR elements with no column, as JSON"),
+            field(
+                "effective_time",
+                ts(),
+                false,
+                "when it was measured (device clock), UTC",
+            ),
+            field(
+                "effective_end",
+                ts(),
+                true,
+                "end of the measured interval, when it is one",
+            ),
+            field(
+                "tz_offset_min",
+                DataType::Int16,
+                true,
+                "the sender's UTC offset in minutes",
+            ),
+            field(
+                "received_time",
+                ts(),
+                false,
+                "when carewatch received it, UTC",
+            ),
+            field(
+                "source",
+                DataType::Utf8,
+                false,
+                "transport: http, mqtt, replay, cli",
+            ),
+            field(
+                "format",
+                DataType::Utf8,
+                false,
+                "payload format: carewatch, fhir, omh, template",
+            ),
+            field(
+                "extra",
+                DataType::Utf8,
+                true,
+                "FHIR elements with no column, as JSON",
+            ),
         ])
-        .with_metadata([("carewatch.schema_version".to_owned(), SCHEMA_VERSION.to_owned())].into()),
+        .with_metadata(
+            [(
+                "carewatch.schema_version".to_owned(),
+                SCHEMA_VERSION.to_owned(),
+            )]
+            .into(),
+        ),
     )
 });
 
@@ -179,7 +250,11 @@ pub struct StoredRow {
 impl StoredRow {
     /// The FHIR Observation id (shared by both blood-pressure rows).
     pub fn observation_id(&self) -> String {
-        observation_id(&self.device_id, self.panel_code.as_deref().unwrap_or(&self.code), self.effective_us)
+        observation_id(
+            &self.device_id,
+            self.panel_code.as_deref().unwrap_or(&self.code),
+            self.effective_us,
+        )
     }
 }
 
@@ -194,12 +269,14 @@ pub struct SchemaError {
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, SchemaError> {
-    let c = b
-        .column_by_name(name)
-        .ok_or_else(|| SchemaError { column: name.to_owned(), problem: "is missing".to_owned() })?;
-    c.as_any()
-        .downcast_ref::<T>()
-        .ok_or_else(|| SchemaError { column: name.to_owned(), problem: format!("has type {}", c.data_type()) })
+    let c = b.column_by_name(name).ok_or_else(|| SchemaError {
+        column: name.to_owned(),
+        problem: "is missing".to_owned(),
+    })?;
+    c.as_any().downcast_ref::<T>().ok_or_else(|| SchemaError {
+        column: name.to_owned(),
+        problem: format!("has type {}", c.data_type()),
+    })
 }
 
 fn opt_str(a: &StringArray, i: usize) -> Option<String> {
@@ -269,7 +346,10 @@ mod tests {
                 f.name(),
                 f.data_type(),
                 if f.is_nullable() { "NULL" } else { "NOT NULL" },
-                f.metadata().get("description").map(String::as_str).unwrap_or("")
+                f.metadata()
+                    .get("description")
+                    .map(String::as_str)
+                    .unwrap_or("")
             ));
         }
         text.push_str(&format!("metadata {:?}\n", s.metadata()));
@@ -284,14 +364,21 @@ mod tests {
         steps.offset_min = None;
         let mut hr = reading("heart_rate", 72.0, 1_700_000_000_000_000);
         hr.extra = Some(r#"{"id":"src-1"}"#.into());
-        let rows = [hr, reading("systolic", 120.0, 1_700_000_000_000_000), reading("diastolic", 80.0, 1_700_000_000_000_000), steps];
+        let rows = [
+            hr,
+            reading("systolic", 120.0, 1_700_000_000_000_000),
+            reading("diastolic", 80.0, 1_700_000_000_000_000),
+            steps,
+        ];
         for r in &rows {
             b.push(r, 1_700_000_001_000_000, Source::Http, Format::Carewatch);
         }
         assert_eq!(b.len(), 4);
         let batch = b.finish();
         assert!(b.is_empty());
-        let table = arrow_cast::pretty::pretty_format_batches(&[batch.clone()]).expect("pretty").to_string();
+        let table = arrow_cast::pretty::pretty_format_batches(&[batch.clone()])
+            .expect("pretty")
+            .to_string();
         insta::assert_snapshot!(table);
         let back = readings_from_batch(&batch).expect("read");
         assert_eq!(back.len(), 4);
@@ -304,17 +391,32 @@ mod tests {
     #[test]
     fn reads_by_name_and_names_missing_columns() {
         let mut b = ObservationBatchBuilder::new(1);
-        b.push(&reading("heart_rate", 72.0, 1), 2, Source::Mqtt, Format::Fhir);
+        b.push(
+            &reading("heart_rate", 72.0, 1),
+            2,
+            Source::Mqtt,
+            Format::Fhir,
+        );
         let batch = b.finish();
         // An extra, newer column is ignored.
-        let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
         fields.push(Field::new("future", DataType::Utf8, true));
         let mut cols = batch.columns().to_vec();
         cols.push(Arc::new(StringArray::from(vec![Some("x")])));
         let wider = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("wider");
         assert_eq!(readings_from_batch(&wider).expect("read")[0].value, 72.0);
-        let narrower = batch.project(&[0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12]).expect("project");
+        let narrower = batch
+            .project(&[0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12])
+            .expect("project");
         let e = readings_from_batch(&narrower).unwrap_err();
-        assert_eq!(e.to_string(), "observations batch: column `value` is missing");
+        assert_eq!(
+            e.to_string(),
+            "observations batch: column `value` is missing"
+        );
     }
 }

@@ -61,7 +61,10 @@ pub struct Instant {
 impl Instant {
     /// From UTC microseconds with no offset.
     pub fn from_utc_us(utc_us: i64) -> Self {
-        Instant { utc_us, offset_min: None }
+        Instant {
+            utc_us,
+            offset_min: None,
+        }
     }
 
     /// As a chrono UTC time.
@@ -116,7 +119,11 @@ pub fn from_epoch_ms(ms: f64, field: &str) -> Result<Instant, Rejection> {
 }
 
 /// Parses a JSON time value (string or number) under a zone policy.
-pub fn parse_value(v: &serde_json::Value, field: &str, tz: ZonePolicy) -> Result<Instant, Rejection> {
+pub fn parse_value(
+    v: &serde_json::Value,
+    field: &str,
+    tz: ZonePolicy,
+) -> Result<Instant, Rejection> {
     match v {
         serde_json::Value::String(s) => parse_str(s, field, tz),
         serde_json::Value::Number(n) => from_epoch_ms(n.as_f64().unwrap_or(f64::NAN), field),
@@ -146,11 +153,19 @@ pub fn parse_str(s: &str, field: &str, tz: ZonePolicy) -> Result<Instant, Reject
             return Ok(from_fixed(dt));
         }
     }
-    let naive = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
-        // A date alone (FHIR allows day precision) is its midnight, read under the policy.
-        .or_else(|| chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)));
+    let naive = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
+    // A date alone (FHIR allows day precision) is its midnight, read under the policy.
+    .or_else(|| {
+        chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+    });
     let Some(naive) = naive else {
         return Err(Rejection::new(
             Reason::UnparseableTime,
@@ -170,7 +185,10 @@ pub fn parse_str(s: &str, field: &str, tz: ZonePolicy) -> Result<Instant, Reject
         )),
         ZonePolicy::Fixed(off) => match off.from_local_datetime(&naive) {
             LocalResult::Single(dt) => Ok(from_fixed(dt)),
-            _ => Err(Rejection::new(Reason::UnparseableTime, format!("field `{field}`: {} out of range", clip(s)))),
+            _ => Err(Rejection::new(
+                Reason::UnparseableTime,
+                format!("field `{field}`: {} out of range", clip(s)),
+            )),
         },
         ZonePolicy::Named(zone) => match zone.from_local_datetime(&naive) {
             LocalResult::Single(dt) | LocalResult::Ambiguous(dt, _) => {
@@ -178,7 +196,10 @@ pub fn parse_str(s: &str, field: &str, tz: ZonePolicy) -> Result<Instant, Reject
             }
             LocalResult::None => Err(Rejection::new(
                 Reason::UnparseableTime,
-                format!("field `{field}`: {} does not exist in {zone} (DST gap)", clip(s)),
+                format!(
+                    "field `{field}`: {} does not exist in {zone} (DST gap)",
+                    clip(s)
+                ),
             )),
         },
     }
@@ -186,7 +207,10 @@ pub fn parse_str(s: &str, field: &str, tz: ZonePolicy) -> Result<Instant, Reject
 
 fn from_fixed(dt: DateTime<FixedOffset>) -> Instant {
     let secs = dt.offset().local_minus_utc();
-    Instant { utc_us: dt.timestamp_micros(), offset_min: Some((secs / 60) as i16) }
+    Instant {
+        utc_us: dt.timestamp_micros(),
+        offset_min: Some((secs / 60) as i16),
+    }
 }
 
 #[cfg(test)]
@@ -199,7 +223,10 @@ mod tests {
         let i = parse_str("2024-03-01T10:00:00+02:00", "time", ZonePolicy::Reject).expect("ok");
         assert_eq!(i.offset_min, Some(120));
         assert_eq!(format_rfc3339(i.utc_us, None), "2024-03-01T08:00:00Z");
-        assert_eq!(format_rfc3339(i.utc_us, i.offset_min), "2024-03-01T10:00:00+02:00");
+        assert_eq!(
+            format_rfc3339(i.utc_us, i.offset_min),
+            "2024-03-01T10:00:00+02:00"
+        );
     }
 
     #[test]

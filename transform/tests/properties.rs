@@ -13,7 +13,8 @@ fn arb_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         "[a-z_]{0,12}".prop_map(Value::String),
         prop_oneof![
             Just("2024-05-01T08:00:00Z"),
@@ -30,10 +31,27 @@ fn arb_json() -> impl Strategy<Value = Value> {
     let keys = prop_oneof![
         "[a-z_]{1,10}",
         prop_oneof![
-            Just("device_id"), Just("time"), Just("type"), Just("value"), Just("unit"), Just("heart_rate"),
-            Just("blood_pressure"), Just("systolic"), Just("resourceType"), Just("status"), Just("code"),
-            Just("valueQuantity"), Just("component"), Just("entry"), Just("resource"), Just("header"),
-            Just("body"), Just("effective_time_frame"), Just("date_time"), Just("coding"), Just("heartRate"),
+            Just("device_id"),
+            Just("time"),
+            Just("type"),
+            Just("value"),
+            Just("unit"),
+            Just("heart_rate"),
+            Just("blood_pressure"),
+            Just("systolic"),
+            Just("resourceType"),
+            Just("status"),
+            Just("code"),
+            Just("valueQuantity"),
+            Just("component"),
+            Just("entry"),
+            Just("resource"),
+            Just("header"),
+            Just("body"),
+            Just("effective_time_frame"),
+            Just("date_time"),
+            Just("coding"),
+            Just("heartRate"),
         ]
         .prop_map(str::to_owned),
     ];

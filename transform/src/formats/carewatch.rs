@@ -17,7 +17,16 @@ use crate::reject::{Reason, Rejection, clip, describe};
 use crate::time::{self, Instant};
 
 /// Fields of the envelope, not vitals.
-const RESERVED: &[&str] = &["device_id", "patient_id", "time", "end_time", "type", "value", "unit", "units"];
+const RESERVED: &[&str] = &[
+    "device_id",
+    "patient_id",
+    "time",
+    "end_time",
+    "type",
+    "value",
+    "unit",
+    "units",
+];
 
 /// True when an object has the carewatch shape.
 pub fn looks_like(o: &Map<String, Value>) -> bool {
@@ -41,7 +50,11 @@ pub fn normalise(v: &Value, ctx: &Context<'_>, out: &mut Outcome) {
     };
     let head = match header(o, ctx) {
         Ok(h) => h,
-        Err(e) => return out.rejections.push(e.with_device(payload_device.or(ctx.device))),
+        Err(e) => {
+            return out
+                .rejections
+                .push(e.with_device(payload_device.or(ctx.device)));
+        }
     };
     let dev = Some(head.device.as_str());
     if o.contains_key("type") || o.contains_key("value") {
@@ -63,8 +76,11 @@ pub fn normalise(v: &Value, ctx: &Context<'_>, out: &mut Outcome) {
     }
     if !any {
         out.rejections.push(
-            Rejection::new(Reason::MissingField, "reading has no `type`/`value` and no vital fields")
-                .with_device(dev),
+            Rejection::new(
+                Reason::MissingField,
+                "reading has no `type`/`value` and no vital fields",
+            )
+            .with_device(dev),
         );
     }
 }
@@ -94,7 +110,12 @@ fn header(o: &Map<String, Value>, ctx: &Context<'_>) -> Result<Head, Rejection> 
             Some(e)
         }
     };
-    Ok(Head { device, patient, at, end })
+    Ok(Head {
+        device,
+        patient,
+        at,
+        end,
+    })
 }
 
 fn push(
@@ -105,7 +126,16 @@ fn push(
     field: &str,
     h: &Head,
 ) -> Result<(), Rejection> {
-    let r = reading(vital, value, unit, field, &h.device, h.patient.as_deref(), h.at, h.end)?;
+    let r = reading(
+        vital,
+        value,
+        unit,
+        field,
+        &h.device,
+        h.patient.as_deref(),
+        h.at,
+        h.end,
+    )?;
     out.readings.push(r);
     Ok(())
 }
@@ -126,28 +156,49 @@ fn single(o: &Map<String, Value>, h: &Head, out: &mut Outcome) -> Result<(), Rej
 }
 
 fn is_bp(name: &str) -> bool {
-    matches!(catalogue::name_key(name).as_str(), "bloodpressure" | "bp" | "85354-9" | "nibp")
+    matches!(
+        catalogue::name_key(name).as_str(),
+        "bloodpressure" | "bp" | "85354-9" | "nibp"
+    )
 }
 
 fn unknown_vital(field: &str, name: &str) -> Rejection {
     Rejection::new(
         Reason::UnknownVital,
-        format!("field `{field}`: {} is not a known vital (see the catalogue)", clip(name)),
+        format!(
+            "field `{field}`: {} is not a known vital (see the catalogue)",
+            clip(name)
+        ),
     )
 }
 
 /// `{"systolic": 120, "diastolic": 80}` (each a number or `{value, unit}`), both or neither.
-fn bp(value: &Value, unit: Option<&str>, field: &str, h: &Head, out: &mut Outcome) -> Result<(), Rejection> {
-    let o = value
-        .as_object()
-        .ok_or_else(|| Rejection::wrong_type(field, "an object with `systolic` and `diastolic`", value))?;
+fn bp(
+    value: &Value,
+    unit: Option<&str>,
+    field: &str,
+    h: &Head,
+    out: &mut Outcome,
+) -> Result<(), Rejection> {
+    let o = value.as_object().ok_or_else(|| {
+        Rejection::wrong_type(field, "an object with `systolic` and `diastolic`", value)
+    })?;
     let mut rows = Vec::with_capacity(2);
     for key in ["systolic", "diastolic"] {
         let f = format!("{field}.{key}");
         let v = o.get(key).ok_or_else(|| Rejection::missing(&f))?;
         let (n, u) = value_and_unit(v, &f)?;
         let vital = catalogue::by_key(key).ok_or_else(|| unknown_vital(&f, key))?;
-        rows.push(reading(vital, n, u.or(unit), &f, &h.device, h.patient.as_deref(), h.at, h.end)?);
+        rows.push(reading(
+            vital,
+            n,
+            u.or(unit),
+            &f,
+            &h.device,
+            h.patient.as_deref(),
+            h.at,
+            h.end,
+        )?);
     }
     out.readings.extend(rows);
     Ok(())
@@ -156,7 +207,11 @@ fn bp(value: &Value, unit: Option<&str>, field: &str, h: &Head, out: &mut Outcom
 fn value_and_unit<'v>(v: &'v Value, field: &str) -> Result<(f64, Option<&'v str>), Rejection> {
     match v {
         Value::Object(o) => {
-            let n = number(o.get("value").ok_or_else(|| Rejection::missing(&format!("{field}.value")))?, &format!("{field}.value"))?;
+            let n = number(
+                o.get("value")
+                    .ok_or_else(|| Rejection::missing(&format!("{field}.value")))?,
+                &format!("{field}.value"),
+            )?;
             let u = opt_str(o, "unit").map_err(|e| e.context(field))?;
             Ok((n, u))
         }
@@ -192,40 +247,71 @@ mod tests {
 
     #[test]
     fn single_reading_with_offset() {
-        let o = run(r#"{"device_id":"d1","patient_id":"p1","time":"2024-05-01T08:00:00+02:00","type":"heart_rate","value":72}"#);
+        let o = run(
+            r#"{"device_id":"d1","patient_id":"p1","time":"2024-05-01T08:00:00+02:00","type":"heart_rate","value":72}"#,
+        );
         assert_eq!(o.rejections, vec![]);
         let r = &o.readings[0];
-        assert_eq!((r.code(), r.value, r.unit(), r.offset_min), ("8867-4", 72.0, "/min", Some(120)));
+        assert_eq!(
+            (r.code(), r.value, r.unit(), r.offset_min),
+            ("8867-4", 72.0, "/min", Some(120))
+        );
         assert_eq!(r.patient_id.as_deref(), Some("p1"));
     }
 
     #[test]
     fn multi_vital_sample_and_bp() {
-        let o = run(r#"{"device_id":"d1","time":1714550400000,"heart_rate":72,"spo2":{"value":0.97,"unit":"1"},"steps":3,"blood_pressure":{"systolic":120,"diastolic":80},"temperature":{"value":98.6,"unit":"[degF]"}}"#);
+        let o = run(
+            r#"{"device_id":"d1","time":1714550400000,"heart_rate":72,"spo2":{"value":0.97,"unit":"1"},"steps":3,"blood_pressure":{"systolic":120,"diastolic":80},"temperature":{"value":98.6,"unit":"[degF]"}}"#,
+        );
         assert_eq!(o.rejections, vec![]);
         let got: Vec<(&str, f64)> = o.readings.iter().map(|r| (r.code(), r.value)).collect();
         assert_eq!(
             got,
-            vec![("8867-4", 72.0), ("2708-6", 97.0), ("55423-8", 3.0), ("8480-6", 120.0), ("8462-4", 80.0), ("8310-5", 37.0)]
+            vec![
+                ("8867-4", 72.0),
+                ("2708-6", 97.0),
+                ("55423-8", 3.0),
+                ("8480-6", 120.0),
+                ("8462-4", 80.0),
+                ("8310-5", 37.0)
+            ]
         );
-        assert_eq!(o.readings[3].observation_id(), o.readings[4].observation_id());
+        assert_eq!(
+            o.readings[3].observation_id(),
+            o.readings[4].observation_id()
+        );
     }
 
     #[test]
     fn bad_vital_does_not_sink_good_ones() {
-        let o = run(r#"[{"device_id":"d1","time":"2024-05-01T08:00:00Z","heart_rate":72,"mood":"ok"},
+        let o = run(
+            r#"[{"device_id":"d1","time":"2024-05-01T08:00:00Z","heart_rate":72,"mood":"ok"},
                       {"device_id":"d1","time":"2024-05-01T08:00:00Z","type":"spo2","value":"97"},
-                      {"device_id":"d1","time":"2024-05-01T08:00:01Z","type":"spo2","value":97}]"#);
+                      {"device_id":"d1","time":"2024-05-01T08:00:01Z","type":"spo2","value":97}]"#,
+        );
         assert_eq!(o.items, 3);
         assert_eq!(o.readings.len(), 2);
-        let rs: Vec<(Option<usize>, Reason)> = o.rejections.iter().map(|r| (r.index, r.reason)).collect();
-        assert_eq!(rs, vec![(Some(0), Reason::UnknownVital), (Some(1), Reason::WrongType)]);
-        assert_eq!(o.rejections[1].message, "field `value` must be a number, got string \"97\"");
+        let rs: Vec<(Option<usize>, Reason)> =
+            o.rejections.iter().map(|r| (r.index, r.reason)).collect();
+        assert_eq!(
+            rs,
+            vec![
+                (Some(0), Reason::UnknownVital),
+                (Some(1), Reason::WrongType)
+            ]
+        );
+        assert_eq!(
+            o.rejections[1].message,
+            "field `value` must be a number, got string \"97\""
+        );
     }
 
     #[test]
     fn ndjson_lines_are_items() {
-        let o = run("{\"device_id\":\"d\",\"time\":\"2024-05-01T08:00:00Z\",\"hr\":70}\nnot json\n{\"device_id\":\"d\",\"time\":\"2024-05-01T08:00:01Z\",\"hr\":71}\n");
+        let o = run(
+            "{\"device_id\":\"d\",\"time\":\"2024-05-01T08:00:00Z\",\"hr\":70}\nnot json\n{\"device_id\":\"d\",\"time\":\"2024-05-01T08:00:01Z\",\"hr\":71}\n",
+        );
         assert_eq!(o.items, 3);
         assert_eq!(o.readings.len(), 2);
         assert_eq!(o.rejections[0].reason, Reason::InvalidJson);
@@ -234,8 +320,14 @@ mod tests {
 
     #[test]
     fn device_must_match_transport() {
-        let ctx = Context { device: Some("d2"), ..Context::default() };
-        let o = normalise(br#"{"device_id":"d1","time":"2024-05-01T08:00:00Z","hr":70}"#, &ctx);
+        let ctx = Context {
+            device: Some("d2"),
+            ..Context::default()
+        };
+        let o = normalise(
+            br#"{"device_id":"d1","time":"2024-05-01T08:00:00Z","hr":70}"#,
+            &ctx,
+        );
         assert_eq!(o.rejections[0].reason, Reason::DeviceMismatch);
         let o = normalise(br#"{"time":"2024-05-01T08:00:00Z","hr":70}"#, &ctx);
         assert_eq!(o.readings[0].device_id, "d2");
@@ -244,18 +336,30 @@ mod tests {
     #[test]
     fn zoneless_time_needs_policy() {
         let p = br#"{"device_id":"d","time":"2024-05-01T08:00:00","hr":70}"#;
-        assert_eq!(normalise(p, &Context::default()).rejections[0].reason, Reason::ZonelessTime);
-        let ctx = Context { tz: ZonePolicy::utc(), ..Context::default() };
+        assert_eq!(
+            normalise(p, &Context::default()).rejections[0].reason,
+            Reason::ZonelessTime
+        );
+        let ctx = Context {
+            tz: ZonePolicy::utc(),
+            ..Context::default()
+        };
         assert_eq!(normalise(p, &ctx).readings.len(), 1);
     }
 
     #[test]
     fn envelope_errors() {
         assert_eq!(run("").rejections[0].reason, Reason::InvalidJson);
-        assert_eq!(normalise(b"\xff\xfe", &Context::default()).rejections[0].reason, Reason::InvalidUtf8);
+        assert_eq!(
+            normalise(b"\xff\xfe", &Context::default()).rejections[0].reason,
+            Reason::InvalidUtf8
+        );
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert_eq!(run(&deep).rejections[0].reason, Reason::TooDeep);
         assert_eq!(run("42").rejections[0].reason, Reason::UnknownFormat);
-        assert_eq!(run(r#"{"device_id":"d","type":"hr","value":70}"#).rejections[0].reason, Reason::MissingField);
+        assert_eq!(
+            run(r#"{"device_id":"d","type":"hr","value":70}"#).rejections[0].reason,
+            Reason::MissingField
+        );
     }
 }

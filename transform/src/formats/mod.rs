@@ -15,7 +15,9 @@ use crate::time::Instant;
 /// Reads a JSON number, naming the field when it is not one.
 pub(crate) fn number(v: &Value, field: &str) -> Result<f64, Rejection> {
     match v {
-        Value::Number(n) => n.as_f64().ok_or_else(|| Rejection::wrong_type(field, "a number", v)),
+        Value::Number(n) => n
+            .as_f64()
+            .ok_or_else(|| Rejection::wrong_type(field, "a number", v)),
         other => Err(Rejection::wrong_type(field, "a number", other)),
     }
 }

@@ -12,7 +12,9 @@
 use std::sync::LazyLock;
 
 use jmespath::functions::{ArgumentType, CustomFunction, Signature};
-use jmespath::{Context as JmesContext, ErrorReason, JmespathError, Rcvar, Runtime, RuntimeError, Variable};
+use jmespath::{
+    Context as JmesContext, ErrorReason, JmespathError, Rcvar, Runtime, RuntimeError, Variable,
+};
 use serde_json::Value;
 
 /// The JMESPath runtime with the built-in and MedTech functions.
@@ -28,7 +30,10 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
                 let b = args[1].as_number().unwrap_or(f64::NAN);
                 match f(a, b).filter(|r| r.is_finite()) {
                     Some(r) => Ok(number(r)),
-                    None => Err(runtime_error(ctx, format!("{name}({a}, {b}) has no finite result"))),
+                    None => Err(runtime_error(
+                        ctx,
+                        format!("{name}({a}, {b}) has no finite result"),
+                    )),
                 }
             }),
         )
@@ -36,7 +41,10 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
     rt.register_function("add", Box::new(arith("add", |a, b| Some(a + b))));
     rt.register_function("subtract", Box::new(arith("subtract", |a, b| Some(a - b))));
     rt.register_function("multiply", Box::new(arith("multiply", |a, b| Some(a * b))));
-    rt.register_function("divide", Box::new(arith("divide", |a, b| (b != 0.0).then(|| a / b))));
+    rt.register_function(
+        "divide",
+        Box::new(arith("divide", |a, b| (b != 0.0).then(|| a / b))),
+    );
     rt.register_function("pow", Box::new(arith("pow", |a, b| Some(a.powf(b)))));
     let from_unix = |scale: f64| {
         CustomFunction::new(
@@ -44,7 +52,8 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
             Box::new(move |args: &[Rcvar], ctx: &mut JmesContext<'_>| {
                 let v = args[0].as_number().unwrap_or(f64::NAN);
                 let us = (v * scale).round();
-                match chrono::DateTime::from_timestamp_micros(us as i64).filter(|_| us.is_finite()) {
+                match chrono::DateTime::from_timestamp_micros(us as i64).filter(|_| us.is_finite())
+                {
                     Some(t) => Ok(std::sync::Arc::new(Variable::String(
                         t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
                     ))),
@@ -58,17 +67,31 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
     rt.register_function(
         "insertString",
         Box::new(CustomFunction::new(
-            Signature::new(vec![ArgumentType::String, ArgumentType::String, ArgumentType::Number], None),
+            Signature::new(
+                vec![
+                    ArgumentType::String,
+                    ArgumentType::String,
+                    ArgumentType::Number,
+                ],
+                None,
+            ),
             Box::new(|args: &[Rcvar], ctx: &mut JmesContext<'_>| {
                 let s = args[0].as_string().cloned().unwrap_or_default();
                 let ins = args[1].as_string().cloned().unwrap_or_default();
                 let pos = args[2].as_number().unwrap_or(-1.0);
                 let chars: Vec<char> = s.chars().collect();
                 if pos < 0.0 || pos.fract() != 0.0 || pos as usize > chars.len() {
-                    return Err(runtime_error(ctx, format!("insertString position {pos} is outside the string")));
+                    return Err(runtime_error(
+                        ctx,
+                        format!("insertString position {pos} is outside the string"),
+                    ));
                 }
                 let (a, b) = chars.split_at(pos as usize);
-                let out: String = a.iter().chain(ins.chars().collect::<Vec<_>>().iter()).chain(b).collect();
+                let out: String = a
+                    .iter()
+                    .chain(ins.chars().collect::<Vec<_>>().iter())
+                    .chain(b)
+                    .collect();
                 Ok(std::sync::Arc::new(Variable::String(out)))
             }),
         )),
@@ -82,7 +105,14 @@ fn number(v: f64) -> Rcvar {
 }
 
 fn runtime_error(ctx: &JmesContext<'_>, msg: String) -> JmespathError {
-    JmespathError::from_ctx(ctx, ErrorReason::Runtime(RuntimeError::InvalidType { expected: msg, actual: String::new(), position: 0 }))
+    JmespathError::from_ctx(
+        ctx,
+        ErrorReason::Runtime(RuntimeError::InvalidType {
+            expected: msg,
+            actual: String::new(),
+            position: 0,
+        }),
+    )
 }
 
 /// The language of an expression.
@@ -101,7 +131,10 @@ pub struct Expr {
 }
 
 enum Kind {
-    JsonPath { path: serde_json_path::JsonPath, on_wrapped_root: bool },
+    JsonPath {
+        path: serde_json_path::JsonPath,
+        on_wrapped_root: bool,
+    },
     JmesPath(jmespath::Expression<'static>),
 }
 
@@ -121,13 +154,21 @@ impl Expr {
                 let translated = translate_jsonpath(trimmed);
                 let path = serde_json_path::JsonPath::parse(&translated)
                     .map_err(|e| format!("invalid JSONPath {source:?}: {e}"))?;
-                Kind::JsonPath { path, on_wrapped_root }
+                Kind::JsonPath {
+                    path,
+                    on_wrapped_root,
+                }
             }
-            Language::JmesPath => {
-                Kind::JmesPath(RUNTIME.compile(source).map_err(|e| format!("invalid JMESPath {source:?}: {e}"))?)
-            }
+            Language::JmesPath => Kind::JmesPath(
+                RUNTIME
+                    .compile(source)
+                    .map_err(|e| format!("invalid JMESPath {source:?}: {e}"))?,
+            ),
         };
-        Ok(Expr { source: source.to_owned(), kind })
+        Ok(Expr {
+            source: source.to_owned(),
+            kind,
+        })
     }
 
     /// The expression as written.
@@ -138,13 +179,21 @@ impl Expr {
     /// All matches (JMESPath: the elements of an array result, or the one non-null result).
     pub fn select(&self, root: &Value) -> Result<Vec<Value>, String> {
         match &self.kind {
-            Kind::JsonPath { path, on_wrapped_root: true } => {
+            Kind::JsonPath {
+                path,
+                on_wrapped_root: true,
+            } => {
                 let wrapped = Value::Array(vec![root.clone()]);
                 Ok(path.query(&wrapped).all().into_iter().cloned().collect())
             }
-            Kind::JsonPath { path, on_wrapped_root: false } => Ok(path.query(root).all().into_iter().cloned().collect()),
+            Kind::JsonPath {
+                path,
+                on_wrapped_root: false,
+            } => Ok(path.query(root).all().into_iter().cloned().collect()),
             Kind::JmesPath(e) => {
-                let r = e.search(root).map_err(|err| format!("JMESPath {:?} failed: {err}", self.source))?;
+                let r = e
+                    .search(root)
+                    .map_err(|err| format!("JMESPath {:?} failed: {err}", self.source))?;
                 let v = serde_json::to_value(&*r).map_err(|err| err.to_string())?;
                 Ok(match v {
                     Value::Null => vec![],
@@ -159,7 +208,9 @@ impl Expr {
     pub fn first(&self, root: &Value) -> Result<Option<Value>, String> {
         match &self.kind {
             Kind::JmesPath(e) => {
-                let r = e.search(root).map_err(|err| format!("JMESPath {:?} failed: {err}", self.source))?;
+                let r = e
+                    .search(root)
+                    .map_err(|err| format!("JMESPath {:?} failed: {err}", self.source))?;
                 let v = serde_json::to_value(&*r).map_err(|err| err.to_string())?;
                 Ok((!v.is_null()).then_some(v))
             }
@@ -173,10 +224,12 @@ pub fn translate_jsonpath(src: &str) -> String {
     let chars: Vec<char> = src.chars().collect();
     let mut out = String::with_capacity(src.len() + 8);
     let mut i = 0;
-    let is_name = |c: char| c.is_alphanumeric() || c == '_' || c == '-' || c == '$' || (c as u32) > 0x7f;
+    let is_name =
+        |c: char| c.is_alphanumeric() || c == '_' || c == '-' || c == '$' || (c as u32) > 0x7f;
     let rfc_shorthand_ok = |s: &str| {
         let mut cs = s.chars();
-        cs.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || (c as u32) > 0x7f)
+        cs.next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || (c as u32) > 0x7f)
             && cs.all(|c| c.is_ascii_alphanumeric() || c == '_' || (c as u32) > 0x7f)
     };
     while i < chars.len() {
@@ -250,18 +303,30 @@ mod tests {
 
     #[test]
     fn translates_jsonnet_dialect() {
-        assert_eq!(translate_jsonpath("$..[?(@heartRate)]"), "$..[?(@.heartRate)]");
+        assert_eq!(
+            translate_jsonpath("$..[?(@heartRate)]"),
+            "$..[?(@.heartRate)]"
+        );
         assert_eq!(
             translate_jsonpath("$..[?(@systolic && @diastolic)]"),
             "$..[?(@.systolic && @.diastolic)]"
         );
-        assert_eq!(translate_jsonpath("$..[?(@unit == 'inches')]"), "$..[?(@.unit == 'inches')]");
-        assert_eq!(translate_jsonpath("$..[?(@.deviceType == 'a.b')]"), "$..[?(@.deviceType == 'a.b')]");
+        assert_eq!(
+            translate_jsonpath("$..[?(@unit == 'inches')]"),
+            "$..[?(@.unit == 'inches')]"
+        );
+        assert_eq!(
+            translate_jsonpath("$..[?(@.deviceType == 'a.b')]"),
+            "$..[?(@.deviceType == 'a.b')]"
+        );
         assert_eq!(
             translate_jsonpath("$.Properties.iothub-creation-time-utc"),
             "$.Properties['iothub-creation-time-utc']"
         );
-        assert_eq!(translate_jsonpath("$.telemetry.BloodPressure.Diastolic"), "$.telemetry.BloodPressure.Diastolic");
+        assert_eq!(
+            translate_jsonpath("$.telemetry.BloodPressure.Diastolic"),
+            "$.telemetry.BloodPressure.Diastolic"
+        );
         assert_eq!(translate_jsonpath("$.a.1x"), "$.a['1x']");
     }
 
@@ -281,7 +346,10 @@ mod tests {
         let v = e.first(&root).expect("ok").expect("some");
         assert!((v.as_f64().unwrap_or(0.0) - 1.9812).abs() < 1e-9);
         let e = Expr::compile("fromUnixTimestamp(m.t)", Language::JmesPath).expect("c");
-        assert_eq!(e.first(&root).expect("ok"), Some(json!("2020-09-13T12:26:40Z")));
+        assert_eq!(
+            e.first(&root).expect("ok"),
+            Some(json!("2020-09-13T12:26:40Z"))
+        );
         let e = Expr::compile("insertString(m.s, '-', `2`)", Language::JmesPath).expect("c");
         assert_eq!(e.first(&root).expect("ok"), Some(json!("ab-cd")));
         let e = Expr::compile("divide(`1`, `0`)", Language::JmesPath).expect("c");

@@ -45,7 +45,10 @@ pub enum TemplateError {
 }
 
 fn invalid(path: &str, message: impl Into<String>) -> TemplateError {
-    TemplateError::Invalid { path: path.to_owned(), message: message.into() }
+    TemplateError::Invalid {
+        path: path.to_owned(),
+        message: message.into(),
+    }
 }
 
 /// The content template kinds.
@@ -126,14 +129,22 @@ pub struct Templates {
 }
 
 fn as_obj<'v>(v: &'v Value, path: &str) -> Result<&'v Map<String, Value>, TemplateError> {
-    v.as_object().ok_or_else(|| invalid(path, format!("must be an object, got {}", describe(v))))
+    v.as_object()
+        .ok_or_else(|| invalid(path, format!("must be an object, got {}", describe(v))))
 }
 
-fn get_str<'v>(o: &'v Map<String, Value>, key: &str, path: &str) -> Result<Option<&'v str>, TemplateError> {
+fn get_str<'v>(
+    o: &'v Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<&'v str>, TemplateError> {
     match o.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(invalid(&format!("{path}.{key}"), format!("must be a string, got {}", describe(other)))),
+        Some(other) => Err(invalid(
+            &format!("{path}.{key}"),
+            format!("must be a string, got {}", describe(other)),
+        )),
     }
 }
 
@@ -141,7 +152,10 @@ fn parse_lang(s: &str, path: &str) -> Result<Language, TemplateError> {
     match s.to_ascii_lowercase().as_str() {
         "jsonpath" => Ok(Language::JsonPath),
         "jmespath" => Ok(Language::JmesPath),
-        other => Err(invalid(path, format!("unknown expression language {}", clip(other)))),
+        other => Err(invalid(
+            path,
+            format!("unknown expression language {}", clip(other)),
+        )),
     }
 }
 
@@ -149,19 +163,33 @@ fn expression(v: &Value, default: Language, path: &str) -> Result<Expr, Template
     let (src, lang) = match v {
         Value::String(s) => (s.as_str(), default),
         Value::Object(o) => {
-            let src = get_str(o, "value", path)?.ok_or_else(|| invalid(path, "expression object needs `value`"))?;
+            let src = get_str(o, "value", path)?
+                .ok_or_else(|| invalid(path, "expression object needs `value`"))?;
             let lang = match get_str(o, "language", path)? {
                 Some(l) => parse_lang(l, &format!("{path}.language"))?,
                 None => default,
             };
             (src, lang)
         }
-        other => return Err(invalid(path, format!("expression must be a string or object, got {}", describe(other)))),
+        other => {
+            return Err(invalid(
+                path,
+                format!(
+                    "expression must be a string or object, got {}",
+                    describe(other)
+                ),
+            ));
+        }
     };
     Expr::compile(src, lang).map_err(|m| invalid(path, m))
 }
 
-fn opt_expr(o: &Map<String, Value>, key: &str, default: Language, path: &str) -> Result<Option<Expr>, TemplateError> {
+fn opt_expr(
+    o: &Map<String, Value>,
+    key: &str,
+    default: Language,
+    path: &str,
+) -> Result<Option<Expr>, TemplateError> {
     match o.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => expression(v, default, &format!("{path}.{key}")).map(Some),
@@ -178,8 +206,12 @@ fn truthy(v: Option<&Value>) -> bool {
 
 impl Templates {
     /// Loads a device mapping (and optionally a FHIR destination mapping) from JSON text.
-    pub fn load(device_mapping: &str, fhir_mapping: Option<&str>) -> Result<Templates, TemplateError> {
-        let dm: Value = serde_json::from_str(device_mapping).map_err(|e| TemplateError::Json(e.to_string()))?;
+    pub fn load(
+        device_mapping: &str,
+        fhir_mapping: Option<&str>,
+    ) -> Result<Templates, TemplateError> {
+        let dm: Value =
+            serde_json::from_str(device_mapping).map_err(|e| TemplateError::Json(e.to_string()))?;
         let mut contents = Vec::new();
         collect_content(&dm, "$", &mut contents)?;
         if contents.is_empty() {
@@ -187,13 +219,17 @@ impl Templates {
         }
         let fhir = match fhir_mapping {
             Some(text) => {
-                let fm: Value = serde_json::from_str(text).map_err(|e| TemplateError::Json(e.to_string()))?;
+                let fm: Value =
+                    serde_json::from_str(text).map_err(|e| TemplateError::Json(e.to_string()))?;
                 let mut out = Vec::new();
                 collect_fhir(&fm, "$", &mut out)?;
                 let mut names = std::collections::HashSet::new();
                 for cv in &out {
                     if !names.insert(cv.type_name.clone()) {
-                        return Err(invalid("$", format!("typeName {} is mapped twice", clip(&cv.type_name))));
+                        return Err(invalid(
+                            "$",
+                            format!("typeName {} is mapped twice", clip(&cv.type_name)),
+                        ));
                     }
                 }
                 Some(out)
@@ -205,7 +241,11 @@ impl Templates {
 
     /// The device mapping alone turns a message into measurements (MedTech's normalise step).
     /// Failures are rejections naming the template and expression.
-    pub fn measurements(&self, message: &Value, tz: time::ZonePolicy) -> (Vec<Measurement>, Vec<Rejection>) {
+    pub fn measurements(
+        &self,
+        message: &Value,
+        tz: time::ZonePolicy,
+    ) -> (Vec<Measurement>, Vec<Rejection>) {
         let envelope = envelope(message);
         let mut out = Vec::new();
         let mut errs = Vec::new();
@@ -214,7 +254,10 @@ impl Templates {
             let matches = match c.type_match.select(&envelope) {
                 Ok(m) => m,
                 Err(e) => {
-                    errs.push(Rejection::new(Reason::TemplateExtractionFailed, format!("template {}: {e}", clip(&c.type_name))));
+                    errs.push(Rejection::new(
+                        Reason::TemplateExtractionFailed,
+                        format!("template {}: {e}", clip(&c.type_name)),
+                    ));
                     continue;
                 }
             };
@@ -230,14 +273,23 @@ impl Templates {
             let names: Vec<String> = self.contents.iter().map(|c| clip(&c.type_name)).collect();
             errs.push(Rejection::new(
                 Reason::TemplateNoMatch,
-                format!("no template's typeMatchExpression matched the message (templates: {})", names.join(", ")),
+                format!(
+                    "no template's typeMatchExpression matched the message (templates: {})",
+                    names.join(", ")
+                ),
             ));
         }
         (out, errs)
     }
 
     /// Normalises a message into readings (used by [`crate::normalise`]).
-    pub fn normalise(&self, message: &Value, index: Option<usize>, ctx: &Context<'_>, out: &mut Outcome) {
+    pub fn normalise(
+        &self,
+        message: &Value,
+        index: Option<usize>,
+        ctx: &Context<'_>,
+        out: &mut Outcome,
+    ) {
         let (ms, errs) = self.measurements(message, ctx.tz);
         for e in errs {
             out.rejections.push(Rejection { index, ..e });
@@ -251,24 +303,47 @@ impl Templates {
                     continue;
                 }
             };
-            let m = Measurement { device_id: device, ..m };
+            let m = Measurement {
+                device_id: device,
+                ..m
+            };
             if let Err(e) = self.to_readings(&m, index, out) {
-                out.rejections.push(Rejection { index, device_id: dev, ..e });
+                out.rejections.push(Rejection {
+                    index,
+                    device_id: dev,
+                    ..e
+                });
             }
         }
     }
 
-    fn to_readings(&self, m: &Measurement, index: Option<usize>, out: &mut Outcome) -> Result<(), Rejection> {
-        let prop = |name: &str| m.properties.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    fn to_readings(
+        &self,
+        m: &Measurement,
+        index: Option<usize>,
+        out: &mut Outcome,
+    ) -> Result<(), Rejection> {
+        let prop = |name: &str| {
+            m.properties
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
         let mut rows = Vec::new();
         match &self.fhir {
             Some(maps) => {
-                let cv = maps.iter().find(|c| c.type_name == m.type_name).ok_or_else(|| {
-                    Rejection::new(
-                        Reason::UnknownVital,
-                        format!("typeName {} has no CodeValueFhir in the FHIR mapping", clip(&m.type_name)),
-                    )
-                })?;
+                let cv = maps
+                    .iter()
+                    .find(|c| c.type_name == m.type_name)
+                    .ok_or_else(|| {
+                        Rejection::new(
+                            Reason::UnknownVital,
+                            format!(
+                                "typeName {} has no CodeValueFhir in the FHIR mapping",
+                                clip(&m.type_name)
+                            ),
+                        )
+                    })?;
                 let mut values: Vec<(&MappedValue, &[MappedCode])> = Vec::new();
                 if let Some(v) = &cv.value {
                     values.push((v, &cv.codes));
@@ -279,11 +354,16 @@ impl Templates {
                 if values.is_empty() {
                     return Err(Rejection::new(
                         Reason::UnknownVital,
-                        format!("CodeValueFhir for {} has neither value nor components", clip(&m.type_name)),
+                        format!(
+                            "CodeValueFhir for {} has neither value nor components",
+                            clip(&m.type_name)
+                        ),
                     ));
                 }
                 for (mv, codes) in values {
-                    let Some(raw) = prop(&mv.value_name) else { continue };
+                    let Some(raw) = prop(&mv.value_name) else {
+                        continue;
+                    };
                     if !matches!(mv.value_type.as_str(), "Quantity" | "SampledData") {
                         return Err(Rejection::new(
                             Reason::UnknownVital,
@@ -299,9 +379,19 @@ impl Templates {
                     let unit = mv.unit.as_deref().filter(|u| !u.trim().is_empty());
                     if let Some(u) = unit
                         && u != vital.unit
-                        && vital.conversion(u).is_some_and(|c| c == catalogue::Conversion::ID)
+                        && vital
+                            .conversion(u)
+                            .is_some_and(|c| c == catalogue::Conversion::ID)
                     {
-                        out.note(index, format!("unit {} for {} normalised to UCUM {}", clip(u), vital.code, vital.unit));
+                        out.note(
+                            index,
+                            format!(
+                                "unit {} for {} normalised to UCUM {}",
+                                clip(u),
+                                vital.code,
+                                vital.unit
+                            ),
+                        );
                     }
                     rows.push(self.row(m, vital, raw, &mv.value_name, unit)?);
                 }
@@ -343,9 +433,21 @@ impl Templates {
         unit: Option<&str>,
     ) -> Result<crate::Reading, Rejection> {
         let n: f64 = raw.trim().parse().map_err(|_| {
-            Rejection::new(Reason::WrongType, format!("value {} = {} is not a number", clip(name), clip(raw)))
+            Rejection::new(
+                Reason::WrongType,
+                format!("value {} = {} is not a number", clip(name), clip(raw)),
+            )
         })?;
-        reading(vital, n, unit, name, &m.device_id, m.patient_id.as_deref(), m.time, None)
+        reading(
+            vital,
+            n,
+            unit,
+            name,
+            &m.device_id,
+            m.patient_id.as_deref(),
+            m.time,
+            None,
+        )
     }
 }
 
@@ -359,9 +461,15 @@ fn resolve_vital(
     out: &mut Outcome,
     index: Option<usize>,
 ) -> Result<&'static Vital, Rejection> {
-    let by_code = codes.iter().find_map(|c| catalogue::by_code(&c.code).map(|v| (v, c)));
-    let by_name = catalogue::by_name(value_name)
-        .or_else(|| codes.iter().filter_map(|c| c.display.as_deref()).find_map(catalogue::by_name));
+    let by_code = codes
+        .iter()
+        .find_map(|c| catalogue::by_code(&c.code).map(|v| (v, c)));
+    let by_name = catalogue::by_name(value_name).or_else(|| {
+        codes
+            .iter()
+            .filter_map(|c| c.display.as_deref())
+            .find_map(catalogue::by_name)
+    });
     match (by_code, by_name) {
         (Some((cv, c)), Some(nv)) if cv.code != nv.code => {
             out.note(
@@ -384,7 +492,11 @@ fn resolve_vital(
             let shown: Vec<String> = codes.iter().map(|c| clip(&c.code)).collect();
             Err(Rejection::new(
                 Reason::UnknownVital,
-                format!("codes [{}] for value {} name no known vital", shown.join(", "), clip(value_name)),
+                format!(
+                    "codes [{}] for value {} name no known vital",
+                    shown.join(", "),
+                    clip(value_name)
+                ),
             ))
         }
     }
@@ -393,7 +505,10 @@ fn resolve_vital(
 /// Wraps a message in MedTech's envelope unless it already is one.
 pub fn envelope(message: &Value) -> Value {
     match message {
-        Value::Object(o) if o.contains_key("Body") && (o.contains_key("Properties") || o.contains_key("SystemProperties")) => {
+        Value::Object(o)
+            if o.contains_key("Body")
+                && (o.contains_key("Properties") || o.contains_key("SystemProperties")) =>
+        {
             message.clone()
         }
         other => serde_json::json!({"Body": other, "Properties": {}, "SystemProperties": {}}),
@@ -404,13 +519,22 @@ fn scalar_string(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(if *b { "True".to_owned() } else { "False".to_owned() }),
+        Value::Bool(b) => Some(if *b {
+            "True".to_owned()
+        } else {
+            "False".to_owned()
+        }),
         _ => None,
     }
 }
 
 impl Content {
-    fn extract(&self, envelope: &Value, token: Value, tz: time::ZonePolicy) -> Result<Measurement, Rejection> {
+    fn extract(
+        &self,
+        envelope: &Value,
+        token: Value,
+        tz: time::ZonePolicy,
+    ) -> Result<Measurement, Rejection> {
         let scope = match self.kind {
             ContentKind::Calculated => {
                 let mut o = envelope.as_object().cloned().unwrap_or_default();
@@ -422,24 +546,36 @@ impl Content {
         let fail = |what: &str, e: &Expr, detail: String| {
             Rejection::new(
                 Reason::TemplateExtractionFailed,
-                format!("template {}: {what} {} {detail}", clip(&self.type_name), clip(e.source())),
+                format!(
+                    "template {}: {what} {} {detail}",
+                    clip(&self.type_name),
+                    clip(e.source())
+                ),
             )
         };
         let eval = |what: &str, e: &Expr| -> Result<Option<String>, Rejection> {
             match e.first(&scope) {
                 Ok(None) => Ok(None),
-                Ok(Some(v)) => scalar_string(&v)
-                    .map(Some)
-                    .ok_or_else(|| fail(what, e, format!("selected {}, not a string or number", describe(&v)))),
+                Ok(Some(v)) => scalar_string(&v).map(Some).ok_or_else(|| {
+                    fail(
+                        what,
+                        e,
+                        format!("selected {}, not a string or number", describe(&v)),
+                    )
+                }),
                 Err(msg) => Err(fail(what, e, msg)),
             }
         };
         let device_id = match &self.device_id {
-            Some(e) => eval("deviceIdExpression", e)?.ok_or_else(|| fail("deviceIdExpression", e, "found nothing".to_owned()))?,
+            Some(e) => eval("deviceIdExpression", e)?
+                .ok_or_else(|| fail("deviceIdExpression", e, "found nothing".to_owned()))?,
             None => {
                 return Err(Rejection::new(
                     Reason::TemplateExtractionFailed,
-                    format!("template {} has no deviceIdExpression", clip(&self.type_name)),
+                    format!(
+                        "template {} has no deviceIdExpression",
+                        clip(&self.type_name)
+                    ),
                 ));
             }
         };
@@ -450,19 +586,26 @@ impl Content {
         let mut when = None;
         for e in &self.timestamp {
             if let Some(t) = eval("timestampExpression", e)? {
-                let t = time::parse_str(&t, "timestampExpression", tz)
-                    .map_err(|r| Rejection { message: format!("template {}: {}", clip(&self.type_name), r.message), ..r })?;
+                let t = time::parse_str(&t, "timestampExpression", tz).map_err(|r| Rejection {
+                    message: format!("template {}: {}", clip(&self.type_name), r.message),
+                    ..r
+                })?;
                 when = Some(t);
                 break;
             }
         }
         let time = match (when, self.timestamp.first()) {
             (Some(t), _) => t,
-            (None, Some(e)) => return Err(fail("timestampExpression", e, "found nothing".to_owned())),
+            (None, Some(e)) => {
+                return Err(fail("timestampExpression", e, "found nothing".to_owned()));
+            }
             (None, None) => {
                 return Err(Rejection::new(
                     Reason::TemplateExtractionFailed,
-                    format!("template {} has no timestampExpression", clip(&self.type_name)),
+                    format!(
+                        "template {} has no timestampExpression",
+                        clip(&self.type_name)
+                    ),
                 ));
             }
         };
@@ -480,18 +623,29 @@ impl Content {
                 None => {}
             }
         }
-        Ok(Measurement { type_name: self.type_name.clone(), device_id, patient_id, time, properties })
+        Ok(Measurement {
+            type_name: self.type_name.clone(),
+            device_id,
+            patient_id,
+            time,
+            properties,
+        })
     }
 }
 
 fn collect_content(v: &Value, path: &str, out: &mut Vec<Content>) -> Result<(), TemplateError> {
     let o = as_obj(v, path)?;
-    let ty = get_str(o, "templateType", path)?.ok_or_else(|| invalid(path, "missing templateType"))?;
-    let inner = o.get("template").ok_or_else(|| invalid(path, "missing template"))?;
+    let ty =
+        get_str(o, "templateType", path)?.ok_or_else(|| invalid(path, "missing templateType"))?;
+    let inner = o
+        .get("template")
+        .ok_or_else(|| invalid(path, "missing template"))?;
     let ipath = format!("{path}.template");
     let kind = match ty {
         "CollectionContent" => {
-            let items = inner.as_array().ok_or_else(|| invalid(&ipath, "CollectionContent.template must be an array"))?;
+            let items = inner
+                .as_array()
+                .ok_or_else(|| invalid(&ipath, "CollectionContent.template must be an array"))?;
             for (i, t) in items.iter().enumerate() {
                 collect_content(t, &format!("{ipath}[{i}]"), out)?;
             }
@@ -501,7 +655,12 @@ fn collect_content(v: &Value, path: &str, out: &mut Vec<Content>) -> Result<(), 
         "CalculatedContent" => ContentKind::Calculated,
         "IotJsonPathContent" => ContentKind::IotHub,
         "IotCentralJsonPathContent" => ContentKind::IotCentral,
-        other => return Err(invalid(&format!("{path}.templateType"), format!("unknown templateType {}", clip(other)))),
+        other => {
+            return Err(invalid(
+                &format!("{path}.templateType"),
+                format!("unknown templateType {}", clip(other)),
+            ));
+        }
     };
     let t = as_obj(inner, &ipath)?;
     let default = match get_str(t, "defaultExpressionLanguage", &ipath)? {
@@ -509,20 +668,31 @@ fn collect_content(v: &Value, path: &str, out: &mut Vec<Content>) -> Result<(), 
         None => Language::JsonPath,
     };
     // JMESPath is only a CalculatedContent feature in MedTech; elsewhere plain strings are JSONPath.
-    let default = if kind == ContentKind::Calculated { default } else { Language::JsonPath };
-    let type_name = get_str(t, "typeName", &ipath)?.ok_or_else(|| invalid(&ipath, "missing typeName"))?.to_owned();
+    let default = if kind == ContentKind::Calculated {
+        default
+    } else {
+        Language::JsonPath
+    };
+    let type_name = get_str(t, "typeName", &ipath)?
+        .ok_or_else(|| invalid(&ipath, "missing typeName"))?
+        .to_owned();
     let type_match = opt_expr(t, "typeMatchExpression", default, &ipath)?
         .ok_or_else(|| invalid(&ipath, "missing typeMatchExpression"))?;
     let j = |s: &str| Expr::compile(s, Language::JsonPath).map_err(|m| invalid(&ipath, m));
     let (device_id, timestamp) = match kind {
         ContentKind::IotHub => (
             Some(j("$.SystemProperties.iothub-connection-device-id")?),
-            vec![j("$.Properties.iothub-creation-time-utc")?, j("$.SystemProperties.iothub-enqueuedtime")?],
+            vec![
+                j("$.Properties.iothub-creation-time-utc")?,
+                j("$.SystemProperties.iothub-enqueuedtime")?,
+            ],
         ),
         ContentKind::IotCentral => (Some(j("$.deviceId")?), vec![j("$.enqueuedTime")?]),
         _ => (
             opt_expr(t, "deviceIdExpression", default, &ipath)?,
-            opt_expr(t, "timestampExpression", default, &ipath)?.into_iter().collect(),
+            opt_expr(t, "timestampExpression", default, &ipath)?
+                .into_iter()
+                .collect(),
         ),
     };
     if device_id.is_none() {
@@ -534,28 +704,49 @@ fn collect_content(v: &Value, path: &str, out: &mut Vec<Content>) -> Result<(), 
     let patient_id = opt_expr(t, "patientIdExpression", default, &ipath)?;
     let mut values = Vec::new();
     if let Some(vs) = t.get("values") {
-        let arr = vs.as_array().ok_or_else(|| invalid(&format!("{ipath}.values"), "must be an array"))?;
+        let arr = vs
+            .as_array()
+            .ok_or_else(|| invalid(&format!("{ipath}.values"), "must be an array"))?;
         for (i, v) in arr.iter().enumerate() {
             let vp = format!("{ipath}.values[{i}]");
             let vo = as_obj(v, &vp)?;
-            let name = get_str(vo, "valueName", &vp)?.ok_or_else(|| invalid(&vp, "missing valueName"))?.to_owned();
-            let expr = opt_expr(vo, "valueExpression", default, &vp)?.ok_or_else(|| invalid(&vp, "missing valueExpression"))?;
-            values.push(ValueTemplate { name, expr, required: truthy(vo.get("required")) });
+            let name = get_str(vo, "valueName", &vp)?
+                .ok_or_else(|| invalid(&vp, "missing valueName"))?
+                .to_owned();
+            let expr = opt_expr(vo, "valueExpression", default, &vp)?
+                .ok_or_else(|| invalid(&vp, "missing valueExpression"))?;
+            values.push(ValueTemplate {
+                name,
+                expr,
+                required: truthy(vo.get("required")),
+            });
         }
     }
-    out.push(Content { kind, type_name, type_match, device_id, patient_id, timestamp, values });
+    out.push(Content {
+        kind,
+        type_name,
+        type_match,
+        device_id,
+        patient_id,
+        timestamp,
+        values,
+    });
     Ok(())
 }
 
 fn mapped_codes(o: &Map<String, Value>, path: &str) -> Result<Vec<MappedCode>, TemplateError> {
     let mut out = Vec::new();
     if let Some(cs) = o.get("codes") {
-        let arr = cs.as_array().ok_or_else(|| invalid(&format!("{path}.codes"), "must be an array"))?;
+        let arr = cs
+            .as_array()
+            .ok_or_else(|| invalid(&format!("{path}.codes"), "must be an array"))?;
         for (i, c) in arr.iter().enumerate() {
             let cp = format!("{path}.codes[{i}]");
             let co = as_obj(c, &cp)?;
             out.push(MappedCode {
-                code: get_str(co, "code", &cp)?.ok_or_else(|| invalid(&cp, "missing code"))?.to_owned(),
+                code: get_str(co, "code", &cp)?
+                    .ok_or_else(|| invalid(&cp, "missing code"))?
+                    .to_owned(),
                 system: get_str(co, "system", &cp)?.map(str::to_owned),
                 display: get_str(co, "display", &cp)?.map(str::to_owned),
             });
@@ -564,24 +755,39 @@ fn mapped_codes(o: &Map<String, Value>, path: &str) -> Result<Vec<MappedCode>, T
     Ok(out)
 }
 
-fn mapped_value(v: &Value, codes: Vec<MappedCode>, path: &str) -> Result<MappedValue, TemplateError> {
+fn mapped_value(
+    v: &Value,
+    codes: Vec<MappedCode>,
+    path: &str,
+) -> Result<MappedValue, TemplateError> {
     let o = as_obj(v, path)?;
     Ok(MappedValue {
-        value_name: get_str(o, "valueName", path)?.ok_or_else(|| invalid(path, "missing valueName"))?.to_owned(),
-        value_type: get_str(o, "valueType", path)?.ok_or_else(|| invalid(path, "missing valueType"))?.to_owned(),
-        unit: get_str(o, "code", path)?.or(get_str(o, "unit", path)?).map(str::to_owned),
+        value_name: get_str(o, "valueName", path)?
+            .ok_or_else(|| invalid(path, "missing valueName"))?
+            .to_owned(),
+        value_type: get_str(o, "valueType", path)?
+            .ok_or_else(|| invalid(path, "missing valueType"))?
+            .to_owned(),
+        unit: get_str(o, "code", path)?
+            .or(get_str(o, "unit", path)?)
+            .map(str::to_owned),
         codes,
     })
 }
 
 fn collect_fhir(v: &Value, path: &str, out: &mut Vec<CodeValue>) -> Result<(), TemplateError> {
     let o = as_obj(v, path)?;
-    let ty = get_str(o, "templateType", path)?.ok_or_else(|| invalid(path, "missing templateType"))?;
-    let inner = o.get("template").ok_or_else(|| invalid(path, "missing template"))?;
+    let ty =
+        get_str(o, "templateType", path)?.ok_or_else(|| invalid(path, "missing templateType"))?;
+    let inner = o
+        .get("template")
+        .ok_or_else(|| invalid(path, "missing template"))?;
     let ipath = format!("{path}.template");
     match ty {
         "CollectionFhir" | "CollectionFhirTemplate" => {
-            let items = inner.as_array().ok_or_else(|| invalid(&ipath, "CollectionFhir.template must be an array"))?;
+            let items = inner
+                .as_array()
+                .ok_or_else(|| invalid(&ipath, "CollectionFhir.template must be an array"))?;
             for (i, t) in items.iter().enumerate() {
                 collect_fhir(t, &format!("{ipath}[{i}]"), out)?;
             }
@@ -589,7 +795,9 @@ fn collect_fhir(v: &Value, path: &str, out: &mut Vec<CodeValue>) -> Result<(), T
         }
         "CodeValueFhir" => {
             let t = as_obj(inner, &ipath)?;
-            let type_name = get_str(t, "typeName", &ipath)?.ok_or_else(|| invalid(&ipath, "missing typeName"))?.to_owned();
+            let type_name = get_str(t, "typeName", &ipath)?
+                .ok_or_else(|| invalid(&ipath, "missing typeName"))?
+                .to_owned();
             let codes = mapped_codes(t, &ipath)?;
             let value = match t.get("value") {
                 Some(v) => Some(mapped_value(v, Vec::new(), &format!("{ipath}.value"))?),
@@ -597,18 +805,30 @@ fn collect_fhir(v: &Value, path: &str, out: &mut Vec<CodeValue>) -> Result<(), T
             };
             let mut components = Vec::new();
             if let Some(cs) = t.get("components") {
-                let arr = cs.as_array().ok_or_else(|| invalid(&format!("{ipath}.components"), "must be an array"))?;
+                let arr = cs
+                    .as_array()
+                    .ok_or_else(|| invalid(&format!("{ipath}.components"), "must be an array"))?;
                 for (i, c) in arr.iter().enumerate() {
                     let cp = format!("{ipath}.components[{i}]");
                     let co = as_obj(c, &cp)?;
                     let codes = mapped_codes(co, &cp)?;
-                    let v = co.get("value").ok_or_else(|| invalid(&cp, "missing value"))?;
+                    let v = co
+                        .get("value")
+                        .ok_or_else(|| invalid(&cp, "missing value"))?;
                     components.push(mapped_value(v, codes, &format!("{cp}.value"))?);
                 }
             }
-            out.push(CodeValue { type_name, codes, value, components });
+            out.push(CodeValue {
+                type_name,
+                codes,
+                value,
+                components,
+            });
             Ok(())
         }
-        other => Err(invalid(&format!("{path}.templateType"), format!("unknown templateType {}", clip(other)))),
+        other => Err(invalid(
+            &format!("{path}.templateType"),
+            format!("unknown templateType {}", clip(other)),
+        )),
     }
 }
