@@ -419,3 +419,63 @@ async fn disk_full_fails_appends_cleanly_and_recovers() {
         acked + 1
     );
 }
+
+/// Writes a small store for the external readers (DuckDB, pyarrow) that `scripts/test.sh` runs
+/// over `$CAREWATCH_PARQUET_OUT`, with the expected rows beside it as CSV. Without the variable
+/// it still builds and checks the store in a temp dir.
+#[tokio::test]
+async fn write_store_for_external_readers() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = match std::env::var_os("CAREWATCH_PARQUET_OUT") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => tmp.path().to_owned(),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    // Through the URL path of the object store too (file:// here, s3:// in production).
+    let mut c = quiet(&dir);
+    c.tables_url = Some(format!(
+        "file://{}",
+        std::fs::canonicalize(dir.parent().expect("parent"))
+            .expect("abs")
+            .join(dir.file_name().expect("name"))
+            .display()
+    ));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let s = Store::open(c).await.expect("open");
+    let day = 86_400_000_000;
+    let mut expected = String::from("patient_id,device_id,code,value,effective_us\n");
+    let mut rows = Vec::new();
+    for p in 0..3 {
+        for i in 0..5i64 {
+            let t = T0 + (i - 2) * day / 2;
+            let mut r = row(
+                &format!("d{p}"),
+                if i % 2 == 0 { "heart_rate" } else { "spo2" },
+                60.0 + i as f64 + p as f64,
+                t,
+            );
+            r.reading.patient_id = Some(format!("p{p}"));
+            expected.push_str(&format!(
+                "p{p},d{p},{},{},{t}\n",
+                r.reading.code(),
+                r.reading.value
+            ));
+            rows.push(r);
+        }
+    }
+    s.append(rows.clone(), vec![]).await.expect("append");
+    s.persist().await.expect("persist");
+    // One more, only in the buffer until close() persists it.
+    let mut last = row("d9", "body_temperature", 37.2, T0);
+    last.reading.patient_id = Some("p9".into());
+    expected.push_str(&format!("p9,d9,8310-5,37.2,{T0}\n"));
+    s.append(vec![last], vec![]).await.expect("append");
+    s.close().await.expect("close");
+    std::fs::write(dir.join("expected.csv"), expected).expect("expected");
+    let s = Store::open(quiet(&dir)).await.expect("reopen");
+    assert_eq!(
+        rows_in(&s.read_all(Table::Observations).await.expect("read")),
+        16
+    );
+    assert!(s.snapshot().files.iter().any(|f| f.date == "2023-11-13"));
+}

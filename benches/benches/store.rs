@@ -1,0 +1,157 @@
+//! Store benchmarks (plain harness; prints a Markdown table):
+//! - append throughput (rows/s) and ack latency p50/p99 at several writer concurrencies, fsync on;
+//! - bytes on disk per heart-rate reading at 1 Hz (a day of 100 patients, integer bpm);
+//! - WAL replay rate on open.
+//!
+//! Run: `cargo bench -p carewatch-benches --bench store` (release). Uses a temp dir on the
+//! same file system as `$TMPDIR`.
+
+use std::time::{Duration, Instant};
+
+use carewatch_store::{Config, Row, Store, Table};
+use carewatch_transform::catalogue;
+use carewatch_transform::{Format, Reading, Source};
+
+const T0: i64 = 1_700_006_400_000_000; // 2023-11-15T00:00:00Z
+
+fn hr_row(patient: usize, second: i64, bpm: f64) -> Row {
+    Row {
+        reading: Reading {
+            device_id: format!("dev-{patient:05}"),
+            patient_id: Some(format!("pat-{patient:05}")),
+            vital: catalogue::by_key("heart_rate").expect("hr"),
+            value: bpm,
+            effective_us: T0 + second * 1_000_000,
+            effective_end_us: None,
+            offset_min: Some(60),
+            extra: None,
+        },
+        received_us: T0 + second * 1_000_000 + 350_000,
+        source: Source::Mqtt,
+        format: Format::Carewatch,
+    }
+}
+
+fn quiet(dir: &std::path::Path) -> Config {
+    let mut c = Config::new(dir);
+    c.tick = Duration::from_secs(3600);
+    c.buffer_limit_rows = usize::MAX;
+    c
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort_unstable();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn append_bench(
+    writers: usize,
+    rows_per_append: usize,
+    appends_per_writer: usize,
+) -> (f64, Duration, Duration) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(quiet(dir.path())).await.expect("open");
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(appends_per_writer);
+            for i in 0..appends_per_writer {
+                let rows: Vec<Row> = (0..rows_per_append)
+                    .map(|j| hr_row(w, (i * rows_per_append + j) as i64, 72.0))
+                    .collect();
+                let t = Instant::now();
+                store.append(rows, vec![]).await.expect("append");
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("join"));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let rows = (writers * rows_per_append * appends_per_writer) as f64;
+    (rows / secs, pct(&mut all, 0.5), pct(&mut all, 0.99))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    println!("| writers | rows/append | appends | rows/s | ack p50 | ack p99 |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (writers, per, n) in [
+        (1, 1, 2000),
+        (16, 1, 500),
+        (64, 1, 200),
+        (256, 1, 50),
+        (16, 100, 200),
+    ] {
+        let (rate, p50, p99) = append_bench(writers, per, n).await;
+        println!(
+            "| {writers} | {per} | {} | {rate:.0} | {p50:.2?} | {p99:.2?} |",
+            writers * n
+        );
+    }
+
+    // Bytes per heart-rate reading at 1 Hz: one day for 100 patients, a realistic slow walk of
+    // integer bpm values, persisted as one day of sorted ZSTD Parquet.
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(quiet(dir.path())).await.expect("open");
+    let patients = 100;
+    let mut total = 0usize;
+    for p in 0..patients {
+        let mut bpm = 70.0 + (p % 20) as f64;
+        let mut rows = Vec::with_capacity(86_400);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ p as u64;
+        for s in 0..86_400i64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            bpm = (bpm + (x % 3) as f64 - 1.0).clamp(45.0, 160.0);
+            rows.push(hr_row(p, s, bpm));
+        }
+        total += rows.len();
+        for chunk in rows.chunks(20_000) {
+            store.append(chunk.to_vec(), vec![]).await.expect("append");
+        }
+    }
+    let t = Instant::now();
+    store.persist().await.expect("persist");
+    let persist_secs = t.elapsed().as_secs_f64();
+    let bytes: u64 = store
+        .snapshot()
+        .files
+        .iter()
+        .filter(|f| f.table == Table::Observations)
+        .map(|f| f.size)
+        .sum();
+    println!();
+    println!(
+        "bytes on disk per 1 Hz heart-rate reading: {:.2} ({} rows, {} bytes, persisted in {:.2} s = {:.0} rows/s)",
+        bytes as f64 / total as f64,
+        total,
+        bytes,
+        persist_secs,
+        total as f64 / persist_secs
+    );
+
+    // WAL replay: 1M rows in the WAL, then open.
+    let dir = tempfile::tempdir().expect("tmp");
+    {
+        let store = Store::open(quiet(dir.path())).await.expect("open");
+        for c in 0..100 {
+            let rows: Vec<Row> = (0..10_000).map(|j| hr_row(c, j, 72.0)).collect();
+            store.append(rows, vec![]).await.expect("append");
+        }
+    }
+    let t = Instant::now();
+    let store = Store::open(quiet(dir.path())).await.expect("reopen");
+    let secs = t.elapsed().as_secs_f64();
+    let n = store.stats().buffered_rows;
+    println!(
+        "WAL replay on open: {n} rows in {secs:.2} s = {:.0} rows/s",
+        n as f64 / secs
+    );
+}
