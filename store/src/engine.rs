@@ -130,7 +130,7 @@ fn read_checkpoint(dir: &Path) -> Result<u64> {
 }
 
 /// Writes a small file atomically: temp name, fsync, rename, fsync the directory.
-fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = std::fs::File::create(&tmp).map_err(io)?;

@@ -23,6 +23,7 @@
 
 pub mod codec;
 pub mod dead;
+pub mod registry;
 pub mod tables;
 pub mod wal;
 

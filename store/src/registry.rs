@@ -1,0 +1,428 @@
+//! The registry: devices bound to patients over time, credentials, care teams.
+//!
+//! Small and rarely written, so it is one JSON document (`registry.json` in the data
+//! directory) rewritten atomically (temp file, fsync, rename) on every change.
+//!
+//! Credentials are random 256-bit bearer tokens (`cw_` + 64 hex digits); only their SHA-256 is
+//! stored. A fast hash is enough because the tokens are random, not chosen by people. A
+//! device's token is its secret: on MQTT the device connects with its id as username and the
+//! token as password.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+/// Roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything, including the registry and the audit log.
+    Admin,
+    /// Read-only SQL over everything.
+    Analyst,
+    /// Alerts and vitals of the patients of their care team.
+    CareManager,
+    /// Writes its own readings.
+    Device,
+}
+
+impl Role {
+    /// Parses `admin`, `analyst`, `care_manager`, `device`.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "analyst" => Some(Role::Analyst),
+            "care_manager" | "care-manager" => Some(Role::CareManager),
+            "device" => Some(Role::Device),
+            _ => None,
+        }
+    }
+    /// The role's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Analyst => "analyst",
+            Role::CareManager => "care_manager",
+            Role::Device => "device",
+        }
+    }
+}
+
+/// Who a credential belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// Short, non-secret id of the credential (for audit logs).
+    pub id: String,
+    /// Role.
+    pub role: Role,
+    /// The device id (devices) or care team (care managers).
+    pub subject: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Credential {
+    principal: Principal,
+    created_us: i64,
+    revoked_us: Option<i64>,
+}
+
+/// A device's assignment to a patient for a period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Patient.
+    pub patient_id: String,
+    /// Start, UTC micros (inclusive).
+    pub valid_from_us: i64,
+    /// End, UTC micros (exclusive); `None` = open.
+    pub valid_to_us: Option<i64>,
+}
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Device id.
+    pub device_id: String,
+    /// Assignments, oldest first.
+    pub assignments: Vec<Assignment>,
+    /// Revocation time.
+    pub revoked_us: Option<i64>,
+    /// Hash of the current secret (the device's token).
+    secret_hash: String,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Data {
+    devices: BTreeMap<String, Device>,
+    credentials: BTreeMap<String, Credential>,
+    /// patient -> care team
+    care_teams: BTreeMap<String, String>,
+}
+
+/// What the registry says about a device at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attribution {
+    /// The patient the device was assigned to then.
+    Patient(String),
+    /// Not registered.
+    UnknownDevice,
+    /// Revoked.
+    Revoked,
+    /// Registered, but assigned to nobody at that time.
+    Unassigned,
+}
+
+/// The registry.
+#[derive(Debug)]
+pub struct Registry {
+    path: PathBuf,
+    data: RwLock<Data>,
+}
+
+fn hash(token: &str) -> String {
+    let d = Sha256::digest(token.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn new_token() -> Result<String> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| Error::Io(format!("random: {e}")))?;
+    Ok(format!(
+        "cw_{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    ))
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+impl Registry {
+    /// Opens `registry.json` in `dir`; on a fresh directory creates it with an admin credential,
+    /// returned once (the caller prints it once).
+    pub fn open(dir: &Path) -> Result<(Registry, Option<String>)> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io(e.to_string()))?;
+        let path = dir.join("registry.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let data: Data = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+                Ok((
+                    Registry {
+                        path,
+                        data: RwLock::new(data),
+                    },
+                    None,
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let r = Registry {
+                    path,
+                    data: RwLock::new(Data::default()),
+                };
+                let admin = r.create_token(Role::Admin, None)?;
+                Ok((r, Some(admin)))
+            }
+            Err(e) => Err(Error::Io(e.to_string())),
+        }
+    }
+
+    fn save(&self, data: &Data) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(data).map_err(|e| Error::Encode(e.to_string()))?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        crate::engine::write_atomic(dir, "registry.json", &bytes)
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut Data) -> Result<T>) -> Result<T> {
+        let mut g = self
+            .data
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next = g.clone();
+        let out = f(&mut next)?;
+        self.save(&next)?;
+        *g = next;
+        Ok(out)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Data) -> T) -> T {
+        f(&self
+            .data
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Creates a credential and returns the token (shown once).
+    pub fn create_token(&self, role: Role, subject: Option<String>) -> Result<String> {
+        let token = new_token()?;
+        let h = hash(&token);
+        let principal = Principal {
+            id: h[..12].to_owned(),
+            role,
+            subject,
+        };
+        self.write(|d| {
+            d.credentials.insert(
+                h,
+                Credential {
+                    principal,
+                    created_us: now_us(),
+                    revoked_us: None,
+                },
+            );
+            Ok(())
+        })?;
+        Ok(token)
+    }
+
+    /// The principal behind a bearer token, if valid and not revoked (and, for a device, the
+    /// device is not revoked).
+    pub fn authenticate(&self, token: &str) -> Option<Principal> {
+        let h = hash(token);
+        self.read(|d| {
+            let c = d.credentials.get(&h)?;
+            if c.revoked_us.is_some() {
+                return None;
+            }
+            if c.principal.role == Role::Device {
+                let dev = d.devices.get(c.principal.subject.as_deref()?)?;
+                if dev.revoked_us.is_some() || dev.secret_hash != h {
+                    return None;
+                }
+            }
+            Some(c.principal.clone())
+        })
+    }
+
+    /// MQTT login: username = device id, password = secret.
+    pub fn device_login(&self, device_id: &str, secret: &str) -> bool {
+        self.authenticate(secret)
+            .is_some_and(|p| p.role == Role::Device && p.subject.as_deref() == Some(device_id))
+    }
+
+    /// Registers a device for a patient from `valid_from_us` (default now) and returns its new
+    /// secret. Registering a known device again re-assigns it (the previous assignment ends
+    /// where the new one starts) and rotates its secret.
+    pub fn register_device(
+        &self,
+        device_id: &str,
+        patient_id: &str,
+        valid_from_us: Option<i64>,
+    ) -> Result<String> {
+        if device_id.is_empty() || patient_id.is_empty() {
+            return Err(Error::Config(
+                "device_id and patient_id must not be empty".into(),
+            ));
+        }
+        let from = valid_from_us.unwrap_or_else(now_us);
+        let token = new_token()?;
+        let h = hash(&token);
+        let principal = Principal {
+            id: h[..12].to_owned(),
+            role: Role::Device,
+            subject: Some(device_id.to_owned()),
+        };
+        self.write(|d| {
+            let dev = d
+                .devices
+                .entry(device_id.to_owned())
+                .or_insert_with(|| Device {
+                    device_id: device_id.to_owned(),
+                    assignments: Vec::new(),
+                    revoked_us: None,
+                    secret_hash: String::new(),
+                });
+            if let Some(last) = dev.assignments.last_mut()
+                && last.valid_to_us.is_none_or(|t| t > from)
+            {
+                if last.valid_from_us >= from {
+                    return Err(Error::Config(format!(
+                        "device {device_id} already has an assignment starting at or after {from}"
+                    )));
+                }
+                last.valid_to_us = Some(from);
+            }
+            dev.assignments.push(Assignment {
+                patient_id: patient_id.to_owned(),
+                valid_from_us: from,
+                valid_to_us: None,
+            });
+            // Revoke the old secret.
+            let old = std::mem::replace(&mut dev.secret_hash, h.clone());
+            dev.revoked_us = None;
+            if let Some(c) = d.credentials.get_mut(&old) {
+                c.revoked_us = Some(now_us());
+            }
+            d.credentials.insert(
+                h,
+                Credential {
+                    principal,
+                    created_us: now_us(),
+                    revoked_us: None,
+                },
+            );
+            Ok(())
+        })?;
+        Ok(token)
+    }
+
+    /// Revokes a device: its secret stops working and its readings are dead-lettered.
+    pub fn revoke_device(&self, device_id: &str) -> Result<bool> {
+        self.write(|d| match d.devices.get_mut(device_id) {
+            Some(dev) if dev.revoked_us.is_none() => {
+                let t = now_us();
+                dev.revoked_us = Some(t);
+                if let Some(a) = dev.assignments.last_mut()
+                    && a.valid_to_us.is_none()
+                {
+                    a.valid_to_us = Some(t.max(a.valid_from_us));
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+    }
+
+    /// Who a device's reading at `t_us` belongs to.
+    pub fn attribute(&self, device_id: &str, t_us: i64) -> Attribution {
+        self.read(|d| match d.devices.get(device_id) {
+            None => Attribution::UnknownDevice,
+            Some(dev) if dev.revoked_us.is_some() => Attribution::Revoked,
+            Some(dev) => dev
+                .assignments
+                .iter()
+                .find(|a| a.valid_from_us <= t_us && a.valid_to_us.is_none_or(|e| t_us < e))
+                .map(|a| Attribution::Patient(a.patient_id.clone()))
+                .unwrap_or(Attribution::Unassigned),
+        })
+    }
+
+    /// Assigns a patient to a care team.
+    pub fn set_care_team(&self, patient_id: &str, team: &str) -> Result<()> {
+        self.write(|d| {
+            d.care_teams.insert(patient_id.to_owned(), team.to_owned());
+            Ok(())
+        })
+    }
+
+    /// The patient's care team.
+    pub fn care_team(&self, patient_id: &str) -> Option<String> {
+        self.read(|d| d.care_teams.get(patient_id).cloned())
+    }
+
+    /// All devices (for the `devices` table).
+    pub fn devices(&self) -> Vec<Device> {
+        self.read(|d| d.devices.values().cloned().collect())
+    }
+
+    /// All (patient, team) pairs (for the `care_teams` table).
+    pub fn care_teams(&self) -> Vec<(String, String)> {
+        self.read(|d| {
+            d.care_teams
+                .iter()
+                .map(|(p, t)| (p.clone(), t.clone()))
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_registry_prints_admin_once_and_persists() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (r, admin) = Registry::open(dir.path()).expect("open");
+        let admin = admin.expect("admin token on first open");
+        assert_eq!(r.authenticate(&admin).map(|p| p.role), Some(Role::Admin));
+        drop(r);
+        let (r, again) = Registry::open(dir.path()).expect("reopen");
+        assert_eq!(again, None);
+        assert_eq!(r.authenticate(&admin).map(|p| p.role), Some(Role::Admin));
+        assert_eq!(r.authenticate("cw_nope"), None);
+        // Only hashes are stored.
+        let text = std::fs::read_to_string(dir.path().join("registry.json")).expect("read");
+        assert!(!text.contains(&admin));
+    }
+
+    #[test]
+    fn reassignment_attributes_by_effective_time_and_rotates_secret() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (r, _) = Registry::open(dir.path()).expect("open");
+        let s1 = r
+            .register_device("w1", "alice", Some(1_000))
+            .expect("register");
+        assert!(r.device_login("w1", &s1));
+        assert!(!r.device_login("w2", &s1));
+        let s2 = r
+            .register_device("w1", "bob", Some(5_000))
+            .expect("reassign");
+        assert!(!r.device_login("w1", &s1), "old secret revoked");
+        assert!(r.device_login("w1", &s2));
+        assert_eq!(r.attribute("w1", 999), Attribution::Unassigned);
+        assert_eq!(
+            r.attribute("w1", 1_000),
+            Attribution::Patient("alice".into())
+        );
+        assert_eq!(
+            r.attribute("w1", 4_999),
+            Attribution::Patient("alice".into())
+        );
+        assert_eq!(r.attribute("w1", 5_000), Attribution::Patient("bob".into()));
+        assert_eq!(r.attribute("nobody", 5_000), Attribution::UnknownDevice);
+        assert!(r.revoke_device("w1").expect("revoke"));
+        assert_eq!(r.attribute("w1", 5_000), Attribution::Revoked);
+        assert!(!r.device_login("w1", &s2));
+        assert!(r.register_device("w2", "carol", Some(10)).is_ok());
+        assert!(
+            r.register_device("w2", "dave", Some(5)).is_err(),
+            "cannot start before the current one"
+        );
+    }
+}
