@@ -1,5 +1,8 @@
 //! `carewatch`: the binary. CLI parsing and wiring only; the work lives in the crates.
 
+mod config;
+mod serve;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -20,6 +23,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run everything: embedded MQTT listener (or an external broker), HTTP, storage.
+    ///
+    /// With no arguments it starts on embedded defaults: MQTT on 127.0.0.1:1883, HTTP on
+    /// 127.0.0.1:8080, data under ./carewatch-data. A fresh data directory prints an admin token
+    /// once. Ctrl-C (or SIGTERM) drains and flushes: nothing accepted is lost.
+    Serve(ServeArgs),
+    /// Credentials.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Device mapping templates (MedTech / iomt-fhir compatible).
     #[command(subcommand)]
     Template(TemplateCommand),
@@ -53,6 +65,48 @@ enum TemplateCommand {
     },
 }
 
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML config file (see deploy/carewatch.example.toml).
+    #[arg(long, env = "CAREWATCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (WAL, registry, Parquet tables).
+    #[arg(long, env = "CAREWATCH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP listen address.
+    #[arg(long, env = "CAREWATCH_HTTP_ADDR")]
+    http_addr: Option<String>,
+    /// Embedded MQTT listen address.
+    #[arg(long, env = "CAREWATCH_MQTT_ADDR")]
+    mqtt_addr: Option<String>,
+    /// External broker (mqtt://host:port or mqtts://host:port) instead of the embedded listener.
+    #[arg(long, env = "CAREWATCH_MQTT_URL")]
+    mqtt_url: Option<String>,
+    /// Postgres wire listen address.
+    #[arg(long, env = "CAREWATCH_PG_ADDR")]
+    pg_addr: Option<String>,
+    /// How to read device times without an offset (UTC, +HH:MM, IANA zone). Default: reject.
+    #[arg(long, env = "CAREWATCH_ASSUME_TZ")]
+    assume_tz: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a credential and print it (offline on a data directory; a running server on the
+    /// same directory picks it up).
+    Create {
+        /// admin, analyst or care_manager (device credentials come from POST /v1/devices).
+        #[arg(long)]
+        role: String,
+        /// The care team, for a care_manager.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Data directory.
+        #[arg(long, env = "CAREWATCH_DATA_DIR", default_value = "carewatch-data")]
+        data_dir: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -64,11 +118,83 @@ fn main() -> ExitCode {
     }
 }
 
+fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("CAREWATCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Template(TemplateCommand::Check { device_mapping, payload, fhir_mapping, fhir, assume_tz, patient }) => {
-            template_check(&device_mapping, &payload, fhir_mapping.as_deref(), fhir, assume_tz.as_deref(), patient)
+        Command::Serve(a) => {
+            let file = match &a.config {
+                Some(p) => {
+                    config::parse_file(&read(p)?).with_context(|| format!("in {}", p.display()))?
+                }
+                None => config::FileConfig::default(),
+            };
+            let o = config::Overrides {
+                data_dir: a.data_dir,
+                http_addr: a.http_addr,
+                mqtt_addr: a.mqtt_addr,
+                mqtt_url: a.mqtt_url,
+                pg_addr: a.pg_addr,
+                assume_tz: a.assume_tz,
+            };
+            let c = config::resolve(o, file)?;
+            init_logging(c.log_json);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(serve::run(c))?;
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Token(TokenCommand::Create {
+            role,
+            subject,
+            data_dir,
+        }) => {
+            let role = carewatch_store::registry::Role::parse(&role).ok_or_else(|| {
+                anyhow::anyhow!("unknown role {role:?}: admin, analyst, care_manager")
+            })?;
+            if role == carewatch_store::registry::Role::Device {
+                anyhow::bail!(
+                    "device credentials are created with POST /v1/devices (they bind a patient)"
+                );
+            }
+            if role == carewatch_store::registry::Role::CareManager && subject.is_none() {
+                anyhow::bail!("a care_manager token needs --subject <care team>");
+            }
+            let (reg, admin) = carewatch_store::registry::Registry::open(&data_dir)?;
+            if let Some(a) = admin {
+                println!("admin token: {a}");
+            }
+            println!("{}", reg.create_token(role, subject)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Template(TemplateCommand::Check {
+            device_mapping,
+            payload,
+            fhir_mapping,
+            fhir,
+            assume_tz,
+            patient,
+        }) => template_check(
+            &device_mapping,
+            &payload,
+            fhir_mapping.as_deref(),
+            fhir,
+            assume_tz.as_deref(),
+            patient,
+        ),
     }
 }
 
@@ -86,13 +212,18 @@ fn template_check(
 ) -> Result<ExitCode> {
     let dm = read(device_mapping)?;
     let fm = fhir_mapping.map(read).transpose()?;
-    let templates = Templates::load(&dm, fm.as_deref()).with_context(|| format!("loading {}", device_mapping.display()))?;
+    let templates = Templates::load(&dm, fm.as_deref())
+        .with_context(|| format!("loading {}", device_mapping.display()))?;
     let tz = match assume_tz {
         Some(z) => ZonePolicy::parse(z).map_err(anyhow::Error::msg)?,
         None => ZonePolicy::Reject,
     };
     let bytes = std::fs::read(payload).with_context(|| format!("reading {}", payload.display()))?;
-    let ctx = Context { tz, templates: Some(&templates), ..Context::default() };
+    let ctx = Context {
+        tz,
+        templates: Some(&templates),
+        ..Context::default()
+    };
     let mut out = normalise(&bytes, &ctx);
     for r in &mut out.readings {
         if r.patient_id.is_none() {
@@ -100,15 +231,27 @@ fn template_check(
         }
     }
     if fhir {
-        let bundle = carewatch_fhir::bundle_json(&out.readings, "collection")
-            .map_err(|e| anyhow::anyhow!("{e}{}", if patient.is_none() { " (pass --patient)" } else { "" }))?;
+        let bundle = carewatch_fhir::bundle_json(&out.readings, "collection").map_err(|e| {
+            anyhow::anyhow!(
+                "{e}{}",
+                if patient.is_none() {
+                    " (pass --patient)"
+                } else {
+                    ""
+                }
+            )
+        })?;
         println!("{}", serde_json::to_string_pretty(&bundle)?);
     } else {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
             let (ms, _) = templates.measurements(&v, tz);
             println!("measurements ({}):", ms.len());
             for m in &ms {
-                let props: Vec<String> = m.properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let props: Vec<String> = m
+                    .properties
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
                 println!(
                     "  {}  device={}  patient={}  time={}  {}",
                     m.type_name,
@@ -140,5 +283,9 @@ fn template_check(
     for r in &out.rejections {
         eprintln!("rejected: {r}");
     }
-    Ok(if out.rejections.is_empty() && !out.readings.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if out.rejections.is_empty() && !out.readings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

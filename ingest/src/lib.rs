@@ -1,1 +1,20 @@
-//! placeholder
+//! `carewatch-ingest`: the edges devices talk to.
+//!
+//! - [`pipeline`]: bytes + origin -> normalise (transform) -> attribute to a patient through the
+//!   registry -> append rows and dead letters durably (store). Every edge goes through it.
+//! - [`http`]: `POST /v1/readings`, `POST /fhir/Observation`, `POST /fhir`, the registry API
+//!   (`/v1/devices`, `/v1/patients/{id}/care-team`, `/v1/tokens`) and `/healthz`.
+//! - [`mqtt_server`]: the embedded MQTT 3.1.1 listener for devices; QoS 1 PUBACK only after
+//!   the readings are durable.
+//! - [`mqtt_client`]: subscriber to an external broker (Mosquitto, EMQX, HiveMQ) with
+//!   manual acks on a persistent session.
+//!
+//! What it must not do: answer before data is durable, log payloads or patient ids above
+//! debug, or depend on `query`.
+
+pub mod http;
+pub mod mqtt_client;
+pub mod mqtt_server;
+pub mod pipeline;
+
+pub use pipeline::{Ingested, Origin, Pipeline};

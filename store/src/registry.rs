@@ -122,6 +122,13 @@ pub enum Attribution {
 pub struct Registry {
     path: PathBuf,
     data: RwLock<Data>,
+    /// Modification time of the file as last read or written, to pick up changes made by
+    /// `carewatch token create` on the same data directory while the server runs.
+    seen: std::sync::Mutex<Option<std::time::SystemTime>>,
+}
+
+fn mtime(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 fn hash(token: &str) -> String {
@@ -152,10 +159,12 @@ impl Registry {
             Ok(bytes) => {
                 let data: Data = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+                let seen = std::sync::Mutex::new(mtime(&path));
                 Ok((
                     Registry {
                         path,
                         data: RwLock::new(data),
+                        seen,
                     },
                     None,
                 ))
@@ -164,6 +173,7 @@ impl Registry {
                 let r = Registry {
                     path,
                     data: RwLock::new(Data::default()),
+                    seen: std::sync::Mutex::new(None),
                 };
                 let admin = r.create_token(Role::Admin, None)?;
                 Ok((r, Some(admin)))
@@ -175,10 +185,38 @@ impl Registry {
     fn save(&self, data: &Data) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(data).map_err(|e| Error::Encode(e.to_string()))?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        crate::engine::write_atomic(dir, "registry.json", &bytes)
+        crate::engine::write_atomic(dir, "registry.json", &bytes)?;
+        *self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = mtime(&self.path);
+        Ok(())
+    }
+
+    /// Re-reads the file if another process changed it.
+    fn reload_if_changed(&self) {
+        let now = mtime(&self.path);
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if now.is_none() || now == *seen {
+            return;
+        }
+        if let Ok(data) = std::fs::read(&self.path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<Data>(&b).map_err(|e| e.to_string()))
+        {
+            *self
+                .data
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = data;
+            *seen = now;
+        }
     }
 
     fn write<T>(&self, f: impl FnOnce(&mut Data) -> Result<T>) -> Result<T> {
+        self.reload_if_changed();
         let mut g = self
             .data
             .write()
@@ -224,6 +262,9 @@ impl Registry {
     /// device is not revoked).
     pub fn authenticate(&self, token: &str) -> Option<Principal> {
         let h = hash(token);
+        if self.read(|d| !d.credentials.contains_key(&h)) {
+            self.reload_if_changed();
+        }
         self.read(|d| {
             let c = d.credentials.get(&h)?;
             if c.revoked_us.is_some() {

@@ -49,11 +49,19 @@ pub enum Reason {
     UnknownDevice,
     /// The device was revoked (decided at the edge, not here).
     RevokedDevice,
+    /// The device is registered but assigned to no patient at the reading's time.
+    UnassignedDevice,
+    /// The payload names another patient than the device's assignment.
+    PatientMismatch,
+    /// Published to a topic other than `devices/{device_id}/readings`.
+    WrongTopic,
+    /// The credential may not write readings (wrong role or bad secret).
+    Unauthorized,
 }
 
 impl Reason {
     /// All reasons, for metrics pre-registration and docs.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 24] = [
         Reason::InvalidUtf8,
         Reason::InvalidJson,
         Reason::TooDeep,
@@ -74,6 +82,10 @@ impl Reason {
         Reason::NoValue,
         Reason::UnknownDevice,
         Reason::RevokedDevice,
+        Reason::UnassignedDevice,
+        Reason::PatientMismatch,
+        Reason::WrongTopic,
+        Reason::Unauthorized,
     ];
 
     /// The stable code stored and returned for this reason.
@@ -99,6 +111,10 @@ impl Reason {
             Reason::NoValue => "no_value",
             Reason::UnknownDevice => "unknown_device",
             Reason::RevokedDevice => "revoked_device",
+            Reason::UnassignedDevice => "unassigned_device",
+            Reason::PatientMismatch => "patient_mismatch",
+            Reason::WrongTopic => "wrong_topic",
+            Reason::Unauthorized => "unauthorized",
         }
     }
 

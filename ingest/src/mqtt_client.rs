@@ -1,0 +1,191 @@
+//! Subscriber to an external broker (`--mqtt-url mqtt://host:port`, `mqtts://` for TLS).
+//!
+//! QoS 1, a persistent session (clean session off) and manual acks: a message is acknowledged
+//! to the broker only after its readings (or dead letter) are durable, so a crash or broker
+//! restart redelivers it and the natural-key de-duplication makes it one row. Reconnects with
+//! backoff. With `shared_group` the subscription is `$share/<group>/devices/+/readings` so
+//! several carewatch nodes split the load (Mosquitto accepts shared subscriptions from 3.1.1
+//! clients too).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+use tokio_util::sync::CancellationToken;
+
+use carewatch_transform::{Reason, Rejection, Source};
+
+use crate::pipeline::{Origin, Pipeline};
+
+/// External broker settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    /// MQTT client id (stable, so the broker keeps the session).
+    pub client_id: String,
+    /// Username/password for the broker, if it wants them.
+    pub credentials: Option<(String, String)>,
+    /// Shared-subscription group.
+    pub shared_group: Option<String>,
+}
+
+/// Parses an `mqtt://` / `mqtts://` URL into host, port and TLS flag.
+pub fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else {
+        return Err(format!(
+            "broker URL {url:?} must start with mqtt:// or mqtts://"
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("bad port in {url:?}"))?,
+        ),
+        None => (rest, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        return Err(format!("no host in {url:?}"));
+    }
+    Ok((host.to_owned(), port, tls))
+}
+
+/// The device id in a `devices/{id}/readings` topic.
+pub fn device_of(topic: &str) -> Option<&str> {
+    let rest = topic.strip_prefix("devices/")?;
+    let (id, tail) = rest.split_once('/')?;
+    (tail == "readings" && !id.is_empty()).then_some(id)
+}
+
+/// Runs the subscriber until `shutdown`.
+pub async fn run(
+    cfg: ClientConfig,
+    pipeline: Arc<Pipeline>,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let (host, port, tls) = parse_url(&cfg.url)?;
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), host, port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_clean_session(false);
+    opts.set_manual_acks(true);
+    opts.set_max_packet_size(pipeline.max_bytes + 1024, pipeline.max_bytes + 1024);
+    opts.set_inflight(256);
+    if let Some((u, p)) = &cfg.credentials {
+        opts.set_credentials(u, p);
+    }
+    if tls {
+        let mut roots = rustls::RootCertStore::empty();
+        let found = rustls_native_certs();
+        for c in found {
+            let _ = roots.add(c);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        opts.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
+        ));
+    }
+    let filter = match &cfg.shared_group {
+        Some(g) => format!("$share/{g}/devices/+/readings"),
+        None => "devices/+/readings".to_owned(),
+    };
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let ev = tokio::select! {
+            () = shutdown.cancelled() => break,
+            ev = eventloop.poll() => ev,
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = Duration::from_millis(100);
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to external broker"
+                );
+                if !ack.session_present {
+                    client
+                        .subscribe(filter.clone(), QoS::AtLeastOnce)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let pipeline = pipeline.clone();
+                let client = client.clone();
+                // Ordered per device is kept by the broker's per-session order; appends share
+                // group commits, so processing inline keeps order and costs one fsync share.
+                let device = device_of(&p.topic).map(str::to_owned);
+                let origin = Origin {
+                    source: Some(Source::Mqtt),
+                    device: device.clone(),
+                    format: None,
+                };
+                let res = loop {
+                    let r = match &device {
+                        Some(_) => pipeline.ingest(&p.payload, &origin).await.map(|_| ()),
+                        None => {
+                            let rej = Rejection::new(
+                                Reason::WrongTopic,
+                                format!("topic {:?} is not devices/<id>/readings", p.topic),
+                            );
+                            pipeline.refuse(&p.payload, &origin, rej).await
+                        }
+                    };
+                    match r {
+                        Err(carewatch_store::Error::Busy) => {
+                            tokio::time::sleep(Duration::from_millis(20)).await
+                        }
+                        other => break other,
+                    }
+                };
+                match res {
+                    Ok(()) => {
+                        if let Err(e) = client.ack(&p).await {
+                            tracing::warn!(error = %e, "ack to broker failed; it will redeliver");
+                        }
+                    }
+                    Err(e) => {
+                        // Not acknowledged: the broker redelivers after we reconnect.
+                        tracing::error!(error = %e, "storing broker message failed; disconnecting");
+                        let _ = client.disconnect().await;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "external broker connection lost");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+    Ok(())
+}
+
+/// The system's trusted roots, plus `CAREWATCH_MQTT_CA` (a PEM file) for private brokers.
+fn rustls_native_certs() -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut certs = rustls_native_certs::load_native_certs().certs;
+    if let Some(path) = std::env::var_os("CAREWATCH_MQTT_CA") {
+        match rustls::pki_types::CertificateDer::pem_file_iter(&path) {
+            Ok(it) => certs.extend(it.flatten()),
+            Err(e) => tracing::warn!(error = %e, "cannot read CAREWATCH_MQTT_CA"),
+        }
+    }
+    certs
+}

@@ -1,0 +1,254 @@
+//! `carewatch serve` configuration: flags, `CAREWATCH_*` environment variables and a TOML file
+//! (`--config`), in that order of precedence, over embedded defaults. Validated once at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+
+/// The TOML file. Every key is optional; unknown keys are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Where the WAL, registry and (by default) Parquet tables live.
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address.
+    pub http_addr: Option<String>,
+    /// Embedded MQTT listen address (ignored when `mqtt_url` is set).
+    pub mqtt_addr: Option<String>,
+    /// External broker URL (`mqtt://host:1883`, `mqtts://host:8883`).
+    pub mqtt_url: Option<String>,
+    /// Postgres wire listen address (used once the query service lands).
+    pub pg_addr: Option<String>,
+    /// How to read device times without an offset: `UTC`, `+02:00`, an IANA zone.
+    pub assume_tz: Option<String>,
+    /// Largest payload accepted, bytes.
+    pub max_payload_bytes: Option<usize>,
+    /// Device mapping templates.
+    #[serde(default)]
+    pub templates: TemplatesConfig,
+    /// Storage tuning.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// External broker options.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[templates]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplatesConfig {
+    /// MedTech device mapping (CollectionContent JSON).
+    pub device_mapping: Option<PathBuf>,
+    /// MedTech FHIR destination mapping (CollectionFhir JSON).
+    pub fhir_mapping: Option<PathBuf>,
+}
+
+/// `[store]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Object store URL for the Parquet tables (`s3://bucket/prefix`); default: the data dir.
+    pub tables_url: Option<String>,
+    /// Persist the buffer once it holds this many rows.
+    pub persist_rows: Option<usize>,
+    /// …or once its oldest rows are this many seconds old.
+    pub persist_age_secs: Option<u64>,
+    /// Drop whole days older than this many days (default: keep everything).
+    pub retention_days: Option<u64>,
+    /// Refuse appends (HTTP 503, MQTT backpressure) beyond this many buffered rows.
+    pub buffer_limit_rows: Option<usize>,
+}
+
+/// `[mqtt]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Client id towards the external broker (keep it stable: it names the session).
+    pub client_id: Option<String>,
+    /// Shared subscription group, so several carewatch nodes split one broker's load.
+    pub shared_group: Option<String>,
+    /// Broker username.
+    pub username: Option<String>,
+    /// Broker password.
+    pub password: Option<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    pub format: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub http_addr: SocketAddr,
+    pub mqtt_addr: SocketAddr,
+    pub mqtt_url: Option<String>,
+    pub assume_tz: Option<String>,
+    pub max_payload_bytes: usize,
+    pub device_mapping: Option<PathBuf>,
+    pub fhir_mapping: Option<PathBuf>,
+    pub tables_url: Option<String>,
+    pub persist_rows: Option<usize>,
+    pub persist_age: Option<Duration>,
+    pub retention: Option<Duration>,
+    pub buffer_limit_rows: Option<usize>,
+    pub mqtt_client_id: String,
+    pub mqtt_shared_group: Option<String>,
+    pub mqtt_credentials: Option<(String, String)>,
+    pub log_json: bool,
+}
+
+/// Flag/env values (each `None` when not given).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub http_addr: Option<String>,
+    pub mqtt_addr: Option<String>,
+    pub mqtt_url: Option<String>,
+    pub pg_addr: Option<String>,
+    pub assume_tz: Option<String>,
+}
+
+fn addr(s: &str, what: &str) -> Result<SocketAddr> {
+    s.parse()
+        .with_context(|| format!("{what} {s:?} is not an address like 127.0.0.1:8080"))
+}
+
+/// Parses a TOML config file.
+pub fn parse_file(text: &str) -> Result<FileConfig> {
+    toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Resolves flags/env over the file over defaults, and validates.
+pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
+    let data_dir = o
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("carewatch-data"));
+    let http_addr = addr(
+        &o.http_addr
+            .or(file.http_addr)
+            .unwrap_or_else(|| "127.0.0.1:8080".into()),
+        "http_addr",
+    )?;
+    let mqtt_addr = addr(
+        &o.mqtt_addr
+            .or(file.mqtt_addr)
+            .unwrap_or_else(|| "127.0.0.1:1883".into()),
+        "mqtt_addr",
+    )?;
+    let _pg = addr(
+        &o.pg_addr
+            .or(file.pg_addr)
+            .unwrap_or_else(|| "127.0.0.1:5433".into()),
+        "pg_addr",
+    )?;
+    let mqtt_url = o.mqtt_url.or(file.mqtt_url);
+    if let Some(u) = &mqtt_url {
+        carewatch_ingest::mqtt_client::parse_url(u).map_err(anyhow::Error::msg)?;
+    }
+    let assume_tz = o.assume_tz.or(file.assume_tz);
+    if let Some(z) = &assume_tz {
+        carewatch_transform::ZonePolicy::parse(z).map_err(anyhow::Error::msg)?;
+    }
+    let max_payload_bytes = file.max_payload_bytes.unwrap_or(4 << 20);
+    if max_payload_bytes < 1024 {
+        bail!("max_payload_bytes must be at least 1024");
+    }
+    if file.templates.fhir_mapping.is_some() && file.templates.device_mapping.is_none() {
+        bail!("templates.fhir_mapping needs templates.device_mapping");
+    }
+    let log_json = match file.log.format.as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => bail!("log.format must be text or json, not {other:?}"),
+    };
+    let mqtt_credentials = match (file.mqtt.username, file.mqtt.password) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        _ => bail!("mqtt.username and mqtt.password go together"),
+    };
+    Ok(ServeConfig {
+        data_dir,
+        http_addr,
+        mqtt_addr,
+        mqtt_url,
+        assume_tz,
+        max_payload_bytes,
+        device_mapping: file.templates.device_mapping,
+        fhir_mapping: file.templates.fhir_mapping,
+        tables_url: file.store.tables_url,
+        persist_rows: file.store.persist_rows,
+        persist_age: file.store.persist_age_secs.map(Duration::from_secs),
+        retention: file
+            .store
+            .retention_days
+            .map(|d| Duration::from_secs(d * 86_400)),
+        buffer_limit_rows: file.store.buffer_limit_rows,
+        mqtt_client_id: file.mqtt.client_id.unwrap_or_else(|| "carewatch".into()),
+        mqtt_shared_group: file.mqtt.shared_group,
+        mqtt_credentials,
+        log_json,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_config_parses_and_resolves() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/carewatch.example.toml");
+        let text = std::fs::read_to_string(path).expect("example config");
+        let file = parse_file(&text).expect("parses");
+        let c = resolve(Overrides::default(), file).expect("valid");
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.persist_age, Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(parse_file("htp_addr = \"x\"").is_err());
+        let e = resolve(
+            Overrides {
+                http_addr: Some("nope".into()),
+                ..Overrides::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("http_addr"), "{e}");
+        let e = resolve(
+            Overrides {
+                mqtt_url: Some("http://x".into()),
+                ..Overrides::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("mqtt://"), "{e}");
+        // Flags win over the file.
+        let f = parse_file("data_dir = \"/from/file\"").expect("parse");
+        let c = resolve(
+            Overrides {
+                data_dir: Some("/from/flag".into()),
+                ..Overrides::default()
+            },
+            f,
+        )
+        .expect("ok");
+        assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
+    }
+}

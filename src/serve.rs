@@ -1,0 +1,157 @@
+//! `carewatch serve`: wires store, registry, ingest edges; runs until SIGINT/SIGTERM, then
+//! stops accepting, drains in-flight work, persists the buffer and exits 0.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use tokio_util::sync::CancellationToken;
+
+use carewatch_ingest::http::{HttpState, router};
+use carewatch_ingest::{Pipeline, mqtt_client, mqtt_server};
+use carewatch_store::registry::Registry;
+use carewatch_store::{Config as StoreConfig, Store};
+use carewatch_transform::ZonePolicy;
+use carewatch_transform::template::Templates;
+
+use crate::config::ServeConfig;
+
+fn is_loopback(a: &std::net::SocketAddr) -> bool {
+    a.ip().is_loopback()
+}
+
+pub async fn run(c: ServeConfig) -> Result<()> {
+    let mut sc = StoreConfig::new(&c.data_dir);
+    sc.tables_url = c.tables_url.clone();
+    if let Some(n) = c.persist_rows {
+        sc.persist_rows = n;
+    }
+    if let Some(a) = c.persist_age {
+        sc.persist_age = a;
+    }
+    if let Some(n) = c.buffer_limit_rows {
+        sc.buffer_limit_rows = n;
+    }
+    sc.retention = c.retention;
+    let store = Store::open(sc)
+        .await
+        .with_context(|| format!("opening data directory {}", c.data_dir.display()))?;
+    let st = store.stats();
+    for d in &st.wal_damage {
+        tracing::warn!(damage = %d, "WAL damage found and cut at start");
+    }
+    tracing::info!(
+        replayed_frames = st.replayed_frames,
+        buffered_rows = st.buffered_rows,
+        files = st.files,
+        "store open"
+    );
+    let (registry, admin) = Registry::open(&c.data_dir).context("opening registry")?;
+    if let Some(token) = admin {
+        // Printed once, on the first start of a fresh data directory.
+        println!("admin token: {token}");
+    }
+    let templates = match &c.device_mapping {
+        Some(dm) => {
+            let text =
+                std::fs::read_to_string(dm).with_context(|| format!("reading {}", dm.display()))?;
+            let fm = match &c.fhir_mapping {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                ),
+                None => None,
+            };
+            Some(Arc::new(
+                Templates::load(&text, fm.as_deref())
+                    .with_context(|| format!("loading {}", dm.display()))?,
+            ))
+        }
+        None => None,
+    };
+    let tz = match &c.assume_tz {
+        Some(z) => ZonePolicy::parse(z).map_err(anyhow::Error::msg)?,
+        None => ZonePolicy::Reject,
+    };
+    let pipeline = Arc::new(Pipeline {
+        store: store.clone(),
+        registry: Arc::new(registry),
+        templates,
+        tz,
+        max_bytes: c.max_payload_bytes,
+    });
+    let shutdown = CancellationToken::new();
+
+    let http = tokio::net::TcpListener::bind(c.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP {}", c.http_addr))?;
+    let http_addr = http.local_addr()?;
+    if !is_loopback(&http_addr) {
+        tracing::warn!(addr = %http_addr, "HTTP is served without TLS on a non-loopback address; put a TLS proxy in front");
+    }
+    println!("http listening on {http_addr}");
+    let app = router(HttpState {
+        pipeline: pipeline.clone(),
+    });
+    let sd = shutdown.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, app)
+            .with_graceful_shutdown(async move { sd.cancelled().await })
+            .await
+    });
+
+    let mqtt_task = match &c.mqtt_url {
+        Some(url) => {
+            println!("mqtt subscribing to {url}");
+            let cfg = mqtt_client::ClientConfig {
+                url: url.clone(),
+                client_id: c.mqtt_client_id.clone(),
+                credentials: c.mqtt_credentials.clone(),
+                shared_group: c.mqtt_shared_group.clone(),
+            };
+            let p = pipeline.clone();
+            let sd = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = mqtt_client::run(cfg, p, sd).await {
+                    tracing::error!(error = %e, "external broker subscriber stopped");
+                }
+            })
+        }
+        None => {
+            let l = tokio::net::TcpListener::bind(c.mqtt_addr)
+                .await
+                .with_context(|| format!("binding MQTT {}", c.mqtt_addr))?;
+            let a = l.local_addr()?;
+            if !is_loopback(&a) {
+                tracing::warn!(addr = %a, "MQTT is served without TLS on a non-loopback address");
+            }
+            println!("mqtt listening on {a}");
+            let p = pipeline.clone();
+            let sd = shutdown.clone();
+            tokio::spawn(async move { mqtt_server::serve(l, p, sd).await })
+        }
+    };
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining");
+    shutdown.cancel();
+    let _ = http_task.await;
+    let _ = mqtt_task.await;
+    store.close().await.context("flushing the store")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
