@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this file).
 #   1. installs what the tests need beyond the Rust toolchain (scripts/setup-test-deps.sh);
-#   2. runs every Rust test (unit, golden anchors, property tests, CLI tests);
-#   3. has an external FHIR validator nobody here wrote (R4 JSON schema, fhirkit,
-#      fhir.resources, FHIRPath vital-signs invariants) check the Observations carewatch emits.
+#   2. runs every Rust test (unit, golden anchors, property, crash, end-to-end with real clients);
+#   3. has tools nobody here wrote check our output: an external FHIR validator (R4 JSON schema,
+#      fhirkit, fhir.resources, FHIRPath vital-signs invariants) on the Observations carewatch
+#      emits, and DuckDB + pyarrow on the Parquet files it writes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,21 +13,27 @@ if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d "$HOME/.cache/carewatch-target" ]; the
   export CARGO_TARGET_DIR="$HOME/.cache/carewatch-target"
 fi
 target="${CARGO_TARGET_DIR:-$PWD/target}"
+py="${CAREWATCH_VENV:-$HOME/.cache/carewatch-venv}/bin/python"
 
 bash scripts/setup-test-deps.sh
 
+out="$target/test-out"
+rm -rf "$out" && mkdir -p "$out/fhir"
 echo "== cargo test"
-out="$target/fhir-out"
-rm -rf "$out" && mkdir -p "$out"
-CAREWATCH_FHIR_OUT="$out" cargo test --workspace --locked
+CAREWATCH_FHIR_OUT="$out/fhir" CAREWATCH_PARQUET_OUT="$out/parquet" cargo test --workspace --locked
 
-echo "== FHIR output of \`carewatch template check --fhir\` on the MedTech sample"
-bin="$target/debug/carewatch"
+echo "== FHIR from \`carewatch template check --fhir\` on MedTech's sample mapping"
 for p in fixtures/payloads/medtech-sample-*.json; do
-  "$bin" template check fixtures/templates/medtech-sample.devicemapping.json "$p" \
-    --fhir-mapping fixtures/templates/medtech-sample.fhirmapping.json --fhir > "$out/template-$(basename "$p")"
+  "$target/debug/carewatch" template check fixtures/templates/medtech-sample.devicemapping.json "$p" \
+    --fhir-mapping fixtures/templates/medtech-sample.fhirmapping.json --fhir > "$out/fhir/template-$(basename "$p")"
 done
 
-echo "== external FHIR validation of $(ls "$out" | wc -l) files"
-"${CAREWATCH_VENV:-$HOME/.cache/carewatch-venv}/bin/python" scripts/fhir_validate.py "$out"
-bash scripts/test_fhir_validate.sh
+echo "== external FHIR validation of what carewatch emits"
+"$py" scripts/fhir_validate.py "$out/fhir"
+echo "== the validator itself: official R4 examples pass, broken ones fail"
+ex=../shared/data/fhir-examples
+"$py" scripts/fhir_validate.py "$ex"/r4-core/Observation-{heart-rate,respiratory-rate,satO2,body-temperature,body-height,bmi,blood-pressure,blood-pressure-dar,example}.json "$ex/handwritten-heart-rate-valid.json"
+"$py" scripts/fhir_validate.py --expect-invalid fixtures/fhir-invalid "$ex"/handwritten-heart-rate-{invalid,bad-status,two-values}.json
+
+echo "== DuckDB and pyarrow read carewatch's Parquet"
+"$py" scripts/check_parquet.py "$out/parquet"
