@@ -166,6 +166,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/devices/{id}", delete(revoke_device))
         .route("/v1/patients/{id}/care-team", put(care_team))
         .route("/v1/tokens", post(create_token))
+        .route("/v1/stats", get(stats))
         .layer(DefaultBodyLimit::max(max))
         .with_state(state)
 }
@@ -441,4 +442,20 @@ async fn create_token(
         Json(json!({"token": token, "role": role.as_str()})),
     )
         .into_response())
+}
+
+async fn stats(State(s): State<HttpState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let st = s.pipeline.store.stats();
+    Ok(Json(json!({
+        "rows_appended": st.rows_appended,
+        "dead_letters_appended": st.dead_appended,
+        "buffered_rows": st.buffered_rows,
+        "files": st.files,
+        "commits": st.commits,
+        "persists": st.persists,
+        "compactions": st.compactions,
+        "wal_replayed_frames": st.replayed_frames,
+    }))
+    .into_response())
 }

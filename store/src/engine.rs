@@ -54,6 +54,10 @@ pub struct StoreStats {
     pub persists: u64,
     /// Compactions done.
     pub compactions: u64,
+    /// Rows acknowledged since open.
+    pub rows_appended: u64,
+    /// Dead letters acknowledged since open.
+    pub dead_appended: u64,
 }
 
 struct Chunk {
@@ -478,6 +482,14 @@ fn writer(mut wal: Wal, mut rx: mpsc::Receiver<Cmd>, inner: std::sync::Weak<Inne
                                 let now = Instant::now();
                                 for (table, batch) in batches {
                                     st.rows += batch.num_rows();
+                                    match table {
+                                        Table::Observations => {
+                                            st.stats.rows_appended += batch.num_rows() as u64
+                                        }
+                                        Table::DeadLetters => {
+                                            st.stats.dead_appended += batch.num_rows() as u64
+                                        }
+                                    }
                                     st.chunks.push(Chunk {
                                         segment: seg,
                                         at: now,

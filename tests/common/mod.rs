@@ -1,0 +1,232 @@
+//! Test support: run the real `carewatch` binary and real clients (curl, mosquitto, paho).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use carewatch_store::{Config, Store, Table};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_carewatch");
+
+/// A running `carewatch serve`.
+pub struct Server {
+    pub child: Child,
+    pub http: String,
+    pub mqtt: Option<String>,
+    pub admin: Option<String>,
+    pub dir: PathBuf,
+    pub stderr_log: PathBuf,
+}
+
+impl Server {
+    /// Starts `carewatch serve` on ephemeral ports with extra args; waits until it listens.
+    pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        let log = dir.join("serve.stderr");
+        let err = std::fs::File::create(&log).expect("log file");
+        let mut args = vec![
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ];
+        let data = dir.join("data");
+        let data_s = data.to_str().expect("utf8").to_owned();
+        args.push(&data_s);
+        args.extend_from_slice(extra);
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .env("CAREWATCH_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn carewatch");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut http, mut mqtt, mut admin) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http.is_none() || (mqtt.is_none() && !extra.contains(&"--mqtt-url")) {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "carewatch did not start: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    )
+                });
+            if let Some(a) = line.strip_prefix("http listening on ") {
+                http = Some(format!("http://{a}"));
+            } else if let Some(a) = line.strip_prefix("mqtt listening on ") {
+                mqtt = Some(a.to_owned());
+            } else if let Some(t) = line.strip_prefix("admin token: ") {
+                admin = Some(t.to_owned());
+            } else if line.starts_with("mqtt subscribing to ") {
+                mqtt = Some(String::new());
+            }
+        }
+        Server {
+            child,
+            http: http.unwrap_or_default(),
+            mqtt: mqtt.filter(|m| !m.is_empty()),
+            admin,
+            dir: data,
+            stderr_log: log,
+        }
+    }
+
+    pub fn admin(&self) -> &str {
+        self.admin
+            .as_deref()
+            .expect("admin token printed on first start")
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn stop(mut self) -> i32 {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "carewatch did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Registers a device for a patient and returns its secret.
+    pub fn register(&self, device: &str, patient: &str) -> String {
+        let (status, body) = curl(
+            "POST",
+            &format!("{}/v1/devices", self.http),
+            self.admin(),
+            &format!(
+                r#"{{"device_id":"{device}","patient_id":"{patient}","valid_from":"2020-01-01T00:00:00Z"}}"#
+            ),
+        );
+        assert_eq!(status, 201, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        v["secret"].as_str().expect("secret").to_owned()
+    }
+
+    /// Admin stats.
+    pub fn stats(&self) -> serde_json::Value {
+        let (status, body) = curl("GET", &format!("{}/v1/stats", self.http), self.admin(), "");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("json")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs curl; returns (status, body).
+pub fn curl(method: &str, url: &str, token: &str, body: &str) -> (u16, String) {
+    let mut args = vec![
+        "-s",
+        "-S",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Content-Type: application/json",
+    ];
+    let auth = format!("Authorization: Bearer {token}");
+    if !token.is_empty() {
+        args.extend_from_slice(&["-H", &auth]);
+    }
+    if !body.is_empty() {
+        args.extend_from_slice(&["--data-binary", "@-"]);
+    }
+    args.push(url);
+    let mut child = Command::new("curl")
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl installed");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        let _ = stdin.write_all(body.as_bytes());
+    }
+    let out = child.wait_with_output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (b, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), b.to_owned())
+}
+
+/// Polls until `f` is true.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every row of a table in a (stopped) server's data directory.
+pub fn read_table(dir: &Path, table: Table) -> Vec<arrow_array::RecordBatch> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let s = Store::open(Config::new(dir)).await.expect("open store");
+        s.read_all(table).await.expect("read")
+    })
+}
+
+pub fn count(batches: &[arrow_array::RecordBatch]) -> usize {
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+/// Values of a string column.
+pub fn strings(batches: &[arrow_array::RecordBatch], col: &str) -> Vec<String> {
+    use arrow_array::Array;
+    let mut out = Vec::new();
+    for b in batches {
+        let a = b.column_by_name(col).expect("column");
+        let a = a
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .expect("utf8");
+        for i in 0..a.len() {
+            out.push(if a.is_null(i) {
+                String::new()
+            } else {
+                a.value(i).to_owned()
+            });
+        }
+    }
+    out
+}
+
+/// The Python of the test venv (paho-mqtt, duckdb…), installed by scripts/setup-test-deps.sh.
+pub fn python() -> String {
+    let venv = std::env::var("CAREWATCH_VENV").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/carewatch-venv",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    format!("{venv}/bin/python")
+}

@@ -1,0 +1,222 @@
+//! MQTT end to end with real clients: mosquitto_pub and paho-mqtt against the embedded listener,
+//! and carewatch subscribed to a real Mosquitto broker that restarts mid-stream.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use carewatch_store::Table;
+use common::*;
+
+fn mosquitto_pub(mqtt: &str, user: &str, pass: &str, topic: &str, msg: &str) -> bool {
+    let (host, port) = mqtt.rsplit_once(':').expect("addr");
+    Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "-q",
+            "1",
+            "-i",
+            &format!("pub-{user}"),
+            "-u",
+            user,
+            "-P",
+            pass,
+            "-t",
+            topic,
+            "-m",
+            msg,
+        ])
+        .status()
+        .expect("mosquitto_pub installed (scripts/setup-test-deps.sh)")
+        .success()
+}
+
+#[test]
+fn embedded_listener_with_mosquitto_pub_and_paho() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = Server::start(tmp.path(), &[]);
+    let mqtt = srv.mqtt.clone().expect("embedded listener");
+    let secret = srv.register("w1", "alice");
+
+    // mosquitto_pub, QoS 1: acknowledged means stored.
+    assert!(mosquitto_pub(
+        &mqtt,
+        "w1",
+        &secret,
+        "devices/w1/readings",
+        r#"{"time":"2024-05-01T08:00:00Z","heart_rate":71,"spo2":98}"#
+    ));
+    // Bad password: the CONNECT is refused.
+    assert!(!mosquitto_pub(
+        &mqtt,
+        "w1",
+        "cw_wrong",
+        "devices/w1/readings",
+        r#"{"time":"2024-05-01T08:00:00Z","heart_rate":71}"#
+    ));
+    // Wrong topic and a malformed payload: acknowledged as dead letters, never dropped.
+    assert!(mosquitto_pub(
+        &mqtt,
+        "w1",
+        &secret,
+        "devices/w2/readings",
+        r#"{"time":"2024-05-01T08:00:00Z","heart_rate":71}"#
+    ));
+    assert!(mosquitto_pub(
+        &mqtt,
+        "w1",
+        &secret,
+        "devices/w1/readings",
+        "{not json"
+    ));
+
+    // paho-mqtt publishes 200 QoS 1 messages and counts the PUBACKs it got.
+    let (host, port) = mqtt.rsplit_once(':').expect("addr");
+    let script = r#"
+import sys, paho.mqtt.client as mqtt
+host, port, user, pw = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-" + user)
+c.username_pw_set(user, pw)
+c.connect(host, port)
+c.loop_start()
+infos = [c.publish("devices/w1/readings",
+         '{"time": %d, "heart_rate": %d}' % (1714554000000 + i * 1000, 60 + i % 50), qos=1) for i in range(200)]
+for i in infos:
+    i.wait_for_publish(timeout=30)
+print(sum(1 for i in infos if i.is_published()))
+c.disconnect(); c.loop_stop()
+"#;
+    let out = Command::new(python())
+        .args(["-c", script, host, port, "w1", &secret])
+        .output()
+        .expect("python with paho");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acked: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("count");
+    assert_eq!(acked, 200);
+
+    let dir = srv.dir.clone();
+    assert_eq!(srv.stop(), 0);
+    let obs = read_table(&dir, Table::Observations);
+    assert_eq!(count(&obs), 2 + 200, "every acknowledged reading is stored");
+    let mut reasons = strings(&read_table(&dir, Table::DeadLetters), "reason");
+    reasons.sort();
+    assert_eq!(reasons, vec!["invalid_json", "wrong_topic"]);
+}
+
+struct Mosquitto {
+    child: Child,
+}
+
+impl Mosquitto {
+    fn start(dir: &std::path::Path, port: u16) -> Mosquitto {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
+                dir.display()
+            ),
+        )
+        .expect("conf");
+        let bin = if std::path::Path::new("/usr/sbin/mosquitto").exists() {
+            "/usr/sbin/mosquitto"
+        } else {
+            "mosquitto"
+        };
+        let child = Command::new(bin)
+            .args(["-c", conf.to_str().expect("utf8")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto");
+        wait_until("mosquitto to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Mosquitto { child }
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+#[test]
+fn external_mosquitto_restart_loses_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let broker = Mosquitto::start(tmp.path(), port);
+    let srv = Server::start(
+        tmp.path(),
+        &["--mqtt-url", &format!("mqtt://127.0.0.1:{port}")],
+    );
+    srv.register("w1", "alice");
+    let publish = |from: usize, to: usize| {
+        for i in from..to {
+            let msg = format!(
+                r#"{{"time":{},"heart_rate":{}}}"#,
+                1_714_550_400_000_i64 + i as i64 * 1000,
+                60 + i % 50
+            );
+            let ok = Command::new("mosquitto_pub")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-q",
+                    "1",
+                    "-t",
+                    "devices/w1/readings",
+                    "-m",
+                    &msg,
+                ])
+                .status()
+                .expect("mosquitto_pub")
+                .success();
+            assert!(ok, "broker refused message {i}");
+        }
+    };
+    publish(0, 60);
+    // The broker restarts mid-stream; carewatch reconnects to its persistent session.
+    broker.stop();
+    let broker = Mosquitto::start(tmp.path(), port);
+    publish(60, 120);
+    wait_until(
+        "carewatch to store all 120",
+        Duration::from_secs(60),
+        || srv.stats()["rows_appended"].as_u64().unwrap_or(0) >= 120,
+    );
+    let dir = srv.dir.clone();
+    assert_eq!(srv.stop(), 0);
+    broker.stop();
+    let obs = read_table(&dir, Table::Observations);
+    assert_eq!(count(&obs), 120, "nothing lost, nothing duplicated");
+}
