@@ -32,6 +32,9 @@ enum Command {
     /// Credentials.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// A simulated device fleet: N patients with realistic vitals and injected episodes, over
+    /// MQTT or HTTP. Registers its devices with the admin token, prints what it sent.
+    Simulate(SimulateArgs),
     /// Device mapping templates (MedTech / iomt-fhir compatible).
     #[command(subcommand)]
     Template(TemplateCommand),
@@ -88,6 +91,67 @@ struct ServeArgs {
     /// How to read device times without an offset (UTC, +HH:MM, IANA zone). Default: reject.
     #[arg(long, env = "CAREWATCH_ASSUME_TZ")]
     assume_tz: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct SimulateArgs {
+    /// Patients (one device each).
+    #[arg(long, default_value_t = 10)]
+    patients: usize,
+    /// Simulated duration: seconds, or with a unit (90s, 15m, 2h, 1d).
+    #[arg(long, default_value = "10m")]
+    duration: String,
+    /// Simulated start (RFC 3339). Default: now.
+    #[arg(long)]
+    start: Option<String>,
+    /// Simulated seconds per wall-clock second (1 = real time).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Send as fast as the server acknowledges, ignoring --speed.
+    #[arg(long)]
+    fast: bool,
+    /// Send over HTTP instead of MQTT.
+    #[arg(long)]
+    http: bool,
+    /// MQTT listener (host:port).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt_addr: String,
+    /// MQTT QoS (0 or 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// Samples (seconds) per message.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// The server's HTTP base URL (device registration, HTTP transport).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    http_url: String,
+    /// Admin token (to register the simulated devices).
+    #[arg(long, env = "CAREWATCH_ADMIN_TOKEN")]
+    admin_token: String,
+    /// Inject an episode: kind:patient@start_s+len_s (kinds: tachycardia, desaturation, fever, silence).
+    #[arg(long = "episode")]
+    episodes: Vec<String>,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Prefix of device and patient ids.
+    #[arg(long, default_value = "sim-")]
+    prefix: String,
+}
+
+fn parse_duration(s: &str) -> Result<i64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    let n: i64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("duration {s:?}: use seconds or 90s, 15m, 2h, 1d"))?;
+    Ok(n * mult)
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,6 +219,73 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .enable_all()
                 .build()?;
             rt.block_on(serve::run(c))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate(a) => {
+            use carewatch_ingest::simulate::{Episode, SimConfig, Target, patient_id, run};
+            let duration_s = parse_duration(&a.duration)?;
+            let start_ms = match &a.start {
+                Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                    .with_context(|| format!("--start {t:?} is not RFC 3339"))?
+                    .timestamp_millis(),
+                None => chrono::Utc::now().timestamp_millis(),
+            };
+            let episodes = a
+                .episodes
+                .iter()
+                .map(|e| Episode::parse(e))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            let cfg = SimConfig {
+                patients: a.patients,
+                duration_s,
+                start_ms,
+                speed: (!a.fast).then_some(a.speed),
+                batch: a.batch,
+                episodes: episodes.clone(),
+                seed: a.seed,
+                prefix: a.prefix.clone(),
+                target: if a.http {
+                    Target::Http
+                } else {
+                    Target::Mqtt {
+                        addr: a.mqtt_addr.clone(),
+                        qos: a.qos,
+                    }
+                },
+                http_url: a.http_url.trim_end_matches('/').to_owned(),
+                admin_token: a.admin_token,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let t = std::time::Instant::now();
+            let r = rt.block_on(run(cfg)).map_err(anyhow::Error::msg)?;
+            println!(
+                "sent {} readings in {} messages; {} acknowledged; {:.1} s",
+                r.readings,
+                r.messages,
+                r.acknowledged,
+                t.elapsed().as_secs_f64()
+            );
+            for (k, v) in &r.per_vital {
+                println!("vital {k} {v}");
+            }
+            for e in &episodes {
+                let from = chrono::DateTime::from_timestamp_millis(start_ms + e.start_s * 1000)
+                    .unwrap_or_default();
+                let to = chrono::DateTime::from_timestamp_millis(
+                    start_ms + (e.start_s + e.len_s) * 1000,
+                )
+                .unwrap_or_default();
+                println!(
+                    "episode {} patient={} from={} to={}",
+                    e.kind.as_str(),
+                    patient_id(&a.prefix, e.patient),
+                    from.to_rfc3339(),
+                    to.to_rfc3339()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(TokenCommand::Create {

@@ -220,3 +220,62 @@ fn external_mosquitto_restart_loses_nothing() {
     let obs = read_table(&dir, Table::Observations);
     assert_eq!(count(&obs), 120, "nothing lost, nothing duplicated");
 }
+
+#[test]
+fn simulator_fleet_over_mqtt_and_http_arrives_exactly() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = Server::start(tmp.path(), &[]);
+    let mqtt = srv.mqtt.clone().expect("embedded");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "simulate",
+            "--patients",
+            "4",
+            "--duration",
+            "30m",
+            "--start",
+            "2024-05-01T06:00:00Z",
+            "--fast",
+            "--http-url",
+            &srv.http,
+            "--admin-token",
+            srv.admin(),
+            "--mqtt-addr",
+            &mqtt,
+            "--episode",
+            "tachycardia:1@300+900",
+            "--episode",
+            "silence:2@0+600",
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new(BIN).args(&args).output().expect("simulate");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let first = text.lines().next().unwrap_or_default().to_owned();
+        let n: Vec<u64> = first
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (n[0], n[2], text)
+    };
+    let (sent, acked, text) = run(&["--batch", "10"]);
+    assert_eq!(sent, acked, "{text}");
+    assert!(
+        text.contains("episode tachycardia patient=sim-pat-00001"),
+        "{text}"
+    );
+    let (sent2, acked2, _) = run(&["--http", "--batch", "60", "--prefix", "simh-"]);
+    assert_eq!(sent2, acked2);
+    let dir = srv.dir.clone();
+    assert_eq!(srv.stop(), 0);
+    let obs = read_table(&dir, Table::Observations);
+    assert_eq!(
+        count(&obs) as u64,
+        sent + sent2,
+        "storage holds exactly what was acknowledged"
+    );
+}

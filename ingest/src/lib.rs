@@ -16,5 +16,6 @@ pub mod http;
 pub mod mqtt_client;
 pub mod mqtt_server;
 pub mod pipeline;
+pub mod simulate;
 
 pub use pipeline::{Ingested, Origin, Pipeline};
