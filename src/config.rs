@@ -26,6 +26,10 @@ pub struct FileConfig {
     pub assume_tz: Option<String>,
     /// Largest payload accepted, bytes.
     pub max_payload_bytes: Option<usize>,
+    /// PEM certificate chain: serve HTTP and the embedded MQTT listener over TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// Device mapping templates.
     #[serde(default)]
     pub templates: TemplatesConfig,
@@ -108,6 +112,7 @@ pub struct ServeConfig {
     pub mqtt_shared_group: Option<String>,
     pub mqtt_credentials: Option<(String, String)>,
     pub log_json: bool,
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Flag/env values (each `None` when not given).
@@ -119,6 +124,8 @@ pub struct Overrides {
     pub mqtt_url: Option<String>,
     pub pg_addr: Option<String>,
     pub assume_tz: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 fn addr(s: &str, what: &str) -> Result<SocketAddr> {
@@ -180,7 +187,13 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         (None, None) => None,
         _ => bail!("mqtt.username and mqtt.password go together"),
     };
+    let tls = match (o.tls_cert.or(file.tls_cert), o.tls_key.or(file.tls_key)) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => bail!("tls_cert and tls_key go together"),
+    };
     Ok(ServeConfig {
+        tls,
         data_dir,
         http_addr,
         mqtt_addr,

@@ -91,6 +91,12 @@ struct ServeArgs {
     /// How to read device times without an offset (UTC, +HH:MM, IANA zone). Default: reject.
     #[arg(long, env = "CAREWATCH_ASSUME_TZ")]
     assume_tz: Option<String>,
+    /// PEM certificate chain: serve HTTP and MQTT over TLS.
+    #[arg(long, env = "CAREWATCH_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "CAREWATCH_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -212,6 +218,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 mqtt_url: a.mqtt_url,
                 pg_addr: a.pg_addr,
                 assume_tz: a.assume_tz,
+                tls_cert: a.tls_cert,
+                tls_key: a.tls_key,
             };
             let c = config::resolve(o, file)?;
             init_logging(c.log_json);

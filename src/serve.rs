@@ -81,23 +81,43 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     });
     let shutdown = CancellationToken::new();
 
+    let tls = match &c.tls {
+        Some((cert, key)) => {
+            Some(carewatch_ingest::tls::acceptor(cert, key).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
     let http = tokio::net::TcpListener::bind(c.http_addr)
         .await
         .with_context(|| format!("binding HTTP {}", c.http_addr))?;
     let http_addr = http.local_addr()?;
-    if !is_loopback(&http_addr) {
-        tracing::warn!(addr = %http_addr, "HTTP is served without TLS on a non-loopback address; put a TLS proxy in front");
+    if !is_loopback(&http_addr) && tls.is_none() {
+        tracing::warn!(addr = %http_addr, "HTTP is served without TLS on a non-loopback address: configure tls_cert/tls_key");
     }
-    println!("http listening on {http_addr}");
+    println!(
+        "http{} listening on {http_addr}",
+        if tls.is_some() { "s" } else { "" }
+    );
     let app = router(HttpState {
         pipeline: pipeline.clone(),
     });
     let sd = shutdown.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(async move { sd.cancelled().await })
-            .await
-    });
+    let http_task = match tls.clone() {
+        None => tokio::spawn(async move {
+            axum::serve(http, app)
+                .with_graceful_shutdown(async move { sd.cancelled().await })
+                .await
+        }),
+        Some(acceptor) => tokio::spawn(async move {
+            let l = carewatch_ingest::tls::TlsListener {
+                tcp: http,
+                acceptor,
+            };
+            axum::serve(l, app)
+                .with_graceful_shutdown(async move { sd.cancelled().await })
+                .await
+        }),
+    };
 
     let mqtt_task = match &c.mqtt_url {
         Some(url) => {
@@ -121,13 +141,17 @@ pub async fn run(c: ServeConfig) -> Result<()> {
                 .await
                 .with_context(|| format!("binding MQTT {}", c.mqtt_addr))?;
             let a = l.local_addr()?;
-            if !is_loopback(&a) {
-                tracing::warn!(addr = %a, "MQTT is served without TLS on a non-loopback address");
+            if !is_loopback(&a) && tls.is_none() {
+                tracing::warn!(addr = %a, "MQTT is served without TLS on a non-loopback address: configure tls_cert/tls_key");
             }
-            println!("mqtt listening on {a}");
+            println!(
+                "mqtt{} listening on {a}",
+                if tls.is_some() { "s" } else { "" }
+            );
             let p = pipeline.clone();
             let sd = shutdown.clone();
-            tokio::spawn(async move { mqtt_server::serve(l, p, sd).await })
+            let tls = tls.clone();
+            tokio::spawn(async move { mqtt_server::serve(l, tls, p, sd).await })
         }
     };
 

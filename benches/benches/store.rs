@@ -137,6 +137,28 @@ async fn main() {
         total as f64 / persist_secs
     );
 
+    // Where the bytes go, per column.
+    let mut per_col: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for f in store
+        .snapshot()
+        .files
+        .iter()
+        .filter(|f| f.table == Table::Observations)
+    {
+        let bytes = std::fs::read(dir.path().join(f.path.as_ref())).expect("file");
+        let reader = parquet::file::reader::SerializedFileReader::new(bytes::Bytes::from(bytes))
+            .expect("parquet");
+        use parquet::file::reader::FileReader;
+        for rg in reader.metadata().row_groups() {
+            for c in rg.columns() {
+                *per_col.entry(c.column_path().string()).or_default() += c.compressed_size();
+            }
+        }
+    }
+    for (c, b) in &per_col {
+        println!("  column {c}: {:.3} bytes/row", *b as f64 / total as f64);
+    }
+
     // WAL replay: 1M rows in the WAL, then open.
     let dir = tempfile::tempdir().expect("tmp");
     {

@@ -17,5 +17,6 @@ pub mod mqtt_client;
 pub mod mqtt_server;
 pub mod pipeline;
 pub mod simulate;
+pub mod tls;
 
 pub use pipeline::{Ingested, Origin, Pipeline};

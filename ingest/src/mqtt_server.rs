@@ -19,7 +19,7 @@ use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{
     Codec, ConnAck, ConnectReturnCode, Packet, PubAck, SubAck, SubscribeReasonCode,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
@@ -30,8 +30,13 @@ use crate::pipeline::{Origin, Pipeline};
 /// Publishes in flight per connection (their appends run concurrently; acks stay in order).
 const MAX_INFLIGHT: usize = 64;
 
-/// Serves MQTT on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, pipeline: Arc<Pipeline>, shutdown: CancellationToken) {
+/// Serves MQTT on `listener` (with TLS when an acceptor is given) until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    pipeline: Arc<Pipeline>,
+    shutdown: CancellationToken,
+) {
     let tracker = tokio_util::task::TaskTracker::new();
     loop {
         tokio::select! {
@@ -40,7 +45,18 @@ pub async fn serve(listener: TcpListener, pipeline: Arc<Pipeline>, shutdown: Can
                 Ok((stream, _peer)) => {
                     let p = pipeline.clone();
                     let s = shutdown.clone();
-                    tracker.spawn(async move { connection(stream, p, s).await });
+                    let tls = tls.clone();
+                    tracker.spawn(async move {
+                        match tls {
+                            None => connection(stream, p, s).await,
+                            Some(acceptor) => {
+                                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                                    Ok(Ok(tls)) => connection(tls, p, s).await,
+                                    _ => tracing::info!("MQTT TLS handshake failed"),
+                                }
+                            }
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "MQTT accept failed");
@@ -59,7 +75,10 @@ pub fn readings_topic(device: &str) -> String {
     format!("devices/{device}/readings")
 }
 
-async fn connection(stream: TcpStream, pipeline: Arc<Pipeline>, shutdown: CancellationToken) {
+async fn connection<S>(stream: S, pipeline: Arc<Pipeline>, shutdown: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let max = pipeline.max_bytes + 1024;
     let mut framed = Framed::new(
         stream,

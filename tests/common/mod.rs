@@ -10,6 +10,9 @@ use carewatch_store::{Config, Store, Table};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_carewatch");
 
+/// The CA certificate curl should trust (TLS tests).
+pub static TEST_CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// A running `carewatch serve`.
 pub struct Server {
     pub child: Child,
@@ -66,7 +69,15 @@ impl Server {
                 });
             if let Some(a) = line.strip_prefix("http listening on ") {
                 http = Some(format!("http://{a}"));
-            } else if let Some(a) = line.strip_prefix("mqtt listening on ") {
+            } else if let Some(a) = line.strip_prefix("https listening on ") {
+                http = Some(format!(
+                    "https://localhost:{}",
+                    a.rsplit_once(':').map(|x| x.1).unwrap_or("")
+                ));
+            } else if let Some(a) = line
+                .strip_prefix("mqtt listening on ")
+                .or_else(|| line.strip_prefix("mqtts listening on "))
+            {
                 mqtt = Some(a.to_owned());
             } else if let Some(t) = line.strip_prefix("admin token: ") {
                 admin = Some(t.to_owned());
@@ -149,6 +160,10 @@ pub fn curl(method: &str, url: &str, token: &str, body: &str) -> (u16, String) {
         "-H",
         "Content-Type: application/json",
     ];
+    let ca = TEST_CA.get().cloned().unwrap_or_default();
+    if !ca.is_empty() {
+        args.extend_from_slice(&["--cacert", &ca]);
+    }
     let auth = format!("Authorization: Bearer {token}");
     if !token.is_empty() {
         args.extend_from_slice(&["-H", &auth]);

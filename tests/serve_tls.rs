@@ -1,0 +1,88 @@
+//! TLS on both listeners: curl and mosquitto_pub verify the server certificate.
+
+mod common;
+
+use std::process::Command;
+
+use carewatch_store::Table;
+use common::*;
+
+#[test]
+fn https_and_mqtts_with_a_verified_certificate() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    TEST_CA
+        .set(cert.to_str().expect("utf8").to_owned())
+        .expect("once");
+    let srv = Server::start(
+        tmp.path(),
+        &[
+            "--tls-cert",
+            cert.to_str().expect("utf8"),
+            "--tls-key",
+            key.to_str().expect("utf8"),
+        ],
+    );
+    assert!(srv.http.starts_with("https://localhost:"), "{}", srv.http);
+    let (s, body) = curl("GET", &format!("{}/healthz", srv.http), "", "");
+    assert_eq!((s, body.as_str()), (200, "ok"));
+    // Plain HTTP to the TLS port fails.
+    let plain = srv.http.replace("https://", "http://");
+    let (s, _) = curl("GET", &format!("{plain}/healthz"), "", "");
+    assert_ne!(s, 200);
+    let secret = srv.register("w1", "alice");
+    let mqtt = srv.mqtt.clone().expect("mqtt");
+    let port = mqtt.rsplit_once(':').map(|x| x.1.to_owned()).expect("port");
+    let st = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &port,
+            "--cafile",
+            cert.to_str().expect("utf8"),
+            "-q",
+            "1",
+            "-u",
+            "w1",
+            "-P",
+            &secret,
+        ])
+        .args([
+            "-t",
+            "devices/w1/readings",
+            "-m",
+            r#"{"time":"2024-05-01T08:00:00Z","heart_rate":70}"#,
+        ])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(st.success());
+    let dir = srv.dir.clone();
+    assert_eq!(srv.stop(), 0);
+    assert_eq!(count(&read_table(&dir, Table::Observations)), 1);
+}
