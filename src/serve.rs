@@ -50,24 +50,21 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         // Printed once, on the first start of a fresh data directory.
         println!("admin token: {token}");
     }
-    let templates = match &c.device_mapping {
-        Some(dm) => {
-            let text =
-                std::fs::read_to_string(dm).with_context(|| format!("reading {}", dm.display()))?;
-            let fm = match &c.fhir_mapping {
-                Some(p) => Some(
-                    std::fs::read_to_string(p)
-                        .with_context(|| format!("reading {}", p.display()))?,
-                ),
-                None => None,
-            };
-            Some(Arc::new(
-                Templates::load(&text, fm.as_deref())
-                    .with_context(|| format!("loading {}", dm.display()))?,
-            ))
-        }
-        None => None,
-    };
+    let templates = carewatch_ingest::pipeline::TemplateSlot::default();
+    if let Some(dm) = &c.device_mapping {
+        let text =
+            std::fs::read_to_string(dm).with_context(|| format!("reading {}", dm.display()))?;
+        let fm = match &c.fhir_mapping {
+            Some(p) => Some(
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            ),
+            None => None,
+        };
+        templates.set(
+            Templates::load(&text, fm.as_deref())
+                .with_context(|| format!("loading {}", dm.display()))?,
+        );
+    }
     let tz = match &c.assume_tz {
         Some(z) => ZonePolicy::parse(z).map_err(anyhow::Error::msg)?,
         None => ZonePolicy::Reject,
@@ -75,11 +72,20 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     let pipeline = Arc::new(Pipeline {
         store: store.clone(),
         registry: Arc::new(registry),
-        templates,
+        templates: templates.clone(),
         tz,
         max_bytes: c.max_payload_bytes,
     });
     let shutdown = CancellationToken::new();
+    if let Some(dm) = c.device_mapping.clone() {
+        tokio::spawn(carewatch_ingest::pipeline::watch_templates(
+            templates,
+            dm,
+            c.fhir_mapping.clone(),
+            std::time::Duration::from_secs(2),
+            shutdown.clone(),
+        ));
+    }
 
     let tls = match &c.tls {
         Some((cert, key)) => {

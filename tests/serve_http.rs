@@ -132,3 +132,56 @@ fn http_ingest_end_to_end() {
         ]
     );
 }
+
+#[test]
+fn device_mapping_templates_reload_without_restart() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fixtures = carewatch_fixtures::fixtures_dir().join("templates");
+    let dm = tmp.path().join("devicecontent.json");
+    let fm = tmp.path().join("fhirmapping.json");
+    std::fs::copy(fixtures.join("medtech-sample.devicemapping.json"), &dm).expect("copy");
+    std::fs::copy(fixtures.join("medtech-sample.fhirmapping.json"), &fm).expect("copy");
+    let conf = tmp.path().join("carewatch.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[templates]\ndevice_mapping = {:?}\nfhir_mapping = {:?}\n",
+            dm, fm
+        ),
+    )
+    .expect("conf");
+    let srv = Server::start(tmp.path(), &["--config", conf.to_str().expect("utf8")]);
+    let secret = srv.register("device1", "patient1");
+    let post = |sec: u32| {
+        let body = format!(
+            r#"{{"heartrate":65,"deviceid":"device1","patientid":"patient1","measurementdatetime":"2023-10-09T19:18:{sec:02}+00:00"}}"#
+        );
+        let (s, b) = curl("POST", &format!("{}/v1/readings", srv.http), &secret, &body);
+        (s, b)
+    };
+    let (s, b) = post(1);
+    assert_eq!(s, 202, "{b}");
+    assert!(b.contains(r#""accepted":1"#), "{b}");
+    // Edit the mapping: heart rate is no longer mapped.
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&dm).expect("read")).expect("json");
+    m["template"]
+        .as_array_mut()
+        .expect("templates")
+        .retain(|t| t["template"]["typeName"] != "heartrate");
+    std::fs::write(&dm, m.to_string()).expect("write");
+    let mut n = 2;
+    wait_until(
+        "the edited mapping to take effect",
+        std::time::Duration::from_secs(15),
+        || {
+            n += 1;
+            post(n).1.contains("template_no_match")
+        },
+    );
+    // A broken edit is refused and the previous mapping stays in force.
+    std::fs::write(&dm, "{ not json").expect("write");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert!(post(59).1.contains("template_no_match"));
+    assert_eq!(srv.stop(), 0);
+}

@@ -32,6 +32,80 @@ pub struct Ingested {
     pub items: usize,
 }
 
+/// The current device mapping, replaceable while the server runs.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateSlot(Arc<std::sync::RwLock<Option<Arc<Templates>>>>);
+
+impl TemplateSlot {
+    /// A slot holding `t`.
+    pub fn new(t: Option<Templates>) -> Self {
+        TemplateSlot(Arc::new(std::sync::RwLock::new(t.map(Arc::new))))
+    }
+    /// The current templates.
+    pub fn get(&self) -> Option<Arc<Templates>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+    /// Replaces the templates.
+    pub fn set(&self, t: Templates) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(t));
+    }
+}
+
+/// Reloads the mapping files when they change (polled every `every`), until `shutdown`.
+/// A file that fails to load is reported and the previous templates stay in use.
+pub async fn watch_templates(
+    slot: TemplateSlot,
+    device_mapping: std::path::PathBuf,
+    fhir_mapping: Option<std::path::PathBuf>,
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = (
+        stamp(&device_mapping),
+        fhir_mapping.as_deref().and_then(stamp),
+    );
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let now = (
+            stamp(&device_mapping),
+            fhir_mapping.as_deref().and_then(stamp),
+        );
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let dm = std::fs::read_to_string(&device_mapping);
+        let fm = fhir_mapping
+            .as_ref()
+            .map(std::fs::read_to_string)
+            .transpose();
+        match (dm, fm) {
+            (Ok(dm), Ok(fm)) => match Templates::load(&dm, fm.as_deref()) {
+                Ok(t) => {
+                    slot.set(t);
+                    tracing::info!(file = %device_mapping.display(), "device mapping reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "device mapping reload failed; keeping the previous one")
+                }
+            },
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "reading mapping files failed; keeping the previous ones")
+            }
+        }
+    }
+}
+
 /// Shared ingest state.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -39,8 +113,8 @@ pub struct Pipeline {
     pub store: Store,
     /// The registry.
     pub registry: Arc<Registry>,
-    /// Device mapping templates, if configured.
-    pub templates: Option<Arc<Templates>>,
+    /// Device mapping templates, if configured; swapped in place on reload.
+    pub templates: TemplateSlot,
     /// Zone policy for zone-less times.
     pub tz: ZonePolicy,
     /// Largest payload accepted.
@@ -60,12 +134,13 @@ impl Pipeline {
         origin: &Origin,
     ) -> Result<Ingested, carewatch_store::Error> {
         let received_us = now_us();
+        let templates = self.templates.get();
         let source = origin.source.unwrap_or(Source::Http);
         let ctx = Context {
             tz: self.tz,
             device: origin.device.as_deref(),
             format: origin.format,
-            templates: self.templates.as_deref(),
+            templates: templates.as_deref(),
             max_bytes: self.max_bytes,
         };
         let out = normalise(bytes, &ctx);

@@ -474,7 +474,7 @@ async fn every_malformed_payload_gets_its_reason_and_a_dead_letter() {
     let p = Pipeline {
         store: store.clone(),
         registry: Arc::new(registry),
-        templates: None,
+        templates: Default::default(),
         tz: ZonePolicy::Reject,
         max_bytes: 1 << 20,
     };
