@@ -26,7 +26,11 @@ fn hr_row(patient: usize, second: i64, bpm: f64) -> Row {
             offset_min: Some(60),
             extra: None,
         },
-        received_us: T0 + second * 1_000_000 + 350_000,
+        // Arrival jitters 0.3-0.9 s behind the measurement, at millisecond resolution.
+        received_us: T0
+            + second * 1_000_000
+            + 300_000
+            + ((second * 7919 + patient as i64 * 104_729) % 600) * 1000,
         source: Source::Mqtt,
         format: Format::Carewatch,
     }

@@ -63,6 +63,39 @@ pub fn device_of(topic: &str) -> Option<&str> {
     (tail == "readings" && !id.is_empty()).then_some(id)
 }
 
+/// Messages stored concurrently per connection.
+const MAX_INFLIGHT: usize = 256;
+
+async fn store_message(
+    pipeline: &Pipeline,
+    p: &rumqttc::Publish,
+) -> Result<(), carewatch_store::Error> {
+    let device = device_of(&p.topic).map(str::to_owned);
+    let origin = Origin {
+        source: Some(Source::Mqtt),
+        device: device.clone(),
+        format: None,
+    };
+    loop {
+        let r = match &device {
+            Some(_) => pipeline.ingest(&p.payload, &origin).await.map(|_| ()),
+            None => {
+                let rej = Rejection::new(
+                    Reason::WrongTopic,
+                    format!("topic {:?} is not devices/<id>/readings", p.topic),
+                );
+                pipeline.refuse(&p.payload, &origin, rej).await
+            }
+        };
+        match r {
+            Err(carewatch_store::Error::Busy) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs the subscriber until `shutdown`.
 pub async fn run(
     cfg: ClientConfig,
@@ -101,54 +134,14 @@ pub async fn run(
     };
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let mut backoff = Duration::from_millis(100);
+    // Messages being stored concurrently (they share group commits); acks go out in arrival
+    // order as each completes.
+    let mut inflight = futures::stream::FuturesOrdered::new();
     loop {
-        let ev = tokio::select! {
-            () = shutdown.cancelled() => break,
-            ev = eventloop.poll() => ev,
-        };
-        match ev {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                backoff = Duration::from_millis(100);
-                tracing::info!(
-                    session_present = ack.session_present,
-                    "connected to external broker"
-                );
-                if !ack.session_present {
-                    client
-                        .subscribe(filter.clone(), QoS::AtLeastOnce)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let pipeline = pipeline.clone();
-                let client = client.clone();
-                // Ordered per device is kept by the broker's per-session order; appends share
-                // group commits, so processing inline keeps order and costs one fsync share.
-                let device = device_of(&p.topic).map(str::to_owned);
-                let origin = Origin {
-                    source: Some(Source::Mqtt),
-                    device: device.clone(),
-                    format: None,
-                };
-                let res = loop {
-                    let r = match &device {
-                        Some(_) => pipeline.ingest(&p.payload, &origin).await.map(|_| ()),
-                        None => {
-                            let rej = Rejection::new(
-                                Reason::WrongTopic,
-                                format!("topic {:?} is not devices/<id>/readings", p.topic),
-                            );
-                            pipeline.refuse(&p.payload, &origin, rej).await
-                        }
-                    };
-                    match r {
-                        Err(carewatch_store::Error::Busy) => {
-                            tokio::time::sleep(Duration::from_millis(20)).await
-                        }
-                        other => break other,
-                    }
-                };
+        tokio::select! {
+            biased;
+            Some((p, res)) = futures::StreamExt::next(&mut inflight), if !inflight.is_empty() => {
+                let p: rumqttc::Publish = p;
                 match res {
                     Ok(()) => {
                         if let Err(e) = client.ack(&p).await {
@@ -162,15 +155,32 @@ pub async fn run(
                     }
                 }
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "external broker connection lost");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled(), if inflight.is_empty() => break,
+            ev = eventloop.poll(), if inflight.len() < MAX_INFLIGHT => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(session_present = ack.session_present, "connected to external broker");
+                    if !ack.session_present {
+                        client.subscribe(filter.clone(), QoS::AtLeastOnce).await.map_err(|e| e.to_string())?;
+                    }
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let pipeline = pipeline.clone();
+                    inflight.push_back(async move {
+                        let res = store_message(&pipeline, &p).await;
+                        (p, res)
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "external broker connection lost");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            },
         }
     }
     let _ = client.disconnect().await;
