@@ -4,10 +4,16 @@
 //! or the two blood-pressure components), with `fhir-model`'s R4B types (R4B's Observation has
 //! R4's shape). Each follows the HL7 vital-signs profile where one applies: status, the
 //! `vital-signs` category, the profile's LOINC code (SpO2 with 2708-6 and 59408-5), subject,
-//! device, effective[x] in the sender's offset, valueQuantity with UCUM, BP components.
-//! Elements of FHIR-native input that have no column come back from `extra`.
+//! device, effective[x] in the sender's offset, valueQuantity with UCUM, BP components (a
+//! component the sender did not measure comes back with a `dataAbsentReason`, so the `bp`
+//! profile's two slices are always there). Elements of FHIR-native input that have no column
+//! come back from `extra`, never overriding ours.
 //!
-//! What it must not do: I/O, clocks, or run on the ingest path (it is a read-side view).
+//! API: [`observation`] (typed), [`observation_json`] (what is served), [`group`] (rows →
+//! Observations), [`bundle_json`] / [`bundle_json_at`] (collection or searchset).
+//!
+//! What it must not do: I/O, clocks, or run on the ingest path (it is a read-side view). The
+//! received time and the server base URL are passed in.
 
 use fhir_model::r4b::codes::ObservationStatus;
 use fhir_model::r4b::resources::{
@@ -19,13 +25,19 @@ use fhir_model::{DateTime, Instant};
 use serde_json::{Map, Value, json};
 
 use carewatch_transform::Reading;
-use carewatch_transform::catalogue::{BP_PANEL, BP_PANEL_DISPLAY, LOINC, UCUM, Vital};
+use carewatch_transform::catalogue::{BP_PANEL, BP_PANEL_DISPLAY, LOINC, UCUM, Vital, by_code};
 use carewatch_transform::time::format_rfc3339;
 
 /// The observation-category code system.
 pub const CATEGORY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
+/// The data-absent-reason code system (a BP component that was not measured).
+pub const DATA_ABSENT_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/data-absent-reason";
 /// The system of the identifier that records a FHIR sender's own id.
 pub const SOURCE_ID_SYSTEM: &str = "urn:carewatch:source-id";
+/// The LOINC codes of the blood-pressure components, in the order they are emitted.
+pub const BP_COMPONENTS: [&str; 2] = ["8480-6", "8462-4"];
+/// The Bundle types [`bundle_json`] builds.
+pub const BUNDLE_KINDS: [&str; 2] = ["collection", "searchset"];
 
 /// Errors building an Observation.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -36,6 +48,12 @@ pub enum Error {
     /// The vital-signs profile needs a subject.
     #[error("reading of device {0} has no patient (the registry assigns one)")]
     MissingPatient(String),
+    /// The rows given to [`observation`] do not share one observation id.
+    #[error("rows of different Observations given together: {0}")]
+    MixedRows(String),
+    /// A Bundle type other than those in [`BUNDLE_KINDS`].
+    #[error("unsupported Bundle type {0:?} (expected collection or searchset)")]
+    BundleKind(String),
     /// fhir-model refused a value.
     #[error("building FHIR: {0}")]
     Builder(String),
@@ -86,13 +104,64 @@ fn quantity(r: &Reading) -> Result<Quantity> {
         .map_err(b)
 }
 
+fn reference(to: String) -> Result<Reference> {
+    Reference::builder().reference(to).build().map_err(b)
+}
+
 fn date_time(us: i64, offset: Option<i16>) -> Result<DateTime> {
     format_rfc3339(us, offset).parse::<DateTime>().map_err(b)
 }
 
+/// What [`Reading::observation_id`] hashes: rows with equal keys make one Observation.
+fn obs_key(r: &Reading) -> (&str, &str, i64) {
+    (
+        r.device_id.as_str(),
+        r.vital.panel.unwrap_or(r.vital.code),
+        r.effective_us,
+    )
+}
+
+/// The BP components, systolic then diastolic; the first row per code wins (as the store's
+/// de-duplication keeps the first received). A component with no row gets a dataAbsentReason.
+fn bp_components(rows: &[&Reading]) -> Result<Vec<Option<ObservationComponent>>> {
+    let mut comps = Vec::with_capacity(BP_COMPONENTS.len());
+    for code in BP_COMPONENTS {
+        let c = match rows.iter().find(|r| r.vital.code == code) {
+            Some(r) => ObservationComponent::builder()
+                .code(vital_code(r.vital)?)
+                .value(ObservationComponentValue::Quantity(quantity(r)?))
+                .build()
+                .map_err(b)?,
+            None => {
+                let v = by_code(code).ok_or_else(|| Error::Builder(format!("no vital {code}")))?;
+                ObservationComponent::builder()
+                    .code(vital_code(v)?)
+                    .data_absent_reason(concept(
+                        vec![coding(DATA_ABSENT_SYSTEM, "unknown", "Unknown")?],
+                        "Not measured",
+                    )?)
+                    .build()
+                    .map_err(b)?
+            }
+        };
+        comps.push(Some(c));
+    }
+    Ok(comps)
+}
+
 /// One Observation from the rows sharing one observation id (a reading, or the BP pair).
+///
+/// `received_us` becomes `issued`. Errors: no rows, rows of different Observations, or a
+/// reading without a patient (the vital-signs profile requires `subject`).
 pub fn observation(rows: &[&Reading], received_us: Option<i64>) -> Result<Observation> {
     let first = *rows.first().ok_or(Error::Empty)?;
+    if let Some(other) = rows.iter().find(|r| obs_key(r) != obs_key(first)) {
+        return Err(Error::MixedRows(format!(
+            "{:?} and {:?}",
+            obs_key(first),
+            obs_key(other)
+        )));
+    }
     let patient = first
         .patient_id
         .as_deref()
@@ -120,43 +189,19 @@ pub fn observation(rows: &[&Reading], received_us: Option<i64>) -> Result<Observ
         .id(first.observation_id())
         .status(ObservationStatus::Final)
         .category(vec![Some(category)])
-        .subject(
-            Reference::builder()
-                .reference(format!("Patient/{patient}"))
-                .build()
-                .map_err(b)?,
-        )
-        .device(
-            Reference::builder()
-                .reference(format!("Device/{}", first.device_id))
-                .build()
-                .map_err(b)?,
-        )
+        .subject(reference(format!("Patient/{patient}"))?)
+        .device(reference(format!("Device/{}", first.device_id))?)
         .effective(effective);
     if let Some(us) = received_us {
         builder = builder.issued(format_rfc3339(us, None).parse::<Instant>().map_err(b)?);
     }
-    let is_panel = v.panel == Some(BP_PANEL);
-    if is_panel {
-        let mut sorted: Vec<&Reading> = rows.to_vec();
-        // Systolic first, as in the HL7 example.
-        sorted.sort_by_key(|r| r.vital.code != "8480-6");
-        let mut comps = Vec::with_capacity(sorted.len());
-        for r in sorted {
-            comps.push(Some(
-                ObservationComponent::builder()
-                    .code(vital_code(r.vital)?)
-                    .value(ObservationComponentValue::Quantity(quantity(r)?))
-                    .build()
-                    .map_err(b)?,
-            ));
-        }
+    if v.is_bp_component() {
         builder = builder
             .code(concept(
                 vec![coding(LOINC, BP_PANEL, BP_PANEL_DISPLAY)?],
                 "Blood pressure",
             )?)
-            .component(comps);
+            .component(bp_components(rows)?);
     } else {
         builder = builder
             .code(vital_code(v)?)
@@ -173,21 +218,49 @@ pub fn observation(rows: &[&Reading], received_us: Option<i64>) -> Result<Observ
     builder.build().map_err(b)
 }
 
-/// The Observation as FHIR JSON, with the elements FHIR-native input kept in `extra` merged
-/// back (never overriding ours; the sender's `id` becomes an identifier).
+/// The Observation as FHIR JSON: [`observation`] serialised, integral values written as
+/// integers (`72`, not `72.0`), and the elements FHIR-native input kept in `extra` merged back
+/// (never overriding ours; the sender's `id` becomes an identifier with system
+/// [`SOURCE_ID_SYSTEM`]).
 pub fn observation_json(rows: &[&Reading], received_us: Option<i64>) -> Result<Value> {
     let obs = observation(rows, received_us)?;
     let mut v = serde_json::to_value(&obs).map_err(|e| Error::Json(e.to_string()))?;
-    if let (Some(extra), Some(out)) = (
-        rows.first().and_then(|r| r.extra.as_deref()),
-        v.as_object_mut(),
-    ) {
-        let extra: Map<String, Value> =
-            serde_json::from_str(extra).map_err(|e| Error::Json(e.to_string()))?;
-        merge_extra(out, extra);
+    if let Some(out) = v.as_object_mut() {
+        integral_values(out);
+        if let Some(extra) = rows.first().and_then(|r| r.extra.as_deref()) {
+            let extra: Map<String, Value> =
+                serde_json::from_str(extra).map_err(|e| Error::Json(e.to_string()))?;
+            merge_extra(out, extra);
+        }
     }
     Ok(v)
 }
+
+/// `fhir-model` types every decimal as f64, so serde writes `72.0`; a reading of 72 bpm or 42
+/// steps reads better (and as the HL7 examples do) as `72`.
+fn integral_values(out: &mut Map<String, Value>) {
+    fn fix(q: Option<&mut Value>) {
+        let Some(value) = q.and_then(|q| q.get_mut("value")) else {
+            return;
+        };
+        if let Some(f) = value.as_f64()
+            && f.fract() == 0.0
+            && f.abs() < 9.0e15
+        {
+            *value = Value::from(f as i64);
+        }
+    }
+    fix(out.get_mut("valueQuantity"));
+    if let Some(comps) = out.get_mut("component").and_then(Value::as_array_mut) {
+        for c in comps {
+            fix(c.get_mut("valueQuantity"));
+        }
+    }
+}
+
+/// The sender's meta elements that still describe our Observation (its profile claims,
+/// version and update time do not).
+const KEPT_META: &[&str] = &["tag", "security", "source"];
 
 fn merge_extra(out: &mut Map<String, Value>, extra: Map<String, Value>) {
     for (k, val) in extra {
@@ -204,12 +277,39 @@ fn merge_extra(out: &mut Map<String, Value>, extra: Map<String, Value>) {
                 }
             }
             "identifier" => {
-                let mut items = val.as_array().cloned().unwrap_or_default();
+                let mut items = match val {
+                    Value::Array(a) => a,
+                    Value::Object(_) => vec![val],
+                    _ => Vec::new(),
+                };
                 if let Some(existing) = out.get("identifier").and_then(Value::as_array) {
                     items.extend(existing.iter().cloned());
                 }
                 out.insert(k, Value::Array(items));
             }
+            "meta" => {
+                let Value::Object(theirs) = val else { continue };
+                let kept: Map<String, Value> = theirs
+                    .into_iter()
+                    .filter(|(mk, _)| KEPT_META.contains(&mk.as_str()))
+                    .collect();
+                if kept.is_empty() {
+                    continue;
+                }
+                match out.get_mut("meta").and_then(Value::as_object_mut) {
+                    Some(ours) => {
+                        for (mk, mv) in kept {
+                            ours.entry(mk).or_insert(mv);
+                        }
+                    }
+                    None => {
+                        out.insert(k, Value::Object(kept));
+                    }
+                }
+            }
+            // We always carry a value (or components): a second value[x] or a
+            // dataAbsentReason beside it would make the Observation invalid (obs-6).
+            _ if k.starts_with("value") || k == "dataAbsentReason" => {}
             _ if !out.contains_key(&k) => {
                 out.insert(k, val);
             }
@@ -220,222 +320,53 @@ fn merge_extra(out: &mut Map<String, Value>, extra: Map<String, Value>) {
 
 /// Groups readings by observation id, in first-appearance order.
 pub fn group(readings: &[Reading]) -> Vec<Vec<&Reading>> {
-    let mut order: Vec<String> = Vec::new();
-    let mut groups: std::collections::HashMap<String, Vec<&Reading>> =
+    let mut index: std::collections::HashMap<(&str, &str, i64), usize> =
         std::collections::HashMap::new();
+    let mut groups: Vec<Vec<&Reading>> = Vec::new();
     for r in readings {
-        let id = r.observation_id();
-        if !groups.contains_key(&id) {
-            order.push(id.clone());
-        }
-        groups.entry(id).or_default().push(r);
+        let i = *index.entry(obs_key(r)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[i].push(r);
     }
-    order
-        .into_iter()
-        .filter_map(|id| groups.remove(&id))
-        .collect()
+    groups
 }
 
-/// A Bundle (`collection` or `searchset`) of the readings' Observations.
+/// A Bundle (`collection` or `searchset`) of the readings' Observations, with `fullUrl`s
+/// `urn:carewatch:Observation/{id}`. See [`bundle_json_at`] to serve them under a base URL.
 pub fn bundle_json(readings: &[Reading], kind: &str) -> Result<Value> {
+    bundle_json_at(readings, kind, None)
+}
+
+/// [`bundle_json`] with `fullUrl = {base}/Observation/{id}` when `base` (the FHIR server's
+/// base URL, e.g. `https://host/fhir`) is given.
+pub fn bundle_json_at(readings: &[Reading], kind: &str, base: Option<&str>) -> Result<Value> {
+    if !BUNDLE_KINDS.contains(&kind) {
+        return Err(Error::BundleKind(kind.to_owned()));
+    }
     let mut entries = Vec::new();
     for g in group(readings) {
         let o = observation_json(&g, None)?;
-        let id = o
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let mut e = json!({"fullUrl": format!("urn:carewatch:Observation/{id}"), "resource": o});
+        let id = o.get("id").and_then(Value::as_str).unwrap_or_default();
+        let full_url = match base {
+            Some(base) => format!("{}/Observation/{id}", base.trim_end_matches('/')),
+            None => format!("urn:carewatch:Observation/{id}"),
+        };
+        let mut e = json!({"fullUrl": full_url, "resource": o});
         if kind == "searchset" {
             e["search"] = json!({"mode": "match"});
         }
         entries.push(e);
     }
-    let mut bundle = json!({"resourceType": "Bundle", "type": kind, "entry": entries});
+    let total = entries.len();
+    let mut bundle = json!({"resourceType": "Bundle", "type": kind});
     if kind == "searchset" {
-        bundle["total"] = json!(entries_len(&bundle));
+        bundle["total"] = json!(total);
     }
+    bundle["entry"] = Value::Array(entries);
     Ok(bundle)
 }
 
-fn entries_len(b: &Value) -> usize {
-    b.get("entry").and_then(Value::as_array).map_or(0, Vec::len)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use carewatch_transform::catalogue::{VITALS, by_key};
-
-    pub(crate) fn reading(key: &str, value: f64) -> Reading {
-        Reading {
-            device_id: "watch-7".into(),
-            patient_id: Some("pat-1".into()),
-            vital: by_key(key).expect("vital"),
-            value,
-            effective_us: 1_714_550_400_000_000,
-            effective_end_us: None,
-            offset_min: Some(120),
-            extra: None,
-        }
-    }
-
-    /// The HL7 vital-signs rules of shared/reference.md §2.3 and §3, checked in Rust.
-    fn check_vital_signs(o: &Value) {
-        assert_eq!(o["resourceType"], "Observation");
-        assert_eq!(o["status"], "final");
-        assert!(
-            o["subject"]["reference"]
-                .as_str()
-                .is_some_and(|s| s.starts_with("Patient/")),
-            "{o}"
-        );
-        assert!(
-            o.get("effectiveDateTime").is_some() || o.get("effectivePeriod").is_some(),
-            "{o}"
-        );
-        let codes: Vec<&str> = o["code"]["coding"]
-            .as_array()
-            .expect("coding")
-            .iter()
-            .filter_map(|c| c["code"].as_str())
-            .collect();
-        let cat = o["category"][0]["coding"][0]["code"]
-            .as_str()
-            .expect("category");
-        if cat == "vital-signs" {
-            assert_eq!(o["category"][0]["coding"][0]["system"], CATEGORY_SYSTEM);
-        }
-        let check_q = |q: &Value| {
-            assert_eq!(q["system"], UCUM, "{q}");
-            assert!(q["code"].as_str().is_some_and(|c| !c.is_empty()), "{q}");
-            assert!(q["value"].is_number(), "{q}");
-        };
-        if codes.contains(&BP_PANEL) {
-            let comps = o["component"].as_array().expect("components");
-            let cc: Vec<&str> = comps
-                .iter()
-                .map(|c| c["code"]["coding"][0]["code"].as_str().unwrap_or(""))
-                .collect();
-            assert_eq!(cc, vec!["8480-6", "8462-4"]);
-            for c in comps {
-                check_q(&c["valueQuantity"]);
-                assert_eq!(c["valueQuantity"]["code"], "mm[Hg]");
-            }
-            assert!(o.get("valueQuantity").is_none());
-        } else {
-            check_q(&o["valueQuantity"]);
-        }
-        if codes.contains(&"8867-4") || codes.contains(&"9279-1") {
-            assert_eq!(o["valueQuantity"]["code"], "/min");
-        }
-        if codes.contains(&"2708-6") {
-            assert!(codes.contains(&"59408-5"));
-            assert_eq!(o["valueQuantity"]["code"], "%");
-        }
-        // Re-parses as a fhir-model Observation.
-        let _: Observation = serde_json::from_value(o.clone()).expect("re-parses");
-    }
-
-    fn all_samples() -> Vec<Vec<Reading>> {
-        let mut out = Vec::new();
-        for v in VITALS {
-            if v.key == "diastolic" {
-                continue;
-            }
-            let mid = (v.range.0 + v.range.1) / 2.0;
-            let value = (mid * 10.0).round() / 10.0;
-            if v.key == "systolic" {
-                out.push(vec![reading("systolic", 128.0), reading("diastolic", 82.0)]);
-            } else {
-                let mut r = reading(v.key, value);
-                if v.key == "steps" {
-                    r.effective_end_us = Some(r.effective_us + 60_000_000);
-                }
-                out.push(vec![r]);
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn snapshots() {
-        let hr = reading("heart_rate", 72.0);
-        insta::assert_json_snapshot!(
-            "heart_rate",
-            observation_json(&[&hr], Some(1_714_550_401_000_000)).expect("hr")
-        );
-        let spo2 = reading("spo2", 97.0);
-        insta::assert_json_snapshot!("spo2", observation_json(&[&spo2], None).expect("spo2"));
-        let (d, s) = (reading("diastolic", 80.0), reading("systolic", 120.0));
-        insta::assert_json_snapshot!(
-            "blood_pressure",
-            observation_json(&[&d, &s], None).expect("bp")
-        );
-        let mut steps = reading("steps", 42.0);
-        steps.effective_end_us = Some(steps.effective_us + 60_000_000);
-        insta::assert_json_snapshot!("steps", observation_json(&[&steps], None).expect("steps"));
-        let t = reading("body_temperature", 37.2);
-        insta::assert_json_snapshot!(
-            "body_temperature",
-            observation_json(&[&t], None).expect("temp")
-        );
-    }
-
-    #[test]
-    fn every_catalogue_vital_makes_a_conformant_observation() {
-        let samples = all_samples();
-        assert_eq!(samples.len(), VITALS.len() - 1);
-        let out = std::env::var_os("CAREWATCH_FHIR_OUT").map(std::path::PathBuf::from);
-        for rows in &samples {
-            let refs: Vec<&Reading> = rows.iter().collect();
-            let o = observation_json(&refs, Some(1_714_550_401_000_000)).expect("observation");
-            check_vital_signs(&o);
-            if let Some(dir) = &out {
-                std::fs::create_dir_all(dir).expect("mkdir");
-                let name = format!("catalogue-{}.json", rows[0].vital.key);
-                std::fs::write(dir.join(name), serde_json::to_vec_pretty(&o).expect("json"))
-                    .expect("write");
-            }
-        }
-    }
-
-    #[test]
-    fn extra_elements_come_back_and_source_id_is_an_identifier() {
-        let mut r = reading("heart_rate", 61.0);
-        r.extra =
-            Some(r#"{"id":"hr-1","note":[{"text":"after stairs"}],"status":"preliminary"}"#.into());
-        let o = observation_json(&[&r], None).expect("obs");
-        assert_eq!(o["note"][0]["text"], "after stairs");
-        assert_eq!(o["status"], "final", "our elements are not overridden");
-        assert_eq!(
-            o["identifier"][0],
-            json!({"system": SOURCE_ID_SYSTEM, "value": "hr-1"})
-        );
-        assert_eq!(o["id"], r.observation_id());
-    }
-
-    #[test]
-    fn missing_patient_is_an_error_and_bundle_groups_bp() {
-        let mut r = reading("heart_rate", 61.0);
-        r.patient_id = None;
-        assert_eq!(
-            observation_json(&[&r], None).unwrap_err(),
-            Error::MissingPatient("watch-7".into())
-        );
-        let rows = vec![
-            reading("systolic", 120.0),
-            reading("diastolic", 80.0),
-            reading("heart_rate", 70.0),
-        ];
-        let b = bundle_json(&rows, "searchset").expect("bundle");
-        assert_eq!(b["total"], 2);
-        assert_eq!(
-            b["entry"][0]["resource"]["component"]
-                .as_array()
-                .map(Vec::len),
-            Some(2)
-        );
-    }
-}
+mod tests;

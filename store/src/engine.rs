@@ -176,9 +176,29 @@ impl Store {
     pub async fn open(config: Config) -> Result<Store> {
         let objects = object_store(&config)?;
         let wal_dir = config.data_dir.join("wal");
-        std::fs::create_dir_all(&wal_dir).map_err(io)?;
+        let ro = config.read_only;
+        if !ro {
+            std::fs::create_dir_all(&wal_dir).map_err(io)?;
+        }
         let persisted = read_checkpoint(&config.data_dir)?;
-        recover_compaction(&config.data_dir, objects.as_ref()).await?;
+        // Read-only: a compaction in progress means its inputs are superseded by its output.
+        let mut superseded: Vec<String> = Vec::new();
+        if ro {
+            for p in intent_files(&config.data_dir) {
+                if let Some(i) = std::fs::read_to_string(&p)
+                    .ok()
+                    .and_then(|t| Intent::decode(&t))
+                    && objects
+                        .head(&ObjPath::from(i.output.as_str()))
+                        .await
+                        .is_ok()
+                {
+                    superseded.extend(i.inputs);
+                }
+            }
+        } else {
+            recover_compaction(&config.data_dir, objects.as_ref()).await?;
+        }
 
         // Files: drop what a crashed persist left behind (not covered by the checkpoint).
         let mut files = Vec::new();
@@ -189,8 +209,12 @@ impl Store {
                 continue;
             };
             if f.wal_last > persisted {
-                tracing::warn!(path = %f.path, "removing file from an unfinished persist");
-                objects.delete(&f.path).await.map_err(io)?;
+                if !ro {
+                    tracing::warn!(path = %f.path, "removing file from an unfinished persist");
+                    objects.delete(&f.path).await.map_err(io)?;
+                }
+            } else if superseded.contains(&f.path.to_string()) {
+                continue;
             } else {
                 files.push(f);
             }
@@ -198,7 +222,11 @@ impl Store {
         files.sort_by(|a, b| (a.table, &a.date, a.wal_first).cmp(&(b.table, &b.date, b.wal_first)));
 
         // WAL: segments the checkpoint covers are done; replay the rest.
-        let segments = wal::list_segments(&wal_dir).map_err(io)?;
+        let segments = if wal_dir.exists() {
+            wal::list_segments(&wal_dir).map_err(io)?
+        } else {
+            Vec::new()
+        };
         let mut state = State {
             files,
             ..State::default()
@@ -208,8 +236,8 @@ impl Store {
             if id <= persisted {
                 continue;
             }
-            let (frames, damage) = wal::read_segment(&wal_dir, id).map_err(io)?;
-            if let Some(d) = damage {
+            let (frames, damage) = wal::read_segment_opts(&wal_dir, id, !ro).map_err(io)?;
+            if let Some(d) = damage.filter(|_| !ro) {
                 tracing::warn!(segment = d.segment, offset = d.offset, what = %d.what, "WAL tail cut");
                 state.stats.wal_damage.push(format!(
                     "segment {} offset {}: {}",
@@ -234,11 +262,24 @@ impl Store {
                 }
             }
         }
+        let (tx, rx) = mpsc::channel(4096);
+        if ro {
+            // No writer: appends find the channel closed.
+            drop(rx);
+            let inner = Arc::new(Inner {
+                config,
+                tx,
+                state: Mutex::new(state),
+                objects,
+                persist_lock: tokio::sync::Mutex::new(()),
+                wal_dir,
+            });
+            return Ok(Store { inner });
+        }
         wal::remove_upto(&wal_dir, persisted).map_err(io)?;
         let next = segments.last().copied().unwrap_or(0).max(persisted) + 1;
         let wal = Wal::create(&wal_dir, next).map_err(io)?;
 
-        let (tx, rx) = mpsc::channel(4096);
         let inner = Arc::new(Inner {
             config,
             tx,
@@ -543,6 +584,9 @@ async fn rotate(inner: &Inner) -> Result<u64> {
 }
 
 async fn persist(inner: &Inner) -> Result<usize> {
+    if inner.config.read_only {
+        return Ok(0);
+    }
     let _g = inner.persist_lock.lock().await;
     if lock(&inner.state).chunks.is_empty() {
         return Ok(0);
@@ -677,6 +721,9 @@ async fn recover_compaction(dir: &Path, objects: &dyn ObjectStore) -> Result<()>
 }
 
 async fn compact(inner: &Inner, min_files: usize) -> Result<usize> {
+    if inner.config.read_only {
+        return Ok(0);
+    }
     let _g = inner.persist_lock.lock().await;
     let groups: Vec<Vec<FileMeta>> = {
         let st = lock(&inner.state);

@@ -127,6 +127,9 @@ pub struct Config {
     pub delete_grace: Duration,
     /// How often the background task checks persistence, compaction and retention.
     pub tick: Duration,
+    /// Open for reading only (`carewatch sql --data-dir` beside a running server): nothing is
+    /// written, cut or deleted, and appends fail with [`Error::Closed`].
+    pub read_only: bool,
 }
 
 impl Config {
@@ -146,6 +149,7 @@ impl Config {
             row_group_rows: 1 << 20,
             delete_grace: Duration::from_secs(120),
             tick: Duration::from_secs(1),
+            read_only: false,
         }
     }
 }

@@ -56,6 +56,15 @@ pub struct Damage {
 
 /// Reads every intact frame of a segment; cuts a torn or corrupt tail (truncating the file).
 pub fn read_segment(dir: &Path, id: u64) -> io::Result<(Vec<Vec<u8>>, Option<Damage>)> {
+    read_segment_opts(dir, id, true)
+}
+
+/// Like [`read_segment`]; with `cut == false` the file is left untouched (read-only opens).
+pub fn read_segment_opts(
+    dir: &Path,
+    id: u64,
+    cut: bool,
+) -> io::Result<(Vec<Vec<u8>>, Option<Damage>)> {
     let path = segment_path(dir, id);
     let data = fs::read(&path)?;
     let mut frames = Vec::new();
@@ -67,7 +76,9 @@ pub fn read_segment(dir: &Path, id: u64) -> io::Result<(Vec<Vec<u8>>, Option<Dam
     if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
         // A segment created but never written (crash right after creation) is empty, not damaged.
         let d = (!data.is_empty()).then(|| damage(0, "bad segment header".to_owned()));
-        truncate(&path, 0)?;
+        if cut {
+            truncate(&path, 0)?;
+        }
         return Ok((frames, d));
     }
     let mut pos = MAGIC.len();
@@ -101,7 +112,9 @@ pub fn read_segment(dir: &Path, id: u64) -> io::Result<(Vec<Vec<u8>>, Option<Dam
         frames.push(payload.to_vec());
         pos = start + len as usize;
     }
-    if let Some(d) = &found {
+    if let Some(d) = &found
+        && cut
+    {
         truncate(&path, d.offset)?;
     }
     Ok((frames, found))
