@@ -32,6 +32,8 @@ enum Command {
     /// Credentials.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Run SQL against a running server (--server) or directly on a data directory.
+    Sql(SqlArgs),
     /// A simulated device fleet: N patients with realistic vitals and injected episodes, over
     /// MQTT or HTTP. Registers its devices with the admin token, prints what it sent.
     Simulate(SimulateArgs),
@@ -97,6 +99,24 @@ struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "CAREWATCH_TLS_KEY")]
     tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct SqlArgs {
+    /// The query (read-only).
+    query: String,
+    /// A running server's HTTP base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "CAREWATCH_SERVER")]
+    server: Option<String>,
+    /// Analyst or admin token (with --server).
+    #[arg(long, env = "CAREWATCH_TOKEN")]
+    token: Option<String>,
+    /// Data directory to read directly (read-only; safe beside a running server).
+    #[arg(long, env = "CAREWATCH_DATA_DIR", default_value = "carewatch-data")]
+    data_dir: PathBuf,
+    /// Output: table, csv or json.
+    #[arg(long, default_value = "table")]
+    format: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -231,6 +251,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             rt.block_on(serve::run(c))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sql(a) => sql(a),
         Command::Simulate(a) => {
             use carewatch_ingest::simulate::{Episode, SimConfig, Target, patient_id, run};
             let duration_s = parse_duration(&a.duration)?;
@@ -429,4 +450,82 @@ fn template_check(
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn sql(a: SqlArgs) -> Result<ExitCode> {
+    use std::io::Write;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let batches = match &a.server {
+        Some(server) => {
+            let token = a
+                .token
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--server needs --token (or CAREWATCH_TOKEN)"))?;
+            let url = format!("{}/v1/sql", server.trim_end_matches('/'));
+            rt.block_on(async {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(token)
+                    .header("accept", "application/vnd.apache.arrow.stream")
+                    .body(a.query.clone())
+                    .send()
+                    .await?;
+                let status = r.status();
+                let body = r.bytes().await?;
+                if !status.is_success() {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    anyhow::bail!("{}", v["message"].as_str().unwrap_or("query failed"));
+                }
+                let reader = arrow_ipc::reader::StreamReader::try_new(
+                    std::io::Cursor::new(body.to_vec()),
+                    None,
+                )?;
+                Ok(reader.collect::<Result<Vec<_>, _>>()?)
+            })?
+        }
+        None => rt.block_on(async {
+            let mut c = carewatch_store::Config::new(&a.data_dir);
+            c.read_only = true;
+            let store = carewatch_store::Store::open(c).await?;
+            let registry = match carewatch_store::registry::Registry::open_read_only(&a.data_dir) {
+                Ok(r) => r,
+                Err(e) => anyhow::bail!("{e}"),
+            };
+            let q = carewatch_query::QueryEngine::new(
+                store,
+                std::sync::Arc::new(registry),
+                carewatch_query::QueryLimits::default(),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            q.collect(&a.query)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })?,
+    };
+    let mut out = std::io::stdout().lock();
+    match a.format.as_str() {
+        "table" => writeln!(
+            out,
+            "{}",
+            arrow_cast::pretty::pretty_format_batches(&batches)?
+        )?,
+        "csv" => {
+            let mut w = arrow_csv::Writer::new(&mut out);
+            for b in &batches {
+                w.write(b)?;
+            }
+        }
+        "json" => {
+            let mut w = arrow_json::ArrayWriter::new(&mut out);
+            for b in &batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+            writeln!(out)?;
+        }
+        other => anyhow::bail!("--format {other:?}: use table, csv or json"),
+    }
+    Ok(ExitCode::SUCCESS)
 }

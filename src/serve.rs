@@ -104,9 +104,21 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         "http{} listening on {http_addr}",
         if tls.is_some() { "s" } else { "" }
     );
+    let engine = carewatch_query::QueryEngine::new(
+        store.clone(),
+        pipeline.registry.clone(),
+        carewatch_query::QueryLimits::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("query engine: {e}"))?;
     let app = router(HttpState {
         pipeline: pipeline.clone(),
-    });
+    })
+    .merge(carewatch_query::http::router(
+        carewatch_query::http::SqlState {
+            engine,
+            registry: pipeline.registry.clone(),
+        },
+    ));
     let sd = shutdown.clone();
     let http_task = match tls.clone() {
         None => tokio::spawn(async move {

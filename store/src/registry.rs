@@ -182,6 +182,23 @@ impl Registry {
         }
     }
 
+    /// Opens an existing registry without ever creating or writing it (read-only tools).
+    pub fn open_read_only(dir: &Path) -> Result<Registry> {
+        let path = dir.join("registry.json");
+        let data: Data = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Data::default(),
+            Err(e) => return Err(Error::Io(e.to_string())),
+        };
+        let seen = std::sync::Mutex::new(mtime(&path));
+        Ok(Registry {
+            path,
+            data: RwLock::new(data),
+            seen,
+        })
+    }
+
     fn save(&self, data: &Data) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(data).map_err(|e| Error::Encode(e.to_string()))?;
         let dir = self.path.parent().unwrap_or(Path::new("."));

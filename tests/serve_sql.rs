@@ -1,0 +1,121 @@
+//! SQL end to end: a reading acknowledged over HTTP is visible to `/v1/sql` and `carewatch sql`
+//! at once; JSON, CSV and Arrow answers; roles.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn acknowledged_readings_are_queryable_at_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = Server::start(tmp.path(), &[]);
+    let secret = srv.register("w1", "alice");
+    let (s, b) = curl(
+        "POST",
+        &format!("{}/v1/readings", srv.http),
+        &secret,
+        r#"[{"time":"2024-05-01T08:00:00+02:00","heart_rate":72,"spo2":97},{"time":"2024-05-01T08:00:01+02:00","heart_rate":74}]"#,
+    );
+    assert_eq!(s, 202, "{b}");
+    let analyst = {
+        let (s, b) = curl(
+            "POST",
+            &format!("{}/v1/tokens", srv.http),
+            srv.admin(),
+            r#"{"role":"analyst"}"#,
+        );
+        assert_eq!(s, 201, "{b}");
+        serde_json::from_str::<serde_json::Value>(&b).expect("json")["token"]
+            .as_str()
+            .expect("token")
+            .to_owned()
+    };
+    let q = "SELECT patient_id, code, value, unit FROM observations ORDER BY effective_time, code";
+    let (s, b) = curl("POST", &format!("{}/v1/sql", srv.http), &analyst, q);
+    assert_eq!(s, 200, "{b}");
+    let v: serde_json::Value = serde_json::from_str(&b).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!([
+            {"patient_id": "alice", "code": "2708-6", "value": 97.0, "unit": "%"},
+            {"patient_id": "alice", "code": "8867-4", "value": 72.0, "unit": "/min"},
+            {"patient_id": "alice", "code": "8867-4", "value": 74.0, "unit": "/min"}
+        ])
+    );
+    // CSV by Accept.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-H",
+            &format!("Authorization: Bearer {analyst}"),
+            "-H",
+            "Accept: text/csv",
+            "--data-binary",
+        ])
+        .arg("SELECT code, count(*) AS n FROM observations GROUP BY code ORDER BY code")
+        .arg(format!("{}/v1/sql", srv.http))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "code,n\n2708-6,1\n8867-4,2\n"
+    );
+    // The CLI against the server (Arrow IPC over HTTP) and directly on the data directory.
+    let out = Command::new(BIN)
+        .args([
+            "sql",
+            "--server",
+            &srv.http,
+            "--token",
+            &analyst,
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM observations",
+        ])
+        .output()
+        .expect("sql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n3\n");
+    let out = Command::new(BIN)
+        .args([
+            "sql",
+            "--data-dir",
+            srv.dir.to_str().expect("utf8"),
+            "--format",
+            "json",
+            "SELECT count(*) AS n FROM observations",
+        ])
+        .output()
+        .expect("sql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"[{"n":3}]"#);
+    // Devices and writes are refused; a bad query is a 400 without internals.
+    let (s, _) = curl("POST", &format!("{}/v1/sql", srv.http), &secret, "SELECT 1");
+    assert_eq!(s, 403);
+    let (s, b) = curl(
+        "POST",
+        &format!("{}/v1/sql", srv.http),
+        &analyst,
+        "DROP TABLE observations",
+    );
+    assert!(s == 403 || s == 400, "{s} {b}");
+    let (s, b) = curl(
+        "POST",
+        &format!("{}/v1/sql", srv.http),
+        &analyst,
+        "SELECT nope FROM observations",
+    );
+    assert_eq!(s, 400, "{b}");
+    assert!(!b.contains(srv.dir.to_str().expect("utf8")), "{b}");
+    assert_eq!(srv.stop(), 0);
+}
