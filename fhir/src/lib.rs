@@ -4,7 +4,7 @@
 //! or the two blood-pressure components), with `fhir-model`'s R4B types (R4B's Observation has
 //! R4's shape). Each follows the HL7 vital-signs profile where one applies: status, the
 //! `vital-signs` category, the profile's LOINC code (SpO2 with 2708-6 and 59408-5), subject,
-//! device, effective[x] in the sender's offset, valueQuantity with UCUM, BP components (a
+//! device, `effective[x]` in the sender's offset, valueQuantity with UCUM, BP components (a
 //! component the sender did not measure comes back with a `dataAbsentReason`, so the `bp`
 //! profile's two slices are always there). Elements of FHIR-native input that have no column
 //! come back from `extra`, never overriding ours.
@@ -307,7 +307,7 @@ fn merge_extra(out: &mut Map<String, Value>, extra: Map<String, Value>) {
                     }
                 }
             }
-            // We always carry a value (or components): a second value[x] or a
+            // We always carry a value (or components): a second `value[x]` or a
             // dataAbsentReason beside it would make the Observation invalid (obs-6).
             _ if k.starts_with("value") || k == "dataAbsentReason" => {}
             _ if !out.contains_key(&k) => {

@@ -1,3 +1,7 @@
+//! Tests of the FHIR view: snapshots, the vital-signs rules checked in Rust, the official R4
+//! examples round-tripped through transform, and samples for the external validator.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use super::*;
 use carewatch_transform::catalogue::{Category, VITALS, by_key};
 use carewatch_transform::{Context, ZonePolicy, normalise};

@@ -158,7 +158,8 @@ impl ObservationBatchBuilder {
             received: t(),
             source: s(),
             format: s(),
-            extra: StringBuilder::new(),
+            // Only FHIR-native input fills `extra`: reserve offsets, not bytes.
+            extra: StringBuilder::with_capacity(capacity, 0),
             len: 0,
         }
     }
@@ -191,7 +192,18 @@ impl ObservationBatchBuilder {
         self.len == 0
     }
 
-    /// Finishes the batch and resets the builder.
+    /// Finishes the batch and resets the builder (it can be reused for the next batch).
+    ///
+    /// # Panics
+    ///
+    /// Never for any input: every column is appended once per [`push`](Self::push) with the
+    /// schema's type and nullability, so the batch always matches [`observations_schema`]. A
+    /// mismatch is a bug in this module (the tests cover it); it panics rather than return an
+    /// empty batch, which would silently drop acknowledged rows.
+    #[expect(
+        clippy::expect_used,
+        reason = "columns match the schema by construction; failing loudly beats losing rows"
+    )]
     pub fn finish(&mut self) -> RecordBatch {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(self.patient.finish()),
@@ -209,10 +221,8 @@ impl ObservationBatchBuilder {
             Arc::new(self.extra.finish()),
         ];
         self.len = 0;
-        // Columns match the schema by construction; an error here is a programming error that
-        // the tests catch, so fall back to an empty batch rather than panic.
         RecordBatch::try_new(observations_schema(), cols)
-            .unwrap_or_else(|_| RecordBatch::new_empty(observations_schema()))
+            .expect("observations builder columns match observations_schema()")
     }
 }
 
@@ -258,7 +268,7 @@ impl StoredRow {
     }
 }
 
-/// A column was missing or had another type.
+/// A column was missing, had another type, or held nulls where the schema has none.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("observations batch: column `{column}` {problem}")]
 pub struct SchemaError {
@@ -279,25 +289,42 @@ fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, SchemaEr
     })
 }
 
+/// A column the schema declares not null: reject nulls rather than read them as `""` / `0`.
+fn required<'a, T: Array + 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, SchemaError> {
+    let c = col::<T>(b, name)?;
+    if c.null_count() > 0 {
+        return Err(SchemaError {
+            column: name.to_owned(),
+            problem: format!("has {} null(s) but is not nullable", c.null_count()),
+        });
+    }
+    Ok(c)
+}
+
 fn opt_str(a: &StringArray, i: usize) -> Option<String> {
     (!a.is_null(i)).then(|| a.value(i).to_owned())
 }
 
 /// Reads rows back from an `observations` batch; columns are found by name, so batches with
-/// extra (newer) columns still read.
+/// extra (newer) columns or another column order still read.
+///
+/// # Errors
+///
+/// [`SchemaError`] naming the column when one of the thirteen columns is missing, has another
+/// Arrow type, or holds nulls although the schema declares it not null.
 pub fn readings_from_batch(b: &RecordBatch) -> Result<Vec<StoredRow>, SchemaError> {
     let patient = col::<StringArray>(b, "patient_id")?;
-    let device = col::<StringArray>(b, "device_id")?;
-    let code = col::<StringArray>(b, "code")?;
+    let device = required::<StringArray>(b, "device_id")?;
+    let code = required::<StringArray>(b, "code")?;
     let panel = col::<StringArray>(b, "panel_code")?;
-    let value = col::<Float64Array>(b, "value")?;
-    let unit = col::<StringArray>(b, "unit")?;
-    let eff = col::<TimestampMicrosecondArray>(b, "effective_time")?;
+    let value = required::<Float64Array>(b, "value")?;
+    let unit = required::<StringArray>(b, "unit")?;
+    let eff = required::<TimestampMicrosecondArray>(b, "effective_time")?;
     let end = col::<TimestampMicrosecondArray>(b, "effective_end")?;
     let off = col::<Int16Array>(b, "tz_offset_min")?;
-    let rec = col::<TimestampMicrosecondArray>(b, "received_time")?;
-    let source = col::<StringArray>(b, "source")?;
-    let format = col::<StringArray>(b, "format")?;
+    let rec = required::<TimestampMicrosecondArray>(b, "received_time")?;
+    let source = required::<StringArray>(b, "source")?;
+    let format = required::<StringArray>(b, "format")?;
     let extra = col::<StringArray>(b, "extra")?;
     Ok((0..b.num_rows())
         .map(|i| StoredRow {
@@ -319,9 +346,15 @@ pub fn readings_from_batch(b: &RecordBatch) -> Result<Vec<StoredRow>, SchemaErro
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::catalogue::by_key;
+
+    /// 2023-11-14T22:13:20Z.
+    const T0: i64 = 1_700_000_000_000_000;
+    /// One second later: when every test row was received.
+    const RECEIVED: i64 = T0 + 1_000_000;
 
     fn reading(key: &str, value: f64, t: i64) -> Reading {
         Reading {
@@ -334,6 +367,50 @@ mod tests {
             offset_min: Some(120),
             extra: None,
         }
+    }
+
+    /// Heart rate with extra FHIR elements, a blood-pressure pair, and an OMH-like step count
+    /// over an interval from an unassigned device without an offset; with how each arrived.
+    fn sample() -> Vec<(Reading, Source, Format)> {
+        let mut hr = reading("heart_rate", 72.0, T0);
+        hr.extra = Some(r#"{"id":"src-1","note":[{"text":"at rest"}]}"#.into());
+        let mut steps = reading("steps", 1234.0, T0 - 60_000_000);
+        steps.device_id = "dev-2".into();
+        steps.patient_id = None;
+        steps.effective_end_us = Some(T0);
+        steps.offset_min = None;
+        let mut temp = reading("body_temperature", 37.25, T0 + 500);
+        temp.offset_min = Some(-330);
+        vec![
+            (hr, Source::Http, Format::Fhir),
+            (
+                reading("systolic", 120.0, T0),
+                Source::Mqtt,
+                Format::Carewatch,
+            ),
+            (
+                reading("diastolic", 80.0, T0),
+                Source::Mqtt,
+                Format::Carewatch,
+            ),
+            (steps, Source::Replay, Format::Omh),
+            (temp, Source::Cli, Format::Template),
+        ]
+    }
+
+    fn build(rows: &[(Reading, Source, Format)]) -> RecordBatch {
+        let mut b = ObservationBatchBuilder::new(rows.len());
+        for (r, source, format) in rows {
+            b.push(r, RECEIVED, *source, *format);
+        }
+        assert_eq!(b.len(), rows.len());
+        b.finish()
+    }
+
+    fn pretty(batch: &RecordBatch) -> String {
+        arrow_cast::pretty::pretty_format_batches(std::slice::from_ref(batch))
+            .expect("pretty")
+            .to_string()
     }
 
     #[test]
@@ -357,66 +434,180 @@ mod tests {
     }
 
     #[test]
-    fn batch_round_trip() {
-        let mut b = ObservationBatchBuilder::new(4);
-        let mut steps = reading("steps", 120.0, 1_700_000_000_000_000);
-        steps.effective_end_us = Some(1_700_000_060_000_000);
-        steps.offset_min = None;
-        let mut hr = reading("heart_rate", 72.0, 1_700_000_000_000_000);
-        hr.extra = Some(r#"{"id":"src-1"}"#.into());
-        let rows = [
-            hr,
-            reading("systolic", 120.0, 1_700_000_000_000_000),
-            reading("diastolic", 80.0, 1_700_000_000_000_000),
-            steps,
-        ];
-        for r in &rows {
-            b.push(r, 1_700_000_001_000_000, Source::Http, Format::Carewatch);
+    fn every_field_is_described_and_no_observation_id_is_stored() {
+        let s = observations_schema();
+        assert_eq!(s.fields().len(), 13);
+        for f in s.fields() {
+            let d = f.metadata().get("description").map(String::as_str);
+            assert!(d.is_some_and(|d| !d.is_empty()), "{} undescribed", f.name());
         }
-        assert_eq!(b.len(), 4);
-        let batch = b.finish();
-        assert!(b.is_empty());
-        let table = arrow_cast::pretty::pretty_format_batches(&[batch.clone()])
-            .expect("pretty")
-            .to_string();
-        insta::assert_snapshot!(table);
-        let back = readings_from_batch(&batch).expect("read");
-        assert_eq!(back.len(), 4);
-        assert_eq!(back[1].observation_id(), back[2].observation_id());
-        assert_eq!(back[0].observation_id(), rows[0].observation_id());
-        assert_eq!(back[3].effective_end_us, Some(1_700_000_060_000_000));
-        assert_eq!(back[0].extra.as_deref(), Some(r#"{"id":"src-1"}"#));
+        assert!(s.column_with_name("observation_id").is_none());
+        assert_eq!(
+            s.metadata()
+                .get("carewatch.schema_version")
+                .map(String::as_str),
+            Some(SCHEMA_VERSION)
+        );
     }
 
     #[test]
-    fn reads_by_name_and_names_missing_columns() {
-        let mut b = ObservationBatchBuilder::new(1);
-        b.push(
-            &reading("heart_rate", 72.0, 1),
-            2,
-            Source::Mqtt,
-            Format::Fhir,
-        );
-        let batch = b.finish();
-        // An extra, newer column is ignored.
-        let mut fields: Vec<Field> = batch
-            .schema()
-            .fields()
+    fn batch_table_and_round_trip() {
+        let rows = sample();
+        let batch = build(&rows);
+        assert_eq!(batch.schema(), observations_schema());
+        let expected = r#"
++------------+-----------+---------+------------+--------+---------+-----------------------------+----------------------+---------------+----------------------+--------+-----------+--------------------------------------------+
+| patient_id | device_id | code    | panel_code | value  | unit    | effective_time              | effective_end        | tz_offset_min | received_time        | source | format    | extra                                      |
++------------+-----------+---------+------------+--------+---------+-----------------------------+----------------------+---------------+----------------------+--------+-----------+--------------------------------------------+
+| p-1        | dev-1     | 8867-4  |            | 72.0   | /min    | 2023-11-14T22:13:20Z        |                      | 120           | 2023-11-14T22:13:21Z | http   | fhir      | {"id":"src-1","note":[{"text":"at rest"}]} |
+| p-1        | dev-1     | 8480-6  | 85354-9    | 120.0  | mm[Hg]  | 2023-11-14T22:13:20Z        |                      | 120           | 2023-11-14T22:13:21Z | mqtt   | carewatch |                                            |
+| p-1        | dev-1     | 8462-4  | 85354-9    | 80.0   | mm[Hg]  | 2023-11-14T22:13:20Z        |                      | 120           | 2023-11-14T22:13:21Z | mqtt   | carewatch |                                            |
+|            | dev-2     | 55423-8 |            | 1234.0 | {steps} | 2023-11-14T22:12:20Z        | 2023-11-14T22:13:20Z |               | 2023-11-14T22:13:21Z | replay | omh       |                                            |
+| p-1        | dev-1     | 8310-5  |            | 37.25  | Cel     | 2023-11-14T22:13:20.000500Z |                      | -330          | 2023-11-14T22:13:21Z | cli    | template  |                                            |
++------------+-----------+---------+------------+--------+---------+-----------------------------+----------------------+---------------+----------------------+--------+-----------+--------------------------------------------+"#
+            .trim_start();
+        assert_eq!(pretty(&batch), expected);
+
+        let back = readings_from_batch(&batch).expect("read");
+        let want: Vec<StoredRow> = rows
             .iter()
-            .map(|f| f.as_ref().clone())
+            .map(|(r, source, format)| StoredRow {
+                patient_id: r.patient_id.clone(),
+                device_id: r.device_id.clone(),
+                code: r.code().to_owned(),
+                panel_code: r.panel().map(str::to_owned),
+                value: r.value,
+                unit: r.unit().to_owned(),
+                effective_us: r.effective_us,
+                effective_end_us: r.effective_end_us,
+                tz_offset_min: r.offset_min,
+                received_us: RECEIVED,
+                source: source.as_str().to_owned(),
+                format: format.as_str().to_owned(),
+                extra: r.extra.clone(),
+            })
             .collect();
-        fields.push(Field::new("future", DataType::Utf8, true));
+        assert_eq!(back, want);
+        for (stored, (r, _, _)) in back.iter().zip(&rows) {
+            assert_eq!(stored.observation_id(), r.observation_id());
+        }
+        // The blood-pressure pair is one Observation; the heart rate at the same instant is not.
+        assert_eq!(back[1].observation_id(), back[2].observation_id());
+        assert_ne!(back[0].observation_id(), back[1].observation_id());
+        assert_eq!(
+            back[1].observation_id(),
+            observation_id("dev-1", "85354-9", T0)
+        );
+    }
+
+    #[test]
+    fn builder_resets_and_is_reusable() {
+        let rows = sample();
+        let mut b = ObservationBatchBuilder::new(2);
+        assert!(b.is_empty());
+        let empty = b.finish();
+        assert_eq!(empty.num_rows(), 0);
+        assert_eq!(empty.schema(), observations_schema());
+        // Beyond the initial capacity, then a second batch from the same builder.
+        for (r, s, f) in &rows {
+            b.push(r, RECEIVED, *s, *f);
+        }
+        let first = b.finish();
+        assert!(b.is_empty());
+        assert_eq!(b.len(), 0);
+        b.push(&rows[3].0, RECEIVED, Source::Replay, Format::Omh);
+        assert_eq!(b.len(), 1);
+        let second = b.finish();
+        assert_eq!(first.num_rows(), rows.len());
+        assert_eq!(second.num_rows(), 1);
+        assert_eq!(second.schema(), observations_schema());
+        assert_eq!(
+            readings_from_batch(&second).expect("read"),
+            readings_from_batch(&first).expect("read")[3..4]
+        );
+    }
+
+    fn with_column(batch: &RecordBatch, name: &str, field: Field, array: ArrayRef) -> RecordBatch {
+        let schema = batch.schema();
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         let mut cols = batch.columns().to_vec();
-        cols.push(Arc::new(StringArray::from(vec![Some("x")])));
-        let wider = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("wider");
-        assert_eq!(readings_from_batch(&wider).expect("read")[0].value, 72.0);
-        let narrower = batch
-            .project(&[0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12])
-            .expect("project");
+        match schema.index_of(name) {
+            Ok(i) => {
+                fields[i] = field;
+                cols[i] = array;
+            }
+            Err(_) => {
+                fields.push(field);
+                cols.push(array);
+            }
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("batch")
+    }
+
+    #[test]
+    fn additive_columns_and_reordering_still_read() {
+        let batch = build(&sample());
+        let n = batch.num_rows();
+        let future = Arc::new(StringArray::from(vec![Some("x"); n])) as ArrayRef;
+        let wider = with_column(
+            &batch,
+            "future",
+            Field::new("future", DataType::Utf8, true),
+            future,
+        );
+        assert_eq!(
+            readings_from_batch(&wider).expect("wider"),
+            readings_from_batch(&batch).expect("read")
+        );
+        // Columns are looked up by name, not position.
+        let reversed: Vec<usize> = (0..batch.num_columns()).rev().collect();
+        let reordered = batch.project(&reversed).expect("project");
+        assert_eq!(
+            readings_from_batch(&reordered).expect("reordered"),
+            readings_from_batch(&batch).expect("read")
+        );
+    }
+
+    #[test]
+    fn missing_mistyped_or_null_columns_are_named() {
+        let batch = build(&sample());
+        let n = batch.num_rows();
+        let value = batch.schema().index_of("value").expect("value");
+        let keep: Vec<usize> = (0..batch.num_columns()).filter(|&i| i != value).collect();
+        let narrower = batch.project(&keep).expect("project");
         let e = readings_from_batch(&narrower).unwrap_err();
+        assert_eq!(e.column, "value");
         assert_eq!(
             e.to_string(),
             "observations batch: column `value` is missing"
+        );
+
+        let as_text = Arc::new(StringArray::from(vec![Some("72"); n])) as ArrayRef;
+        let mistyped = with_column(
+            &batch,
+            "value",
+            Field::new("value", DataType::Utf8, false),
+            as_text,
+        );
+        let e = readings_from_batch(&mistyped).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "observations batch: column `value` has type Utf8"
+        );
+
+        let mut devices = vec![Some("dev-1"); n];
+        devices[1] = None;
+        let nulls = Arc::new(StringArray::from(devices)) as ArrayRef;
+        let nulled = with_column(
+            &batch,
+            "device_id",
+            Field::new("device_id", DataType::Utf8, true),
+            nulls,
+        );
+        let e = readings_from_batch(&nulled).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "observations batch: column `device_id` has 1 null(s) but is not nullable"
         );
     }
 }
