@@ -3,12 +3,18 @@
 Usage: fhir_validate.py [--expect-invalid] PATH...
 Each PATH is a JSON file or a directory of *.json: an Observation, a Bundle of them, or an array.
 Every Observation is checked by
-  - the official R4 JSON schema (shared/data/fhir-examples/fhir.r4.schema.json) via jsonschema,
-  - fhirkit (fhirkit-rs), which also catches value[x] exclusivity,
-  - fhir.resources 6.4.0, the strict R4 pydantic models,
-  - the HL7 vital-signs profile rules, evaluated with fhirpathpy (vs-1, vs-2, vs-3, VSCat,
-    subject) and the per-profile LOINC/UCUM rules of shared/reference.md §3.
-With --expect-invalid every resource must FAIL at least one check (proves the checks can fail).
+  - schema:         the official R4 JSON schema (shared/data/fhir-examples/fhir.r4.schema.json);
+  - fhirkit:        fhirkit-rs, which also catches value[x] exclusivity;
+  - fhir.resources: 6.4.0, the strict R4 pydantic models;
+  - status, ucum:   status in the required value set; every valueQuantity is UCUM with a code;
+  - the HL7 vital-signs rules (shared/reference.md §2.3, §3), by FHIRPath (fhirpathpy, R4 model):
+    vs-1, vs-2, vs-3, effective, subject (a Patient), component units (ucum-vitals-common) for
+    every Observation with a vital-signs profile code or the vital-signs category; VSCat and the
+    per-profile LOINC + UCUM rules for those with a profile code. Other codes (steps, HRV,
+    glucose, ...) with another category get only the structural checks, status and ucum.
+A Bundle's envelope (without its entries' resources) gets the structural checks as well.
+Prints one line per resource and then `fhir-validate: N passed, M failed`. Exit 0 iff all
+passed; with --expect-invalid, iff every Observation FAILED at least one check.
 """
 import json
 import os
@@ -17,7 +23,7 @@ from pathlib import Path
 
 import fhirkit
 import jsonschema
-from fhir.resources.observation import Observation
+from fhir.resources import construct_fhir_element
 from fhirpathpy import evaluate
 from fhirpathpy.models import models
 
@@ -25,113 +31,167 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("CAREWATCH_SHARED", REPO.parent / "shared"))
 SCHEMA = json.loads((SHARED / "data/fhir-examples/fhir.r4.schema.json").read_text())
 SCHEMA.pop("oneOf", None)
-VALIDATOR = jsonschema.Draft6Validator({**SCHEMA, "$ref": "#/definitions/Observation"})
+VALIDATORS = {t: jsonschema.Draft6Validator({**SCHEMA, "$ref": f"#/definitions/{t}"})
+              for t in ("Observation", "Bundle")}
+
 UCUM = "http://unitsofmeasure.org"
-CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
-
-FHIRPATH = {
-    "vs-1": "effective.ofType(dateTime).all($this.toString().length() >= 8)",
-    "vs-2": "(component.empty() and hasMember.empty()) implies (dataAbsentReason.exists() or value.exists())",
-    "vs-3": "component.all(value.exists() or dataAbsentReason.exists())",
-    "subject": "subject.reference.startsWith('Patient/')",
-    "status": "status in ('registered' | 'preliminary' | 'final' | 'amended' | 'corrected' | 'cancelled' | 'entered-in-error' | 'unknown')",
-}
-# LOINC code -> allowed UCUM codes (reference.md §3.2)
+LOINC = "http://loinc.org"
+MDC = "urn:iso:std:iso:11073:10101"
+SD = "http://hl7.org/fhir/StructureDefinition/"
+VS_CAT = ("category.coding.where(system='http://terminology.hl7.org/CodeSystem/observation-category'"
+          " and code='vital-signs').exists()")
+STATUS = "registered preliminary final amended corrected cancelled entered-in-error unknown".split()
+VITALS_COMMON = {"%", "cm", "[in_i]", "kg", "g", "[lb_av]", "Cel", "[degF]", "mm[Hg]", "/min", "kg/m2", "m2"}
+# reference.md §3.2: fixed LOINC -> (profile, allowed valueQuantity.code; None = no value[x] rule)
 PROFILES = {
-    "8867-4": {"/min"}, "9279-1": {"/min"}, "2708-6": {"%"}, "8310-5": {"Cel", "[degF]"},
-    "29463-7": {"kg", "g", "[lb_av]"}, "8302-2": {"cm", "[in_i]"}, "39156-5": {"kg/m2"},
+    "85353-1": ("vitalspanel", None), "9279-1": ("resprate", {"/min"}),
+    "8867-4": ("heartrate", {"/min"}), "2708-6": ("oxygensat", {"%"}),
+    "8310-5": ("bodytemp", {"Cel", "[degF]"}), "8302-2": ("bodyheight", {"cm", "[in_i]"}),
+    "9843-4": ("headcircum", {"cm", "[in_i]"}), "29463-7": ("bodyweight", {"kg", "g", "[lb_av]"}),
+    "39156-5": ("bmi", {"kg/m2"}), "85354-9": ("bp", None),
+}
+PROFILE_NAMES = {name for name, _ in PROFILES.values()}
+SPO2 = {(LOINC, "59408-5"), (LOINC, "20564-1"), (LOINC, "2708-6"), (MDC, "150456")}
+# vital-signs base profile invariants (StructureDefinition-vitalsigns.json, 4.0.1)
+VS_RULES = {  # name -> (FHIRPath, message)
+    "vs-1": ("effective.ofType(dateTime).all($this.toString().length() >= 8)", "dateTime not day-precise"),
+    "vs-2": ("(component.empty() and hasMember.empty()) implies (dataAbsentReason.exists() or value.exists())",
+             "no value[x], dataAbsentReason, component or hasMember"),
+    "effective": ("effective.exists()", "effective[x] missing"),
+    "subject": ("subject.reference.matches('^(https?://.+/)?Patient/[A-Za-z0-9.-]{1,64}(/_history/[A-Za-z0-9.-]{1,64})?$')"
+                " or subject.type = 'Patient'", "subject missing or not a Patient reference"),
 }
 
 
-def fp(doc, expr):
-    return evaluate(doc, expr, {}, models["r4"])
+def holds(node, expr):
+    return evaluate(node, expr, {}, models["r4"]) == [True]
 
 
-def codes(concept):
-    return [c.get("code") for c in (concept or {}).get("coding", []) if c.get("system") == "http://loinc.org"]
+def codings(concept):
+    return {(c.get("system"), c.get("code")) for c in (concept or {}).get("coding", [])}
+
+
+def structural(doc, rtype):
+    """schema, fhirkit and fhir.resources on one resource; returns [(check, message)]."""
+    errs = [("schema", f"{'/'.join(map(str, e.absolute_path))}: {e.message}"[:200])
+            for e in VALIDATORS[rtype].iter_errors(doc)][:5]
+    try:
+        errs += [("fhirkit", f"{i.path}: {i.message}") for i in fhirkit.validate(doc)]
+    except Exception as e:  # noqa: BLE001 - a crashing validator is a finding too
+        errs.append(("fhirkit", str(e)))
+    try:
+        construct_fhir_element(rtype, doc)
+    except Exception as e:  # noqa: BLE001
+        errs.append(("fhir.resources", " ".join(str(e).split())[:300]))
+    return errs
+
+
+def quantities(o):
+    """(where, valueQuantity) for the Observation's value and each component's value."""
+    qs = [("value", o["valueQuantity"])] if "valueQuantity" in o else []
+    return qs + [(f"component[{i}]", c["valueQuantity"])
+                 for i, c in enumerate(o.get("component", [])) if "valueQuantity" in c]
 
 
 def profile_checks(o):
     errs = []
-    cs = codes(o.get("code"))
-    vital = any(c in PROFILES or c == "85354-9" for c in cs)
-    for name, expr in FHIRPATH.items():
-        if fp(o, expr) != [True]:
-            errs.append(f"{name}: {expr}")
-    if vital and fp(o, f"category.coding.where(system='{CAT}' and code='vital-signs').exists()") != [True]:
-        errs.append("VSCat: no vital-signs category")
-    quantities = [o["valueQuantity"]] if "valueQuantity" in o else []
-    quantities += [c["valueQuantity"] for c in o.get("component", []) if "valueQuantity" in c]
-    for q in quantities:
-        if q.get("system") != UCUM or not q.get("code"):
-            errs.append(f"valueQuantity without UCUM system and code: {q}")
-    for c in cs:
-        if c in PROFILES:
-            unit = o.get("valueQuantity", {}).get("code")
-            if "dataAbsentReason" not in o and unit not in PROFILES[c]:
-                errs.append(f"{c}: unit {unit!r} not in {sorted(PROFILES[c])}")
-    if "59408-5" in cs and "2708-6" not in cs:
-        errs.append("oxygen saturation without the fixed 2708-6 coding")
-    if "85354-9" in cs:
-        comp = {cc: c for c in o.get("component", []) for cc in codes(c.get("code"))}
+    cs = codings(o.get("code"))
+    loinc = {c for s, c in cs if s == LOINC}
+    profiles = {c: PROFILES[c] for c in loinc if c in PROFILES}
+    spo2 = bool(cs & SPO2)
+    declared = {p[len(SD):] for p in o.get("meta", {}).get("profile", []) if p.startswith(SD)}
+    vital = bool(profiles) or spo2 or holds(o, VS_CAT) or bool(declared & (PROFILE_NAMES | {"vitalsigns"}))
+    if not vital:
+        return errs
+    for name, (expr, msg) in VS_RULES.items():
+        if not holds(o, expr):
+            errs.append((name, msg))
+    for i, c in enumerate(o.get("component", [])):
+        if not holds(o, f"component[{i}].select(value.exists() or dataAbsentReason.exists())"):
+            errs.append(("vs-3", f"component[{i}] has neither value[x] nor dataAbsentReason"))
+    for where, q in quantities(o):
+        if where != "value" and q.get("code") not in VITALS_COMMON:
+            errs.append(("component-unit", f"{where} unit {q.get('code')!r} not in ucum-vitals-common"))
+    if (profiles or spo2) and not holds(o, VS_CAT):
+        errs.append(("VSCat", "no category coding observation-category#vital-signs"))
+    for p in declared & PROFILE_NAMES:
+        if p not in {name for name, _ in profiles.values()}:
+            errs.append(("meta.profile", f"declares {p} but code lacks its fixed LOINC"))
+    if spo2 and "2708-6" not in loinc:
+        errs.append(("oxygensat", "oxygen saturation without the fixed LOINC 2708-6 coding"))
+    for code, (name, units) in profiles.items():
+        unit = o.get("valueQuantity", {}).get("code")
+        if units and "dataAbsentReason" not in o and unit not in units:
+            errs.append((name, f"{code}: valueQuantity unit {unit!r} not in {sorted(units)}"))
+    if "85354-9" in profiles:
+        comps = {cc: c for c in o.get("component", []) for s, cc in codings(c.get("code")) if s == LOINC}
         for need in ("8480-6", "8462-4"):
-            c = comp.get(need)
+            c = comps.get(need)
             if c is None:
-                errs.append(f"blood pressure without component {need}")
+                errs.append(("bp", f"no component {need}"))
             elif "dataAbsentReason" not in c and c.get("valueQuantity", {}).get("code") != "mm[Hg]":
-                errs.append(f"blood pressure component {need} not in mm[Hg]")
+                errs.append(("bp", f"component {need} neither mm[Hg] valueQuantity nor dataAbsentReason"))
     return errs
 
 
 def check(o):
-    errs = []
-    errs += [f"schema: {e.message}" for e in VALIDATOR.iter_errors(o)][:5]
+    if not isinstance(o, dict) or o.get("resourceType") != "Observation":
+        return [("resourceType", "not an Observation")]
+    errs = structural(o, "Observation")
     try:
-        errs += [f"fhirkit: {i}" for i in fhirkit.validate(o)]
-    except Exception as e:  # noqa: BLE001 - report any validator failure as a finding
-        errs.append(f"fhirkit: {e}")
-    try:
-        Observation.parse_obj(o)
+        if not holds(o, f"status in ({' | '.join(repr(s) for s in STATUS)})"):
+            errs.append(("status", f"{o.get('status')!r} not in the observation-status value set"))
+        errs += [("ucum", f"{w}: {q}") for w, q in quantities(o) if q.get("system") != UCUM or not q.get("code")]
+        errs += profile_checks(o)
     except Exception as e:  # noqa: BLE001
-        errs.append("fhir.resources: " + str(e).replace("\n", " ")[:300])
-    try:
-        errs += [f"profile {e}" for e in profile_checks(o)]
-    except Exception as e:  # noqa: BLE001
-        errs.append(f"fhirpath: {e}")
+        errs.append(("fhirpath", repr(e)))
     return errs
 
 
-def observations(doc):
+def resources(name, doc):
+    """(label, resource type, resource) for everything in one file."""
     if isinstance(doc, list):
-        for d in doc:
-            yield from observations(d)
-    elif doc.get("resourceType") == "Bundle":
-        for e in doc.get("entry", []):
-            yield e.get("resource", {})
+        for i, d in enumerate(doc):
+            yield f"{name}[{i}]", "Observation", d
+    elif isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
+        env = {**doc, "entry": [{k: v for k, v in e.items() if k != "resource"} for e in doc.get("entry", [])]}
+        yield f"{name} (Bundle)", "Bundle", env
+        for i, e in enumerate(doc.get("entry", [])):
+            yield f"{name} entry[{i}]", "Observation", e.get("resource")
     else:
-        yield doc
+        yield name, "Observation", doc
 
 
 def main(argv):
     expect_invalid = "--expect-invalid" in argv
-    paths = [Path(a) for a in argv if a != "--expect-invalid"]
     files = []
-    for p in paths:
+    for p in (Path(a) for a in argv if a != "--expect-invalid"):
         files += sorted(p.glob("*.json")) if p.is_dir() else [p]
     passed = failed = 0
     for f in files:
-        for i, o in enumerate(observations(json.loads(f.read_text()))):
-            errs = check(o)
-            good = bool(errs) if expect_invalid else not errs
-            label = f"{f.name}#{i}"
-            if good:
-                passed += 1
-                print(f"ok   {label}" + (f" (rejected: {errs[0][:100]})" if expect_invalid else ""))
+        try:
+            items = list(resources(f.name, json.loads(f.read_text())))
+        except (OSError, ValueError) as e:
+            items = [(f.name, "unreadable", str(e))]
+        for label, rtype, res in items:
+            if rtype == "unreadable":
+                errs = [("json", res)]
+            elif rtype == "Bundle":
+                if expect_invalid:  # the envelope is not what the invalid cases are about
+                    continue
+                errs = structural(res, "Bundle")
             else:
+                errs = check(res)
+            msg = "; ".join(f"{c}: {m}" for c, m in errs)
+            if rtype == "unreadable" or bool(errs) != expect_invalid:
                 failed += 1
-                print(f"FAIL {label}: " + ("accepted an invalid resource" if expect_invalid else "; ".join(errs)))
+                why = "accepted, but it is invalid" if expect_invalid and rtype != "unreadable" else msg
+                print(f"FAIL {label}: {why}")
+            else:
+                passed += 1
+                print(f"OK   {label}" + (f" (rejected: {msg})" if expect_invalid else ""))
     if passed + failed == 0:
-        print("no Observations found")
+        print("FAIL no Observations found")
         failed = 1
     print(f"fhir-validate: {passed} passed, {failed} failed")
     return 0 if failed == 0 else 1

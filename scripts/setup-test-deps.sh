@@ -1,35 +1,50 @@
 #!/usr/bin/env bash
-# Installs what the tests need beyond the Rust toolchain, idempotently:
+# Installs what the tests need beyond the Rust toolchain, idempotently (a second run with
+# nothing to do takes well under a second):
 #   - Debian packages: Mosquitto broker and clients (MQTT tests);
-#   - a Python venv with an external FHIR validator nobody here wrote (fhirkit-rs, the strict
-#     R4 models of fhir.resources 6.4, jsonschema for the official R4 JSON schema, fhirpathpy
-#     for the vital-signs invariants), DuckDB and pyarrow (read our Parquet), paho-mqtt.
-# A second run with nothing to do takes well under a second.
+#   - a Python venv at ${CAREWATCH_VENV:-~/.cache/carewatch-venv} with an external FHIR validator
+#     nobody here wrote (fhirkit-rs, the strict R4 models of fhir.resources 6.4 on pydantic 1,
+#     jsonschema for the official R4 JSON schema, fhirpathpy for the vital-signs invariants),
+#     plus DuckDB and pyarrow (read our Parquet) and paho-mqtt.
 set -euo pipefail
 
+# ---- Debian packages -------------------------------------------------------------------------
+# Later issues add theirs here: postgresql-client (psql), chromium (dashboard screenshots).
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
-# (later issues add: postgresql-client for psql, chromium for the dashboard)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
+else
+  echo "setup: Debian packages present"
 fi
 
+# ---- Python venv -----------------------------------------------------------------------------
+# fhir.resources 6.4.0 is the last release whose default models are plain R4 (4.0.1); it needs
+# pydantic 1, and co-installs with the rest in one venv (pip check is clean).
 venv="${CAREWATCH_VENV:-$HOME/.cache/carewatch-venv}"
 reqs=(
-  "fhir.resources==6.4.0" "pydantic[email]<2" "fhirkit-rs==0.1.0" "jsonschema==4.*"
+  "fhirkit-rs==0.1.0" "fhir.resources==6.4.0" "pydantic[email]<2" "jsonschema==4.*"
   "fhirpathpy==2.2.4" "duckdb==1.*" "pyarrow" "paho-mqtt==2.*"
 )
-stamp="$venv/.carewatch-reqs"
-want="$(printf '%s\n' "${reqs[@]}")"
-if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+stamp="$venv/.carewatch-reqs.sha256"
+want="$( { python3 --version; printf '%s\n' "${reqs[@]}"; } | sha256sum | cut -d' ' -f1)"
+if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   echo "setup: python venv $venv up to date"
-else
+  exit 0
+fi
+if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating python venv $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "${reqs[@]}"
-  printf '%s' "$want" > "$stamp"
 fi
+echo "setup: pip install ${reqs[*]}"
+"$venv/bin/pip" install -q --disable-pip-version-check "${reqs[@]}"
+"$venv/bin/pip" check
+"$venv/bin/pip" list --disable-pip-version-check 2>/dev/null \
+  | grep -iE '^(fhirkit-rs|fhir.resources|pydantic|jsonschema|fhirpathpy|duckdb|pyarrow|paho-mqtt) ' \
+  | sed 's/^/setup:   /'
+echo "$want" > "$stamp"

@@ -115,7 +115,7 @@ fn broker(dir: &std::path::Path) -> (Broker, u16) {
     let conf = dir.join("m.conf");
     std::fs::write(
         &conf,
-        format!("user root\nlistener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 1000\nmax_queued_bytes 0\n"),
+        format!("user root\nlistener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 10000000\nmax_inflight_messages 1000\nmax_queued_bytes 0\n"),
     )
     .expect("conf");
     let child = std::process::Command::new(mosquitto_bin().expect("mosquitto"))
@@ -198,7 +198,7 @@ async fn publish_all(port: u16, messages: usize, per_message: usize) {
     let _ = c.disconnect().await;
 }
 
-/// Drain rate of a subscriber that only acks.
+/// Drain rate of a subscriber that only acks (event loop in its own task, as carewatch does).
 async fn do_nothing(port: u16, messages: usize) -> f64 {
     let mut o = MqttOptions::new("bench-null", "127.0.0.1", port);
     o.set_clean_session(false);
@@ -206,18 +206,39 @@ async fn do_nothing(port: u16, messages: usize) -> f64 {
     o.set_inflight(1000);
     o.set_max_packet_size(1 << 20, 1 << 20);
     let (c, mut el) = AsyncClient::new(o, 1000);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let poller = tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
     let mut got = 0;
     let mut t = None;
     while got < messages {
-        if let Ok(Event::Incoming(Packet::Publish(p))) = el.poll().await {
-            t.get_or_insert_with(Instant::now);
-            c.ack(&p).await.expect("ack");
-            got += 1;
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some(p)) => {
+                t.get_or_insert_with(Instant::now);
+                c.ack(&p).await.expect("ack");
+                got += 1;
+            }
+            _ => {
+                eprintln!("do-nothing subscriber stalled at {got}/{messages}");
+                break;
+            }
         }
     }
     let secs = t.map(|t| t.elapsed().as_secs_f64()).unwrap_or(1.0);
     let _ = c.disconnect().await;
-    messages as f64 / secs
+    poller.abort();
+    got as f64 / secs
 }
 
 async fn carewatch_drain(port: u16, messages: usize, readings: u64) -> f64 {
@@ -267,7 +288,11 @@ async fn main() {
         "| readings/message | messages | do-nothing subscriber msg/s | carewatch msg/s | carewatch readings/s | ratio |"
     );
     println!("|---:|---:|---:|---:|---:|---:|");
-    for (per, messages) in [(1usize, 20_000usize), (60, 2_000)] {
+    let scale: usize = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    for (per, messages) in [(1usize, 200 * scale), (60, 20 * scale)] {
         let dir = tempfile::tempdir().expect("tmp");
         let (_b, port) = broker(dir.path());
         prepare_session(port, "bench-null").await;

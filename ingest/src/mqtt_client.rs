@@ -133,7 +133,49 @@ pub async fn run(
         None => "devices/+/readings".to_owned(),
     };
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-    let mut backoff = Duration::from_millis(100);
+    // The event loop runs in its own task so it always drains our acks; incoming messages come
+    // over an unbounded channel (the broker's in-flight window bounds it for QoS 1).
+    let (fwd, mut incoming) = tokio::sync::mpsc::unbounded_channel::<rumqttc::Publish>();
+    let poll_stop = shutdown.child_token();
+    let (sub_client, sub_filter, stop) = (client.clone(), filter.clone(), poll_stop.clone());
+    let poller = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let ev = tokio::select! {
+                () = stop.cancelled() => return,
+                ev = eventloop.poll() => ev,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(
+                        session_present = ack.session_present,
+                        "connected to external broker"
+                    );
+                    if !ack.session_present
+                        && let Err(e) =
+                            sub_client.try_subscribe(sub_filter.clone(), QoS::AtLeastOnce)
+                    {
+                        tracing::error!(error = %e, "subscribing failed");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if fwd.send(p).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "external broker connection lost");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    });
     // Messages being stored concurrently (they share group commits); acks go out in arrival
     // order as each completes.
     let mut inflight = futures::stream::FuturesOrdered::new();
@@ -156,34 +198,20 @@ pub async fn run(
                 }
             }
             () = shutdown.cancelled(), if inflight.is_empty() => break,
-            ev = eventloop.poll(), if inflight.len() < MAX_INFLIGHT => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    backoff = Duration::from_millis(100);
-                    tracing::info!(session_present = ack.session_present, "connected to external broker");
-                    if !ack.session_present {
-                        client.subscribe(filter.clone(), QoS::AtLeastOnce).await.map_err(|e| e.to_string())?;
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let pipeline = pipeline.clone();
-                    inflight.push_back(async move {
-                        let res = store_message(&pipeline, &p).await;
-                        (p, res)
-                    });
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "external broker connection lost");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            },
+            Some(p) = incoming.recv(), if inflight.len() < MAX_INFLIGHT => {
+                let pipeline = pipeline.clone();
+                inflight.push_back(async move {
+                    let res = store_message(&pipeline, &p).await;
+                    (p, res)
+                });
+            }
         }
     }
+    // Give the acks a moment to leave before the connection closes.
     let _ = client.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    poll_stop.cancel();
+    let _ = poller.await;
     Ok(())
 }
 
