@@ -279,3 +279,81 @@ fn simulator_fleet_over_mqtt_and_http_arrives_exactly() {
         "storage holds exactly what was acknowledged"
     );
 }
+
+#[test]
+fn two_nodes_share_one_broker_through_a_shared_subscription() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let broker = Mosquitto::start(tmp.path(), port);
+    let node = |name: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let conf = dir.join("carewatch.toml");
+        std::fs::write(
+            &conf,
+            format!("[mqtt]\nclient_id = \"carewatch-{name}\"\nshared_group = \"carewatch\"\n"),
+        )
+        .expect("conf");
+        let srv = Server::start(
+            &dir,
+            &[
+                "--mqtt-url",
+                &format!("mqtt://127.0.0.1:{port}"),
+                "--config",
+                conf.to_str().expect("utf8"),
+            ],
+        );
+        srv.register("w1", "alice");
+        srv
+    };
+    let (a, b) = (node("a"), node("b"));
+    // Both subscriptions are in place once each node has connected.
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..200 {
+        let msg = format!(
+            r#"{{"time":{},"heart_rate":{}}}"#,
+            1_714_550_400_000_i64 + i * 1000,
+            60 + i % 50
+        );
+        let ok = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                "devices/w1/readings",
+                "-m",
+                &msg,
+            ])
+            .status()
+            .expect("mosquitto_pub")
+            .success();
+        assert!(ok);
+    }
+    let total = || {
+        a.stats()["rows_appended"].as_u64().unwrap_or(0)
+            + b.stats()["rows_appended"].as_u64().unwrap_or(0)
+    };
+    wait_until(
+        "both nodes together to store 200",
+        Duration::from_secs(30),
+        || total() >= 200,
+    );
+    let (na, nb) = (
+        a.stats()["rows_appended"].as_u64().unwrap_or(0),
+        b.stats()["rows_appended"].as_u64().unwrap_or(0),
+    );
+    assert_eq!(na + nb, 200, "each message stored by exactly one node");
+    assert!(na > 0 && nb > 0, "the broker split the load: {na} + {nb}");
+    let (da, db) = (a.dir.clone(), b.dir.clone());
+    assert_eq!(a.stop(), 0);
+    assert_eq!(b.stop(), 0);
+    broker.stop();
+    assert_eq!(
+        count(&read_table(&da, Table::Observations)) + count(&read_table(&db, Table::Observations)),
+        200
+    );
+}

@@ -64,7 +64,7 @@ pub fn device_of(topic: &str) -> Option<&str> {
 }
 
 /// Messages stored concurrently per connection.
-const MAX_INFLIGHT: usize = 256;
+const MAX_INFLIGHT: usize = 1024;
 
 async fn store_message(
     pipeline: &Pipeline,
