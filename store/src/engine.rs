@@ -367,16 +367,7 @@ impl Store {
         let snap = self.snapshot();
         let mut out = Vec::new();
         for f in snap.files.iter().filter(|f| f.table == table) {
-            let bytes = self
-                .inner
-                .objects
-                .get(&f.path)
-                .await
-                .map_err(io)?
-                .bytes()
-                .await
-                .map_err(io)?;
-            out.extend(tables::decode_parquet(bytes)?);
+            out.extend(read_file(self.inner.objects.as_ref(), &f.path).await?);
         }
         out.extend(snap.buffered(table).iter().cloned());
         Ok(out)
@@ -427,6 +418,18 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Reads one Parquet file of ours from the object store.
+async fn read_file(objects: &dyn ObjectStore, path: &ObjPath) -> Result<Vec<RecordBatch>> {
+    let bytes = objects
+        .get(path)
+        .await
+        .map_err(io)?
+        .bytes()
+        .await
+        .map_err(io)?;
+    tables::decode_parquet(bytes)
 }
 
 fn rows_batch(rows: &[Row]) -> Result<RecordBatch> {
@@ -745,15 +748,7 @@ async fn compact(inner: &Inner, min_files: usize) -> Result<usize> {
         let last = inputs.iter().map(|f| f.wal_last).max().unwrap_or(0);
         let mut batches = Vec::new();
         for f in &inputs {
-            let bytes = inner
-                .objects
-                .get(&f.path)
-                .await
-                .map_err(io)?
-                .bytes()
-                .await
-                .map_err(io)?;
-            batches.extend(tables::decode_parquet(bytes)?);
+            batches.extend(read_file(inner.objects.as_ref(), &f.path).await?);
         }
         let rgs = inner.config.row_group_rows;
         let bytes = tokio::task::spawn_blocking(move || -> Result<bytes::Bytes> {

@@ -71,6 +71,16 @@ struct Credential {
     revoked_us: Option<i64>,
 }
 
+impl Credential {
+    fn new(principal: Principal) -> Self {
+        Credential {
+            principal,
+            created_us: now_us(),
+            revoked_us: None,
+        }
+    }
+}
+
 /// A device's assignment to a patient for a period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
@@ -262,14 +272,7 @@ impl Registry {
             subject,
         };
         self.write(|d| {
-            d.credentials.insert(
-                h,
-                Credential {
-                    principal,
-                    created_us: now_us(),
-                    revoked_us: None,
-                },
-            );
+            d.credentials.insert(h, Credential::new(principal));
             Ok(())
         })?;
         Ok(token)
@@ -356,14 +359,7 @@ impl Registry {
             if let Some(c) = d.credentials.get_mut(&old) {
                 c.revoked_us = Some(now_us());
             }
-            d.credentials.insert(
-                h,
-                Credential {
-                    principal,
-                    created_us: now_us(),
-                    revoked_us: None,
-                },
-            );
+            d.credentials.insert(h, Credential::new(principal));
             Ok(())
         })?;
         Ok(token)

@@ -633,14 +633,22 @@ impl Content {
     }
 }
 
-fn collect_content(v: &Value, path: &str, out: &mut Vec<Content>) -> Result<(), TemplateError> {
+/// A `{templateType, template}` node: its type, its inner template and the inner's path.
+fn template_header<'v>(
+    v: &'v Value,
+    path: &str,
+) -> Result<(&'v str, &'v Value, String), TemplateError> {
     let o = as_obj(v, path)?;
     let ty =
         get_str(o, "templateType", path)?.ok_or_else(|| invalid(path, "missing templateType"))?;
     let inner = o
         .get("template")
         .ok_or_else(|| invalid(path, "missing template"))?;
-    let ipath = format!("{path}.template");
+    Ok((ty, inner, format!("{path}.template")))
+}
+
+fn collect_content(v: &Value, path: &str, out: &mut Vec<Content>) -> Result<(), TemplateError> {
+    let (ty, inner, ipath) = template_header(v, path)?;
     let kind = match ty {
         "CollectionContent" => {
             let items = inner
@@ -776,13 +784,7 @@ fn mapped_value(
 }
 
 fn collect_fhir(v: &Value, path: &str, out: &mut Vec<CodeValue>) -> Result<(), TemplateError> {
-    let o = as_obj(v, path)?;
-    let ty =
-        get_str(o, "templateType", path)?.ok_or_else(|| invalid(path, "missing templateType"))?;
-    let inner = o
-        .get("template")
-        .ok_or_else(|| invalid(path, "missing template"))?;
-    let ipath = format!("{path}.template");
+    let (ty, inner, ipath) = template_header(v, path)?;
     match ty {
         "CollectionFhir" | "CollectionFhirTemplate" => {
             let items = inner
