@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond the Rust toolchain, idempotently (a second run with
 # nothing to do takes well under a second):
-#   - Debian packages: Mosquitto broker and clients (MQTT tests);
+#   - Debian packages: Mosquitto broker and clients (MQTT tests), psql (Postgres wire tests),
+#     curl and openssl (HTTP and TLS tests);
 #   - a Python venv at ${CAREWATCH_VENV:-~/.cache/carewatch-venv} with an external FHIR validator
 #     nobody here wrote (fhirkit-rs, the strict R4 models of fhir.resources 6.4 on pydantic 1,
 #     jsonschema for the official R4 JSON schema, fhirpathpy for the vital-signs invariants),
@@ -9,10 +10,13 @@
 set -euo pipefail
 
 # ---- Debian packages -------------------------------------------------------------------------
-# Later issues add theirs here: postgresql-client (psql), chromium (dashboard screenshots).
+# Later issues add theirs here: chromium (dashboard screenshots).
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"

@@ -98,6 +98,7 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub http_addr: SocketAddr,
     pub mqtt_addr: SocketAddr,
+    pub pg_addr: SocketAddr,
     pub mqtt_url: Option<String>,
     pub assume_tz: Option<String>,
     pub max_payload_bytes: usize,
@@ -156,7 +157,7 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
             .unwrap_or_else(|| "127.0.0.1:1883".into()),
         "mqtt_addr",
     )?;
-    let _pg = addr(
+    let pg_addr = addr(
         &o.pg_addr
             .or(file.pg_addr)
             .unwrap_or_else(|| "127.0.0.1:5433".into()),
@@ -195,6 +196,7 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
     Ok(ServeConfig {
         tls,
         data_dir,
+        pg_addr,
         http_addr,
         mqtt_addr,
         mqtt_url,

@@ -110,6 +110,19 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         carewatch_query::QueryLimits::default(),
     )
     .map_err(|e| anyhow::anyhow!("query engine: {e}"))?;
+    let pg_ctx = engine.context().clone();
+    let pg_registry = pipeline.registry.clone();
+    let (pg_host, pg_port) = (c.pg_addr.ip().to_string(), c.pg_addr.port());
+    if !is_loopback(&c.pg_addr) {
+        tracing::warn!(addr = %c.pg_addr, "the Postgres wire is served without TLS on a non-loopback address; tokens travel in cleartext");
+    }
+    println!("postgres listening on {}", c.pg_addr);
+    let pg_task = tokio::spawn(async move {
+        if let Err(e) = carewatch_query::pgwire::serve(pg_ctx, pg_registry, pg_host, pg_port).await
+        {
+            tracing::error!(error = %e, "postgres wire server stopped");
+        }
+    });
     let app = router(HttpState {
         pipeline: pipeline.clone(),
     })
@@ -177,6 +190,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     tracing::info!("shutting down: draining");
     shutdown.cancel();
     let _ = http_task.await;
+    pg_task.abort();
     let _ = mqtt_task.await;
     store.close().await.context("flushing the store")?;
     tracing::info!("stopped cleanly");

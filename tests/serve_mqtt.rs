@@ -161,13 +161,6 @@ impl Drop for Mosquitto {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
 #[test]
 fn external_mosquitto_restart_loses_nothing() {
     let tmp = tempfile::tempdir().expect("tmp");

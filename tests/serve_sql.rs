@@ -119,3 +119,100 @@ fn acknowledged_readings_are_queryable_at_once() {
     assert!(!b.contains(srv.dir.to_str().expect("utf8")), "{b}");
     assert_eq!(srv.stop(), 0);
 }
+
+fn psql(pg: &str, token: &str, sql: &str) -> (bool, String, String) {
+    let (host, port) = pg.rsplit_once(':').expect("addr");
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "-U",
+            "analyst",
+            "-d",
+            "carewatch",
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", token)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql installed (scripts/setup-test-deps.sh)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn psql_over_the_postgres_wire() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = Server::start(tmp.path(), &[]);
+    let pg = srv.pg.clone().expect("postgres address");
+    let secret = srv.register("w1", "alice");
+    let body: String = (0..30)
+        .map(|i| {
+            format!(
+                "{{\"time\":{},\"heart_rate\":{}}}\n",
+                1_714_550_400_000_i64 + i * 60_000,
+                90 + i
+            )
+        })
+        .collect();
+    let (s, b) = curl("POST", &format!("{}/v1/readings", srv.http), &secret, &body);
+    assert_eq!(s, 202, "{b}");
+    let (_, b) = curl(
+        "POST",
+        &format!("{}/v1/tokens", srv.http),
+        srv.admin(),
+        r#"{"role":"analyst"}"#,
+    );
+    let analyst = serde_json::from_str::<serde_json::Value>(&b).expect("json")["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    wait_until(
+        "postgres to listen",
+        std::time::Duration::from_secs(10),
+        || std::net::TcpStream::connect(pg.as_str()).is_ok(),
+    );
+
+    // Filters, aggregates and a window function, as an analyst would write them.
+    let (ok, out, err) = psql(
+        &pg,
+        &analyst,
+        "SELECT count(*), min(value), max(value) FROM observations WHERE patient_id = 'alice' AND code = '8867-4'",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "30|90.0|119.0");
+    let (ok, out, err) = psql(
+        &pg,
+        &analyst,
+        "SELECT count(*) FROM (SELECT value - lag(value) OVER (ORDER BY effective_time) AS d FROM observations) t WHERE d = 1",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "29");
+    // \d lists the tables.
+    let (ok, out, err) = psql(&pg, &analyst, "\\d");
+    assert!(ok, "{err}");
+    for t in ["observations", "dead_letters", "devices", "care_teams"] {
+        assert!(out.contains(t), "\\d lacks {t}: {out}");
+    }
+    // Writes are refused; a device or a wrong token cannot log in.
+    let (ok, _, err) = psql(&pg, &analyst, "CREATE TABLE x AS SELECT 1");
+    assert!(!ok && err.contains("read-only"), "{err}");
+    let (ok, _, err) = psql(&pg, &analyst, "COPY observations TO '/tmp/leak.csv'");
+    assert!(!ok, "{err}");
+    let (ok, _, err) = psql(&pg, &secret, "SELECT 1");
+    assert!(!ok && err.to_lowercase().contains("password"), "{err}");
+    let (ok, _, _) = psql(&pg, "cw_wrong", "SELECT 1");
+    assert!(!ok);
+    assert_eq!(srv.stop(), 0);
+}

@@ -12,6 +12,7 @@
 
 pub mod engine;
 pub mod http;
+pub mod pgwire;
 pub mod table;
 
 pub use engine::{QueryEngine, QueryError, QueryLimits};

@@ -16,6 +16,7 @@ pub static TEST_CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// A running `carewatch serve`.
 pub struct Server {
     pub child: Child,
+    pub pg: Option<String>,
     pub http: String,
     pub mqtt: Option<String>,
     pub admin: Option<String>,
@@ -28,12 +29,15 @@ impl Server {
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
         let log = dir.join("serve.stderr");
         let err = std::fs::File::create(&log).expect("log file");
+        let pg = format!("127.0.0.1:{}", free_port());
         let mut args = vec![
             "serve",
             "--http-addr",
             "127.0.0.1:0",
             "--mqtt-addr",
             "127.0.0.1:0",
+            "--pg-addr",
+            &pg,
             "--data-dir",
         ];
         let data = dir.join("data");
@@ -56,7 +60,7 @@ impl Server {
                 }
             }
         });
-        let (mut http, mut mqtt, mut admin) = (None, None, None);
+        let (mut http, mut mqtt, mut admin, mut pg) = (None, None, None, None);
         let deadline = Instant::now() + Duration::from_secs(30);
         while http.is_none() || (mqtt.is_none() && !extra.contains(&"--mqtt-url")) {
             let line = rx
@@ -81,12 +85,15 @@ impl Server {
                 mqtt = Some(a.to_owned());
             } else if let Some(t) = line.strip_prefix("admin token: ") {
                 admin = Some(t.to_owned());
+            } else if let Some(a) = line.strip_prefix("postgres listening on ") {
+                pg = Some(a.to_owned());
             } else if line.starts_with("mqtt subscribing to ") {
                 mqtt = Some(String::new());
             }
         }
         Server {
             child,
+            pg,
             http: http.unwrap_or_default(),
             mqtt: mqtt.filter(|m| !m.is_empty()),
             admin,
@@ -244,4 +251,12 @@ pub fn python() -> String {
         )
     });
     format!("{venv}/bin/python")
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
 }
