@@ -109,6 +109,7 @@ impl QueryEngine {
             .with_information_schema(true)
             .with_default_catalog_and_schema("carewatch", "public");
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        crate::fhir_read::register_udfs(&ctx);
         let url = url::Url::parse(TABLES_URL).map_err(|_| QueryError::Internal)?;
         ctx.register_object_store(&url, store.objects());
         let reg = |name: &str, t: Arc<dyn datafusion::datasource::TableProvider>| {

@@ -28,7 +28,17 @@ pub struct SqlState {
 
 /// The router for `/v1/sql`.
 pub fn router(state: SqlState) -> Router {
-    Router::new().route("/v1/sql", post(sql)).with_state(state)
+    Router::new()
+        .route("/v1/sql", post(sql))
+        .route(
+            "/fhir/Observation/{id}",
+            axum::routing::get(crate::fhir_read::read),
+        )
+        .route(
+            "/fhir/Observation",
+            axum::routing::get(crate::fhir_read::search),
+        )
+        .with_state(state)
 }
 
 #[derive(Clone, Copy)]

@@ -11,6 +11,7 @@
 //! What it must not do: write anything, or depend on `ingest`.
 
 pub mod engine;
+pub mod fhir_read;
 pub mod http;
 pub mod pgwire;
 pub mod table;
