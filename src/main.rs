@@ -497,6 +497,7 @@ fn sql(a: SqlArgs) -> Result<ExitCode> {
                 store,
                 std::sync::Arc::new(registry),
                 carewatch_query::QueryLimits::default(),
+                std::sync::Arc::new(carewatch_query::audit::AuditLog::open(&a.data_dir, true)?),
             )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             q.collect(&a.query)

@@ -104,13 +104,19 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         "http{} listening on {http_addr}",
         if tls.is_some() { "s" } else { "" }
     );
+    let audit = Arc::new(
+        carewatch_query::audit::AuditLog::open(&c.data_dir, false)
+            .context("opening the audit log")?,
+    );
     let engine = carewatch_query::QueryEngine::new(
         store.clone(),
         pipeline.registry.clone(),
         carewatch_query::QueryLimits::default(),
+        audit,
     )
     .map_err(|e| anyhow::anyhow!("query engine: {e}"))?;
     let pg_ctx = engine.context().clone();
+    let pg_audit = engine.audit().clone();
     let pg_registry = pipeline.registry.clone();
     let (pg_host, pg_port) = (c.pg_addr.ip().to_string(), c.pg_addr.port());
     if !is_loopback(&c.pg_addr) {
@@ -118,7 +124,8 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     }
     println!("postgres listening on {}", c.pg_addr);
     let pg_task = tokio::spawn(async move {
-        if let Err(e) = carewatch_query::pgwire::serve(pg_ctx, pg_registry, pg_host, pg_port).await
+        if let Err(e) =
+            carewatch_query::pgwire::serve(pg_ctx, pg_registry, pg_audit, pg_host, pg_port).await
         {
             tracing::error!(error = %e, "postgres wire server stopped");
         }

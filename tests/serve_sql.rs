@@ -334,3 +334,90 @@ fn fhir_search_and_read_back() {
     }
     assert_eq!(srv.stop(), 0);
 }
+
+#[test]
+fn audit_trail_records_every_access_and_only_admins_read_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = Server::start(tmp.path(), &[]);
+    let pg = srv.pg.clone().expect("pg");
+    let secret = srv.register("w1", "alice");
+    let (s, _) = curl(
+        "POST",
+        &format!("{}/v1/readings", srv.http),
+        &secret,
+        r#"{"time":"2024-05-01T08:00:00Z","heart_rate":70}"#,
+    );
+    assert_eq!(s, 202);
+    let (_, b) = curl(
+        "POST",
+        &format!("{}/v1/tokens", srv.http),
+        srv.admin(),
+        r#"{"role":"analyst"}"#,
+    );
+    let analyst = serde_json::from_str::<serde_json::Value>(&b).expect("json")["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let (s, _) = curl(
+        "POST",
+        &format!("{}/v1/sql", srv.http),
+        &analyst,
+        "SELECT * FROM observations",
+    );
+    assert_eq!(s, 200);
+    let (s, _) = curl(
+        "GET",
+        &format!("{}/fhir/Observation?patient=alice", srv.http),
+        &analyst,
+        "",
+    );
+    assert_eq!(s, 200);
+    wait_until("postgres", std::time::Duration::from_secs(10), || {
+        std::net::TcpStream::connect(pg.as_str()).is_ok()
+    });
+    let (ok, _, err) = psql(&pg, &analyst, "SELECT count(*) FROM observations");
+    assert!(ok, "{err}");
+    // Analysts cannot read the audit log, over either wire.
+    let (s, _) = curl(
+        "POST",
+        &format!("{}/v1/sql", srv.http),
+        &analyst,
+        "SELECT * FROM audit_log",
+    );
+    assert_eq!(s, 403);
+    let (ok, _, err) = psql(&pg, &analyst, "SELECT * FROM audit_log");
+    assert!(!ok && err.contains("permission denied"), "{err}");
+    // The admin sees who did what, through which channel, with row counts.
+    let (s, b) = curl(
+        "POST",
+        &format!("{}/v1/sql", srv.http),
+        srv.admin(),
+        "SELECT channel, role, statement, rows, outcome FROM audit_log ORDER BY time",
+    );
+    assert_eq!(s, 200, "{b}");
+    let v: serde_json::Value = serde_json::from_str(&b).expect("json");
+    let rows = v.as_array().expect("rows");
+    let has = |channel: &str, stmt: &str, n: Option<u64>, outcome: &str| {
+        rows.iter().any(|r| {
+            r["channel"] == channel
+                && r["role"] == "analyst"
+                && r["statement"].as_str().is_some_and(|s| s.contains(stmt))
+                && (n.is_none() || r["rows"].as_u64() == n)
+                && r["outcome"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with(outcome))
+        })
+    };
+    assert!(
+        has("http-sql", "SELECT * FROM observations", Some(1), "ok"),
+        "{rows:?}"
+    );
+    assert!(has("fhir-read", "patient=alice", Some(1), "ok"), "{rows:?}");
+    assert!(
+        has("pgwire", "SELECT count(*) FROM observations", None, "ok"),
+        "{rows:?}"
+    );
+    assert!(has("http-sql", "audit_log", None, "refused"), "{rows:?}");
+    assert!(has("pgwire", "audit_log", None, "refused"), "{rows:?}");
+    assert_eq!(srv.stop(), 0);
+}

@@ -84,6 +84,7 @@ fn strip_backtrace(s: &str) -> String {
 pub struct QueryEngine {
     ctx: SessionContext,
     limits: QueryLimits,
+    audit: Arc<crate::audit::AuditLog>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -100,6 +101,7 @@ impl QueryEngine {
         store: Store,
         registry: Arc<Registry>,
         limits: QueryLimits,
+        audit: Arc<crate::audit::AuditLog>,
     ) -> Result<Self, QueryError> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.memory_bytes)))
@@ -133,7 +135,16 @@ impl QueryEngine {
             "care_teams",
             Arc::new(RegistryTable::new(registry, RegistryKind::CareTeams)),
         )?;
-        Ok(QueryEngine { ctx, limits })
+        reg(
+            "audit_log",
+            Arc::new(crate::audit::AuditTable::new(audit.clone())),
+        )?;
+        Ok(QueryEngine { ctx, limits, audit })
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &Arc<crate::audit::AuditLog> {
+        &self.audit
     }
 
     /// The session (for the Postgres wire and tests).

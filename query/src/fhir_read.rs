@@ -203,6 +203,13 @@ pub async fn read(
     };
     let rows = readings(&batches);
     let groups = carewatch_fhir::group(&rows);
+    s.engine.audit().record(
+        &p,
+        "fhir-read",
+        &format!("Observation/{id}"),
+        Some(groups.len() as u64),
+        "ok",
+    );
     match groups.first() {
         None => outcome(StatusCode::NOT_FOUND, "not-found", "no such Observation"),
         Some(g) => match carewatch_fhir::observation_json(g, None) {
@@ -354,6 +361,19 @@ pub async fn search(
     let rows = readings(&batches);
     let groups = carewatch_fhir::group(&rows);
     let more = groups.len() > offset + count;
+    s.engine.audit().record(
+        &p,
+        "fhir-read",
+        &format!(
+            "Observation?{}",
+            ps.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        ),
+        Some(groups.len().saturating_sub(offset).min(count) as u64),
+        "ok",
+    );
     let page: Vec<Reading> = groups
         .iter()
         .skip(offset)

@@ -150,14 +150,36 @@ async fn sql(State(s): State<SqlState>, headers: HeaderMap, body: Bytes) -> Resp
         Out::Json
     };
     tracing::info!(principal = %principal.id, role = principal.role.as_str(), "sql query");
+    let audit = s.engine.audit().clone();
+    if principal.role != Role::Admin && crate::audit::mentions_audit(s.engine.context(), &query) {
+        audit.record(
+            &principal,
+            "http-sql",
+            &query,
+            None,
+            "refused: audit log is for admins",
+        );
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the audit log is for admin credentials".into(),
+        );
+    }
     let (schema, mut stream) = match s.engine.stream(&query).await {
         Ok(x) => x,
-        Err(e) => return query_error(e),
+        Err(e) => {
+            audit.record(&principal, "http-sql", &query, None, &format!("error: {e}"));
+            return query_error(e);
+        }
     };
     // The first batch decides the status: errors before any row are proper error responses.
     let first = stream.next().await;
     let first = match first {
-        Some(Err(e)) => return query_error(e.into()),
+        Some(Err(e)) => {
+            let e: QueryError = e.into();
+            audit.record(&principal, "http-sql", &query, None, &format!("error: {e}"));
+            return query_error(e);
+        }
         other => other.and_then(Result::ok),
     };
     let content_type = match out {
@@ -166,7 +188,22 @@ async fn sql(State(s): State<SqlState>, headers: HeaderMap, body: Bytes) -> Resp
         Out::Arrow => "application/vnd.apache.arrow.stream",
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let rows = Arc::new(std::sync::atomic::AtomicU64::new(
+        first.as_ref().map_or(0, |b| b.num_rows() as u64),
+    ));
+    let rows2 = rows.clone();
+    let mut stream = stream.inspect(move |b| {
+        if let Ok(b) = b {
+            rows2.fetch_add(b.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
     tokio::spawn(async move {
+        let _record = Recorder {
+            audit,
+            who: principal,
+            query,
+            rows,
+        };
         let send = |b: Vec<u8>| {
             let tx = tx.clone();
             async move { tx.send(Ok(Bytes::from(b))).await.is_ok() }
@@ -250,4 +287,20 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Records the query in the audit log when the response stream ends (however it ends).
+struct Recorder {
+    audit: Arc<crate::audit::AuditLog>,
+    who: carewatch_store::registry::Principal,
+    query: String,
+    rows: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let n = self.rows.load(std::sync::atomic::Ordering::Relaxed);
+        self.audit
+            .record(&self.who, "http-sql", &self.query, Some(n), "ok");
+    }
 }

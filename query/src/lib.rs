@@ -10,6 +10,7 @@
 //!
 //! What it must not do: write anything, or depend on `ingest`.
 
+pub mod audit;
 pub mod engine;
 pub mod fhir_read;
 pub mod http;

@@ -34,11 +34,59 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
-use carewatch_store::registry::{Registry, Role};
+use carewatch_store::registry::{Principal, Registry, Role};
+
+use crate::audit::AuditLog;
 
 /// Refuses every statement that is not a read (DDL, DML, COPY, CREATE EXTERNAL TABLE…).
 #[derive(Debug)]
-pub struct ReadOnlyHook;
+pub struct ReadOnlyHook {
+    audit: Arc<AuditLog>,
+}
+
+impl ReadOnlyHook {
+    fn check(
+        &self,
+        statement: &Statement,
+        ctx: &SessionContext,
+        client: &dyn ClientInfo,
+    ) -> Option<PgWireError> {
+        let md = client.metadata();
+        let who = Principal {
+            id: md.get(META_PRINCIPAL).cloned().unwrap_or_default(),
+            role: md
+                .get(META_ROLE)
+                .and_then(|r| Role::parse(r))
+                .unwrap_or(Role::Analyst),
+            subject: None,
+        };
+        let sql = statement.to_string();
+        if !allowed(statement) {
+            self.audit
+                .record(&who, "pgwire", &sql, None, "refused: not read-only");
+            return Some(refused());
+        }
+        if who.role != Role::Admin && crate::audit::mentions_audit(ctx, &sql) {
+            self.audit.record(
+                &who,
+                "pgwire",
+                &sql,
+                None,
+                "refused: audit log is for admins",
+            );
+            return Some(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                "42501".into(),
+                "permission denied for table audit_log".into(),
+            ))));
+        }
+        self.audit.record(&who, "pgwire", &sql, None, "ok");
+        None
+    }
+}
+
+const META_PRINCIPAL: &str = "carewatch.principal";
+const META_ROLE: &str = "carewatch.role";
 
 fn allowed(s: &Statement) -> bool {
     matches!(
@@ -74,19 +122,19 @@ impl QueryHook for ReadOnlyHook {
     async fn handle_simple_query(
         &self,
         statement: &Statement,
-        _ctx: &SessionContext,
-        _client: &mut dyn HookClient,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        (!allowed(statement)).then(|| Err(refused()))
+        self.check(statement, ctx, &*client).map(Err)
     }
 
     async fn handle_extended_parse_query(
         &self,
         statement: &Statement,
-        _ctx: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
+        ctx: &SessionContext,
+        client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        (!allowed(statement)).then(|| Err(refused()))
+        self.check(statement, ctx, client).map(Err)
     }
 
     async fn handle_extended_query(
@@ -142,6 +190,12 @@ impl StartupHandler for TokenStartup {
                 match self.registry.authenticate(pwd.password.trim()) {
                     Some(p) if matches!(p.role, Role::Analyst | Role::Admin) => {
                         tracing::info!(principal = %p.id, role = p.role.as_str(), "postgres wire login");
+                        client
+                            .metadata_mut()
+                            .insert(META_PRINCIPAL.into(), p.id.clone());
+                        client
+                            .metadata_mut()
+                            .insert(META_ROLE.into(), p.role.as_str().into());
                         finish_authentication(client, &self.params).await?;
                     }
                     _ => {
@@ -184,6 +238,7 @@ impl PgWireServerHandlers for Handlers {
 pub async fn serve(
     ctx: SessionContext,
     registry: Arc<Registry>,
+    audit: Arc<AuditLog>,
     host: String,
     port: u16,
 ) -> std::io::Result<()> {
@@ -191,7 +246,7 @@ pub async fn serve(
     setup_pg_catalog(&ctx, "carewatch", EmptyContextProvider)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
-        Arc::new(ReadOnlyHook),
+        Arc::new(ReadOnlyHook { audit }),
         Arc::new(CursorStatementHook),
         Arc::new(SetShowHook),
         Arc::new(TransactionStatementHook),

@@ -70,9 +70,18 @@ async fn setup(dir: &std::path::Path) -> (Store, QueryEngine) {
         .append(vec![row("d2", "bob", "spo2", 91.0, T0)], vec![])
         .await
         .expect("append");
-    let engine = QueryEngine::new(store.clone(), Arc::new(registry), QueryLimits::default())
-        .expect("engine");
+    let engine = QueryEngine::new(
+        store.clone(),
+        Arc::new(registry),
+        QueryLimits::default(),
+        audit(dir),
+    )
+    .expect("engine");
     (store, engine)
+}
+
+fn audit(dir: &std::path::Path) -> Arc<carewatch_query::audit::AuditLog> {
+    Arc::new(carewatch_query::audit::AuditLog::open(dir, false).expect("audit"))
 }
 
 fn text(b: &[RecordBatch]) -> String {
@@ -181,7 +190,7 @@ async fn a_runaway_query_is_cancelled_at_its_limit() {
         timeout: Duration::from_millis(300),
         ..QueryLimits::default()
     };
-    let q = QueryEngine::new(store, Arc::new(registry), limits).expect("engine");
+    let q = QueryEngine::new(store, Arc::new(registry), limits, audit(dir.path())).expect("engine");
     let t = std::time::Instant::now();
     let e = q
         .collect("SELECT count(*) FROM generate_series(1, 10000000000) a CROSS JOIN generate_series(1, 1000) b")

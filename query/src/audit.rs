@@ -1,0 +1,178 @@
+//! The access audit trail (HIPAA): every SQL query (HTTP and Postgres wire) and every FHIR
+//! read records who, when, through which channel, what statement or search, and how many rows.
+//!
+//! Append-only JSON lines in `audit.jsonl` in the data directory, each line synced to disk
+//! before the answer leaves. Readable as the `audit_log` table — by admins only.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arrow_array::builder::{StringBuilder, TimestampMicrosecondBuilder, UInt64Builder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::Session;
+use datafusion::datasource::{MemTable, TableProvider, TableType};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use serde_json::{Value, json};
+
+use carewatch_store::registry::Principal;
+
+/// The audit log.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    file: Mutex<Option<std::fs::File>>,
+}
+
+impl AuditLog {
+    /// Opens (creates) `audit.jsonl` in `dir`; `read_only` never creates or writes it.
+    pub fn open(dir: &Path, read_only: bool) -> std::io::Result<AuditLog> {
+        let path = dir.join("audit.jsonl");
+        let file = if read_only {
+            None
+        } else {
+            Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?,
+            )
+        };
+        Ok(AuditLog {
+            path,
+            file: Mutex::new(file),
+        })
+    }
+
+    /// Records one access. Errors are logged; the caller decides nothing on them.
+    pub fn record(
+        &self,
+        who: &Principal,
+        channel: &str,
+        what: &str,
+        rows: Option<u64>,
+        outcome: &str,
+    ) {
+        let line = json!({
+            "time_us": chrono::Utc::now().timestamp_micros(),
+            "principal": who.id,
+            "role": who.role.as_str(),
+            "channel": channel,
+            "statement": what,
+            "rows": rows,
+            "outcome": outcome,
+        });
+        let mut g = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(f) = g.as_mut() {
+            let res = writeln!(f, "{line}").and_then(|()| f.sync_data());
+            if let Err(e) = res {
+                tracing::error!(error = %e, "writing the audit log failed");
+            }
+        }
+    }
+
+    fn batch(&self, schema: &SchemaRef) -> datafusion::error::Result<RecordBatch> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let mut t = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        let (mut p, mut r, mut c, mut s, mut o) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
+        let mut n = UInt64Builder::new();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            t.append_value(v["time_us"].as_i64().unwrap_or(0));
+            p.append_value(v["principal"].as_str().unwrap_or(""));
+            r.append_value(v["role"].as_str().unwrap_or(""));
+            c.append_value(v["channel"].as_str().unwrap_or(""));
+            s.append_value(v["statement"].as_str().unwrap_or(""));
+            n.append_option(v["rows"].as_u64());
+            o.append_value(v["outcome"].as_str().unwrap_or(""));
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(t.finish()),
+            Arc::new(p.finish()),
+            Arc::new(r.finish()),
+            Arc::new(c.finish()),
+            Arc::new(s.finish()),
+            Arc::new(n.finish()),
+            Arc::new(o.finish()),
+        ];
+        Ok(RecordBatch::try_new(schema.clone(), cols)?)
+    }
+}
+
+/// The `audit_log` table.
+#[derive(Debug)]
+pub struct AuditTable {
+    log: Arc<AuditLog>,
+    schema: SchemaRef,
+}
+
+impl AuditTable {
+    /// A provider over the log.
+    pub fn new(log: Arc<AuditLog>) -> Self {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("principal", DataType::Utf8, false),
+            Field::new("role", DataType::Utf8, false),
+            Field::new("channel", DataType::Utf8, false),
+            Field::new("statement", DataType::Utf8, false),
+            Field::new("rows", DataType::UInt64, true),
+            Field::new("outcome", DataType::Utf8, false),
+        ]));
+        AuditTable { log, schema }
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for AuditTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let mem = MemTable::try_new(
+            self.schema.clone(),
+            vec![vec![self.log.batch(&self.schema)?]],
+        )?;
+        mem.scan(state, projection, filters, limit).await
+    }
+}
+
+/// True when a SQL text refers to the audit log (checked on the parsed statement's table
+/// references, falling back to a conservative text match when it does not parse).
+pub fn mentions_audit(ctx: &datafusion::prelude::SessionContext, sql: &str) -> bool {
+    let state = ctx.state();
+    match state.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL) {
+        Ok(stmt) => match state.resolve_table_references(&stmt) {
+            Ok(refs) => refs
+                .iter()
+                .any(|r| r.table().eq_ignore_ascii_case("audit_log")),
+            Err(_) => sql.to_ascii_lowercase().contains("audit_log"),
+        },
+        Err(_) => sql.to_ascii_lowercase().contains("audit_log"),
+    }
+}
