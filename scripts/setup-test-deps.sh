@@ -6,7 +6,7 @@
 #   - a Python venv at ${CAREWATCH_VENV:-~/.cache/carewatch-venv} with an external FHIR validator
 #     nobody here wrote (fhirkit-rs, the strict R4 models of fhir.resources 6.4 on pydantic 1,
 #     jsonschema for the official R4 JSON schema, fhirpathpy for the vital-signs invariants),
-#     plus DuckDB and pyarrow (read our Parquet) and paho-mqtt.
+#     plus DuckDB and pyarrow (read our Parquet), paho-mqtt and psycopg (real clients).
 set -euo pipefail
 
 # ---- Debian packages -------------------------------------------------------------------------
@@ -33,7 +33,7 @@ fi
 venv="${CAREWATCH_VENV:-$HOME/.cache/carewatch-venv}"
 reqs=(
   "fhirkit-rs==0.1.0" "fhir.resources==6.4.0" "pydantic[email]<2" "jsonschema==4.*"
-  "fhirpathpy==2.2.4" "duckdb==1.*" "pyarrow" "paho-mqtt==2.*"
+  "fhirpathpy==2.2.4" "duckdb==1.*" "pyarrow" "paho-mqtt==2.*" "psycopg[binary]==3.*" "pytz"
 )
 stamp="$venv/.carewatch-reqs.sha256"
 want="$( { python3 --version; printf '%s\n' "${reqs[@]}"; } | sha256sum | cut -d' ' -f1)"
@@ -49,6 +49,6 @@ echo "setup: pip install ${reqs[*]}"
 "$venv/bin/pip" install -q --disable-pip-version-check "${reqs[@]}"
 "$venv/bin/pip" check
 "$venv/bin/pip" list --disable-pip-version-check 2>/dev/null \
-  | grep -iE '^(fhirkit-rs|fhir.resources|pydantic|jsonschema|fhirpathpy|duckdb|pyarrow|paho-mqtt) ' \
+  | grep -iE '^(fhirkit-rs|fhir.resources|pydantic|jsonschema|fhirpathpy|duckdb|pyarrow|paho-mqtt|psycopg) ' \
   | sed 's/^/setup:   /'
 echo "$want" > "$stamp"

@@ -421,3 +421,142 @@ fn audit_trail_records_every_access_and_only_admins_read_it() {
     assert!(has("pgwire", "audit_log", None, "refused"), "{rows:?}");
     assert_eq!(srv.stop(), 0);
 }
+
+/// psycopg (with a server-side prepared statement) against the Postgres wire, and DuckDB on the
+/// same Parquet files giving the same answers as carewatch for a set of analyst queries.
+#[test]
+fn psycopg_prepared_statements_and_duckdb_agree_with_carewatch() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = Server::start(tmp.path(), &[]);
+    let pg = srv.pg.clone().expect("pg");
+    // Two patients, an hour of 1-minute heart rate with a run above 100, some SpO2.
+    for (dev, pat, base) in [("w1", "alice", 80), ("w2", "bob", 95)] {
+        let secret = srv.register(dev, pat);
+        let body: String = (0..60)
+            .map(|i| {
+                let hr = if (20..35).contains(&i) {
+                    base + 30
+                } else {
+                    base + i % 7
+                };
+                let spo2 = if i % 10 == 0 {
+                    format!(",\"spo2\":{}", 94 + i % 5)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{{\"time\":{},\"heart_rate\":{hr}{spo2}}}\n",
+                    1_714_550_400_000_i64 + i * 60_000
+                )
+            })
+            .collect();
+        let (s, b) = curl("POST", &format!("{}/v1/readings", srv.http), &secret, &body);
+        assert_eq!(s, 202, "{b}");
+    }
+    let (_, b) = curl(
+        "POST",
+        &format!("{}/v1/tokens", srv.http),
+        srv.admin(),
+        r#"{"role":"analyst"}"#,
+    );
+    let analyst = serde_json::from_str::<serde_json::Value>(&b).expect("json")["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    wait_until("postgres", std::time::Duration::from_secs(10), || {
+        std::net::TcpStream::connect(pg.as_str()).is_ok()
+    });
+    let (host, port) = pg.rsplit_once(':').expect("addr");
+    let script = r#"
+import sys, psycopg
+host, port, token = sys.argv[1], sys.argv[2], sys.argv[3]
+with psycopg.connect(host=host, port=port, user="analyst", password=token, dbname="carewatch") as c:
+    cur = c.cursor()
+    cur.execute("SELECT count(*) FROM observations WHERE patient_id = %s AND value > %s", ("alice", 100), prepare=True)
+    a = cur.fetchone()[0]
+    cur.execute("SELECT count(*) FROM observations WHERE patient_id = %s AND value > %s", ("bob", 100), prepare=True)
+    b = cur.fetchone()[0]
+    print(a, b)
+"#;
+    let out = Command::new(python())
+        .args(["-c", script, host, port, &analyst])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "15 20",
+        "bob also peaks at 101 on five minutes"
+    );
+    let dir = srv.dir.clone();
+    assert_eq!(srv.stop(), 0); // persists the buffer: everything is in Parquet now
+
+    let queries = [
+        "SELECT patient_id, code, count(*) AS n, round(avg(value), 3) AS mean FROM observations GROUP BY 1, 2 ORDER BY 1, 2",
+        "SELECT patient_id, max(value) AS peak FROM observations WHERE code = '8867-4' GROUP BY 1 ORDER BY 1",
+        // Gaps and islands: runs of consecutive minutes with heart rate above 100.
+        "SELECT patient_id, min(t) AS start, max(t) AS stop, count(*) AS minutes FROM (
+            SELECT patient_id, effective_time AS t,
+                   row_number() OVER (PARTITION BY patient_id ORDER BY effective_time)
+                 - row_number() OVER (PARTITION BY patient_id, value > 100 ORDER BY effective_time) AS grp,
+                   value > 100 AS high
+            FROM observations WHERE code = '8867-4') s
+         WHERE high GROUP BY patient_id, grp ORDER BY 1, 2",
+    ];
+    for q in queries {
+        let out = Command::new(BIN)
+            .args([
+                "sql",
+                "--data-dir",
+                dir.to_str().expect("utf8"),
+                "--format",
+                "csv",
+                q,
+            ])
+            .output()
+            .expect("sql");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ours = String::from_utf8_lossy(&out.stdout).to_string();
+        let duck = r#"
+import sys, duckdb, csv, io
+root, q = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute(f"CREATE VIEW observations AS SELECT * FROM read_parquet('{root}/observations/*/*.parquet')")
+con.execute("SET TimeZone='UTC'")
+rel = con.execute(q)
+cols = [d[0] for d in rel.description]
+buf = io.StringIO(); w = csv.writer(buf, lineterminator="\n"); w.writerow(cols)
+for r in rel.fetchall():
+    w.writerow([x.strftime('%Y-%m-%dT%H:%M:%SZ') if hasattr(x, 'strftime') else (repr(float(x)) if isinstance(x, float) else x) for x in r])
+print(buf.getvalue(), end="")
+"#;
+        let out = Command::new(python())
+            .args(["-c", duck, dir.to_str().expect("utf8"), q])
+            .output()
+            .expect("duckdb");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let theirs = String::from_utf8_lossy(&out.stdout).to_string();
+        let norm = |s: &str| {
+            s.lines()
+                .map(|l| l.replace(".0,", ",").trim_end_matches(".0").to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            ours.lines().count() >= 3,
+            "query returned too little: {ours}"
+        );
+        assert_eq!(norm(&ours), norm(&theirs), "query: {q}");
+    }
+}
