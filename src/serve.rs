@@ -117,6 +117,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     .map_err(|e| anyhow::anyhow!("query engine: {e}"))?;
     let pg_ctx = engine.context().clone();
     let pg_audit = engine.audit().clone();
+    let pg_timeout = carewatch_query::QueryLimits::default().timeout;
     let pg_registry = pipeline.registry.clone();
     let (pg_host, pg_port) = (c.pg_addr.ip().to_string(), c.pg_addr.port());
     if !is_loopback(&c.pg_addr) {
@@ -124,8 +125,15 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     }
     println!("postgres listening on {}", c.pg_addr);
     let pg_task = tokio::spawn(async move {
-        if let Err(e) =
-            carewatch_query::pgwire::serve(pg_ctx, pg_registry, pg_audit, pg_host, pg_port).await
+        if let Err(e) = carewatch_query::pgwire::serve(
+            pg_ctx,
+            pg_registry,
+            pg_audit,
+            pg_timeout,
+            pg_host,
+            pg_port,
+        )
+        .await
         {
             tracing::error!(error = %e, "postgres wire server stopped");
         }

@@ -185,3 +185,43 @@ fn device_mapping_templates_reload_without_restart() {
     assert!(post(59).1.contains("template_no_match"));
     assert_eq!(srv.stop(), 0);
 }
+
+#[test]
+fn a_full_buffer_answers_503_with_retry_after() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let conf = tmp.path().join("carewatch.toml");
+    // A buffer of 5 rows that never persists on its own during the test.
+    std::fs::write(
+        &conf,
+        "[store]\nbuffer_limit_rows = 5\npersist_rows = 1000000\npersist_age_secs = 3600\n",
+    )
+    .expect("conf");
+    let srv = Server::start(tmp.path(), &["--config", conf.to_str().expect("utf8")]);
+    let secret = srv.register("w1", "alice");
+    let body: String = (0..5)
+        .map(|i| {
+            format!(
+                "{{\"time\":{},\"heart_rate\":70}}\n",
+                1_714_550_400_000_i64 + i * 1000
+            )
+        })
+        .collect();
+    let (s, b) = curl("POST", &format!("{}/v1/readings", srv.http), &secret, &body);
+    assert_eq!(s, 202, "{b}");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-i",
+            "-H",
+            &format!("Authorization: Bearer {secret}"),
+            "--data-binary",
+            r#"{"time":1714550500000,"heart_rate":71}"#,
+        ])
+        .arg(format!("{}/v1/readings", srv.http))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.starts_with("http/1.1 503"), "{text}");
+    assert!(text.contains("retry-after: 1"), "{text}");
+    assert_eq!(srv.stop(), 0);
+}

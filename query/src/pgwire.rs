@@ -152,6 +152,7 @@ impl QueryHook for ReadOnlyHook {
 /// Cleartext-password startup that checks the password as a carewatch token.
 pub struct TokenStartup {
     registry: Arc<Registry>,
+    timeout: std::time::Duration,
     params: DefaultServerParameterProvider,
 }
 
@@ -196,6 +197,12 @@ impl StartupHandler for TokenStartup {
                         client
                             .metadata_mut()
                             .insert(META_ROLE.into(), p.role.as_str().into());
+                        // The same per-query time limit as HTTP SQL (datafusion-postgres reads
+                        // this metadata key; a client may change it with SET statement_timeout).
+                        client.metadata_mut().insert(
+                            "statement_timeout_ms".into(),
+                            self.timeout.as_millis().to_string(),
+                        );
                         finish_authentication(client, &self.params).await?;
                     }
                     _ => {
@@ -239,6 +246,7 @@ pub async fn serve(
     ctx: SessionContext,
     registry: Arc<Registry>,
     audit: Arc<AuditLog>,
+    timeout: std::time::Duration,
     host: String,
     port: u16,
 ) -> std::io::Result<()> {
@@ -256,7 +264,11 @@ pub async fn serve(
     params.server_version = "16.6".into();
     let handlers = Arc::new(Handlers {
         session,
-        startup: Arc::new(TokenStartup { registry, params }),
+        startup: Arc::new(TokenStartup {
+            registry,
+            params,
+            timeout,
+        }),
     });
     let opts = datafusion_postgres::ServerOptions::new()
         .with_host(host)

@@ -736,8 +736,9 @@ async fn compact(inner: &Inner, min_files: usize) -> Result<usize> {
                 .or_default()
                 .push(f.clone());
         }
+        let max = inner.config.compact_max_bytes;
         by.into_values()
-            .filter(|v| v.len() >= min_files.max(2))
+            .filter(|v| v.len() >= min_files.max(2) && v.iter().map(|f| f.size).sum::<u64>() <= max)
             .collect()
     };
     let mut done = 0;

@@ -119,6 +119,9 @@ pub struct Config {
     pub segment_bytes: u64,
     /// Compact a day once it has this many files.
     pub compact_min_files: usize,
+    /// Compaction reads a day's files into memory; days whose files add up to more than this
+    /// many bytes of Parquet are left as they are (bounded memory).
+    pub compact_max_bytes: u64,
     /// Drop days older than this (by effective date); `None` keeps everything.
     pub retention: Option<Duration>,
     /// Parquet row group size.
@@ -145,6 +148,7 @@ impl Config {
             buffer_limit_rows: 8_000_000,
             segment_bytes: 64 << 20,
             compact_min_files: 8,
+            compact_max_bytes: 256 << 20,
             retention: None,
             row_group_rows: 1 << 20,
             delete_grace: Duration::from_secs(120),

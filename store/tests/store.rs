@@ -479,3 +479,22 @@ async fn write_store_for_external_readers() {
     );
     assert!(s.snapshot().files.iter().any(|f| f.date == "2023-11-13"));
 }
+
+#[tokio::test]
+async fn compaction_leaves_days_too_large_for_memory() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = quiet(dir.path());
+    c.compact_max_bytes = 1;
+    let s = Store::open(c).await.expect("open");
+    for i in 0..3 {
+        s.append(
+            vec![row("d1", "heart_rate", 70.0, T0 + i * 1_000_000)],
+            vec![],
+        )
+        .await
+        .expect("append");
+        s.persist().await.expect("persist");
+    }
+    assert_eq!(s.compact_all().await.expect("compact"), 0);
+    assert_eq!(s.snapshot().files.len(), 3);
+}
