@@ -19,19 +19,7 @@ fn acknowledged_readings_are_queryable_at_once() {
         r#"[{"time":"2024-05-01T08:00:00+02:00","heart_rate":72,"spo2":97},{"time":"2024-05-01T08:00:01+02:00","heart_rate":74}]"#,
     );
     assert_eq!(s, 202, "{b}");
-    let analyst = {
-        let (s, b) = curl(
-            "POST",
-            &format!("{}/v1/tokens", srv.http),
-            srv.admin(),
-            r#"{"role":"analyst"}"#,
-        );
-        assert_eq!(s, 201, "{b}");
-        serde_json::from_str::<serde_json::Value>(&b).expect("json")["token"]
-            .as_str()
-            .expect("token")
-            .to_owned()
-    };
+    let analyst = srv.token("analyst", None);
     let q = "SELECT patient_id, code, value, unit FROM observations ORDER BY effective_time, code";
     let (s, b) = curl("POST", &format!("{}/v1/sql", srv.http), &analyst, q);
     assert_eq!(s, 200, "{b}");
@@ -155,7 +143,7 @@ fn psql(pg: &str, token: &str, sql: &str) -> (bool, String, String) {
 fn psql_over_the_postgres_wire() {
     let tmp = tempfile::tempdir().expect("tmp");
     let srv = Server::start(tmp.path(), &[]);
-    let pg = srv.pg.clone().expect("postgres address");
+    let pg = srv.pg_ready();
     let secret = srv.register("w1", "alice");
     let body: String = (0..30)
         .map(|i| {
@@ -168,21 +156,7 @@ fn psql_over_the_postgres_wire() {
         .collect();
     let (s, b) = curl("POST", &format!("{}/v1/readings", srv.http), &secret, &body);
     assert_eq!(s, 202, "{b}");
-    let (_, b) = curl(
-        "POST",
-        &format!("{}/v1/tokens", srv.http),
-        srv.admin(),
-        r#"{"role":"analyst"}"#,
-    );
-    let analyst = serde_json::from_str::<serde_json::Value>(&b).expect("json")["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
-    wait_until(
-        "postgres to listen",
-        std::time::Duration::from_secs(10),
-        || std::net::TcpStream::connect(pg.as_str()).is_ok(),
-    );
+    let analyst = srv.token("analyst", None);
 
     // Filters, aggregates and a window function, as an analyst would write them.
     let (ok, out, err) = psql(
@@ -227,22 +201,7 @@ fn fhir_search_and_read_back() {
                    {"time":"2024-05-02T09:00:00+02:00","heart_rate":70}]"#;
     let (s, b) = curl("POST", &format!("{}/v1/readings", srv.http), &secret, body);
     assert_eq!(s, 202, "{b}");
-    let token = |role: &str, subject: Option<&str>| {
-        let body = match subject {
-            Some(t) => format!(r#"{{"role":"{role}","subject":"{t}"}}"#),
-            None => format!(r#"{{"role":"{role}"}}"#),
-        };
-        let (_, b) = curl(
-            "POST",
-            &format!("{}/v1/tokens", srv.http),
-            srv.admin(),
-            &body,
-        );
-        serde_json::from_str::<serde_json::Value>(&b).expect("json")["token"]
-            .as_str()
-            .expect("token")
-            .to_owned()
-    };
+    let token = |role: &str, subject: Option<&str>| srv.token(role, subject);
     let analyst = token("analyst", None);
     let north = token("care_manager", Some("north"));
     let south = token("care_manager", Some("south"));
@@ -339,7 +298,7 @@ fn fhir_search_and_read_back() {
 fn audit_trail_records_every_access_and_only_admins_read_it() {
     let tmp = tempfile::tempdir().expect("tmp");
     let srv = Server::start(tmp.path(), &[]);
-    let pg = srv.pg.clone().expect("pg");
+    let pg = srv.pg_ready();
     let secret = srv.register("w1", "alice");
     let (s, _) = curl(
         "POST",
@@ -348,16 +307,7 @@ fn audit_trail_records_every_access_and_only_admins_read_it() {
         r#"{"time":"2024-05-01T08:00:00Z","heart_rate":70}"#,
     );
     assert_eq!(s, 202);
-    let (_, b) = curl(
-        "POST",
-        &format!("{}/v1/tokens", srv.http),
-        srv.admin(),
-        r#"{"role":"analyst"}"#,
-    );
-    let analyst = serde_json::from_str::<serde_json::Value>(&b).expect("json")["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let analyst = srv.token("analyst", None);
     let (s, _) = curl(
         "POST",
         &format!("{}/v1/sql", srv.http),
@@ -372,9 +322,6 @@ fn audit_trail_records_every_access_and_only_admins_read_it() {
         "",
     );
     assert_eq!(s, 200);
-    wait_until("postgres", std::time::Duration::from_secs(10), || {
-        std::net::TcpStream::connect(pg.as_str()).is_ok()
-    });
     let (ok, _, err) = psql(&pg, &analyst, "SELECT count(*) FROM observations");
     assert!(ok, "{err}");
     // Analysts cannot read the audit log, over either wire.
@@ -428,7 +375,7 @@ fn audit_trail_records_every_access_and_only_admins_read_it() {
 fn psycopg_prepared_statements_and_duckdb_agree_with_carewatch() {
     let tmp = tempfile::tempdir().expect("tmp");
     let srv = Server::start(tmp.path(), &[]);
-    let pg = srv.pg.clone().expect("pg");
+    let pg = srv.pg_ready();
     // Two patients, an hour of 1-minute heart rate with a run above 100, some SpO2.
     for (dev, pat, base) in [("w1", "alice", 80), ("w2", "bob", 95)] {
         let secret = srv.register(dev, pat);
@@ -453,19 +400,7 @@ fn psycopg_prepared_statements_and_duckdb_agree_with_carewatch() {
         let (s, b) = curl("POST", &format!("{}/v1/readings", srv.http), &secret, &body);
         assert_eq!(s, 202, "{b}");
     }
-    let (_, b) = curl(
-        "POST",
-        &format!("{}/v1/tokens", srv.http),
-        srv.admin(),
-        r#"{"role":"analyst"}"#,
-    );
-    let analyst = serde_json::from_str::<serde_json::Value>(&b).expect("json")["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
-    wait_until("postgres", std::time::Duration::from_secs(10), || {
-        std::net::TcpStream::connect(pg.as_str()).is_ok()
-    });
+    let analyst = srv.token("analyst", None);
     let (host, port) = pg.rsplit_once(':').expect("addr");
     let script = r#"
 import sys, psycopg

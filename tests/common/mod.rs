@@ -140,6 +140,34 @@ impl Server {
         v["secret"].as_str().expect("secret").to_owned()
     }
 
+    /// Creates a credential through the admin API and returns its token.
+    pub fn token(&self, role: &str, subject: Option<&str>) -> String {
+        let body = match subject {
+            Some(t) => format!(r#"{{"role":"{role}","subject":"{t}"}}"#),
+            None => format!(r#"{{"role":"{role}"}}"#),
+        };
+        let (s, b) = curl(
+            "POST",
+            &format!("{}/v1/tokens", self.http),
+            self.admin(),
+            &body,
+        );
+        assert_eq!(s, 201, "{b}");
+        serde_json::from_str::<serde_json::Value>(&b).expect("json")["token"]
+            .as_str()
+            .expect("token")
+            .to_owned()
+    }
+
+    /// The Postgres wire address, once it accepts connections.
+    pub fn pg_ready(&self) -> String {
+        let pg = self.pg.clone().expect("postgres address");
+        wait_until("postgres to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(pg.as_str()).is_ok()
+        });
+        pg
+    }
+
     /// Admin stats.
     pub fn stats(&self) -> serde_json::Value {
         let (status, body) = curl("GET", &format!("{}/v1/stats", self.http), self.admin(), "");
