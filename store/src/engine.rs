@@ -262,24 +262,14 @@ impl Store {
                 }
             }
         }
+        let wal = if ro {
+            None
+        } else {
+            wal::remove_upto(&wal_dir, persisted).map_err(io)?;
+            let next = segments.last().copied().unwrap_or(0).max(persisted) + 1;
+            Some(Wal::create(&wal_dir, next).map_err(io)?)
+        };
         let (tx, rx) = mpsc::channel(4096);
-        if ro {
-            // No writer: appends find the channel closed.
-            drop(rx);
-            let inner = Arc::new(Inner {
-                config,
-                tx,
-                state: Mutex::new(state),
-                objects,
-                persist_lock: tokio::sync::Mutex::new(()),
-                wal_dir,
-            });
-            return Ok(Store { inner });
-        }
-        wal::remove_upto(&wal_dir, persisted).map_err(io)?;
-        let next = segments.last().copied().unwrap_or(0).max(persisted) + 1;
-        let wal = Wal::create(&wal_dir, next).map_err(io)?;
-
         let inner = Arc::new(Inner {
             config,
             tx,
@@ -288,6 +278,11 @@ impl Store {
             persist_lock: tokio::sync::Mutex::new(()),
             wal_dir,
         });
+        let Some(wal) = wal else {
+            // Read-only: no writer, so appends find the channel closed.
+            drop(rx);
+            return Ok(Store { inner });
+        };
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("carewatch-wal".into())
