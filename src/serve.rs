@@ -19,6 +19,17 @@ fn is_loopback(a: &std::net::SocketAddr) -> bool {
     a.ip().is_loopback()
 }
 
+/// Prints a start-up line on stdout (tools and tests read them); a closed stdout must not stop
+/// the server, so write errors are ignored.
+macro_rules! announce {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($t)*);
+        let _ = out.flush();
+    }};
+}
+
 pub async fn run(c: ServeConfig) -> Result<()> {
     let mut sc = StoreConfig::new(&c.data_dir);
     sc.tables_url = c.tables_url.clone();
@@ -48,7 +59,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     let (registry, admin) = Registry::open(&c.data_dir).context("opening registry")?;
     if let Some(token) = admin {
         // Printed once, on the first start of a fresh data directory.
-        println!("admin token: {token}");
+        announce!("admin token: {token}");
     }
     let templates = carewatch_ingest::pipeline::TemplateSlot::default();
     if let Some(dm) = &c.device_mapping {
@@ -100,7 +111,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     if !is_loopback(&http_addr) && tls.is_none() {
         tracing::warn!(addr = %http_addr, "HTTP is served without TLS on a non-loopback address: configure tls_cert/tls_key");
     }
-    println!(
+    announce!(
         "http{} listening on {http_addr}",
         if tls.is_some() { "s" } else { "" }
     );
@@ -123,7 +134,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     if !is_loopback(&c.pg_addr) {
         tracing::warn!(addr = %c.pg_addr, "the Postgres wire is served without TLS on a non-loopback address; tokens travel in cleartext");
     }
-    println!("postgres listening on {}", c.pg_addr);
+    announce!("postgres listening on {}", c.pg_addr);
     let pg_task = tokio::spawn(async move {
         if let Err(e) = carewatch_query::pgwire::serve(
             pg_ctx,
@@ -167,7 +178,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
 
     let mqtt_task = match &c.mqtt_url {
         Some(url) => {
-            println!("mqtt subscribing to {url}");
+            announce!("mqtt subscribing to {url}");
             let cfg = mqtt_client::ClientConfig {
                 url: url.clone(),
                 client_id: c.mqtt_client_id.clone(),
@@ -190,7 +201,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
             if !is_loopback(&a) && tls.is_none() {
                 tracing::warn!(addr = %a, "MQTT is served without TLS on a non-loopback address: configure tls_cert/tls_key");
             }
-            println!(
+            announce!(
                 "mqtt{} listening on {a}",
                 if tls.is_some() { "s" } else { "" }
             );
