@@ -90,6 +90,8 @@ enum Cmd {
 }
 
 struct Inner {
+    /// Held for the store's lifetime: one writer per data directory.
+    _lock: Option<std::fs::File>,
     config: Config,
     tx: mpsc::Sender<Cmd>,
     state: Mutex<State>,
@@ -177,9 +179,33 @@ impl Store {
         let objects = object_store(&config)?;
         let wal_dir = config.data_dir.join("wal");
         let ro = config.read_only;
-        if !ro {
+        let lock = if ro {
+            None
+        } else {
             std::fs::create_dir_all(&wal_dir).map_err(io)?;
-        }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(config.data_dir.join("LOCK"))
+                .map_err(io)?;
+            // A store being dropped in this process may hold the lock a moment longer.
+            let mut locked = f.try_lock().is_ok();
+            for _ in 0..50 {
+                if locked {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                locked = f.try_lock().is_ok();
+            }
+            if !locked {
+                return Err(Error::Config(format!(
+                    "data directory {} is in use by another carewatch process (use read-only tools such as `carewatch sql --data-dir` beside it)",
+                    config.data_dir.display()
+                )));
+            }
+            Some(f)
+        };
         let persisted = read_checkpoint(&config.data_dir)?;
         // Read-only: a compaction in progress means its inputs are superseded by its output.
         let mut superseded: Vec<String> = Vec::new();
@@ -271,6 +297,7 @@ impl Store {
         };
         let (tx, rx) = mpsc::channel(4096);
         let inner = Arc::new(Inner {
+            _lock: lock,
             config,
             tx,
             state: Mutex::new(state),

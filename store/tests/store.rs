@@ -471,6 +471,7 @@ async fn write_store_for_external_readers() {
     expected.push_str(&format!("p9,d9,8310-5,37.2,{T0}\n"));
     s.append(vec![last], vec![]).await.expect("append");
     s.close().await.expect("close");
+    drop(s);
     std::fs::write(dir.join("expected.csv"), expected).expect("expected");
     let s = Store::open(quiet(&dir)).await.expect("reopen");
     assert_eq!(
@@ -497,4 +498,17 @@ async fn compaction_leaves_days_too_large_for_memory() {
     }
     assert_eq!(s.compact_all().await.expect("compact"), 0);
     assert_eq!(s.snapshot().files.len(), 3);
+}
+
+#[tokio::test]
+async fn one_writer_per_data_directory() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = Store::open(quiet(dir.path())).await.expect("open");
+    let e = Store::open(quiet(dir.path())).await.unwrap_err();
+    assert!(e.to_string().contains("in use"), "{e}");
+    // Readers are welcome beside the writer.
+    let mut ro = quiet(dir.path());
+    ro.read_only = true;
+    Store::open(ro).await.expect("read-only open");
+    drop(s);
 }
