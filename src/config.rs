@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn shipped_example_config_parses_and_resolves() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/carewatch.example.toml");
+        let path = carewatch_fixtures::repo_dir().join("deploy/carewatch.example.toml");
         let text = std::fs::read_to_string(path).expect("example config");
         let file = parse_file(&text).expect("parses");
         let c = resolve(Overrides::default(), file).expect("valid");

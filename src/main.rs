@@ -32,6 +32,9 @@ enum Command {
     /// Credentials.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Backfill history (NDJSON, JSON, CSV; optionally .gz) through the normal ingest path
+    /// into a data directory (not while a server runs on it).
+    Replay(ReplayArgs),
     /// Run SQL against a running server (--server) or directly on a data directory.
     Sql(SqlArgs),
     /// A simulated device fleet: N patients with realistic vitals and injected episodes, over
@@ -99,6 +102,28 @@ struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "CAREWATCH_TLS_KEY")]
     tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// Files to replay.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Data directory.
+    #[arg(long, env = "CAREWATCH_DATA_DIR", default_value = "carewatch-data")]
+    data_dir: PathBuf,
+    /// How to read times without an offset (UTC, +HH:MM, an IANA zone). Without it they are refused.
+    #[arg(long)]
+    assume_tz: Option<String>,
+    /// CSV columns: field=column pairs, e.g. device_id=Id,time=Time,heart_rate=Value.
+    #[arg(long, value_delimiter = ',')]
+    csv_map: Vec<String>,
+    /// Register unknown devices, each as its own patient (for data sets keyed by user id).
+    #[arg(long)]
+    register_devices: bool,
+    /// Items per durable append.
+    #[arg(long, default_value_t = 20_000)]
+    batch: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -252,6 +277,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sql(a) => sql(a),
+        Command::Replay(a) => replay(a),
         Command::Simulate(a) => {
             use carewatch_ingest::simulate::{Episode, SimConfig, Target, patient_id, run};
             let duration_s = parse_duration(&a.duration)?;
@@ -529,4 +555,80 @@ fn sql(a: SqlArgs) -> Result<ExitCode> {
         other => anyhow::bail!("--format {other:?}: use table, csv or json"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn replay(a: ReplayArgs) -> Result<ExitCode> {
+    use carewatch_ingest::replay::{ReplayOptions, ReplayReport};
+    let tz = match &a.assume_tz {
+        Some(z) => carewatch_transform::ZonePolicy::parse(z).map_err(anyhow::Error::msg)?,
+        None => carewatch_transform::ZonePolicy::Reject,
+    };
+    let csv_map = a
+        .csv_map
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| anyhow::anyhow!("--csv-map takes field=column pairs"))?;
+    let opts = ReplayOptions {
+        csv_map,
+        register_devices: a.register_devices,
+        batch: a.batch,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let total: ReplayReport = rt.block_on(async {
+        let store = carewatch_store::Store::open(carewatch_store::Config::new(&a.data_dir)).await?;
+        let (registry, admin) = carewatch_store::registry::Registry::open(&a.data_dir)?;
+        if let Some(t) = admin {
+            println!("admin token: {t}");
+        }
+        let pipeline = carewatch_ingest::Pipeline {
+            store: store.clone(),
+            registry: std::sync::Arc::new(registry),
+            templates: Default::default(),
+            tz,
+            max_bytes: 256 << 20,
+        };
+        let mut total = ReplayReport::default();
+        for f in &a.files {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message(f.display().to_string());
+            let r = pipeline
+                .replay_file(f, &opts, &|n| bar.set_position(n))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            bar.finish_and_clear();
+            println!(
+                "{}: {} items, {} readings stored, {} rejected",
+                f.display(),
+                r.items,
+                r.accepted,
+                r.rejected.values().sum::<u64>()
+            );
+            total.items += r.items;
+            total.accepted += r.accepted;
+            total.registered += r.registered;
+            for (k, v) in r.rejected {
+                *total.rejected.entry(k).or_default() += v;
+            }
+        }
+        store.close().await?;
+        anyhow::Ok(total)
+    })?;
+    println!(
+        "replayed {} items: {} readings stored, {} devices registered",
+        total.items, total.accepted, total.registered
+    );
+    for (k, v) in &total.rejected {
+        println!("rejected {k} {v}");
+    }
+    Ok(if total.accepted > 0 || total.items == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -16,6 +16,7 @@ pub mod http;
 pub mod mqtt_client;
 pub mod mqtt_server;
 pub mod pipeline;
+pub mod replay;
 pub mod simulate;
 pub mod tls;
 
