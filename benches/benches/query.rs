@@ -100,7 +100,7 @@ fn duckdb(dir: &std::path::Path, sql: &str, runs: usize) -> Option<(f64, String)
     let script = r#"
 import sys, time, duckdb
 root, q, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-con = duckdb.connect(); con.execute("SET threads=2"); con.execute("SET TimeZone='UTC'")
+con = duckdb.connect(); con.execute("SET threads=2"); con.execute("SET TimeZone='UTC'"); con.execute("SET enable_progress_bar=false")
 con.execute(f"CREATE VIEW observations AS SELECT * FROM read_parquet('{root}/observations/*/*.parquet')")
 ts = []
 for _ in range(runs):
