@@ -114,6 +114,32 @@ c.disconnect(); c.loop_stop()
     assert_eq!(reasons, vec!["invalid_json", "wrong_topic"]);
 }
 
+/// Publishes heart-rate sample `i` of device w1 to an external broker, QoS 1, anonymously.
+fn broker_publish(port: u16, i: i64) {
+    let msg = format!(
+        r#"{{"time":{},"heart_rate":{}}}"#,
+        1_714_550_400_000_i64 + i * 1000,
+        60 + i % 50
+    );
+    let ok = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            "devices/w1/readings",
+            "-m",
+            &msg,
+        ])
+        .status()
+        .expect("mosquitto_pub")
+        .success();
+    assert!(ok, "broker refused message {i}");
+}
+
 struct Mosquitto {
     child: Child,
 }
@@ -173,28 +199,7 @@ fn external_mosquitto_restart_loses_nothing() {
     srv.register("w1", "alice");
     let publish = |from: usize, to: usize| {
         for i in from..to {
-            let msg = format!(
-                r#"{{"time":{},"heart_rate":{}}}"#,
-                1_714_550_400_000_i64 + i as i64 * 1000,
-                60 + i % 50
-            );
-            let ok = Command::new("mosquitto_pub")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "-q",
-                    "1",
-                    "-t",
-                    "devices/w1/readings",
-                    "-m",
-                    &msg,
-                ])
-                .status()
-                .expect("mosquitto_pub")
-                .success();
-            assert!(ok, "broker refused message {i}");
+            broker_publish(port, i as i64);
         }
     };
     publish(0, 60);
@@ -303,28 +308,7 @@ fn two_nodes_share_one_broker_through_a_shared_subscription() {
     // Both subscriptions are in place once each node has connected.
     std::thread::sleep(Duration::from_millis(500));
     for i in 0..200 {
-        let msg = format!(
-            r#"{{"time":{},"heart_rate":{}}}"#,
-            1_714_550_400_000_i64 + i * 1000,
-            60 + i % 50
-        );
-        let ok = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-q",
-                "1",
-                "-t",
-                "devices/w1/readings",
-                "-m",
-                &msg,
-            ])
-            .status()
-            .expect("mosquitto_pub")
-            .success();
-        assert!(ok);
+        broker_publish(port, i as i64);
     }
     let total = || {
         a.stats()["rows_appended"].as_u64().unwrap_or(0)

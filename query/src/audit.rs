@@ -11,10 +11,6 @@ use std::sync::{Arc, Mutex};
 use arrow_array::builder::{StringBuilder, TimestampMicrosecondBuilder, UInt64Builder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::Session;
-use datafusion::datasource::{MemTable, TableProvider, TableType};
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 use serde_json::{Value, json};
 
 use carewatch_store::registry::Principal;
@@ -139,26 +135,12 @@ impl AuditTable {
     }
 }
 
-#[async_trait::async_trait]
-impl TableProvider for AuditTable {
+impl crate::table::BatchSource for AuditTable {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let mem = MemTable::try_new(
-            self.schema.clone(),
-            vec![vec![self.log.batch(&self.schema)?]],
-        )?;
-        mem.scan(state, projection, filters, limit).await
+    fn batch(&self) -> datafusion::error::Result<RecordBatch> {
+        self.log.batch(&self.schema)
     }
 }
 

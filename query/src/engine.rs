@@ -14,7 +14,7 @@ use futures::StreamExt;
 use carewatch_store::registry::Registry;
 use carewatch_store::{Store, Table};
 
-use crate::table::{RegistryKind, RegistryTable, StoreTable, TABLES_URL};
+use crate::table::{ComputedTable, RegistryKind, RegistryTable, StoreTable, TABLES_URL};
 
 /// Per-query limits.
 #[derive(Debug, Clone, Copy)]
@@ -129,15 +129,21 @@ impl QueryEngine {
         )?;
         reg(
             "devices",
-            Arc::new(RegistryTable::new(registry.clone(), RegistryKind::Devices)),
+            Arc::new(ComputedTable(RegistryTable::new(
+                registry.clone(),
+                RegistryKind::Devices,
+            ))),
         )?;
         reg(
             "care_teams",
-            Arc::new(RegistryTable::new(registry, RegistryKind::CareTeams)),
+            Arc::new(ComputedTable(RegistryTable::new(
+                registry,
+                RegistryKind::CareTeams,
+            ))),
         )?;
         reg(
             "audit_log",
-            Arc::new(crate::audit::AuditTable::new(audit.clone())),
+            Arc::new(ComputedTable(crate::audit::AuditTable::new(audit.clone()))),
         )?;
         Ok(QueryEngine { ctx, limits, audit })
     }

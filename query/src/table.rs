@@ -237,10 +237,31 @@ impl RegistryTable {
     }
 }
 
-#[async_trait::async_trait]
-impl TableProvider for RegistryTable {
+impl BatchSource for RegistryTable {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+    fn batch(&self) -> Result<RecordBatch> {
+        RegistryTable::batch(self)
+    }
+}
+
+/// A small table computed in full at each scan (registry, audit log).
+pub trait BatchSource: std::fmt::Debug + Send + Sync {
+    /// The table's schema.
+    fn schema(&self) -> SchemaRef;
+    /// All its rows, now.
+    fn batch(&self) -> Result<RecordBatch>;
+}
+
+/// The table provider for any [`BatchSource`].
+#[derive(Debug)]
+pub struct ComputedTable<S>(pub S);
+
+#[async_trait::async_trait]
+impl<S: BatchSource + 'static> TableProvider for ComputedTable<S> {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
     }
     fn table_type(&self) -> TableType {
         TableType::Base
@@ -252,7 +273,7 @@ impl TableProvider for RegistryTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let mem = MemTable::try_new(self.schema.clone(), vec![vec![self.batch()?]])?;
+        let mem = MemTable::try_new(self.0.schema(), vec![vec![self.0.batch()?]])?;
         mem.scan(state, projection, filters, limit).await
     }
 }
