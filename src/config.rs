@@ -42,6 +42,35 @@ pub struct FileConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Alert rules and delivery.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// `[alerts]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Rule files (`*.toml`). Default: `rules/` beside the config file when it exists, else
+    /// the shipped rules.
+    pub rules_dir: Option<PathBuf>,
+    /// Receives every alert transition (JSON POST).
+    pub webhook_url: Option<String>,
+    /// Receives escalations (the second contact).
+    pub escalation_webhook_url: Option<String>,
+    /// Per care team receivers: `team = "https://…"`.
+    #[serde(default)]
+    pub team_webhooks: std::collections::BTreeMap<String, String>,
+    /// How often rules run, seconds (default 1).
+    pub interval_secs: Option<f64>,
+    /// Re-notify an unacknowledged firing alert after this many seconds (default 900).
+    pub escalate_after_secs: Option<u64>,
+    /// At most this many escalations (default 3).
+    pub max_escalations: Option<u32>,
+    /// Attempts per webhook delivery (default 8, backing off from 0.5 s).
+    pub webhook_attempts: Option<u32>,
+    /// Publish transitions to `carewatch/alerts/{care_team}` on the external broker.
+    pub mqtt_publish: Option<bool>,
 }
 
 /// `[templates]`
@@ -114,6 +143,10 @@ pub struct ServeConfig {
     pub mqtt_credentials: Option<(String, String)>,
     pub log_json: bool,
     pub tls: Option<(PathBuf, PathBuf)>,
+    pub rules_dir: Option<PathBuf>,
+    pub alert_engine: carewatch_alert::Config,
+    pub alert_routes: carewatch_alert::notify::Routes,
+    pub alerts_mqtt: bool,
 }
 
 /// Flag/env values (each `None` when not given).
@@ -127,11 +160,19 @@ pub struct Overrides {
     pub assume_tz: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub rules_dir: Option<PathBuf>,
+    pub webhook_url: Option<String>,
+    /// The directory of the config file (for its `rules/`).
+    pub config_dir: Option<PathBuf>,
 }
 
 fn addr(s: &str, what: &str) -> Result<SocketAddr> {
     s.parse()
         .with_context(|| format!("{what} {s:?} is not an address like 127.0.0.1:8080"))
+}
+
+fn url_ok(u: &str) -> bool {
+    u.starts_with("http://") || u.starts_with("https://")
 }
 
 /// Parses a TOML config file.
@@ -193,7 +234,48 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         (None, None) => None,
         _ => bail!("tls_cert and tls_key go together"),
     };
+    let rules_dir = o
+        .rules_dir
+        .or(file.alerts.rules_dir.clone())
+        .or_else(|| o.config_dir.map(|d| d.join("rules")).filter(|d| d.is_dir()));
+    let a = &file.alerts;
+    let mut alert_engine = carewatch_alert::Config::default();
+    if let Some(s) = a.interval_secs {
+        if !(0.05..=3600.0).contains(&s) {
+            bail!("alerts.interval_secs must be between 0.05 and 3600");
+        }
+        alert_engine.interval = Duration::from_secs_f64(s);
+    }
+    if let Some(s) = a.escalate_after_secs {
+        alert_engine.escalate_after = Duration::from_secs(s.max(1));
+    }
+    if let Some(n) = a.max_escalations {
+        alert_engine.max_escalations = n;
+    }
+    let webhook_url = o.webhook_url.or(a.webhook_url.clone());
+    for u in webhook_url
+        .iter()
+        .chain(a.escalation_webhook_url.iter())
+        .chain(a.team_webhooks.values())
+    {
+        let ok = url_ok(u);
+        if !ok {
+            bail!("webhook URL {u:?} must be http:// or https://");
+        }
+    }
+    let alert_routes = carewatch_alert::notify::Routes {
+        webhook_url,
+        team_webhooks: a.team_webhooks.clone(),
+        escalation_url: a.escalation_webhook_url.clone(),
+        attempts: a.webhook_attempts.unwrap_or(8),
+        backoff: Duration::from_millis(500),
+    };
+    let alerts_mqtt = a.mqtt_publish.unwrap_or(false);
     Ok(ServeConfig {
+        rules_dir,
+        alert_engine,
+        alert_routes,
+        alerts_mqtt,
         tls,
         data_dir,
         pg_addr,

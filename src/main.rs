@@ -43,6 +43,9 @@ enum Command {
     /// Device mapping templates (MedTech / iomt-fhir compatible).
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// Alert rules: check them, backtest them over history.
+    #[command(subcommand)]
+    Rules(RulesCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +105,53 @@ struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "CAREWATCH_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Alert rule files (*.toml). Default: rules/ beside --config, else the shipped rules.
+    #[arg(long, env = "CAREWATCH_RULES_DIR")]
+    rules_dir: Option<PathBuf>,
+    /// Receiver for every alert transition (JSON POST).
+    #[arg(long, env = "CAREWATCH_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Load and plan the rules (a rules directory, or the shipped ones) and list them.
+    Check {
+        /// Rules directory (default: the shipped rules).
+        #[arg(long, env = "CAREWATCH_RULES_DIR")]
+        rules_dir: Option<PathBuf>,
+        /// Data directory to plan against.
+        #[arg(long, env = "CAREWATCH_DATA_DIR", default_value = "carewatch-data")]
+        data_dir: PathBuf,
+    },
+    /// Run the rules over stored history and report every episode they would have raised,
+    /// with the alarm burden per rule and per patient-day.
+    Backtest(BacktestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BacktestArgs {
+    /// Range start: RFC 3339 or a date (YYYY-MM-DD, UTC midnight).
+    #[arg(long)]
+    from: String,
+    /// Range end (exclusive): RFC 3339 or a date.
+    #[arg(long)]
+    to: String,
+    /// Only these rules (repeatable).
+    #[arg(long = "rule")]
+    rules: Vec<String>,
+    /// Parameter override name=value (for the selected rules that have it; repeatable).
+    #[arg(long = "param")]
+    params: Vec<String>,
+    /// Rules directory (default: the shipped rules).
+    #[arg(long, env = "CAREWATCH_RULES_DIR")]
+    rules_dir: Option<PathBuf>,
+    /// Data directory (read-only; safe beside a running server).
+    #[arg(long, env = "CAREWATCH_DATA_DIR", default_value = "carewatch-data")]
+    data_dir: PathBuf,
+    /// Output: text or json.
+    #[arg(long, default_value = "text")]
+    format: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -267,6 +317,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 assume_tz: a.assume_tz,
                 tls_cert: a.tls_cert,
                 tls_key: a.tls_key,
+                rules_dir: a.rules_dir,
+                webhook_url: a.webhook_url,
+                config_dir: a
+                    .config
+                    .as_ref()
+                    .and_then(|p| p.parent().map(std::path::Path::to_path_buf)),
             };
             let c = config::resolve(o, file)?;
             init_logging(c.log_json);
@@ -277,6 +333,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sql(a) => sql(a),
+        Command::Rules(RulesCommand::Check {
+            rules_dir,
+            data_dir,
+        }) => rules_check(rules_dir, data_dir),
+        Command::Rules(RulesCommand::Backtest(a)) => backtest(a),
         Command::Replay(a) => replay(a),
         Command::Simulate(a) => {
             use carewatch_ingest::simulate::{Episode, SimConfig, Target, patient_id, run};
@@ -512,20 +573,7 @@ fn sql(a: SqlArgs) -> Result<ExitCode> {
             })?
         }
         None => rt.block_on(async {
-            let mut c = carewatch_store::Config::new(&a.data_dir);
-            c.read_only = true;
-            let store = carewatch_store::Store::open(c).await?;
-            let registry = match carewatch_store::registry::Registry::open_read_only(&a.data_dir) {
-                Ok(r) => r,
-                Err(e) => anyhow::bail!("{e}"),
-            };
-            let q = carewatch_query::QueryEngine::new(
-                store,
-                std::sync::Arc::new(registry),
-                carewatch_query::QueryLimits::default(),
-                std::sync::Arc::new(carewatch_query::audit::AuditLog::open(&a.data_dir, true)?),
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let q = offline_engine(&a.data_dir).await?;
             q.collect(&a.query)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))
@@ -631,4 +679,149 @@ fn replay(a: ReplayArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A read-only query session on a data directory (for `sql`, `rules`).
+async fn offline_engine(data_dir: &std::path::Path) -> Result<carewatch_query::QueryEngine> {
+    let mut c = carewatch_store::Config::new(data_dir);
+    c.read_only = true;
+    let store = carewatch_store::Store::open(c).await?;
+    let registry = carewatch_store::registry::Registry::open_read_only(data_dir)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let q = carewatch_query::QueryEngine::new(
+        store,
+        std::sync::Arc::new(registry),
+        carewatch_query::QueryLimits {
+            timeout: std::time::Duration::from_secs(3600),
+            ..carewatch_query::QueryLimits::default()
+        },
+        std::sync::Arc::new(carewatch_query::audit::AuditLog::open(data_dir, true)?),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    carewatch_alert::history::register(
+        q.context(),
+        std::sync::Arc::new(carewatch_alert::history::History::open(data_dir, true)?),
+    )?;
+    Ok(q)
+}
+
+fn rules_check(rules_dir: Option<PathBuf>, data_dir: PathBuf) -> Result<ExitCode> {
+    let rules = carewatch_alert::rules::load(rules_dir.as_deref())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let q = offline_engine(&data_dir).await?;
+        carewatch_alert::rules::check(q.context(), &rules).await?;
+        anyhow::Ok(())
+    })?;
+    for r in &rules {
+        let params: Vec<String> = r.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<18} {:<8} {:<34} {}{}",
+            r.id,
+            r.severity.as_str(),
+            r.title,
+            params.join(" "),
+            if r.enabled { "" } else { " (disabled)" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_instant(s: &str, what: &str) -> Result<i64> {
+    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(d.timestamp_micros());
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp_micros())
+            .unwrap_or_default());
+    }
+    anyhow::bail!("{what} {s:?}: use RFC 3339 (2016-04-12T00:00:00Z) or a date (2016-04-12)")
+}
+
+fn backtest(a: BacktestArgs) -> Result<ExitCode> {
+    use carewatch_alert::rules::{Param, load};
+    let from = parse_instant(&a.from, "--from")?;
+    let to = parse_instant(&a.to, "--to")?;
+    if to <= from {
+        anyhow::bail!("--to must be after --from");
+    }
+    let mut rules = load(a.rules_dir.as_deref())?;
+    if !a.rules.is_empty() {
+        for r in &a.rules {
+            if !rules.iter().any(|x| &x.id == r) {
+                let ids: Vec<&str> = rules.iter().map(|r| r.id.as_str()).collect();
+                anyhow::bail!("no rule {r:?}; rules: {}", ids.join(", "));
+            }
+        }
+        rules.retain(|r| a.rules.contains(&r.id));
+    } else {
+        rules.retain(|r| r.enabled);
+    }
+    for kv in &a.params {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--param takes name=value"))?;
+        let v = Param::parse(v).ok_or_else(|| {
+            anyhow::anyhow!("--param {kv:?}: the value must be a number or true/false")
+        })?;
+        let mut used = false;
+        for r in rules.iter_mut() {
+            used |= r.set_param(k.trim(), v).is_ok();
+        }
+        if !used {
+            anyhow::bail!("--param {k}: none of the selected rules has that parameter");
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} rule-days {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message("backtest");
+    let report = rt.block_on(async {
+        let q = offline_engine(&a.data_dir).await?;
+        carewatch_alert::rules::check(q.context(), &rules).await?;
+        carewatch_alert::backtest::backtest(q.context(), &rules, from, to, &|done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await
+        .map_err(anyhow::Error::msg)
+    })?;
+    bar.finish_and_clear();
+    match a.format.as_str() {
+        "json" => println!("{}", serde_json::to_string_pretty(&report)?),
+        "text" => {
+            println!(
+                "backtest {} .. {}: {} patient-days with data",
+                report.from, report.to, report.patient_days
+            );
+            println!(
+                "{:<18} {:>7} {:>9} {:>18}",
+                "rule", "alerts", "patients", "per patient-day"
+            );
+            for r in &report.rules {
+                println!(
+                    "{:<18} {:>7} {:>9} {:>18.3}",
+                    r.rule, r.alerts, r.patients, r.alerts_per_patient_day
+                );
+            }
+            println!();
+            for f in &report.alerts {
+                println!(
+                    "{} {} {} .. {} ({} min) {}",
+                    f.rule, f.patient_id, f.start, f.end, f.minutes, f.message
+                );
+            }
+        }
+        other => anyhow::bail!("--format {other:?}: use text or json"),
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -126,6 +126,44 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         audit,
     )
     .map_err(|e| anyhow::anyhow!("query engine: {e}"))?;
+    // Alerting: rules planned now, so a bad rule stops start-up with its file and line.
+    let history = Arc::new(
+        carewatch_alert::history::History::open(&c.data_dir, false)
+            .context("opening the alert history")?,
+    );
+    carewatch_alert::history::register(engine.context(), history.clone())
+        .map_err(|e| anyhow::anyhow!("alerts table: {e}"))?;
+    let rules = carewatch_alert::rules::load(c.rules_dir.as_deref())?;
+    carewatch_alert::rules::check(engine.context(), &rules).await?;
+    tracing::info!(
+        rules = rules.len(),
+        from = %c.rules_dir.as_ref().map_or("(built-in)".to_owned(), |d| d.display().to_string()),
+        "alert rules loaded"
+    );
+    let alerts = carewatch_alert::AlertEngine::new(
+        c.alert_engine.clone(),
+        rules,
+        engine.context().clone(),
+        &store,
+        pipeline.registry.clone(),
+        history,
+    );
+    let alert_task = tokio::spawn(alerts.clone().run(shutdown.clone()));
+    let notify_counters = Arc::new(carewatch_alert::notify::Counters::default());
+    let notify_task = tokio::spawn(carewatch_alert::notify::run(
+        alerts.clone(),
+        c.alert_routes.clone(),
+        notify_counters,
+        shutdown.clone(),
+    ));
+    if let Some(dir) = c.rules_dir.clone() {
+        tokio::spawn(watch_rules(
+            alerts.clone(),
+            engine.context().clone(),
+            dir,
+            shutdown.clone(),
+        ));
+    }
     let pg_ctx = engine.context().clone();
     let pg_audit = engine.audit().clone();
     let pg_timeout = carewatch_query::QueryLimits::default().timeout;
@@ -155,6 +193,12 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     .merge(carewatch_query::http::router(
         carewatch_query::http::SqlState {
             engine,
+            registry: pipeline.registry.clone(),
+        },
+    ))
+    .merge(carewatch_alert::http::router(
+        carewatch_alert::http::AlertState {
+            engine: alerts.clone(),
             registry: pipeline.registry.clone(),
         },
     ));
@@ -218,9 +262,57 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     let _ = http_task.await;
     pg_task.abort();
     let _ = mqtt_task.await;
+    let _ = alert_task.await;
+    notify_task.abort();
     store.close().await.context("flushing the store")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Reloads the rules when a file in `dir` changes (polled every 2 s). A rule that fails to
+/// load or plan is reported and the previous rules stay in use.
+async fn watch_rules(
+    alerts: carewatch_alert::AlertEngine,
+    ctx: carewatch_alert::SessionContext,
+    dir: std::path::PathBuf,
+    shutdown: CancellationToken,
+) {
+    let stamp = |d: &std::path::Path| -> Vec<(std::path::PathBuf, Option<std::time::SystemTime>)> {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| (e.path(), e.metadata().and_then(|m| m.modified()).ok()))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut seen = stamp(&dir);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+        let now = stamp(&dir);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let loaded = carewatch_alert::rules::load(Some(&dir));
+        let checked = match loaded {
+            Ok(r) => carewatch_alert::rules::check(&ctx, &r).await.map(|()| r),
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(r) => {
+                tracing::info!(rules = r.len(), "alert rules reloaded");
+                alerts.set_rules(r);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "alert rules reload failed; keeping the previous rules")
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -98,6 +98,27 @@ struct Inner {
     objects: Arc<dyn ObjectStore>,
     persist_lock: tokio::sync::Mutex<()>,
     wal_dir: PathBuf,
+    observers: std::sync::RwLock<Vec<AppendObserver>>,
+}
+
+/// Called after each durable append with, per patient, the (earliest, latest) effective time
+/// of the rows it added. Rows without a patient are not reported.
+pub type AppendObserver = Arc<dyn Fn(&[(String, i64, i64)]) + Send + Sync>;
+
+fn summarise(rows: &[Row]) -> Vec<(String, i64, i64)> {
+    let mut m: std::collections::HashMap<&str, (i64, i64)> = std::collections::HashMap::new();
+    for r in rows {
+        let Some(p) = r.reading.patient_id.as_deref() else {
+            continue;
+        };
+        let t = r.reading.effective_us;
+        let e = m.entry(p).or_insert((t, t));
+        e.0 = e.0.min(t);
+        e.1 = e.1.max(t);
+    }
+    m.into_iter()
+        .map(|(p, (a, b))| (p.to_owned(), a, b))
+        .collect()
 }
 
 /// The store handle (cheap to clone).
@@ -304,6 +325,7 @@ impl Store {
             objects,
             persist_lock: tokio::sync::Mutex::new(()),
             wal_dir,
+            observers: std::sync::RwLock::new(Vec::new()),
         });
         let Some(wal) = wal else {
             // Read-only: no writer, so appends find the channel closed.
@@ -338,6 +360,18 @@ impl Store {
         if !dead.is_empty() {
             codec::encode_dead(&mut payload, &dead);
         }
+        let observed = {
+            let obs = self
+                .inner
+                .observers
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if obs.is_empty() {
+                None
+            } else {
+                Some((obs.clone(), summarise(&rows)))
+            }
+        };
         let (done, wait) = oneshot::channel();
         self.inner
             .tx
@@ -349,7 +383,24 @@ impl Store {
             })
             .await
             .map_err(|_| Error::Closed)?;
-        wait.await.map_err(|_| Error::Closed)?
+        wait.await.map_err(|_| Error::Closed)??;
+        if let Some((obs, summary)) = observed
+            && !summary.is_empty()
+        {
+            for o in &obs {
+                o(&summary);
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a function told about every durable append (see [`AppendObserver`]).
+    pub fn observe_appends(&self, f: AppendObserver) {
+        self.inner
+            .observers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(f);
     }
 
     /// A consistent snapshot for readers.

@@ -1,0 +1,850 @@
+//! Live evaluation: on a schedule, each rule's SQL runs over the buckets that received data
+//! since the last run (late data re-dirties old buckets), per-bucket samples feed
+//! [`crate::episodes::episodes`], and the result is reconciled with the alerts already raised.
+//!
+//! Durable state is the history file: an alert's current state is the fold of its
+//! transitions, rebuilt at start. Samples are not persisted; at start (and after a rule
+//! reload) a catch-up evaluation over each rule's look-back window rebuilds them from the
+//! stored observations, so a pending episode survives a restart and an episode that already
+//! fired is matched to its alert (by overlap) instead of firing again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use arrow_array::{Array, BooleanArray, Float64Array, StringArray, TimestampMicrosecondArray};
+use arrow_schema::{DataType, TimeUnit};
+use datafusion::prelude::SessionContext;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, broadcast};
+
+use carewatch_store::Store;
+use carewatch_store::registry::{Principal, Registry, Role};
+
+use crate::episodes::{Episode, Sample, episodes};
+use crate::history::{Event, History, Status, Transition};
+use crate::rules::{Params, Rule, Severity};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How often rules run.
+    pub interval: Duration,
+    /// An unacknowledged firing alert is re-notified (escalated) this long after the last
+    /// notification.
+    pub escalate_after: Duration,
+    /// At most this many escalations per alert.
+    pub max_escalations: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            interval: Duration::from_secs(1),
+            escalate_after: Duration::from_secs(15 * 60),
+            max_escalations: 3,
+        }
+    }
+}
+
+/// An alert as it stands now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Current {
+    /// Stable id (fingerprint).
+    pub alert_id: String,
+    /// Rule id.
+    pub rule: String,
+    /// Rule title.
+    pub title: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Patient.
+    pub patient_id: String,
+    /// Care team.
+    pub care_team: Option<String>,
+    /// Status.
+    pub status: Status,
+    /// Episode start, UTC µs.
+    pub episode_start_us: i64,
+    /// Episode end so far, UTC µs.
+    pub episode_end_us: i64,
+    /// Worst value.
+    pub value: Option<f64>,
+    /// Message.
+    pub message: String,
+    /// Escalations so far.
+    pub escalation_level: u32,
+    /// Last time someone was told (firing or escalation), UTC µs.
+    pub last_notified_us: i64,
+    /// Who acknowledged it.
+    pub acknowledged_by: Option<String>,
+}
+
+impl Current {
+    fn from_transition(t: &Transition, previous: Option<&Current>) -> Current {
+        let last_notified_us = match t.event {
+            Event::Firing | Event::Escalated => t.at_us,
+            _ => previous.map_or(t.at_us, |p| p.last_notified_us),
+        };
+        Current {
+            alert_id: t.alert_id.clone(),
+            rule: t.rule.clone(),
+            title: t.title.clone(),
+            severity: t.severity,
+            patient_id: t.patient_id.clone(),
+            care_team: t.care_team.clone(),
+            status: t.status,
+            episode_start_us: t.episode_start_us,
+            episode_end_us: t.episode_end_us,
+            value: t.value,
+            message: t.message.clone(),
+            escalation_level: t.escalation_level,
+            last_notified_us,
+            acknowledged_by: t.acknowledged_by.clone(),
+        }
+    }
+
+    fn transition(&self, event: Event, at_us: i64) -> Transition {
+        Transition {
+            seq: 0,
+            at_us,
+            alert_id: self.alert_id.clone(),
+            rule: self.rule.clone(),
+            title: self.title.clone(),
+            severity: self.severity,
+            patient_id: self.patient_id.clone(),
+            care_team: self.care_team.clone(),
+            status: self.status,
+            event,
+            episode_start_us: self.episode_start_us,
+            episode_end_us: self.episode_end_us,
+            value: self.value,
+            message: self.message.clone(),
+            escalation_level: self.escalation_level,
+            acknowledged_by: self.acknowledged_by.clone(),
+        }
+    }
+
+    /// May this caller see (and acknowledge) it?
+    pub fn visible_to(&self, who: &Principal) -> bool {
+        match who.role {
+            Role::Admin | Role::Analyst => true,
+            Role::CareManager => who.subject.is_some() && who.subject == self.care_team,
+            Role::Device => false,
+        }
+    }
+}
+
+/// The stable id of an episode: (rule, patient, first start seen).
+pub fn fingerprint(rule: &str, patient: &str, start_us: i64) -> String {
+    let mut h = Sha256::new();
+    h.update(rule.as_bytes());
+    h.update([0]);
+    h.update(patient.as_bytes());
+    h.update([0]);
+    h.update(start_us.to_be_bytes());
+    let d = h.finalize();
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Default)]
+struct Series {
+    samples: BTreeMap<i64, Sample>,
+    /// Samples are complete from here on (earlier ones may have been pruned or never loaded).
+    from_us: i64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    watermark: HashMap<String, i64>,
+    series: HashMap<(String, String), Series>,
+    alerts: HashMap<String, Current>,
+    by_key: HashMap<(String, String), Vec<String>>,
+    pending: HashMap<(String, String), (Episode, String)>,
+}
+
+impl State {
+    fn apply(&mut self, t: &Transition) {
+        let prev = self.alerts.get(&t.alert_id);
+        let cur = Current::from_transition(t, prev);
+        if prev.is_none() {
+            self.by_key
+                .entry((t.rule.clone(), t.patient_id.clone()))
+                .or_default()
+                .push(t.alert_id.clone());
+        }
+        self.alerts.insert(t.alert_id.clone(), cur);
+    }
+}
+
+/// Why an acknowledgement was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    /// No such alert, or not the caller's.
+    #[error("no such alert")]
+    NotFound,
+    /// Already resolved.
+    #[error("the alert is already resolved")]
+    Resolved,
+    /// Writing the history failed.
+    #[error("could not record the acknowledgement")]
+    Io,
+}
+
+struct Inner {
+    config: Config,
+    rules: RwLock<Arc<Vec<Rule>>>,
+    ctx: SessionContext,
+    registry: Arc<Registry>,
+    history: Arc<History>,
+    dirty: Mutex<HashMap<String, (i64, i64)>>,
+    state: Mutex<State>,
+    events: broadcast::Sender<Arc<Transition>>,
+    wake: Notify,
+    catch_up: std::sync::atomic::AtomicBool,
+    last_run_us: std::sync::atomic::AtomicI64,
+    runs: std::sync::atomic::AtomicU64,
+}
+
+/// The live alert engine (cheap to clone).
+#[derive(Clone)]
+pub struct AlertEngine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AlertEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertEngine").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// SQL literal for a UTC instant.
+pub fn ts_sql(us: i64) -> String {
+    format!("to_timestamp_micros({us})")
+}
+
+/// The `{scope}` filter for a time range and, optionally, a set of patients.
+pub fn scope_sql(from_us: i64, to_us: i64, patients: Option<&[&str]>) -> String {
+    let mut s = format!(
+        "effective_time >= {} AND effective_time < {}",
+        ts_sql(from_us),
+        ts_sql(to_us)
+    );
+    if let Some(ps) = patients {
+        s.push_str(" AND patient_id IN (");
+        for (i, p) in ps.iter().enumerate() {
+            if i > 0 {
+                s.push_str(", ");
+            }
+            s.push('\'');
+            s.push_str(&p.replace('\'', "''"));
+            s.push('\'');
+        }
+        s.push(')');
+    }
+    s
+}
+
+/// Runs a rule's SQL and returns `(patient, bucket start, sample)` rows.
+pub async fn run_rule_sql(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<Vec<(String, i64, Sample)>, String> {
+    let df = ctx
+        .sql_with_options(sql, carewatch_query::QueryEngine::options())
+        .await
+        .map_err(|e| e.to_string())?;
+    let batches = df.collect().await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for b in batches {
+        let col = |name: &str, dt: &DataType| -> Result<Arc<dyn Array>, String> {
+            let c = b
+                .column_by_name(name)
+                .ok_or_else(|| format!("rule result has no column {name}"))?;
+            arrow_cast::cast(c, dt).map_err(|e| e.to_string())
+        };
+        let p = col("patient_id", &DataType::Utf8)?;
+        let t = col("t", &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+        let h = col("hit", &DataType::Boolean)?;
+        let v = col("value", &DataType::Float64)?;
+        let (Some(p), Some(t), Some(h), Some(v)) = (
+            p.as_any().downcast_ref::<StringArray>(),
+            t.as_any().downcast_ref::<TimestampMicrosecondArray>(),
+            h.as_any().downcast_ref::<BooleanArray>(),
+            v.as_any().downcast_ref::<Float64Array>(),
+        ) else {
+            return Err("rule result columns have unexpected types".into());
+        };
+        for i in 0..b.num_rows() {
+            if p.is_null(i) || t.is_null(i) {
+                continue;
+            }
+            out.push((
+                p.value(i).to_owned(),
+                t.value(i),
+                Sample {
+                    hit: h.is_valid(i) && h.value(i),
+                    value: v.is_valid(i).then(|| v.value(i)),
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// How far back a rule must look to see a whole episode around new data.
+fn lookback_us(rule: &Rule, params: &Params) -> i64 {
+    let s = rule
+        .shape(params)
+        .unwrap_or_else(|_| crate::episodes::Shape {
+            bucket_us: rule.bucket_us,
+            for_us: 0,
+            clear_us: 0,
+            contiguous: true,
+            absence: false,
+            lowest: false,
+        });
+    s.for_us + s.clear_us + 2 * s.bucket_us
+}
+
+fn floor(t: i64, b: i64) -> i64 {
+    t.div_euclid(b) * b
+}
+
+/// Patients with a device assigned now (monitored), for the device-silent rule.
+fn monitored(registry: &Registry, now_us: i64) -> Vec<String> {
+    registry
+        .devices()
+        .into_iter()
+        .filter(|d| d.revoked_us.is_none())
+        .filter_map(|d| {
+            d.assignments
+                .iter()
+                .rev()
+                .find(|a| a.valid_from_us <= now_us && a.valid_to_us.is_none_or(|e| e > now_us))
+                .map(|a| a.patient_id.clone())
+        })
+        .collect()
+}
+
+impl AlertEngine {
+    /// Builds the engine: rebuilds alert state from the history and subscribes to the
+    /// store's appends. Call [`AlertEngine::run`] to start evaluating.
+    pub fn new(
+        config: Config,
+        rules: Vec<Rule>,
+        ctx: SessionContext,
+        store: &Store,
+        registry: Arc<Registry>,
+        history: Arc<History>,
+    ) -> AlertEngine {
+        let mut state = State::default();
+        for t in history.since(0) {
+            state.apply(&t);
+        }
+        let (events, _) = broadcast::channel(4096);
+        let inner = Arc::new(Inner {
+            config,
+            rules: RwLock::new(Arc::new(rules)),
+            ctx,
+            registry,
+            history,
+            dirty: Mutex::new(HashMap::new()),
+            state: Mutex::new(state),
+            events,
+            wake: Notify::new(),
+            catch_up: std::sync::atomic::AtomicBool::new(true),
+            last_run_us: std::sync::atomic::AtomicI64::new(0),
+            runs: std::sync::atomic::AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&inner);
+        store.observe_appends(Arc::new(move |rows: &[(String, i64, i64)]| {
+            if let Some(inner) = weak.upgrade() {
+                let mut d = lock(&inner.dirty);
+                for (p, a, b) in rows {
+                    let e = d.entry(p.clone()).or_insert((*a, *b));
+                    e.0 = e.0.min(*a);
+                    e.1 = e.1.max(*b);
+                }
+            }
+        }));
+        AlertEngine { inner }
+    }
+
+    /// The rules in use.
+    pub fn rules(&self) -> Arc<Vec<Rule>> {
+        self.inner
+            .rules
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the rules (already checked); samples are rebuilt by a catch-up run.
+    pub fn set_rules(&self, rules: Vec<Rule>) {
+        *self
+            .inner
+            .rules
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(rules);
+        lock(&self.inner.state).series.clear();
+        self.inner
+            .catch_up
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The history.
+    pub fn history(&self) -> &Arc<History> {
+        &self.inner.history
+    }
+
+    /// Live transitions (for SSE, MQTT).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Transition>> {
+        self.inner.events.subscribe()
+    }
+
+    /// Woken after each batch of transitions is durable (for the webhook notifier).
+    pub fn written(&self) -> &Notify {
+        &self.inner.wake
+    }
+
+    /// Evaluation runs so far and the wall time of the last one.
+    pub fn runs(&self) -> (u64, i64) {
+        (
+            self.inner.runs.load(std::sync::atomic::Ordering::Relaxed),
+            self.inner
+                .last_run_us
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Alerts as they stand (not pending ones), filtered for the caller.
+    pub fn current(&self, who: &Principal) -> Vec<Current> {
+        let st = lock(&self.inner.state);
+        let mut v: Vec<Current> = st
+            .alerts
+            .values()
+            .filter(|a| a.visible_to(who))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| b.episode_start_us.cmp(&a.episode_start_us));
+        v
+    }
+
+    /// Pending episodes (not yet long enough), as alerts with status pending.
+    pub fn pending(&self, who: &Principal) -> Vec<Current> {
+        let st = lock(&self.inner.state);
+        let rules = self.rules();
+        let mut v = Vec::new();
+        for ((rule, patient), (e, id)) in &st.pending {
+            let Some(r) = rules.iter().find(|r| &r.id == rule) else {
+                continue;
+            };
+            let params = r.params_for(Some(patient));
+            let c = Current {
+                alert_id: id.clone(),
+                rule: rule.clone(),
+                title: r.title.clone(),
+                severity: r.severity,
+                patient_id: patient.clone(),
+                care_team: self.inner.registry.care_team(patient),
+                status: Status::Pending,
+                episode_start_us: e.start_us,
+                episode_end_us: e.end_us,
+                value: e.value,
+                message: r.message_for(&params, e.value, e.minutes()),
+                escalation_level: 0,
+                last_notified_us: 0,
+                acknowledged_by: None,
+            };
+            if c.visible_to(who) {
+                v.push(c);
+            }
+        }
+        v
+    }
+
+    /// Acknowledges an alert for the caller.
+    pub fn acknowledge(&self, id: &str, who: &Principal) -> Result<Current, AckError> {
+        let mut st = lock(&self.inner.state);
+        let Some(a) = st.alerts.get(id).filter(|a| a.visible_to(who)).cloned() else {
+            return Err(AckError::NotFound);
+        };
+        match a.status {
+            Status::Resolved => return Err(AckError::Resolved),
+            Status::Acknowledged => return Ok(a),
+            _ => {}
+        }
+        let mut n = a;
+        n.status = Status::Acknowledged;
+        n.acknowledged_by = Some(who.id.clone());
+        let t = n.transition(Event::Acknowledged, now_us());
+        let written = self
+            .inner
+            .history
+            .append(vec![t])
+            .map_err(|_| AckError::Io)?;
+        for t in &written {
+            st.apply(t);
+        }
+        drop(st);
+        self.publish(written);
+        st = lock(&self.inner.state);
+        st.alerts.get(id).cloned().ok_or(AckError::NotFound)
+    }
+
+    fn publish(&self, written: Vec<Arc<Transition>>) {
+        if written.is_empty() {
+            return;
+        }
+        for t in written {
+            let _ = self.inner.events.send(t);
+        }
+        self.inner.wake.notify_waiters();
+        self.inner.wake.notify_one();
+    }
+
+    /// Runs the evaluation loop until `shutdown`.
+    pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut every = tokio::time::interval(self.inner.config.interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let started = std::time::Instant::now();
+            match self.evaluate(now_us()).await {
+                Ok(n) if n > 0 => tracing::info!(transitions = n, "alert transitions"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "alert evaluation failed"),
+            }
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "rules ran"
+            );
+        }
+    }
+
+    /// One evaluation at wall time `now`: returns the number of transitions written.
+    pub async fn evaluate(&self, now: i64) -> Result<usize, String> {
+        let inner = &self.inner;
+        let rules = self.rules();
+        let catch_up = inner
+            .catch_up
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        let dirty: HashMap<String, (i64, i64)> = std::mem::take(&mut *lock(&inner.dirty));
+        {
+            let mut st = lock(&inner.state);
+            for (p, (_, b)) in &dirty {
+                let w = st.watermark.entry(p.clone()).or_insert(*b);
+                *w = (*w).max(*b);
+            }
+        }
+        let mut touched: HashSet<(String, String)> = HashSet::new();
+        let mut results: Vec<(String, HashSet<String>, i64, Vec<(String, i64, Sample)>)> =
+            Vec::new();
+        for rule in rules.iter().filter(|r| r.enabled) {
+            let b = rule.bucket_us;
+            if catch_up {
+                // Everything in the look-back window of every patient.
+                let lb = lookback_us(rule, &rule.params)
+                    .max(if rule.absence { 24 * 3_600_000_000 } else { 0 })
+                    .max(
+                        rule.overrides
+                            .keys()
+                            .map(|p| lookback_us(rule, &rule.params_for(Some(p))))
+                            .max()
+                            .unwrap_or(0),
+                    );
+                let from = floor(now - lb, b);
+                let sql = rule.render(&rule.params, &scope_sql(from, i64::MAX / 2, None))?;
+                let rows = run_rule_sql(&inner.ctx, &sql)
+                    .await
+                    .map_err(|e| format!("rule {}: {e}", rule.id))?;
+                let mut rows = rows;
+                for p in rule.overrides.keys() {
+                    let sql = rule.render(
+                        &rule.params_for(Some(p)),
+                        &scope_sql(from, i64::MAX / 2, Some(&[p.as_str()])),
+                    )?;
+                    rows.retain(|r| &r.0 != p);
+                    rows.extend(
+                        run_rule_sql(&inner.ctx, &sql)
+                            .await
+                            .map_err(|e| format!("rule {}: {e}", rule.id))?,
+                    );
+                }
+                let pats: HashSet<String> = rows.iter().map(|r| r.0.clone()).collect();
+                results.push((rule.id.clone(), pats, from, rows));
+            }
+            if dirty.is_empty() {
+                continue;
+            }
+            // Group the dirty patients by parameter set (defaults, then each override).
+            let mut groups: Vec<(Option<&str>, Vec<(&str, i64, i64)>)> = vec![(None, Vec::new())];
+            for (p, (a, z)) in &dirty {
+                if rule.overrides.contains_key(p) {
+                    groups.push((Some(p.as_str()), vec![(p.as_str(), *a, *z)]));
+                } else {
+                    groups[0].1.push((p.as_str(), *a, *z));
+                }
+            }
+            for (who, members) in groups {
+                if members.is_empty() {
+                    continue;
+                }
+                let params = rule.params_for(who);
+                let lb = lookback_us(rule, &params);
+                let (mut from, mut to) = (i64::MAX, i64::MIN);
+                {
+                    let st = lock(&inner.state);
+                    for (p, a, z) in &members {
+                        let known = st
+                            .series
+                            .get(&(rule.id.clone(), (*p).to_owned()))
+                            .is_some_and(|s| s.from_us <= floor(*a, b) - lb);
+                        let start = if known || rule.absence {
+                            floor(*a, b)
+                        } else {
+                            floor(*a, b) - lb
+                        };
+                        from = from.min(start);
+                        to = to.max(floor(*z, b) + b);
+                    }
+                }
+                let names: Vec<&str> = members.iter().map(|m| m.0).collect();
+                let filter = (names.len() <= 1000).then_some(names.as_slice());
+                let sql = rule.render(&params, &scope_sql(from, to, filter))?;
+                let rows = run_rule_sql(&inner.ctx, &sql)
+                    .await
+                    .map_err(|e| format!("rule {}: {e}", rule.id))?;
+                let set: HashSet<String> = names.iter().map(|s| (*s).to_owned()).collect();
+                let rows = rows.into_iter().filter(|r| set.contains(&r.0)).collect();
+                results.push((rule.id.clone(), set, from, rows));
+            }
+        }
+        let mut st = lock(&inner.state);
+        for (rule, pats, from, rows) in results {
+            for p in &pats {
+                let s = st.series.entry((rule.clone(), p.clone())).or_default();
+                if s.samples.is_empty() || from < s.from_us {
+                    s.from_us = from;
+                }
+                touched.insert((rule.clone(), p.clone()));
+            }
+            for (p, t, sample) in rows {
+                let s = st.series.entry((rule.clone(), p.clone())).or_default();
+                s.samples.insert(t, sample);
+                if catch_up {
+                    let w = st.watermark.entry(p.clone()).or_insert(t);
+                    *w = (*w).max(t);
+                }
+            }
+        }
+        // Device-silent rules advance with the clock for every monitored patient.
+        let watched = monitored(&inner.registry, now);
+        for rule in rules.iter().filter(|r| r.enabled && r.absence) {
+            for p in &watched {
+                touched.insert((rule.id.clone(), p.clone()));
+            }
+            for (r, p) in st.series.keys() {
+                if r == &rule.id {
+                    touched.insert((r.clone(), p.clone()));
+                }
+            }
+        }
+        let mut out: Vec<Transition> = Vec::new();
+        let mut staged: HashMap<String, Current> = HashMap::new();
+        let mut touched: Vec<_> = touched.into_iter().collect();
+        touched.sort();
+        for (rule_id, patient) in touched {
+            let Some(rule) = rules.iter().find(|r| r.id == rule_id) else {
+                continue;
+            };
+            let params = rule.params_for(Some(&patient));
+            let Ok(shape) = rule.shape(&params) else {
+                continue;
+            };
+            let closed_until = if rule.absence {
+                now
+            } else {
+                st.watermark.get(&patient).copied().unwrap_or(i64::MIN / 2)
+            };
+            let key = (rule_id.clone(), patient.clone());
+            let eps = match st.series.get(&key) {
+                Some(s) => episodes(&s.samples, &shape, closed_until),
+                None if rule.absence => {
+                    // Monitored but nothing in the window: silent since before it.
+                    Vec::new()
+                }
+                None => Vec::new(),
+            };
+            let team = inner.registry.care_team(&patient);
+            let mut pending = None;
+            for e in eps {
+                if !e.qualified {
+                    if !e.resolved {
+                        pending = Some(e);
+                    }
+                    continue;
+                }
+                let existing = st
+                    .by_key
+                    .get(&key)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| staged.get(id).or_else(|| st.alerts.get(id)))
+                    .find(|a| {
+                        a.episode_start_us == e.start_us
+                            || (a.episode_start_us < e.end_us.max(e.start_us + 1)
+                                && e.start_us < a.episode_end_us.max(a.episode_start_us + 1))
+                    })
+                    .cloned();
+                match existing {
+                    Some(mut a) => {
+                        let mut changed = false;
+                        if e.end_us > a.episode_end_us {
+                            a.episode_end_us = e.end_us;
+                            changed = true;
+                        }
+                        if e.start_us < a.episode_start_us {
+                            a.episode_start_us = e.start_us;
+                            changed = true;
+                        }
+                        if e.value != a.value && e.value.is_some() {
+                            a.value = e.value;
+                            changed = true;
+                        }
+                        if changed {
+                            a.message = rule.message_for(
+                                &params,
+                                a.value,
+                                (a.episode_end_us - a.episode_start_us) / 60_000_000,
+                            );
+                        }
+                        if e.resolved && a.status != Status::Resolved {
+                            a.status = Status::Resolved;
+                            out.push(a.transition(Event::Resolved, now));
+                        }
+                        staged.insert(a.alert_id.clone(), a);
+                    }
+                    None => {
+                        let id = fingerprint(&rule.id, &patient, e.start_us);
+                        if st.alerts.contains_key(&id) || staged.contains_key(&id) {
+                            continue;
+                        }
+                        let mut a = Current {
+                            alert_id: id.clone(),
+                            rule: rule.id.clone(),
+                            title: rule.title.clone(),
+                            severity: rule.severity,
+                            patient_id: patient.clone(),
+                            care_team: team.clone(),
+                            status: Status::Pending,
+                            episode_start_us: e.start_us,
+                            episode_end_us: e.end_us,
+                            value: e.value,
+                            message: rule.message_for(&params, e.value, e.minutes()),
+                            escalation_level: 0,
+                            last_notified_us: now,
+                            acknowledged_by: None,
+                        };
+                        out.push(a.transition(Event::Pending, e.start_us));
+                        a.status = Status::Firing;
+                        out.push(a.transition(Event::Firing, now));
+                        if e.resolved {
+                            a.status = Status::Resolved;
+                            out.push(a.transition(Event::Resolved, now));
+                        }
+                        staged.insert(id, a);
+                    }
+                }
+            }
+            match pending {
+                Some(e) => {
+                    let id = fingerprint(&rule.id, &patient, e.start_us);
+                    st.pending.insert(key, (e, id));
+                }
+                None => {
+                    st.pending.remove(&key);
+                }
+            }
+        }
+        // Escalation of unacknowledged firing alerts.
+        let esc = inner.config.escalate_after.as_micros() as i64;
+        for a in st.alerts.values() {
+            if a.status == Status::Firing
+                && !staged.contains_key(&a.alert_id)
+                && a.escalation_level < inner.config.max_escalations
+                && now - a.last_notified_us >= esc
+            {
+                let mut n = a.clone();
+                n.escalation_level += 1;
+                out.push(n.transition(Event::Escalated, now));
+            }
+        }
+        // Prune samples nobody needs: older than a rule's look-back before the watermark.
+        let retain: HashMap<&str, i64> = rules
+            .iter()
+            .map(|r| {
+                let lb = std::iter::once(lookback_us(r, &r.params))
+                    .chain(
+                        r.overrides
+                            .keys()
+                            .map(|p| lookback_us(r, &r.params_for(Some(p)))),
+                    )
+                    .max()
+                    .unwrap_or(0);
+                (r.id.as_str(), lb + r.bucket_us)
+            })
+            .collect();
+        let wm = std::mem::take(&mut st.watermark);
+        for ((rule, p), s) in st.series.iter_mut() {
+            let keep = retain.get(rule.as_str()).copied().unwrap_or(3_600_000_000);
+            let edge = wm.get(p).copied().unwrap_or(now).min(now) - keep;
+            if s.samples.first_key_value().is_some_and(|(t, _)| *t < edge) {
+                s.samples = s.samples.split_off(&edge);
+                s.from_us = s.from_us.max(edge);
+            }
+        }
+        st.watermark = wm;
+        // Alerts whose only change is their episode end/value are updated in memory;
+        // transitions are written, then applied, then published.
+        for (id, a) in staged {
+            if let Some(cur) = st.alerts.get_mut(&id) {
+                cur.episode_end_us = a.episode_end_us;
+                cur.episode_start_us = a.episode_start_us;
+                cur.value = a.value;
+                cur.message = a.message.clone();
+            }
+        }
+        let n = out.len();
+        let written = inner
+            .history
+            .append(out)
+            .map_err(|e| format!("alert history: {e}"))?;
+        for t in &written {
+            st.apply(t);
+        }
+        drop(st);
+        inner
+            .last_run_us
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        inner
+            .runs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.publish(written);
+        Ok(n)
+    }
+}
+
+/// Wall clock, UTC µs.
+pub fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}

@@ -1,0 +1,325 @@
+//! The alert history: every transition of every alert, appended to `alerts/history.jsonl` in
+//! the data directory (fsynced before anyone is told) and served as the `alerts` table. The
+//! current state of each alert is the fold of its transitions, so a restart rebuilds it.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use arrow_array::builder::{
+    Float64Builder, StringBuilder, TimestampMicrosecondBuilder, UInt32Builder, UInt64Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Serialize};
+
+use crate::rules::Severity;
+
+/// Where an alert is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The condition holds but not yet for long enough.
+    Pending,
+    /// Raised; the care team is being told.
+    Firing,
+    /// Someone took it; no more escalation.
+    Acknowledged,
+    /// The condition cleared.
+    Resolved,
+}
+
+impl Status {
+    /// Name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Firing => "firing",
+            Status::Acknowledged => "acknowledged",
+            Status::Resolved => "resolved",
+        }
+    }
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Status> {
+        match s {
+            "pending" => Some(Status::Pending),
+            "firing" => Some(Status::Firing),
+            "acknowledged" => Some(Status::Acknowledged),
+            "resolved" => Some(Status::Resolved),
+            _ => None,
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// The episode started (recorded when it fires, with the episode's start time).
+    Pending,
+    /// It lasted long enough: raised.
+    Firing,
+    /// Still firing and unacknowledged: told again.
+    Escalated,
+    /// Taken by someone.
+    Acknowledged,
+    /// The condition cleared.
+    Resolved,
+}
+
+impl Event {
+    /// Name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Pending => "pending",
+            Event::Firing => "firing",
+            Event::Escalated => "escalated",
+            Event::Acknowledged => "acknowledged",
+            Event::Resolved => "resolved",
+        }
+    }
+}
+
+/// One row of the history: an alert as it is after one event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    /// Position in the history (0-based).
+    pub seq: u64,
+    /// When the transition happened (wall clock), UTC µs.
+    pub at_us: i64,
+    /// The alert: a stable fingerprint of (rule, patient, episode start).
+    pub alert_id: String,
+    /// Rule id.
+    pub rule: String,
+    /// Rule title.
+    pub title: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Patient.
+    pub patient_id: String,
+    /// The patient's care team, when known.
+    pub care_team: Option<String>,
+    /// Status after the event.
+    pub status: Status,
+    /// The event.
+    pub event: Event,
+    /// Episode start (event time), UTC µs.
+    pub episode_start_us: i64,
+    /// Episode end (event time) as known at this transition, UTC µs.
+    pub episode_end_us: i64,
+    /// Worst value in the episode.
+    pub value: Option<f64>,
+    /// Human message.
+    pub message: String,
+    /// 0 until the first escalation.
+    pub escalation_level: u32,
+    /// Credential id of whoever acknowledged it.
+    pub acknowledged_by: Option<String>,
+}
+
+/// The history file and its rows in memory.
+#[derive(Debug)]
+pub struct History {
+    path: PathBuf,
+    file: Mutex<Option<std::fs::File>>,
+    rows: RwLock<Vec<Arc<Transition>>>,
+}
+
+impl History {
+    /// Opens (creating unless `read_only`) `dir/alerts/history.jsonl`. A torn last line from a
+    /// crash is ignored (and cut, when writable).
+    pub fn open(data_dir: &Path, read_only: bool) -> std::io::Result<History> {
+        let dir = data_dir.join("alerts");
+        let path = dir.join("history.jsonl");
+        let mut rows = Vec::new();
+        let mut good_len = 0u64;
+        if let Ok(f) = std::fs::File::open(&path) {
+            let mut r = std::io::BufReader::new(f);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = r.read_line(&mut line)?;
+                if n == 0 || !line.ends_with('\n') {
+                    break;
+                }
+                match serde_json::from_str::<Transition>(&line) {
+                    Ok(t) => rows.push(Arc::new(t)),
+                    Err(_) => break,
+                }
+                good_len += n as u64;
+            }
+        }
+        let file = if read_only {
+            None
+        } else {
+            std::fs::create_dir_all(&dir)?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(&path)?;
+            if f.metadata()?.len() != good_len {
+                tracing::warn!("alert history: cutting a torn last line");
+                f.set_len(good_len)?;
+            }
+            Some(f)
+        };
+        Ok(History {
+            path,
+            file: Mutex::new(file),
+            rows: RwLock::new(rows),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends transitions durably (numbering them), then makes them visible.
+    pub fn append(&self, mut ts: Vec<Transition>) -> std::io::Result<Vec<Arc<Transition>>> {
+        if ts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(f) = file.as_mut() else {
+            return Err(std::io::Error::other("alert history is read-only"));
+        };
+        let mut next = self.len() as u64;
+        let mut buf = Vec::new();
+        for t in &mut ts {
+            t.seq = next;
+            next += 1;
+            serde_json::to_writer(&mut buf, t).map_err(std::io::Error::other)?;
+            buf.push(b'\n');
+        }
+        f.write_all(&buf)?;
+        f.sync_data()?;
+        let out: Vec<Arc<Transition>> = ts.into_iter().map(Arc::new).collect();
+        self.rows
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(out.iter().cloned());
+        Ok(out)
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.rows.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rows from `seq` on.
+    pub fn since(&self, seq: u64) -> Vec<Arc<Transition>> {
+        let rows = self.rows.read().unwrap_or_else(|e| e.into_inner());
+        rows.get(seq as usize..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
+    }
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// The `alerts` table: one row per transition.
+#[derive(Debug)]
+pub struct AlertsTable {
+    history: Arc<History>,
+    schema: SchemaRef,
+}
+
+impl AlertsTable {
+    /// A provider over the history.
+    pub fn new(history: Arc<History>) -> Self {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("seq", DataType::UInt64, false),
+            Field::new("at", ts_type(), false),
+            Field::new("alert_id", DataType::Utf8, false),
+            Field::new("rule", DataType::Utf8, false),
+            Field::new("severity", DataType::Utf8, false),
+            Field::new("patient_id", DataType::Utf8, false),
+            Field::new("care_team", DataType::Utf8, true),
+            Field::new("status", DataType::Utf8, false),
+            Field::new("event", DataType::Utf8, false),
+            Field::new("episode_start", ts_type(), false),
+            Field::new("episode_end", ts_type(), false),
+            Field::new("value", DataType::Float64, true),
+            Field::new("message", DataType::Utf8, false),
+            Field::new("escalation_level", DataType::UInt32, false),
+            Field::new("acknowledged_by", DataType::Utf8, true),
+        ]));
+        AlertsTable { history, schema }
+    }
+}
+
+impl carewatch_query::table::BatchSource for AlertsTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+    fn batch(&self) -> datafusion::error::Result<RecordBatch> {
+        let rows = self.history.since(0);
+        let n = rows.len();
+        let mut seq = UInt64Builder::with_capacity(n);
+        let ts = || TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+        let (mut at, mut start, mut end) = (ts(), ts(), ts());
+        let s = || StringBuilder::with_capacity(n, n * 16);
+        let (mut id, mut rule, mut sev, mut pat, mut team, mut status, mut event, mut msg, mut ack) =
+            (s(), s(), s(), s(), s(), s(), s(), s(), s());
+        let mut value = Float64Builder::with_capacity(n);
+        let mut level = UInt32Builder::with_capacity(n);
+        for r in &rows {
+            seq.append_value(r.seq);
+            at.append_value(r.at_us);
+            id.append_value(&r.alert_id);
+            rule.append_value(&r.rule);
+            sev.append_value(r.severity.as_str());
+            pat.append_value(&r.patient_id);
+            team.append_option(r.care_team.as_deref());
+            status.append_value(r.status.as_str());
+            event.append_value(r.event.as_str());
+            start.append_value(r.episode_start_us);
+            end.append_value(r.episode_end_us);
+            value.append_option(r.value);
+            msg.append_value(&r.message);
+            level.append_value(r.escalation_level);
+            ack.append_option(r.acknowledged_by.as_deref());
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(seq.finish()),
+            Arc::new(at.finish()),
+            Arc::new(id.finish()),
+            Arc::new(rule.finish()),
+            Arc::new(sev.finish()),
+            Arc::new(pat.finish()),
+            Arc::new(team.finish()),
+            Arc::new(status.finish()),
+            Arc::new(event.finish()),
+            Arc::new(start.finish()),
+            Arc::new(end.finish()),
+            Arc::new(value.finish()),
+            Arc::new(msg.finish()),
+            Arc::new(level.finish()),
+            Arc::new(ack.finish()),
+        ];
+        Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
+    }
+}
+
+/// Registers the `alerts` table with a session.
+pub fn register(
+    ctx: &datafusion::prelude::SessionContext,
+    history: Arc<History>,
+) -> datafusion::error::Result<()> {
+    ctx.register_table(
+        "alerts",
+        Arc::new(carewatch_query::table::ComputedTable(AlertsTable::new(
+            history,
+        ))),
+    )?;
+    Ok(())
+}

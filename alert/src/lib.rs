@@ -1,0 +1,23 @@
+//! `carewatch-alert`: SQL rules in event time, the alert lifecycle, and delivery.
+//!
+//! - [`rules`]: rule files (`rules/*.toml`) — SQL giving a per-bucket condition, parameters,
+//!   per-patient overrides, severity, message — loaded and planned at start.
+//! - [`episodes`]: the pure function from per-bucket samples to episodes (duration, gaps,
+//!   hysteresis), shared by live evaluation and the backtest.
+//! - [`engine`]: live evaluation over the buckets that changed, alert state, escalation.
+//! - [`history`]: the durable transition log and the `alerts` table.
+//! - [`notify`]: webhook delivery with retries; [`http`]: list, acknowledge, SSE.
+//! - [`backtest`]: the rules over stored history, with alarm burden.
+//!
+//! What it must not do: write observations, or hold its state lock across a query.
+
+pub mod backtest;
+pub mod engine;
+pub mod episodes;
+pub mod history;
+pub mod http;
+pub mod notify;
+pub mod rules;
+
+pub use datafusion::prelude::SessionContext;
+pub use engine::{AlertEngine, Config};

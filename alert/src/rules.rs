@@ -1,0 +1,581 @@
+//! Rule files: `rules/*.toml`, each one rule — SQL over `observations` (and the registry
+//! tables) that answers, per patient and time bucket, whether the condition held — with its
+//! parameters, severity, message and episode shape. Per-patient overrides change parameters for
+//! named patients.
+//!
+//! ```toml
+//! title = "Elevated heart rate at rest"
+//! severity = "high"
+//! message = "Heart rate above {threshold}/min for {minutes} min at rest (peak {value})"
+//! bucket = "1m"
+//! contiguous = true
+//! sql = """SELECT patient_id, date_bin({bucket}, effective_time) AS t, avg(value) > {threshold} AS hit, …"""
+//! [params]
+//! threshold = 100
+//! for_minutes = 10
+//! clear_minutes = 5
+//! [overrides."patient-17"]
+//! threshold = 120
+//! ```
+//!
+//! The SQL must return `patient_id`, `t` (bucket start), `hit` (boolean) and `value` (double),
+//! and must filter every scan of `observations` with `{scope}` (the time range and patients
+//! being evaluated). `{bucket}` is the bucket as an SQL interval; `{name}` is a parameter.
+//! `for_minutes` (minimum duration) and `clear_minutes` (hysteresis) are parameters too, so
+//! they can be overridden per patient.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::episodes::Shape;
+
+/// Shipped default rules (used when no rules directory is configured).
+pub const DEFAULTS: &[(&str, &str)] = &[
+    (
+        "hr_high_at_rest.toml",
+        include_str!("../rules/hr_high_at_rest.toml"),
+    ),
+    ("hr_low.toml", include_str!("../rules/hr_low.toml")),
+    ("spo2_low.toml", include_str!("../rules/spo2_low.toml")),
+    ("fever.toml", include_str!("../rules/fever.toml")),
+    (
+        "hypertensive.toml",
+        include_str!("../rules/hypertensive.toml"),
+    ),
+    ("news2.toml", include_str!("../rules/news2.toml")),
+    (
+        "device_silent.toml",
+        include_str!("../rules/device_silent.toml"),
+    ),
+];
+
+/// A rule that failed to load: where and why.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{file}:{line}: {message}")]
+pub struct RuleError {
+    /// The rule file.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Alert severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// For the record.
+    Info,
+    /// Look when convenient.
+    Warning,
+    /// Look now.
+    High,
+    /// Act now.
+    Critical,
+}
+
+impl Severity {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// A parameter value: numbers and booleans only, so a value can never change a rule's SQL
+/// beyond the literal it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum Param {
+    /// `true` / `false`.
+    Bool(bool),
+    /// A whole number.
+    Int(i64),
+    /// A number.
+    Float(f64),
+}
+
+impl Param {
+    /// Parses a command-line value.
+    pub fn parse(s: &str) -> Option<Param> {
+        match s.trim() {
+            "true" => Some(Param::Bool(true)),
+            "false" => Some(Param::Bool(false)),
+            t => t.parse::<i64>().map(Param::Int).ok().or_else(|| {
+                t.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .map(Param::Float)
+            }),
+        }
+    }
+    fn sql(&self) -> String {
+        match self {
+            Param::Bool(b) => b.to_string(),
+            Param::Int(i) => i.to_string(),
+            Param::Float(f) => format!("{f:?}"),
+        }
+    }
+    fn as_f64(&self) -> Option<f64> {
+        match self {
+            Param::Bool(_) => None,
+            Param::Int(i) => Some(*i as f64),
+            Param::Float(f) => Some(*f),
+        }
+    }
+}
+
+impl std::fmt::Display for Param {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Param::Float(x) if x.fract() == 0.0 => write!(f, "{x:.0}"),
+            p => f.write_str(&p.sql()),
+        }
+    }
+}
+
+/// Parameters by name.
+pub type Params = BTreeMap<String, Param>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    id: Option<String>,
+    title: String,
+    severity: Severity,
+    message: String,
+    #[serde(default = "default_bucket")]
+    bucket: String,
+    #[serde(default = "yes")]
+    contiguous: bool,
+    #[serde(default)]
+    absence: bool,
+    #[serde(default)]
+    lowest: bool,
+    #[serde(default = "yes")]
+    enabled: bool,
+    sql: String,
+    #[serde(default)]
+    params: Params,
+    #[serde(default)]
+    overrides: BTreeMap<String, Params>,
+}
+
+fn default_bucket() -> String {
+    "1m".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// A loaded rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// Stable id (the file stem unless set).
+    pub id: String,
+    /// Where it came from.
+    pub file: String,
+    /// Line of `sql` in the file (for errors found when planning).
+    pub sql_line: usize,
+    /// Short human title.
+    pub title: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Message template.
+    pub message: String,
+    /// Bucket length, microseconds.
+    pub bucket_us: i64,
+    /// A bucket without data breaks a run.
+    pub contiguous: bool,
+    /// Device-silent style rule.
+    pub absence: bool,
+    /// The episode value is the lowest.
+    pub lowest: bool,
+    /// Disabled rules are loaded and checked but not run.
+    pub enabled: bool,
+    /// SQL template.
+    pub sql: String,
+    /// Default parameters.
+    pub params: Params,
+    /// Per-patient parameter overrides.
+    pub overrides: BTreeMap<String, Params>,
+}
+
+/// Parses `30s`, `1m`, `15m`, `1h`.
+pub fn parse_duration_us(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (n, mult) = if let Some(n) = s.strip_suffix('s') {
+        (n, 1_000_000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000_000)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3_600_000_000)
+    } else {
+        return None;
+    };
+    n.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .map(|n| n * mult)
+}
+
+fn line_of(text: &str, byte: usize) -> usize {
+    text[..byte.min(text.len())].matches('\n').count() + 1
+}
+
+fn key_line(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        })
+        .map_or(1, |i| i + 1)
+}
+
+impl Rule {
+    /// Parses one rule file's text.
+    pub fn parse(file: &str, text: &str) -> Result<Rule, RuleError> {
+        let err = |line: usize, message: String| RuleError {
+            file: file.to_owned(),
+            line,
+            message,
+        };
+        let f: RuleFile = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(1, |s| line_of(text, s.start));
+            err(line, e.message().trim().to_owned())
+        })?;
+        let stem = Path::new(file)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let id = f.id.unwrap_or(stem);
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(err(
+                key_line(text, "id"),
+                format!("rule id {id:?}: use letters, digits, '_' and '-'"),
+            ));
+        }
+        let bucket_us = parse_duration_us(&f.bucket).ok_or_else(|| {
+            err(
+                key_line(text, "bucket"),
+                format!(
+                    "bucket {:?}: use a duration like 30s, 1m, 15m, 1h",
+                    f.bucket
+                ),
+            )
+        })?;
+        let rule = Rule {
+            id,
+            file: file.to_owned(),
+            sql_line: key_line(text, "sql"),
+            title: f.title,
+            severity: f.severity,
+            message: f.message,
+            bucket_us,
+            contiguous: f.contiguous,
+            absence: f.absence,
+            lowest: f.lowest,
+            enabled: f.enabled,
+            sql: f.sql,
+            params: f.params,
+            overrides: f.overrides,
+        };
+        if !rule.sql.contains("{scope}") {
+            return Err(err(
+                rule.sql_line,
+                "the SQL must filter observations with {scope}".into(),
+            ));
+        }
+        for (who, p) in std::iter::once((None, &rule.params))
+            .chain(rule.overrides.iter().map(|(k, v)| (Some(k), v)))
+        {
+            for k in p.keys() {
+                if who.is_some() && !rule.params.contains_key(k) {
+                    return Err(err(
+                        key_line(text, k),
+                        format!("override of unknown parameter {k:?}"),
+                    ));
+                }
+            }
+            let merged = rule.params_for(who.map(String::as_str));
+            rule.render(&merged, "TRUE")
+                .map_err(|m| err(rule.sql_line, m))?;
+            rule.shape(&merged)
+                .map_err(|m| err(key_line(text, "params"), m))?;
+        }
+        Ok(rule)
+    }
+
+    /// The parameters for a patient (defaults with that patient's overrides).
+    pub fn params_for(&self, patient: Option<&str>) -> Params {
+        let mut p = self.params.clone();
+        if let Some(o) = patient.and_then(|p| self.overrides.get(p)) {
+            p.extend(o.iter().map(|(k, v)| (k.clone(), *v)));
+        }
+        p
+    }
+
+    /// Replaces default parameters (backtest `--param`); unknown names are refused.
+    pub fn set_param(&mut self, name: &str, value: Param) -> Result<(), String> {
+        match self.params.get_mut(name) {
+            Some(v) => {
+                *v = value;
+                Ok(())
+            }
+            None => Err(format!("rule {} has no parameter {name:?}", self.id)),
+        }
+    }
+
+    /// The SQL with parameters and scope filled in.
+    pub fn render(&self, params: &Params, scope: &str) -> Result<String, String> {
+        let mut out = String::with_capacity(self.sql.len() + scope.len());
+        let mut rest = self.sql.as_str();
+        while let Some(i) = rest.find('{') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            let Some(j) = after.find('}') else {
+                return Err("unclosed '{' in the SQL".into());
+            };
+            let name = &after[..j];
+            match name {
+                "scope" => {
+                    out.push('(');
+                    out.push_str(scope);
+                    out.push(')');
+                }
+                "bucket" => out.push_str(&format!(
+                    "INTERVAL '{} seconds'",
+                    self.bucket_us / 1_000_000
+                )),
+                n => match params.get(n) {
+                    Some(v) => out.push_str(&v.sql()),
+                    None => return Err(format!("the SQL uses {{{n}}}, which is not a parameter")),
+                },
+            }
+            rest = &after[j + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// How samples become episodes under these parameters.
+    pub fn shape(&self, params: &Params) -> Result<Shape, String> {
+        let minutes = |k: &str| -> Result<i64, String> {
+            match params.get(k) {
+                None => Ok(0),
+                Some(p) => p
+                    .as_f64()
+                    .filter(|m| *m >= 0.0)
+                    .map(|m| (m * 60_000_000.0) as i64)
+                    .ok_or_else(|| format!("{k} must be a number of minutes ≥ 0")),
+            }
+        };
+        Ok(Shape {
+            bucket_us: self.bucket_us,
+            for_us: minutes("for_minutes")?,
+            clear_us: minutes("clear_minutes")?,
+            contiguous: self.contiguous,
+            absence: self.absence,
+            lowest: self.lowest,
+        })
+    }
+
+    /// The alert message for an episode.
+    pub fn message_for(&self, params: &Params, value: Option<f64>, minutes: i64) -> String {
+        let mut out = String::new();
+        let mut rest = self.message.as_str();
+        while let Some(i) = rest.find('{') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            let Some(j) = after.find('}') else {
+                out.push_str(&rest[i..]);
+                rest = "";
+                break;
+            };
+            let name = &after[..j];
+            match name {
+                "value" => match value {
+                    Some(v) => out.push_str(&format!("{}", (v * 10.0).round() / 10.0)),
+                    None => out.push('?'),
+                },
+                "minutes" => out.push_str(&minutes.to_string()),
+                "title" => out.push_str(&self.title),
+                n => match params.get(n) {
+                    Some(p) => out.push_str(&p.to_string()),
+                    None => out.push_str(&rest[i..i + j + 2]),
+                },
+            }
+            rest = &after[j + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// Loads every `*.toml` in `dir` (sorted by name); the shipped defaults when `dir` is `None`.
+pub fn load(dir: Option<&Path>) -> Result<Vec<Rule>, RuleError> {
+    let mut rules = Vec::new();
+    match dir {
+        None => {
+            for (name, text) in DEFAULTS {
+                rules.push(Rule::parse(&format!("(built-in) rules/{name}"), text)?);
+            }
+        }
+        Some(dir) => {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| RuleError {
+                    file: dir.display().to_string(),
+                    line: 0,
+                    message: e.to_string(),
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            files.sort();
+            for f in files {
+                let name = f.display().to_string();
+                let text = std::fs::read_to_string(&f).map_err(|e| RuleError {
+                    file: name.clone(),
+                    line: 0,
+                    message: e.to_string(),
+                })?;
+                rules.push(Rule::parse(&name, &text)?);
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &rules {
+        if !seen.insert(r.id.clone()) {
+            return Err(RuleError {
+                file: r.file.clone(),
+                line: 1,
+                message: format!("a second rule with id {:?}", r.id),
+            });
+        }
+    }
+    Ok(rules)
+}
+
+/// Plans each rule's SQL against the session (tables, columns, types) so a bad rule fails at
+/// start-up, with its file and line.
+pub async fn check(
+    ctx: &datafusion::prelude::SessionContext,
+    rules: &[Rule],
+) -> Result<(), RuleError> {
+    use arrow_schema::DataType;
+    for r in rules {
+        let err = |message: String| RuleError {
+            file: r.file.clone(),
+            line: r.sql_line,
+            message,
+        };
+        let sql = r.render(&r.params, "FALSE").map_err(err)?;
+        let df = ctx
+            .sql_with_options(&sql, carewatch_query::QueryEngine::options())
+            .await
+            .map_err(|e| err(first_line(&e.to_string())))?;
+        let schema = df.schema().as_arrow().clone();
+        for (name, ok) in [
+            (
+                "patient_id",
+                &(|t: &DataType| {
+                    matches!(t, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)
+                }) as &dyn Fn(&DataType) -> bool,
+            ),
+            ("t", &|t: &DataType| matches!(t, DataType::Timestamp(_, _))),
+            ("hit", &|t: &DataType| matches!(t, DataType::Boolean)),
+            ("value", &|t: &DataType| {
+                t.is_numeric() || matches!(t, DataType::Null)
+            }),
+        ] {
+            match schema.field_with_name(name) {
+                Ok(f) if ok(f.data_type()) => {}
+                Ok(f) => {
+                    return Err(err(format!(
+                        "column {name} has type {}, which is not what a rule returns",
+                        f.data_type()
+                    )));
+                }
+                Err(_) => {
+                    return Err(err(format!(
+                        "the SQL must return columns patient_id, t, hit, value; {name} is missing"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_rules_parse() {
+        let rules = load(None).expect("defaults");
+        assert_eq!(rules.len(), 7);
+        let hr = rules
+            .iter()
+            .find(|r| r.id == "hr_high_at_rest")
+            .expect("hr");
+        assert_eq!(hr.params["threshold"], Param::Int(100));
+        assert_eq!(hr.params["for_minutes"], Param::Int(10));
+    }
+
+    #[test]
+    fn bad_files_name_their_line() {
+        let e = Rule::parse("r.toml", "title = \"x\"\nseverity = \"loud\"\n").expect_err("bad");
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.to_string().starts_with("r.toml:2:"), "{e}");
+        let text = "title = \"x\"\nseverity = \"high\"\nmessage = \"m\"\n\nsql = \"SELECT {nope} FROM observations WHERE {scope}\"\n";
+        let e = Rule::parse("r.toml", text).expect_err("bad");
+        assert_eq!((e.line, e.message.contains("nope")), (5, true), "{e}");
+        let text = "title = \"x\"\nseverity = \"high\"\nmessage = \"m\"\nsql = \"SELECT 1\"\n";
+        let e = Rule::parse("r.toml", text).expect_err("bad");
+        assert!(e.message.contains("{scope}"), "{e}");
+    }
+
+    #[test]
+    fn overrides_and_params() {
+        let text = "title = \"x\"\nseverity = \"high\"\nmessage = \"above {threshold} for {minutes} min, peak {value}\"\nsql = \"SELECT {threshold} WHERE {scope}\"\n[params]\nthreshold = 100\nfor_minutes = 10\n[overrides.p1]\nthreshold = 130.5\n";
+        let mut r = Rule::parse("x.toml", text).expect("ok");
+        assert_eq!(
+            r.render(&r.params_for(Some("p1")), "s").expect("sql"),
+            "SELECT 130.5 WHERE (s)"
+        );
+        assert_eq!(
+            r.render(&r.params_for(Some("p2")), "s").expect("sql"),
+            "SELECT 100 WHERE (s)"
+        );
+        assert_eq!(
+            r.message_for(&r.params_for(None), Some(121.04), 12),
+            "above 100 for 12 min, peak 121"
+        );
+        assert!(r.set_param("nope", Param::Int(1)).is_err());
+        r.set_param("threshold", Param::parse("120").expect("p"))
+            .expect("set");
+        assert_eq!(r.shape(&r.params).expect("shape").for_us, 600_000_000);
+        let bad = text.replace("[overrides.p1]\nthreshold", "[overrides.p1]\nthreshhold");
+        let e = Rule::parse("x.toml", &bad).expect_err("unknown override");
+        assert_eq!(e.line, 9, "{e}");
+        assert_eq!(Param::parse("1; DROP"), None);
+    }
+}
