@@ -1,0 +1,241 @@
+//! Alerting end to end with the real binary: the simulator's injected episodes each reach a
+//! local webhook receiver exactly once (through a failing first delivery), care-team scoping,
+//! escalation until acknowledgement over HTTP, the SSE stream, and the `alerts` table.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{BIN, Server, Webhook, curl, wait_until};
+
+fn firing(hook: &Webhook) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut m: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for v in hook.all() {
+        if v["event"] == "firing" {
+            m.entry(v["fingerprint"].as_str().unwrap_or_default().to_owned())
+                .or_default()
+                .push((
+                    v["rule"].as_str().unwrap_or_default().to_owned(),
+                    v["patient_id"].as_str().unwrap_or_default().to_owned(),
+                ));
+        }
+    }
+    m
+}
+
+#[test]
+fn simulated_episodes_alert_once_each_escalate_and_stop_when_acknowledged() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let hook = Webhook::start(1);
+    let cfg = tmp.path().join("carewatch.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[alerts]\nwebhook_url = \"{}\"\ninterval_secs = 0.5\nescalate_after_secs = 3\nmax_escalations = 2\n",
+            hook.url
+        ),
+    )
+    .expect("config");
+    let srv = Server::start(tmp.path(), &["--config", cfg.to_str().expect("utf8")]);
+    let mqtt = srv.mqtt.clone().expect("mqtt");
+    for i in 0..4 {
+        let (s, b) = curl(
+            "PUT",
+            &format!("{}/v1/patients/sim-pat-{i:05}/care-team", srv.http),
+            srv.admin(),
+            r#"{"team":"north"}"#,
+        );
+        assert!(s == 200 || s == 204, "{s} {b}");
+    }
+    // 35 simulated minutes ending now, sent as fast as they are acknowledged.
+    let start = chrono::Utc::now() - chrono::Duration::minutes(35);
+    let start = start.format("%Y-%m-%dT%H:%M:00Z").to_string();
+    let out = Command::new(BIN)
+        .args([
+            "simulate",
+            "--patients",
+            "4",
+            "--duration",
+            "35m",
+            "--start",
+            &start,
+            "--fast",
+            "--batch",
+            "30",
+            "--http-url",
+            &srv.http,
+            "--admin-token",
+            srv.admin(),
+            "--mqtt-addr",
+            &mqtt,
+            "--episode",
+            "tachycardia:0@300+900",
+            "--episode",
+            "desaturation:1@300+900",
+            "--episode",
+            "fever:2@600+900",
+        ])
+        .output()
+        .expect("simulate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Each injected episode raises exactly one alert, and nothing else fires.
+    let want: Vec<(String, String)> = vec![
+        ("fever".into(), "sim-pat-00002".into()),
+        ("hr_high_at_rest".into(), "sim-pat-00000".into()),
+        ("spo2_low".into(), "sim-pat-00001".into()),
+    ];
+    wait_until("three alerts at the webhook", Duration::from_secs(60), || {
+        firing(&hook).len() >= 3
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let f = firing(&hook);
+    let mut got: Vec<(String, String)> = f.values().flatten().cloned().collect();
+    got.sort();
+    assert_eq!(got, want, "{:#?}", hook.all());
+    assert!(f.values().all(|v| v.len() == 1), "one delivery per alert: {f:?}");
+
+    // Payload: stable fingerprint, Teams/Power Automate card, no surprise fields missing.
+    let first = hook.all().into_iter().find(|v| v["event"] == "firing").expect("one");
+    assert_eq!(first["type"], "message");
+    assert_eq!(
+        first["attachments"][0]["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    assert_eq!(first["care_team"], "north");
+
+    // Care-team scoping.
+    let north = srv.token("care_manager", Some("north"));
+    let south = srv.token("care_manager", Some("south"));
+    let list = |tok: &str| -> Vec<serde_json::Value> {
+        let (s, b) = curl("GET", &format!("{}/v1/alerts?status=all", srv.http), tok, "");
+        assert_eq!(s, 200, "{b}");
+        serde_json::from_str::<serde_json::Value>(&b).expect("json")["alerts"]
+            .as_array()
+            .expect("alerts")
+            .clone()
+    };
+    assert!(list(&south).is_empty());
+    let mine = list(&north);
+    // The tachycardia and desaturation episodes are over (resolved); the fever is not (no
+    // normal temperature since), so it keeps firing.
+    assert!(
+        mine.iter()
+            .any(|a| a["rule"] == "hr_high_at_rest" && a["status"] == "resolved"),
+        "{mine:#?}"
+    );
+    let open_alert = mine
+        .iter()
+        .find(|a| a["rule"] == "fever" && a["status"] == "firing")
+        .expect("fever alert")["alert_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (s, _) = curl(
+        "POST",
+        &format!("{}/v1/alerts/{open_alert}/ack", srv.http),
+        &south,
+        "",
+    );
+    assert_eq!(s, 404, "another team cannot acknowledge");
+
+    // Unacknowledged alerts escalate (every 3 s here).
+    wait_until("an escalation", Duration::from_secs(20), || {
+        hook.all()
+            .iter()
+            .any(|v| v["event"] == "escalated" && v["fingerprint"] == open_alert.as_str())
+    });
+    // The SSE stream sees the acknowledgement.
+    let sse = Command::new("curl")
+        .args([
+            "-sN",
+            "--max-time",
+            "4",
+            "-H",
+            &format!("Authorization: Bearer {north}"),
+            &format!("{}/v1/alerts/stream", srv.http),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    std::thread::sleep(Duration::from_millis(800));
+    let (s, b) = curl(
+        "POST",
+        &format!("{}/v1/alerts/{open_alert}/ack", srv.http),
+        &north,
+        "",
+    );
+    assert_eq!(s, 200, "{b}");
+    let acked: serde_json::Value = serde_json::from_str(&b).expect("json");
+    assert_eq!(acked["status"], "acknowledged");
+    let sse = sse.wait_with_output().expect("sse");
+    let sse = String::from_utf8_lossy(&sse.stdout);
+    assert!(sse.contains("event: alert"), "{sse}");
+    assert!(
+        sse.lines().any(|l| l.contains("\"acknowledged\"") && l.contains(&open_alert)),
+        "{sse}"
+    );
+    wait_until("the acknowledgement at the webhook", Duration::from_secs(10), || {
+        hook.all()
+            .iter()
+            .any(|v| v["event"] == "acknowledged" && v["fingerprint"] == open_alert.as_str())
+    });
+    let n_before = hook.all().len();
+    std::thread::sleep(Duration::from_secs(7));
+    let after: Vec<_> = hook.all()[n_before..].to_vec();
+    assert!(
+        !after
+            .iter()
+            .any(|v| v["event"] == "escalated" && v["fingerprint"] == open_alert.as_str()),
+        "an acknowledged alert stops escalating: {after:#?}"
+    );
+
+    // The `alerts` table holds the history.
+    let (s, b) = curl(
+        "POST",
+        &format!("{}/v1/sql", srv.http),
+        srv.admin(),
+        "SELECT rule, event, acknowledged_by IS NOT NULL AS by FROM alerts WHERE event IN ('firing', 'acknowledged') ORDER BY rule, event",
+    );
+    assert_eq!(s, 200, "{b}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&b).expect("json");
+    assert_eq!(rows.len(), 4, "{b}");
+    assert_eq!(rows[1]["event"], "firing");
+    assert_eq!(rows[0]["event"], "acknowledged");
+    assert_eq!(rows[0]["by"], true);
+    assert_eq!(srv.stop(), 0);
+}
+
+#[test]
+fn a_bad_rule_file_stops_start_up_with_its_file_and_line() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rules = tmp.path().join("rules");
+    std::fs::create_dir_all(&rules).expect("dir");
+    std::fs::write(
+        rules.join("typo.toml"),
+        "title = \"x\"\nseverity = \"high\"\nmessage = \"m\"\nsql = \"SELECT patient_id, effective_time AS t, value > 1 AS hit, value FROM observation WHERE {scope}\"\n",
+    )
+    .expect("rule");
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--data-dir",
+            tmp.path().join("data").to_str().expect("utf8"),
+            "--http-addr",
+            "127.0.0.1:0",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--pg-addr",
+            "127.0.0.1:0",
+            "--rules-dir",
+            rules.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("serve");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("typo.toml:4:"), "{err}");
+    assert!(err.contains("observation"), "{err}");
+}
