@@ -69,8 +69,6 @@ pub struct AlertsConfig {
     pub max_escalations: Option<u32>,
     /// Attempts per webhook delivery (default 8, backing off from 0.5 s).
     pub webhook_attempts: Option<u32>,
-    /// Publish transitions to `carewatch/alerts/{care_team}` on the external broker.
-    pub mqtt_publish: Option<bool>,
 }
 
 /// `[templates]`
@@ -146,7 +144,6 @@ pub struct ServeConfig {
     pub rules_dir: Option<PathBuf>,
     pub alert_engine: carewatch_alert::Config,
     pub alert_routes: carewatch_alert::notify::Routes,
-    pub alerts_mqtt: bool,
 }
 
 /// Flag/env values (each `None` when not given).
@@ -270,12 +267,10 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         attempts: a.webhook_attempts.unwrap_or(8),
         backoff: Duration::from_millis(500),
     };
-    let alerts_mqtt = a.mqtt_publish.unwrap_or(false);
     Ok(ServeConfig {
         rules_dir,
         alert_engine,
         alert_routes,
-        alerts_mqtt,
         tls,
         data_dir,
         pg_addr,
@@ -313,6 +308,8 @@ mod tests {
         let c = resolve(Overrides::default(), file).expect("valid");
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.persist_age, Some(Duration::from_secs(300)));
+        assert_eq!(c.alert_engine.escalate_after, Duration::from_secs(900));
+        assert_eq!(c.alert_routes.attempts, 8);
     }
 
     #[test]

@@ -79,7 +79,11 @@ fn simulated_episodes_alert_once_each_escalate_and_stop_when_acknowledged() {
         ])
         .output()
         .expect("simulate");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Each injected episode raises exactly one alert, and nothing else fires.
     let want: Vec<(String, String)> = vec![
@@ -87,18 +91,27 @@ fn simulated_episodes_alert_once_each_escalate_and_stop_when_acknowledged() {
         ("hr_high_at_rest".into(), "sim-pat-00000".into()),
         ("spo2_low".into(), "sim-pat-00001".into()),
     ];
-    wait_until("three alerts at the webhook", Duration::from_secs(60), || {
-        firing(&hook).len() >= 3
-    });
+    wait_until(
+        "three alerts at the webhook",
+        Duration::from_secs(60),
+        || firing(&hook).len() >= 3,
+    );
     std::thread::sleep(Duration::from_secs(2));
     let f = firing(&hook);
     let mut got: Vec<(String, String)> = f.values().flatten().cloned().collect();
     got.sort();
     assert_eq!(got, want, "{:#?}", hook.all());
-    assert!(f.values().all(|v| v.len() == 1), "one delivery per alert: {f:?}");
+    assert!(
+        f.values().all(|v| v.len() == 1),
+        "one delivery per alert: {f:?}"
+    );
 
     // Payload: stable fingerprint, Teams/Power Automate card, no surprise fields missing.
-    let first = hook.all().into_iter().find(|v| v["event"] == "firing").expect("one");
+    let first = hook
+        .all()
+        .into_iter()
+        .find(|v| v["event"] == "firing")
+        .expect("one");
     assert_eq!(first["type"], "message");
     assert_eq!(
         first["attachments"][0]["contentType"],
@@ -110,7 +123,12 @@ fn simulated_episodes_alert_once_each_escalate_and_stop_when_acknowledged() {
     let north = srv.token("care_manager", Some("north"));
     let south = srv.token("care_manager", Some("south"));
     let list = |tok: &str| -> Vec<serde_json::Value> {
-        let (s, b) = curl("GET", &format!("{}/v1/alerts?status=all", srv.http), tok, "");
+        let (s, b) = curl(
+            "GET",
+            &format!("{}/v1/alerts?status=all", srv.http),
+            tok,
+            "",
+        );
         assert_eq!(s, 200, "{b}");
         serde_json::from_str::<serde_json::Value>(&b).expect("json")["alerts"]
             .as_array()
@@ -174,14 +192,19 @@ fn simulated_episodes_alert_once_each_escalate_and_stop_when_acknowledged() {
     let sse = String::from_utf8_lossy(&sse.stdout);
     assert!(sse.contains("event: alert"), "{sse}");
     assert!(
-        sse.lines().any(|l| l.contains("\"acknowledged\"") && l.contains(&open_alert)),
+        sse.lines()
+            .any(|l| l.contains("\"acknowledged\"") && l.contains(&open_alert)),
         "{sse}"
     );
-    wait_until("the acknowledgement at the webhook", Duration::from_secs(10), || {
-        hook.all()
-            .iter()
-            .any(|v| v["event"] == "acknowledged" && v["fingerprint"] == open_alert.as_str())
-    });
+    wait_until(
+        "the acknowledgement at the webhook",
+        Duration::from_secs(10),
+        || {
+            hook.all()
+                .iter()
+                .any(|v| v["event"] == "acknowledged" && v["fingerprint"] == open_alert.as_str())
+        },
+    );
     let n_before = hook.all().len();
     std::thread::sleep(Duration::from_secs(7));
     let after: Vec<_> = hook.all()[n_before..].to_vec();

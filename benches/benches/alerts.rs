@@ -112,7 +112,9 @@ async fn run(patients: usize, secs: u64) {
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}/hook", l.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(l, app).await });
     let stop = CancellationToken::new();
@@ -154,7 +156,10 @@ async fn run(patients: usize, secs: u64) {
         // Bulk load in chunks (like many devices' messages), then the fevers on their own so
         // their durable time is theirs.
         for chunk in rows.chunks(2000) {
-            store.append(chunk.to_vec(), Vec::new()).await.expect("append");
+            store
+                .append(chunk.to_vec(), Vec::new())
+                .await
+                .expect("append");
         }
         if s >= 5 {
             let mut fevers = Vec::new();
@@ -196,7 +201,9 @@ async fn run(patients: usize, secs: u64) {
     let (runs, _) = engine.runs();
     let elapsed = started.elapsed().as_secs_f64();
     println!("## Alert latency ({patients} patients at 1 Hz, {secs} s, all shipped rules)\n");
-    println!("| readings appended | rate | fever episodes | delivered | missing | p50 | p99 | max | rule runs |");
+    println!(
+        "| readings appended | rate | fever episodes | delivered | missing | p50 | p99 | max | rule runs |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
     let max = lat.iter().copied().fold(0.0, f64::max);
