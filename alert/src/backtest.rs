@@ -65,12 +65,7 @@ pub struct Report {
     pub alerts: Vec<Found>,
 }
 
-/// RFC 3339, seconds, `Z`.
-pub fn iso(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
-}
+pub use crate::iso;
 
 /// Runs `rules` over `[from_us, to_us)`; `progress(done, total)` after each rule-day.
 pub async fn backtest(

@@ -77,11 +77,7 @@ fn caller(state: &AlertState, headers: &HeaderMap) -> Result<Principal, Response
     Ok(p)
 }
 
-fn iso(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
-}
+use crate::iso;
 
 /// The JSON shape of an alert in the API.
 pub fn alert_json(a: &Current) -> serde_json::Value {

@@ -21,3 +21,10 @@ pub mod rules;
 
 pub use datafusion::prelude::SessionContext;
 pub use engine::{AlertEngine, Config};
+
+/// RFC 3339 in UTC, whole seconds, `Z` (API, webhook and backtest times).
+pub fn iso(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}

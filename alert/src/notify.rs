@@ -46,11 +46,7 @@ pub struct Counters {
     pub dropped: AtomicU64,
 }
 
-fn iso(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
-}
+use crate::iso;
 
 /// The JSON body for one transition.
 pub fn payload(t: &Transition) -> Value {
