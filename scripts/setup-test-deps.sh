@@ -6,11 +6,13 @@
 #   - a Python venv at ${CAREWATCH_VENV:-~/.cache/carewatch-venv} with an external FHIR validator
 #     nobody here wrote (fhirkit-rs, the strict R4 models of fhir.resources 6.4 on pydantic 1,
 #     jsonschema for the official R4 JSON schema, fhirpathpy for the vital-signs invariants),
-#     plus DuckDB and pyarrow (read our Parquet), paho-mqtt and psycopg (real clients).
+#     plus DuckDB and pyarrow (read our Parquet), paho-mqtt and psycopg (real clients), and the
+#     Prometheus project's text-format parser (prometheus-client) for /metrics;
+#   - Debian's Chromium and, from npm, playwright-core (drives it for the dashboard test) in
+#     ${CAREWATCH_NODE_DIR:-~/.cache/carewatch-node}.
 set -euo pipefail
 
 # ---- Debian packages -------------------------------------------------------------------------
-# Later issues add theirs here: chromium (dashboard screenshots).
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
@@ -18,6 +20,8 @@ command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -27,13 +31,24 @@ else
   echo "setup: Debian packages present"
 fi
 
+# ---- playwright-core (npm) ---------------------------------------------------------------------
+# Only the driver library: it launches Debian's /usr/bin/chromium, so no browser download.
+node_dir="${CAREWATCH_NODE_DIR:-$HOME/.cache/carewatch-node}"
+if [ -f "$node_dir/node_modules/playwright-core/package.json" ]; then
+  echo "setup: playwright-core present in $node_dir"
+else
+  echo "setup: npm install playwright-core into $node_dir"
+  mkdir -p "$node_dir"
+  (cd "$node_dir" && { [ -f package.json ] || npm init -y >/dev/null; } && npm install --silent --no-audit --no-fund playwright-core@1 >/dev/null)
+fi
+
 # ---- Python venv -----------------------------------------------------------------------------
 # fhir.resources 6.4.0 is the last release whose default models are plain R4 (4.0.1); it needs
 # pydantic 1, and co-installs with the rest in one venv (pip check is clean).
 venv="${CAREWATCH_VENV:-$HOME/.cache/carewatch-venv}"
 reqs=(
   "fhirkit-rs==0.1.0" "fhir.resources==6.4.0" "pydantic[email]<2" "jsonschema==4.*"
-  "fhirpathpy==2.2.4" "duckdb==1.*" "pyarrow" "paho-mqtt==2.*" "psycopg[binary]==3.*" "pytz"
+  "fhirpathpy==2.2.4" "duckdb==1.*" "pyarrow" "paho-mqtt==2.*" "psycopg[binary]==3.*" "pytz" "prometheus-client==0.*"
 )
 stamp="$venv/.carewatch-reqs.sha256"
 want="$( { python3 --version; printf '%s\n' "${reqs[@]}"; } | sha256sum | cut -d' ' -f1)"

@@ -153,9 +153,17 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     let notify_task = tokio::spawn(carewatch_alert::notify::run(
         alerts.clone(),
         c.alert_routes.clone(),
-        notify_counters,
+        notify_counters.clone(),
         shutdown.clone(),
     ));
+    let web = carewatch_web::WebState::wire(
+        store.clone(),
+        pipeline.registry.clone(),
+        engine.clone(),
+        alerts.clone(),
+        notify_counters,
+    )
+    .await;
     if let Some(dir) = c.rules_dir.clone() {
         tokio::spawn(watch_rules(
             alerts.clone(),
@@ -201,7 +209,8 @@ pub async fn run(c: ServeConfig) -> Result<()> {
             engine: alerts.clone(),
             registry: pipeline.registry.clone(),
         },
-    ));
+    ))
+    .merge(carewatch_web::router(web));
     let sd = shutdown.clone();
     let http_task = match tls.clone() {
         None => tokio::spawn(async move {

@@ -205,6 +205,7 @@ struct Inner {
     catch_up: std::sync::atomic::AtomicBool,
     last_run_us: std::sync::atomic::AtomicI64,
     runs: std::sync::atomic::AtomicU64,
+    run_seconds: Mutex<carewatch_store::Histogram>,
 }
 
 /// The live alert engine (cheap to clone).
@@ -361,12 +362,13 @@ impl AlertEngine {
             catch_up: std::sync::atomic::AtomicBool::new(true),
             last_run_us: std::sync::atomic::AtomicI64::new(0),
             runs: std::sync::atomic::AtomicU64::new(0),
+            run_seconds: Mutex::new(carewatch_store::Histogram::default()),
         });
         let weak = Arc::downgrade(&inner);
-        store.observe_appends(Arc::new(move |rows: &[(String, i64, i64)]| {
+        store.observe_appends(Arc::new(move |sum: &carewatch_store::AppendSummary| {
             if let Some(inner) = weak.upgrade() {
                 let mut d = lock(&inner.dirty);
-                for (p, a, b) in rows {
+                for (p, a, b) in &sum.patients {
                     let e = d.entry(p.clone()).or_insert((*a, *b));
                     e.0 = e.0.min(*a);
                     e.1 = e.1.max(*b);
@@ -421,6 +423,11 @@ impl AlertEngine {
                 .last_run_us
                 .load(std::sync::atomic::Ordering::Relaxed),
         )
+    }
+
+    /// Durations of evaluation runs.
+    pub fn run_seconds(&self) -> carewatch_store::Histogram {
+        lock(&self.inner.run_seconds).clone()
     }
 
     /// Alerts as they stand (not pending ones), filtered for the caller.
@@ -519,7 +526,9 @@ impl AlertEngine {
                 _ = every.tick() => {}
             }
             let started = std::time::Instant::now();
-            match self.evaluate(now_us()).await {
+            let r = self.evaluate(now_us()).await;
+            lock(&self.inner.run_seconds).observe(started.elapsed());
+            match r {
                 Ok(n) if n > 0 => tracing::info!(transitions = n, "alert transitions"),
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "alert evaluation failed"),

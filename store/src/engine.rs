@@ -58,6 +58,53 @@ pub struct StoreStats {
     pub rows_appended: u64,
     /// Dead letters acknowledged since open.
     pub dead_appended: u64,
+    /// Rows acknowledged since open, per source (`http`, `mqtt`, `replay`).
+    pub rows_by_source: BTreeMap<&'static str, u64>,
+    /// Dead letters acknowledged since open, per (source, reason code).
+    pub dead_by_reason: BTreeMap<(&'static str, &'static str), u64>,
+    /// WAL group commit (write + fsync) durations.
+    pub commit_seconds: Histogram,
+    /// Persist (buffer to Parquet + checkpoint) durations.
+    pub persist_seconds: Histogram,
+}
+
+/// A latency histogram with fixed bucket bounds (seconds), Prometheus-style cumulative on output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Histogram {
+    /// Count per bucket (not cumulative), one more than [`Histogram::BOUNDS`] for +Inf.
+    pub counts: Vec<u64>,
+    /// Sum of observations, microseconds.
+    pub sum_us: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; Self::BOUNDS.len() + 1],
+            sum_us: 0,
+        }
+    }
+}
+
+impl Histogram {
+    /// Upper bounds, seconds.
+    pub const BOUNDS: [f64; 12] = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+    ];
+    /// Records one duration.
+    pub fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = Self::BOUNDS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(Self::BOUNDS.len());
+        self.counts[i] += 1;
+        self.sum_us += d.as_micros() as u64;
+    }
+    /// Observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
 }
 
 struct Chunk {
@@ -101,12 +148,24 @@ struct Inner {
     observers: std::sync::RwLock<Vec<AppendObserver>>,
 }
 
-/// Called after each durable append with, per patient, the (earliest, latest) effective time
-/// of the rows it added. Rows without a patient are not reported.
-pub type AppendObserver = Arc<dyn Fn(&[(String, i64, i64)]) + Send + Sync>;
+/// What one durable append added, for observers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppendSummary {
+    /// Per patient: (patient, earliest, latest effective time), UTC µs.
+    pub patients: Vec<(String, i64, i64)>,
+    /// Per (patient, code): the reading with the latest effective time (patient, code, time,
+    /// value).
+    pub latest: Vec<(String, &'static str, i64, f64)>,
+}
 
-fn summarise(rows: &[Row]) -> Vec<(String, i64, i64)> {
+/// Called after each durable append with an [`AppendSummary`]. Rows without a patient are not
+/// reported.
+pub type AppendObserver = Arc<dyn Fn(&AppendSummary) + Send + Sync>;
+
+fn summarise(rows: &[Row]) -> AppendSummary {
     let mut m: std::collections::HashMap<&str, (i64, i64)> = std::collections::HashMap::new();
+    let mut latest: std::collections::HashMap<(&str, &'static str), (i64, f64)> =
+        std::collections::HashMap::new();
     for r in rows {
         let Some(p) = r.reading.patient_id.as_deref() else {
             continue;
@@ -115,10 +174,23 @@ fn summarise(rows: &[Row]) -> Vec<(String, i64, i64)> {
         let e = m.entry(p).or_insert((t, t));
         e.0 = e.0.min(t);
         e.1 = e.1.max(t);
+        let l = latest
+            .entry((p, r.reading.code()))
+            .or_insert((t, r.reading.value));
+        if t >= l.0 {
+            *l = (t, r.reading.value);
+        }
     }
-    m.into_iter()
-        .map(|(p, (a, b))| (p.to_owned(), a, b))
-        .collect()
+    AppendSummary {
+        patients: m
+            .into_iter()
+            .map(|(p, (a, b))| (p.to_owned(), a, b))
+            .collect(),
+        latest: latest
+            .into_iter()
+            .map(|((p, c), (t, v))| (p.to_owned(), c, t, v))
+            .collect(),
+    }
 }
 
 /// The store handle (cheap to clone).
@@ -385,7 +457,7 @@ impl Store {
             .map_err(|_| Error::Closed)?;
         wait.await.map_err(|_| Error::Closed)??;
         if let Some((obs, summary)) = observed
-            && !summary.is_empty()
+            && !summary.patients.is_empty()
         {
             for o in &obs {
                 o(&summary);
@@ -571,9 +643,28 @@ fn writer(mut wal: Wal, mut rx: mpsc::Receiver<Cmd>, inner: std::sync::Weak<Inne
                 for g in &group {
                     frame.extend_from_slice(&g.0);
                 }
+                let started = Instant::now();
                 let res = wal.append(&frame);
+                let took = started.elapsed();
                 match res {
                     Ok(()) => {
+                        let mut by_source: Vec<(&'static str, u64)> = Vec::new();
+                        let mut by_reason: Vec<((&'static str, &'static str), u64)> = Vec::new();
+                        for g in &group {
+                            for r in &g.1 {
+                                match by_source.iter_mut().find(|x| x.0 == r.source.as_str()) {
+                                    Some(x) => x.1 += 1,
+                                    None => by_source.push((r.source.as_str(), 1)),
+                                }
+                            }
+                            for d in &g.2 {
+                                let k = (d.source.as_str(), d.reason.code());
+                                match by_reason.iter_mut().find(|x| x.0 == k) {
+                                    Some(x) => x.1 += 1,
+                                    None => by_reason.push((k, 1)),
+                                }
+                            }
+                        }
                         let seg = wal.id();
                         let all_rows: Vec<Row> = group
                             .iter_mut()
@@ -615,6 +706,13 @@ fn writer(mut wal: Wal, mut rx: mpsc::Receiver<Cmd>, inner: std::sync::Weak<Inne
                                     });
                                 }
                                 st.stats.commits += 1;
+                                st.stats.commit_seconds.observe(took);
+                                for (k, n) in by_source {
+                                    *st.stats.rows_by_source.entry(k).or_default() += n;
+                                }
+                                for (k, n) in by_reason {
+                                    *st.stats.dead_by_reason.entry(k).or_default() += n;
+                                }
                                 drop(st);
                                 for g in group {
                                     let _ = g.3.send(Ok(()));
@@ -667,6 +765,7 @@ async fn persist(inner: &Inner) -> Result<usize> {
     if lock(&inner.state).chunks.is_empty() {
         return Ok(0);
     }
+    let started = Instant::now();
     let closed = rotate(inner).await?;
     let (first, by_table) = {
         let st = lock(&inner.state);
@@ -731,6 +830,7 @@ async fn persist(inner: &Inner) -> Result<usize> {
         });
         st.rows -= removed;
         st.stats.persists += 1;
+        st.stats.persist_seconds.observe(started.elapsed());
     }
     wal::remove_upto(&inner.wal_dir, closed).map_err(io)?;
     Ok(n)

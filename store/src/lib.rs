@@ -29,7 +29,7 @@ pub mod wal;
 
 mod engine;
 
-pub use engine::{AppendObserver, Snapshot, Store, StoreStats};
+pub use engine::{AppendObserver, AppendSummary, Histogram, Snapshot, Store, StoreStats};
 pub use tables::{FileMeta, Table};
 
 use std::path::PathBuf;

@@ -1,0 +1,519 @@
+//! `carewatch-web`: what people and monitoring look at.
+//!
+//! - [`latest`]: the in-memory latest-value cache (fed after each durable append).
+//! - feeds: `GET /v1/patients` (the caller's patients, latest vitals, sparklines, open alerts —
+//!   from memory, no Parquet scan), `GET /v1/patients/{id}/vitals` (bucketed min/max/avg from
+//!   SQL), `GET /v1/stream` (SSE of vitals and alert changes).
+//! - the dashboard at `/` (static HTML, CSS and our own small script; charts are SVG drawn in
+//!   the page from the feeds — no third-party code).
+//! - [`metrics`]: `/metrics` in Prometheus text format, `/readyz`.
+//!
+//! A care manager sees only their care team's patients, in every feed, chart and stream.
+
+pub mod latest;
+pub mod metrics;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use arrow_array::{Array, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow_schema::{DataType, TimeUnit};
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use carewatch_alert::AlertEngine;
+use carewatch_alert::history::Status;
+use carewatch_query::QueryEngine;
+use carewatch_store::registry::{Principal, Registry, Role};
+use carewatch_store::{AppendSummary, Store};
+use carewatch_transform::catalogue;
+
+pub use latest::LatestCache;
+
+/// State for the web routes.
+#[derive(Clone)]
+pub struct WebState {
+    /// The store (metrics).
+    pub store: Store,
+    /// Tokens, care teams, devices.
+    pub registry: Arc<Registry>,
+    /// SQL for the vitals series.
+    pub query: QueryEngine,
+    /// Alerts.
+    pub alerts: AlertEngine,
+    /// Latest values.
+    pub latest: Arc<LatestCache>,
+    /// Appends, for the SSE stream.
+    pub updates: tokio::sync::broadcast::Sender<Arc<AppendSummary>>,
+    /// Webhook counters (metrics).
+    pub webhooks: Arc<carewatch_alert::notify::Counters>,
+}
+
+impl std::fmt::Debug for WebState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebState").finish_non_exhaustive()
+    }
+}
+
+impl WebState {
+    /// Subscribes the latest-value cache to the store's appends and warms it from the last
+    /// day of observations.
+    pub async fn wire(
+        store: Store,
+        registry: Arc<Registry>,
+        query: QueryEngine,
+        alerts: AlertEngine,
+        webhooks: Arc<carewatch_alert::notify::Counters>,
+    ) -> WebState {
+        let (latest, updates) = LatestCache::new();
+        let l = latest.clone();
+        store.observe_appends(Arc::new(move |s: &AppendSummary| l.apply(s)));
+        let since = chrono::Utc::now().timestamp_micros() - 86_400_000_000;
+        let sql = format!(
+            "SELECT patient_id, code, CAST(date_bin(INTERVAL '60 seconds', effective_time) AS BIGINT) AS m, \
+             avg(value) AS v, CAST(max(effective_time) AS BIGINT) AS t \
+             FROM observations WHERE effective_time >= to_timestamp_micros({since}) AND patient_id IS NOT NULL \
+             GROUP BY 1, 2, 3 ORDER BY 3"
+        );
+        match query.collect(&sql).await {
+            Ok(batches) => {
+                for b in batches {
+                    let cols = (
+                        b.column(0).as_any().downcast_ref::<StringArray>(),
+                        b.column(1).as_any().downcast_ref::<StringArray>(),
+                        b.column(3).as_any().downcast_ref::<Float64Array>(),
+                        b.column(4).as_any().downcast_ref::<Int64Array>(),
+                    );
+                    let (Some(p), Some(c), Some(v), Some(t)) = cols else {
+                        continue;
+                    };
+                    for i in 0..b.num_rows() {
+                        if let Some(vital) = catalogue::by_code(c.value(i)) {
+                            latest.seed(p.value(i), vital.code, t.value(i), v.value(i));
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "warming the latest-value cache failed"),
+        }
+        WebState {
+            store,
+            registry,
+            query,
+            alerts,
+            latest,
+            updates,
+            webhooks,
+        }
+    }
+}
+
+/// The router: feeds, dashboard, metrics.
+pub fn router(state: WebState) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/app.js", get(script))
+        .route("/app.css", get(style))
+        .route("/v1/patients", get(patients))
+        .route("/v1/patients/{id}/vitals", get(vitals))
+        .route("/v1/stream", get(stream))
+        .route("/metrics", get(metrics::metrics))
+        .route("/readyz", get(metrics::ready))
+        .with_state(state)
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("../static/index.html"))
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../static/app.js"),
+    )
+        .into_response()
+}
+
+async fn style() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../static/app.css"),
+    )
+        .into_response()
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": code, "message": message})),
+    )
+        .into_response()
+}
+
+fn caller(s: &WebState, headers: &HeaderMap) -> Result<Principal, Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .ok_or_else(|| {
+            error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a bearer token is required",
+            )
+        })?;
+    let p = s.registry.authenticate(token.trim()).ok_or_else(|| {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown or revoked token",
+        )
+    })?;
+    match p.role {
+        Role::Admin | Role::CareManager | Role::Analyst => Ok(p),
+        Role::Device => Err(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "devices cannot read patient feeds",
+        )),
+    }
+}
+
+/// The patients a caller may see: a care manager's team; everyone for admins and analysts.
+fn visible_patients(s: &WebState, who: &Principal) -> BTreeSet<String> {
+    let teams = s.registry.care_teams();
+    match who.role {
+        Role::CareManager => teams
+            .into_iter()
+            .filter(|(_, t)| Some(t) == who.subject.as_ref())
+            .map(|(p, _)| p)
+            .collect(),
+        _ => {
+            let mut all: BTreeSet<String> = teams.into_iter().map(|(p, _)| p).collect();
+            all.extend(s.latest.patients());
+            for d in s.registry.devices() {
+                all.extend(d.assignments.into_iter().map(|a| a.patient_id));
+            }
+            all
+        }
+    }
+}
+
+fn may_see(s: &WebState, who: &Principal, patient: &str) -> bool {
+    match who.role {
+        Role::CareManager => who.subject.is_some() && s.registry.care_team(patient) == who.subject,
+        Role::Admin | Role::Analyst => true,
+        Role::Device => false,
+    }
+}
+
+fn iso(us: i64) -> String {
+    carewatch_alert::iso(us)
+}
+
+async fn patients(State(s): State<WebState>, headers: HeaderMap) -> Response {
+    let who = match caller(&s, &headers) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let mut open: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for a in s.alerts.current(&who) {
+        if matches!(a.status, Status::Firing | Status::Acknowledged) {
+            open.entry(a.patient_id.clone())
+                .or_default()
+                .push(carewatch_alert::http::alert_json(&a));
+        }
+    }
+    let mut out = Vec::new();
+    for p in visible_patients(&s, &who) {
+        let mut vitals = serde_json::Map::new();
+        for (code, v) in s.latest.patient(&p) {
+            let Some(vital) = catalogue::by_code(code) else {
+                continue;
+            };
+            vitals.insert(
+                vital.key.to_owned(),
+                json!({"code": code, "value": v.value, "unit": vital.unit, "time": iso(v.time_us), "spark": v.spark()}),
+            );
+        }
+        let alerts = open.remove(&p).unwrap_or_default();
+        out.push(json!({
+            "patient_id": p,
+            "care_team": s.registry.care_team(&p),
+            "vitals": vitals,
+            "open_alerts": alerts,
+        }));
+    }
+    // Patients with open alerts first, then by id.
+    out.sort_by_key(|v| {
+        (
+            v["open_alerts"].as_array().is_none_or(|a| a.is_empty()),
+            v["patient_id"].as_str().unwrap_or_default().to_owned(),
+        )
+    });
+    axum::Json(json!({"patients": out})).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct VitalsQuery {
+    code: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    bucket: Option<String>,
+}
+
+fn parse_time(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.timestamp_micros())
+}
+
+fn parse_bucket(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (n, mult) = match s.char_indices().last()? {
+        (i, 's') => (&s[..i], 1),
+        (i, 'm') => (&s[..i], 60),
+        (i, 'h') => (&s[..i], 3600),
+        (i, 'd') => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    n.parse::<i64>()
+        .ok()
+        .map(|n| n * mult)
+        .filter(|b| (1..=86_400).contains(b))
+}
+
+async fn vitals(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<VitalsQuery>,
+) -> Response {
+    let who = match caller(&s, &headers) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if !may_see(&s, &who, &id) {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such patient");
+    }
+    let now = chrono::Utc::now().timestamp_micros();
+    let to = match q.to.as_deref().map(parse_time) {
+        None => now,
+        Some(Some(t)) => t,
+        Some(None) => return error(StatusCode::BAD_REQUEST, "invalid", "to must be RFC 3339"),
+    };
+    let from = match q.from.as_deref().map(parse_time) {
+        None => to - 6 * 3_600_000_000,
+        Some(Some(t)) => t,
+        Some(None) => return error(StatusCode::BAD_REQUEST, "invalid", "from must be RFC 3339"),
+    };
+    if to <= from || to - from > 31 * 86_400_000_000 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "from must be before to, at most 31 days apart",
+        );
+    }
+    let bucket = match q.bucket.as_deref().map(parse_bucket) {
+        None => ((to - from) / 1_000_000 / 360).clamp(1, 86_400),
+        Some(Some(b)) => b,
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "bucket is a duration like 30s, 1m, 15m, 1h",
+            );
+        }
+    };
+    if (to - from) / 1_000_000 / bucket > 20_000 {
+        return error(StatusCode::BAD_REQUEST, "invalid", "too many buckets");
+    }
+    let mut codes: Vec<&'static str> = Vec::new();
+    for c in q
+        .code
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|c| !c.is_empty())
+    {
+        match catalogue::by_code(c).or_else(|| catalogue::by_key(c)) {
+            Some(v) => codes.push(v.code),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "code must be LOINC codes or vital names from the catalogue",
+                );
+            }
+        }
+    }
+    // Every interpolated value is checked above: the patient id is quoted, codes come from the
+    // catalogue, times and bucket are integers.
+    let code_filter = if codes.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " AND code IN ({})",
+            codes
+                .iter()
+                .map(|c| format!("'{c}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let sql = format!(
+        "SELECT code, date_bin(INTERVAL '{bucket} seconds', effective_time) AS t, min(value) AS min, \
+         max(value) AS max, avg(value) AS avg, count(*) AS n FROM observations \
+         WHERE patient_id = '{}' AND effective_time >= to_timestamp_micros({from}) \
+         AND effective_time < to_timestamp_micros({to}){code_filter} GROUP BY 1, 2 ORDER BY 1, 2",
+        id.replace('\'', "''")
+    );
+    let batches = match s.query.collect(&sql).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "vitals query failed");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the vitals query failed",
+            );
+        }
+    };
+    let mut series: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for b in batches {
+        let ts = arrow_cast::cast(
+            b.column(1),
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        );
+        let (Ok(ts), Some(code), Some(mn), Some(mx), Some(av), Some(n)) = (
+            ts,
+            b.column(0).as_any().downcast_ref::<StringArray>(),
+            b.column(2).as_any().downcast_ref::<Float64Array>(),
+            b.column(3).as_any().downcast_ref::<Float64Array>(),
+            b.column(4).as_any().downcast_ref::<Float64Array>(),
+            b.column(5).as_any().downcast_ref::<Int64Array>(),
+        ) else {
+            continue;
+        };
+        let Some(ts) = ts.as_any().downcast_ref::<TimestampMicrosecondArray>() else {
+            continue;
+        };
+        for i in 0..b.num_rows() {
+            if ts.is_null(i) {
+                continue;
+            }
+            series
+                .entry(code.value(i).to_owned())
+                .or_default()
+                .push(json!({
+                    "t": iso(ts.value(i)),
+                    "min": mn.value(i),
+                    "max": mx.value(i),
+                    "avg": (av.value(i) * 100.0).round() / 100.0,
+                    "n": n.value(i),
+                }));
+        }
+    }
+    let series: Vec<Value> = series
+        .into_iter()
+        .map(|(code, points)| {
+            let v = catalogue::by_code(&code);
+            json!({"code": code, "key": v.map(|v| v.key), "unit": v.map(|v| v.unit), "points": points})
+        })
+        .collect();
+    let alerts: Vec<Value> = s
+        .alerts
+        .current(&who)
+        .iter()
+        .filter(|a| a.patient_id == id && a.episode_end_us >= from && a.episode_start_us < to)
+        .map(carewatch_alert::http::alert_json)
+        .collect();
+    axum::Json(json!({
+        "patient_id": id,
+        "from": iso(from),
+        "to": iso(to),
+        "bucket_seconds": bucket,
+        "series": series,
+        "alerts": alerts,
+    }))
+    .into_response()
+}
+
+async fn stream(State(s): State<WebState>, headers: HeaderMap) -> Response {
+    let who = match caller(&s, &headers) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let vitals_rx = s.updates.subscribe();
+    let alerts_rx = s.alerts.subscribe();
+    let (s2, who2) = (s.clone(), who.clone());
+    let vitals = futures::stream::unfold(vitals_rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(v) => return Some((v, rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    })
+    .filter_map(move |sum| {
+        let items: Vec<Value> = sum
+            .latest
+            .iter()
+            .filter(|(p, ..)| may_see(&s2, &who2, p))
+            .filter_map(|(p, code, t, v)| {
+                catalogue::by_code(code).map(|vital| {
+                    json!({"patient_id": p, "vital": vital.key, "code": code, "value": v, "time": iso(*t)})
+                })
+            })
+            .collect();
+        async move {
+            (!items.is_empty()).then(|| {
+                Ok::<_, Infallible>(
+                    SseEvent::default()
+                        .event("vitals")
+                        .data(Value::Array(items).to_string()),
+                )
+            })
+        }
+    });
+    let alerts = futures::stream::unfold(alerts_rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(t) => return Some((t, rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    })
+    .filter_map(move |t| {
+        let ok = match who.role {
+            Role::Admin | Role::Analyst => true,
+            _ => who.subject.is_some() && who.subject == t.care_team,
+        };
+        async move {
+            ok.then(|| {
+                let mut v = carewatch_alert::notify::payload(&t);
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("attachments");
+                    o.remove("type");
+                }
+                Ok::<_, Infallible>(SseEvent::default().event("alert").data(v.to_string()))
+            })
+        }
+    });
+    Sse::new(futures::stream::select(vitals, alerts))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}

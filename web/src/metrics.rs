@@ -1,0 +1,265 @@
+//! `/metrics` (Prometheus text format 0.0.4) and `/readyz`.
+//!
+//! Labels are fixed vocabularies only (source, reason code, table, status, rule id) — never a
+//! patient or device id. The exposition is written here rather than through a metrics crate:
+//! every value already lives in a counter of the part that owns it (store stats, alert engine,
+//! webhook notifier), so this is a read-out, validated in tests by the Prometheus project's own
+//! Python parser.
+
+use std::fmt::Write as _;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use carewatch_alert::history::Status;
+use carewatch_store::Histogram;
+use carewatch_store::registry::{Principal, Role};
+
+use crate::WebState;
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let esc = val
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let _ = write!(self.0, "{k}=\"{esc}\"");
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {v}");
+    }
+    fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
+        self.family(name, "histogram", help);
+        let mut cum = 0u64;
+        for (i, b) in Histogram::BOUNDS.iter().enumerate() {
+            cum += h.counts[i];
+            self.sample(
+                &format!("{name}_bucket"),
+                &[("le", &b.to_string())],
+                cum as f64,
+            );
+        }
+        let total = h.count();
+        self.sample(&format!("{name}_bucket"), &[("le", "+Inf")], total as f64);
+        self.sample(&format!("{name}_sum"), &[], h.sum_us as f64 / 1e6);
+        self.sample(&format!("{name}_count"), &[], total as f64);
+    }
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(s): State<WebState>) -> Response {
+    let st = s.store.stats();
+    let mut o = Out(String::with_capacity(8192));
+    o.family(
+        "carewatch_readings_stored_total",
+        "counter",
+        "Readings normalised and durably stored, by source.",
+    );
+    for src in ["http", "mqtt", "replay"] {
+        let n = st.rows_by_source.get(src).copied().unwrap_or(0);
+        o.sample(
+            "carewatch_readings_stored_total",
+            &[("source", src)],
+            n as f64,
+        );
+    }
+    o.family(
+        "carewatch_readings_rejected_total",
+        "counter",
+        "Rejected items (each a dead-letter row), by source and reason code.",
+    );
+    for ((src, reason), n) in &st.dead_by_reason {
+        o.sample(
+            "carewatch_readings_rejected_total",
+            &[("source", src), ("reason", reason)],
+            *n as f64,
+        );
+    }
+    o.family(
+        "carewatch_readings_received_total",
+        "counter",
+        "Items received (stored + rejected), by source.",
+    );
+    for src in ["http", "mqtt", "replay"] {
+        let stored = st.rows_by_source.get(src).copied().unwrap_or(0);
+        let rejected: u64 = st
+            .dead_by_reason
+            .iter()
+            .filter(|((s2, _), _)| *s2 == src)
+            .map(|(_, n)| *n)
+            .sum();
+        o.sample(
+            "carewatch_readings_received_total",
+            &[("source", src)],
+            (stored + rejected) as f64,
+        );
+    }
+    o.histogram(
+        "carewatch_wal_commit_seconds",
+        "WAL group commit (write + fsync) duration.",
+        &st.commit_seconds,
+    );
+    o.histogram(
+        "carewatch_persist_seconds",
+        "Buffer-to-Parquet persist duration.",
+        &st.persist_seconds,
+    );
+    o.family(
+        "carewatch_buffer_rows",
+        "gauge",
+        "Rows in the in-memory buffer (acknowledged, not yet in Parquet).",
+    );
+    o.sample("carewatch_buffer_rows", &[], st.buffered_rows as f64);
+    o.family(
+        "carewatch_wal_commits_total",
+        "counter",
+        "WAL group commits.",
+    );
+    o.sample("carewatch_wal_commits_total", &[], st.commits as f64);
+    // Files per day: the total and the most in any one day (compaction keeps it small).
+    let snap = s.store.snapshot();
+    let mut per_day: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    for f in &snap.files {
+        *per_day
+            .entry((format!("{:?}", f.table).to_lowercase(), f.date.clone()))
+            .or_default() += 1;
+    }
+    o.family(
+        "carewatch_parquet_files",
+        "gauge",
+        "Parquet files, by table.",
+    );
+    o.family(
+        "carewatch_parquet_files_max_per_day",
+        "gauge",
+        "Most Parquet files in any one day partition, by table.",
+    );
+    for table in ["observations", "deadletters"] {
+        let mine: Vec<u64> = per_day
+            .iter()
+            .filter(|((t, _), _)| t == table)
+            .map(|(_, n)| *n)
+            .collect();
+        let name = if table == "deadletters" {
+            "dead_letters"
+        } else {
+            table
+        };
+        o.sample(
+            "carewatch_parquet_files",
+            &[("table", name)],
+            mine.iter().sum::<u64>() as f64,
+        );
+        o.sample(
+            "carewatch_parquet_files_max_per_day",
+            &[("table", name)],
+            mine.iter().copied().max().unwrap_or(0) as f64,
+        );
+    }
+    let (runs, _) = s.alerts.runs();
+    o.family(
+        "carewatch_rule_runs_total",
+        "counter",
+        "Rule evaluation runs.",
+    );
+    o.sample("carewatch_rule_runs_total", &[], runs as f64);
+    o.histogram(
+        "carewatch_rule_run_seconds",
+        "Duration of one evaluation of all rules.",
+        &s.alerts.run_seconds(),
+    );
+    let admin = Principal {
+        id: "metrics".into(),
+        role: Role::Admin,
+        subject: None,
+    };
+    let all = s.alerts.current(&admin);
+    let pending = s.alerts.pending(&admin).len();
+    o.family("carewatch_alerts", "gauge", "Alerts by state.");
+    for st in [
+        Status::Pending,
+        Status::Firing,
+        Status::Acknowledged,
+        Status::Resolved,
+    ] {
+        let n = if st == Status::Pending {
+            pending
+        } else {
+            all.iter().filter(|a| a.status == st).count()
+        };
+        o.sample("carewatch_alerts", &[("state", st.as_str())], n as f64);
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    o.family(
+        "carewatch_webhook_deliveries_total",
+        "counter",
+        "Webhook deliveries that succeeded.",
+    );
+    o.sample(
+        "carewatch_webhook_deliveries_total",
+        &[],
+        s.webhooks.delivered.load(Relaxed) as f64,
+    );
+    o.family(
+        "carewatch_webhook_failures_total",
+        "counter",
+        "Webhook delivery attempts that failed (each retried with back-off).",
+    );
+    o.sample(
+        "carewatch_webhook_failures_total",
+        &[],
+        s.webhooks.failed_attempts.load(Relaxed) as f64,
+    );
+    o.family(
+        "carewatch_webhook_dropped_total",
+        "counter",
+        "Webhook deliveries given up after every attempt failed.",
+    );
+    o.sample(
+        "carewatch_webhook_dropped_total",
+        &[],
+        s.webhooks.dropped.load(Relaxed) as f64,
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        o.0,
+    )
+        .into_response()
+}
+
+/// `GET /readyz`: 200 once the rules have run at least once (store open, rules planned,
+/// evaluation working); 503 before.
+pub async fn ready(State(s): State<WebState>) -> Response {
+    let (runs, _) = s.alerts.runs();
+    if runs > 0 {
+        (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"ready": true})),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"ready": false, "reason": "rules have not run yet"})),
+        )
+            .into_response()
+    }
+}
