@@ -69,6 +69,9 @@ pub struct AlertsConfig {
     pub max_escalations: Option<u32>,
     /// Attempts per webhook delivery (default 8, backing off from 0.5 s).
     pub webhook_attempts: Option<u32>,
+    /// Publish alert transitions to `carewatch/alerts/{care_team}`: on the external broker
+    /// (`mqtt_url`), or to subscribed care managers on the embedded listener. Default false.
+    pub mqtt_publish: Option<bool>,
 }
 
 /// `[templates]`
@@ -144,6 +147,7 @@ pub struct ServeConfig {
     pub rules_dir: Option<PathBuf>,
     pub alert_engine: carewatch_alert::Config,
     pub alert_routes: carewatch_alert::notify::Routes,
+    pub alerts_mqtt: bool,
 }
 
 /// Flag/env values (each `None` when not given).
@@ -267,7 +271,9 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         attempts: a.webhook_attempts.unwrap_or(8),
         backoff: Duration::from_millis(500),
     };
+    let alerts_mqtt = a.mqtt_publish.unwrap_or(false);
     Ok(ServeConfig {
+        alerts_mqtt,
         rules_dir,
         alert_engine,
         alert_routes,

@@ -156,6 +156,34 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         notify_counters.clone(),
         shutdown.clone(),
     ));
+    // Alert transitions as MQTT messages on `carewatch/alerts/{care_team}` (when enabled).
+    let outbound: Option<mqtt_server::Outbound> = c.alerts_mqtt.then(|| {
+        let (tx, _) = tokio::sync::broadcast::channel(1024);
+        let mut rx = alerts.subscribe();
+        let out = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(t) if t.event != carewatch_alert::history::Event::Pending => {
+                        let topic = format!(
+                            "carewatch/alerts/{}",
+                            t.care_team.as_deref().unwrap_or("unassigned")
+                        );
+                        let mut v = carewatch_alert::notify::payload(&t);
+                        if let Some(o) = v.as_object_mut() {
+                            o.remove("attachments");
+                            o.remove("type");
+                        }
+                        let _ = out.send((topic, bytes::Bytes::from(v.to_string())));
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        tx
+    });
     let web = carewatch_web::WebState::wire(
         store.clone(),
         pipeline.registry.clone(),
@@ -238,6 +266,14 @@ pub async fn run(c: ServeConfig) -> Result<()> {
                 credentials: c.mqtt_credentials.clone(),
                 shared_group: c.mqtt_shared_group.clone(),
             };
+            if let Some(out) = &outbound {
+                let (cfg, rx, sd) = (cfg.clone(), out.subscribe(), shutdown.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = mqtt_client::publish_alerts(cfg, rx, sd).await {
+                        tracing::error!(error = %e, "alert publisher stopped");
+                    }
+                });
+            }
             let p = pipeline.clone();
             let sd = shutdown.clone();
             tokio::spawn(async move {
@@ -261,7 +297,8 @@ pub async fn run(c: ServeConfig) -> Result<()> {
             let p = pipeline.clone();
             let sd = shutdown.clone();
             let tls = tls.clone();
-            tokio::spawn(async move { mqtt_server::serve(l, tls, p, sd).await })
+            let out = outbound.clone();
+            tokio::spawn(async move { mqtt_server::serve(l, tls, p, sd, out).await })
         }
     };
 

@@ -334,3 +334,129 @@ fn two_nodes_share_one_broker_through_a_shared_subscription() {
         200
     );
 }
+
+/// `mosquitto_sub` for one message on `topic` (waits up to `secs`), as a child process.
+fn subscribe_once(host: &str, port: &str, user: &str, pass: &str, topic: &str, secs: u32) -> Child {
+    Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "-u",
+            user,
+            "-P",
+            pass,
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-W",
+            &secs.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub")
+}
+
+#[test]
+fn alerts_are_published_on_care_team_topics_embedded_and_external() {
+    // Embedded listener: care managers subscribe with their token; only to their team.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "[alerts]\nmqtt_publish = true\ninterval_secs = 0.5\n").expect("cfg");
+    let srv = Server::start(tmp.path(), &["--config", cfg.to_str().expect("utf8")]);
+    let mqtt = srv.mqtt.clone().expect("mqtt");
+    let (host, port) = mqtt.rsplit_once(':').expect("addr");
+    let secret = srv.register("t1", "carol");
+    let (s, _) = curl(
+        "PUT",
+        &format!("{}/v1/patients/carol/care-team", srv.http),
+        srv.admin(),
+        r#"{"team":"north"}"#,
+    );
+    assert!(s == 200 || s == 204);
+    let north = srv.token("care_manager", Some("north"));
+    let south = srv.token("care_manager", Some("south"));
+    let mine = subscribe_once(host, port, "cm", &north, "carewatch/alerts/north", 30);
+    let theirs = subscribe_once(host, port, "cm2", &south, "carewatch/alerts/north", 4);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(mosquitto_pub(
+        &mqtt,
+        "t1",
+        &secret,
+        "devices/t1/readings",
+        &format!(
+            r#"{{"time":"{}","body_temperature":39.4}}"#,
+            chrono::Utc::now().to_rfc3339()
+        )
+    ));
+    let out = mine.wait_with_output().expect("sub");
+    let msg: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        (msg["rule"].as_str(), msg["event"].as_str()),
+        (Some("fever"), Some("firing"))
+    );
+    assert_eq!(msg["patient_id"], "carol");
+    let out = theirs.wait_with_output().expect("sub");
+    assert!(
+        out.stdout.is_empty(),
+        "another team's care manager got {out:?}"
+    );
+    assert_eq!(srv.stop(), 0);
+
+    // External broker: carewatch publishes there at QoS 1.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bport = free_port();
+    let broker = Mosquitto::start(tmp.path(), bport);
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "[alerts]\nmqtt_publish = true\ninterval_secs = 0.5\n").expect("cfg");
+    let srv = Server::start(
+        tmp.path(),
+        &[
+            "--mqtt-url",
+            &format!("mqtt://127.0.0.1:{bport}"),
+            "--config",
+            cfg.to_str().expect("utf8"),
+        ],
+    );
+    srv.register("w1", "alice");
+    let sub = subscribe_once(
+        "127.0.0.1",
+        &bport.to_string(),
+        "x",
+        "x",
+        "carewatch/alerts/#",
+        30,
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let ok = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &bport.to_string(),
+            "-q",
+            "1",
+            "-t",
+            "devices/w1/readings",
+            "-m",
+            &format!(
+                r#"{{"time":"{}","blood_pressure":{{"systolic":190,"diastolic":100}}}}"#,
+                chrono::Utc::now().to_rfc3339()
+            ),
+        ])
+        .status()
+        .expect("pub")
+        .success();
+    assert!(ok);
+    let out = sub.wait_with_output().expect("sub");
+    let msg: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(msg["rule"], "hypertensive");
+    assert_eq!(msg["care_team"], serde_json::Value::Null);
+    assert_eq!(srv.stop(), 0);
+    broker.stop();
+}

@@ -102,14 +102,28 @@ pub async fn run(
     pipeline: Arc<Pipeline>,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let (host, port, tls) = parse_url(&cfg.url)?;
-    let mut opts = MqttOptions::new(cfg.client_id.clone(), host, port);
-    opts.set_keep_alive(Duration::from_secs(30));
+    let mut opts = options(&cfg.url, &cfg.client_id, cfg.credentials.as_ref())?;
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
     opts.set_max_packet_size(pipeline.max_bytes + 1024, pipeline.max_bytes + 1024);
     opts.set_inflight(256);
-    if let Some((u, p)) = &cfg.credentials {
+    let filter = match &cfg.shared_group {
+        Some(g) => format!("$share/{g}/devices/+/readings"),
+        None => "devices/+/readings".to_owned(),
+    };
+    subscribe_loop(opts, filter, pipeline, shutdown).await
+}
+
+/// Connection options for a broker URL (TLS with the system roots for `mqtts://`).
+fn options(
+    url: &str,
+    client_id: &str,
+    credentials: Option<&(String, String)>,
+) -> Result<MqttOptions, String> {
+    let (host, port, tls) = parse_url(url)?;
+    let mut opts = MqttOptions::new(client_id.to_owned(), host, port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    if let Some((u, p)) = credentials {
         opts.set_credentials(u, p);
     }
     if tls {
@@ -128,10 +142,61 @@ pub async fn run(
             rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
         ));
     }
-    let filter = match &cfg.shared_group {
-        Some(g) => format!("$share/{g}/devices/+/readings"),
-        None => "devices/+/readings".to_owned(),
-    };
+    Ok(opts)
+}
+
+/// Publishes alert messages `(topic, payload)` to the broker at QoS 1 until `shutdown`, as
+/// client `{client_id}-alerts`. Messages offered while the broker is away are queued by the
+/// client (bounded) and sent on reconnection.
+pub async fn publish_alerts(
+    cfg: ClientConfig,
+    mut rx: tokio::sync::broadcast::Receiver<(String, bytes::Bytes)>,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let opts = options(
+        &cfg.url,
+        &format!("{}-alerts", cfg.client_id),
+        cfg.credentials.as_ref(),
+    )?;
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let stop = shutdown.clone();
+    let poller = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                ev = eventloop.poll() => if let Err(e) = ev {
+                    tracing::warn!(error = %e, "alert publisher: broker connection");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                },
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            m = rx.recv() => match m {
+                Ok((topic, payload)) => {
+                    if let Err(e) = client.publish_bytes(topic, QoS::AtLeastOnce, false, payload).await {
+                        tracing::warn!(error = %e, "alert publish failed");
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "alert publisher lagged");
+                }
+                Err(_) => break,
+            },
+        }
+    }
+    poller.abort();
+    Ok(())
+}
+
+async fn subscribe_loop(
+    opts: MqttOptions,
+    filter: String,
+    pipeline: Arc<Pipeline>,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     // The event loop runs in its own task so it always drains our acks; incoming messages come
     // over an unbounded channel (the broker's in-flight window bounds it for QoS 1).

@@ -9,6 +9,12 @@
 //! Devices log in with username = device id and password = the device secret, and publish to
 //! `devices/{device_id}/readings`. Under backpressure the listener stops reading the socket
 //! (TCP pushes back on the device) and retries the append.
+//!
+//! Care managers and admins log in with their token as the password (any username) and may
+//! subscribe to alert topics, when alert publishing is enabled: a care manager to
+//! `carewatch/alerts/{own care team}` only, an admin to any `carewatch/alerts/…` filter. Alert
+//! messages are delivered at QoS 0 (a live feed: the durable record is the alert history and
+//! the webhook); such sessions may not publish.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +29,38 @@ use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
+use carewatch_store::registry::{Principal, Role};
 use carewatch_transform::{Reason, Rejection, Source};
+
+/// Messages the listener offers to subscribers: (topic, payload).
+pub type Outbound = tokio::sync::broadcast::Sender<(String, bytes::Bytes)>;
+
+/// MQTT topic filter matching (`+` one level, `#` the rest).
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// May this principal subscribe to `filter`?
+fn may_subscribe(who: &Principal, filter: &str) -> bool {
+    let Some(rest) = filter.strip_prefix("carewatch/alerts/") else {
+        return false;
+    };
+    match who.role {
+        Role::Admin => !rest.is_empty(),
+        Role::CareManager => who.subject.as_deref() == Some(rest),
+        _ => false,
+    }
+}
 
 use crate::pipeline::{Origin, Pipeline};
 
@@ -36,6 +73,7 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     pipeline: Arc<Pipeline>,
     shutdown: CancellationToken,
+    outbound: Option<Outbound>,
 ) {
     let tracker = tokio_util::task::TaskTracker::new();
     loop {
@@ -46,12 +84,13 @@ pub async fn serve(
                     let p = pipeline.clone();
                     let s = shutdown.clone();
                     let tls = tls.clone();
+                    let out = outbound.clone();
                     tracker.spawn(async move {
                         match tls {
-                            None => connection(stream, p, s).await,
+                            None => connection(stream, p, s, out).await,
                             Some(acceptor) => {
                                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                                    Ok(Ok(tls)) => connection(tls, p, s).await,
+                                    Ok(Ok(tls)) => connection(tls, p, s, out).await,
                                     _ => tracing::info!("MQTT TLS handshake failed"),
                                 }
                             }
@@ -75,8 +114,12 @@ pub fn readings_topic(device: &str) -> String {
     format!("devices/{device}/readings")
 }
 
-async fn connection<S>(stream: S, pipeline: Arc<Pipeline>, shutdown: CancellationToken)
-where
+async fn connection<S>(
+    stream: S,
+    pipeline: Arc<Pipeline>,
+    shutdown: CancellationToken,
+    outbound: Option<Outbound>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let max = pipeline.max_bytes + 1024;
@@ -92,6 +135,30 @@ where
         Ok(Some(Ok(Packet::Connect(c)))) => c,
         _ => return,
     };
+    let subscriber = match (&connect.login, &outbound) {
+        (Some(l), Some(out)) if !pipeline.registry.device_login(&l.username, &l.password) => {
+            pipeline
+                .registry
+                .authenticate(&l.password)
+                .filter(|p| matches!(p.role, Role::Admin | Role::CareManager))
+                .map(|p| (p, out.subscribe()))
+        }
+        _ => None,
+    };
+    if let Some((who, rx)) = subscriber {
+        if framed
+            .send(Packet::ConnAck(ConnAck::new(
+                ConnectReturnCode::Success,
+                false,
+            )))
+            .await
+            .is_ok()
+        {
+            let keep_alive = Duration::from_secs(u64::from(connect.keep_alive.max(1)) * 3 / 2 + 1);
+            subscriber_session(framed, who, rx, keep_alive, shutdown).await;
+        }
+        return;
+    }
     let device = match &connect.login {
         Some(l) if pipeline.registry.device_login(&l.username, &l.password) => l.username.clone(),
         _ => {
@@ -197,5 +264,110 @@ where
                 }
             }
         }
+    }
+}
+
+/// A care manager's or admin's session: alert topics only, QoS 0.
+async fn subscriber_session<S>(
+    mut framed: Framed<S, Codec>,
+    who: Principal,
+    mut rx: tokio::sync::broadcast::Receiver<(String, bytes::Bytes)>,
+    keep_alive: Duration,
+    shutdown: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut filters: Vec<String> = Vec::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            msg = rx.recv() => match msg {
+                Ok((topic, payload)) => {
+                    if filters.iter().any(|f| topic_matches(f, &topic)) {
+                        let p = rumqttc::mqttbytes::v4::Publish::from_bytes(topic, QoS::AtMostOnce, payload);
+                        if framed.send(Packet::Publish(p)).await.is_err() { return; }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "MQTT alert subscriber lagged");
+                }
+                Err(_) => return,
+            },
+            packet = tokio::time::timeout(keep_alive, framed.next()) => {
+                let packet = match packet {
+                    Ok(Some(Ok(p))) => p,
+                    _ => return,
+                };
+                match packet {
+                    Packet::Subscribe(s) => {
+                        let mut codes = Vec::with_capacity(s.filters.len());
+                        for f in &s.filters {
+                            if may_subscribe(&who, &f.path) {
+                                filters.push(f.path.clone());
+                                codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
+                            } else {
+                                codes.push(SubscribeReasonCode::Failure);
+                            }
+                        }
+                        if framed.send(Packet::SubAck(SubAck::new(s.pkid, codes))).await.is_err() { return; }
+                    }
+                    Packet::Unsubscribe(u) => {
+                        filters.retain(|f| !u.topics.contains(f));
+                        let ack = rumqttc::mqttbytes::v4::UnsubAck::new(u.pkid);
+                        if framed.send(Packet::UnsubAck(ack)).await.is_err() { return; }
+                    }
+                    Packet::PingReq => {
+                        if framed.send(Packet::PingResp).await.is_err() { return; }
+                    }
+                    Packet::Publish(_) => {
+                        tracing::info!("MQTT: a subscriber session tried to publish; closing");
+                        return;
+                    }
+                    Packet::Disconnect => return,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_filters_and_who_may_subscribe() {
+        assert!(topic_matches(
+            "carewatch/alerts/+",
+            "carewatch/alerts/north"
+        ));
+        assert!(topic_matches(
+            "carewatch/alerts/#",
+            "carewatch/alerts/north"
+        ));
+        assert!(topic_matches(
+            "carewatch/alerts/north",
+            "carewatch/alerts/north"
+        ));
+        assert!(!topic_matches(
+            "carewatch/alerts/north",
+            "carewatch/alerts/south"
+        ));
+        assert!(!topic_matches("carewatch/alerts/+", "carewatch/alerts/a/b"));
+        let cm = Principal {
+            id: "x".into(),
+            role: Role::CareManager,
+            subject: Some("north".into()),
+        };
+        assert!(may_subscribe(&cm, "carewatch/alerts/north"));
+        assert!(!may_subscribe(&cm, "carewatch/alerts/+"));
+        assert!(!may_subscribe(&cm, "carewatch/alerts/south"));
+        assert!(!may_subscribe(&cm, "devices/+/readings"));
+        let admin = Principal {
+            id: "a".into(),
+            role: Role::Admin,
+            subject: None,
+        };
+        assert!(may_subscribe(&admin, "carewatch/alerts/#"));
     }
 }
