@@ -262,3 +262,79 @@ fn a_bad_rule_file_stops_start_up_with_its_file_and_line() {
     assert!(err.contains("typo.toml:4:"), "{err}");
     assert!(err.contains("observation"), "{err}");
 }
+
+/// NDJSON samples for `minutes` minutes from `start_ms`: heart rate every 10 s, steps 0 at each
+/// minute start.
+fn minutes(start_ms: i64, minutes: i64, hr: f64) -> String {
+    let mut out = String::new();
+    for m in 0..minutes {
+        for k in 0..6 {
+            let t = start_ms + m * 60_000 + k * 10_000;
+            if k == 0 {
+                out.push_str(&format!("{{\"time\":{t},\"heart_rate\":{hr},\"steps\":0}}\n"));
+            } else {
+                out.push_str(&format!("{{\"time\":{t},\"heart_rate\":{hr}}}\n"));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_crash_in_the_middle_of_a_pending_episode_still_fires_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let hook = Webhook::start(0);
+    let cfg = tmp.path().join("carewatch.toml");
+    std::fs::write(
+        &cfg,
+        format!("[alerts]\nwebhook_url = \"{}\"\ninterval_secs = 0.5\n", hook.url),
+    )
+    .expect("config");
+    let args = ["--config", cfg.to_str().expect("utf8")];
+    let mut srv = Server::start(tmp.path(), &args);
+    let admin = srv.admin().to_owned();
+    let secret = srv.register("w9", "dave");
+    let now_min = chrono::Utc::now().timestamp_millis() / 60_000 * 60_000;
+    let t0 = now_min - 20 * 60_000;
+    let post = |srv: &Server, body: String| {
+        let (s, b) = curl("POST", &format!("{}/v1/readings", srv.http), &secret, &body);
+        assert_eq!(s, 202, "{b}");
+    };
+    // Two resting minutes, then six minutes above 100: pending, not yet an alert.
+    post(&srv, minutes(t0, 2, 70.0) + &minutes(t0 + 2 * 60_000, 6, 120.0));
+    wait_until("a pending episode", Duration::from_secs(20), || {
+        let (_, b) = curl("GET", &format!("{}/v1/alerts?status=pending", srv.http), &admin, "");
+        b.contains("hr_high_at_rest")
+    });
+    // SIGKILL: no shutdown, no flush.
+    srv.child.kill().expect("kill");
+    let _ = srv.child.wait();
+    srv = Server::start(tmp.path(), &args);
+    srv.admin = Some(admin.clone());
+    // The rest of the episode arrives after the restart: one alert, exactly once.
+    post(&srv, minutes(t0 + 8 * 60_000, 6, 120.0) + &minutes(t0 + 14 * 60_000, 3, 70.0));
+    wait_until("the alert at the webhook", Duration::from_secs(30), || {
+        !firing(&hook).is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let f = firing(&hook);
+    assert_eq!(f.len(), 1, "{f:?}");
+    let (rule_patient, n) = f.iter().next().map(|(_, v)| (v[0].clone(), v.len())).expect("one");
+    assert_eq!(rule_patient, ("hr_high_at_rest".to_owned(), "dave".to_owned()));
+    assert_eq!(n, 1);
+    let first = hook
+        .all()
+        .into_iter()
+        .find(|v| v["event"] == "firing")
+        .expect("firing");
+    let start = chrono::DateTime::parse_from_rfc3339(first["episode_start"].as_str().expect("start"))
+        .expect("time")
+        .timestamp_millis();
+    assert_eq!(start, t0 + 2 * 60_000, "the episode starts where it did before the crash");
+    // Another restart does not fire it again.
+    assert_eq!(srv.stop(), 0);
+    let srv = Server::start(tmp.path(), &args);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(firing(&hook).values().map(Vec::len).sum::<usize>(), 1);
+    drop(srv);
+}
