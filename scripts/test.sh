@@ -4,7 +4,9 @@
 #   2. runs every Rust test (unit, golden anchors, property, crash, end-to-end with real clients);
 #   3. has tools nobody here wrote check our output: an external FHIR validator (R4 JSON schema,
 #      fhirkit, fhir.resources, FHIRPath vital-signs invariants) on the Observations carewatch
-#      emits, and DuckDB + pyarrow on the Parquet files it writes.
+#      emits, and DuckDB + pyarrow on the Parquet files it writes;
+#   4. validates the deployment files (compose, Kubernetes, systemd, Dockerfile) with real
+#      parsers, and proves each check can fail (scripts/check-deploy.sh --self-test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,3 +37,6 @@ bash scripts/test_fhir_validate.sh
 
 echo "== DuckDB and pyarrow read carewatch's Parquet"
 "$py" scripts/check_parquet.py "$out/parquet"
+
+echo "== deployment files: compose, Kubernetes manifests, systemd unit, Dockerfile"
+bash scripts/check-deploy.sh --self-test

@@ -338,3 +338,64 @@ fn a_crash_in_the_middle_of_a_pending_episode_still_fires_once() {
     assert_eq!(firing(&hook).values().map(Vec::len).sum::<usize>(), 1);
     drop(srv);
 }
+
+#[test]
+fn rule_files_reload_while_running_and_a_bad_edit_keeps_the_old_rules() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rules = tmp.path().join("rules");
+    std::fs::create_dir_all(&rules).expect("dir");
+    let shipped = carewatch_fixtures::repo_dir().join("alert/rules/fever.toml");
+    let text = std::fs::read_to_string(shipped).expect("fever rule");
+    let with = |t: &str| text.replace("threshold = 38.0", &format!("threshold = {t}"));
+    std::fs::write(rules.join("fever.toml"), with("40.0")).expect("write");
+    let cfg = tmp.path().join("carewatch.toml");
+    std::fs::write(&cfg, "[alerts]\ninterval_secs = 0.3\n").expect("config");
+    let srv = Server::start(
+        tmp.path(),
+        &[
+            "--config",
+            cfg.to_str().expect("utf8"),
+            "--rules-dir",
+            rules.to_str().expect("utf8"),
+        ],
+    );
+    let temp = |device: &str, patient: &str, v: f64| {
+        let secret = srv.register(device, patient);
+        let body = format!(
+            r#"{{"time":"{}","body_temperature":{v}}}"#,
+            chrono::Utc::now().to_rfc3339()
+        );
+        let (s, b) = curl("POST", &format!("{}/v1/readings", srv.http), &secret, &body);
+        assert_eq!(s, 202, "{b}");
+    };
+    let alerts = || {
+        let (_, b) = curl("GET", &format!("{}/v1/alerts?status=all", srv.http), srv.admin(), "");
+        b
+    };
+    temp("d1", "pa", 39.0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!alerts().contains("\"pa\""), "39.0 is below the file's 40.0");
+    // Lower the threshold: the running server picks it up.
+    std::fs::write(rules.join("fever.toml"), with("38.5")).expect("write");
+    wait_until("the reload", Duration::from_secs(15), || {
+        std::fs::read_to_string(&srv.stderr_log)
+            .unwrap_or_default()
+            .contains("alert rules reloaded")
+    });
+    temp("d2", "pb", 39.0);
+    wait_until("an alert under the new threshold", Duration::from_secs(15), || {
+        alerts().contains("\"pb\"")
+    });
+    // A broken edit is reported and the previous rules stay in force.
+    std::fs::write(rules.join("fever.toml"), with("\"high\"")).expect("write");
+    wait_until("the failed reload", Duration::from_secs(15), || {
+        std::fs::read_to_string(&srv.stderr_log)
+            .unwrap_or_default()
+            .contains("alert rules reload failed")
+    });
+    temp("d3", "pc", 39.0);
+    wait_until("the old rules still alerting", Duration::from_secs(15), || {
+        alerts().contains("\"pc\"")
+    });
+    assert_eq!(srv.stop(), 0);
+}
