@@ -328,9 +328,9 @@ def c_k8s_refs():
                              for i in inits):
                     err(f"{o['_file']}: no init container writes {cfg}")
             if o["metadata"]["name"] == "carewatch":
-                for probe in ("readinessProbe", "livenessProbe"):
-                    if ((c.get(probe) or {}).get("httpGet") or {}).get("path") != "/healthz":
-                        err(f"{o['_file']}: carewatch {probe} is not an httpGet on /healthz")
+                for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+                    if ((c.get(probe) or {}).get("httpGet") or {}).get("path") != path:
+                        err(f"{o['_file']}: carewatch {probe} is not an httpGet on {path}")
 
     def matching(sel):
         return [(o, spec) for o, labels, spec in pods
