@@ -144,6 +144,150 @@ fn fitbit_month_replayed_gives_the_120_resting_episodes() {
     assert_eq!(upto10.len(), 148);
 }
 
+/// The same month sent to a running server (`carewatch replay --server`, as a phone's late sync
+/// would arrive): the alerts its live engine raises are the episodes the backtest finds in the
+/// same data, with the shipped parameters (hysteresis included).
+#[test]
+fn fitbit_month_live_alerts_are_the_backtest_episodes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "[alerts]\ninterval_secs = 0.5\n").expect("cfg");
+    let srv = common::Server::start(
+        tmp.path(),
+        &[
+            "--assume-tz",
+            "UTC",
+            "--config",
+            cfg.to_str().expect("utf8"),
+        ],
+    );
+    let fitbit = carewatch_fixtures::shared_dir().join("data/fitabase-fitbit");
+    let mut stored = 0u64;
+    for (file, map) in [
+        (
+            "heartrate_seconds_5users.csv.gz",
+            "device_id=Id,time=Time,heart_rate=Value",
+        ),
+        (
+            "minuteSteps_5users_narrow.csv.gz",
+            "device_id=Id,time=ActivityMinute,steps=Steps",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args([
+                "replay",
+                "--server",
+                &srv.http,
+                "--token",
+                srv.admin(),
+                "--register-devices",
+                "--csv-map",
+                map,
+            ])
+            .arg(fitbit.join(file))
+            .output()
+            .expect("replay");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(" 0 rejected"), "{text}");
+        stored += text
+            .split_whitespace()
+            .skip_while(|w| *w != "items,")
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok())
+            .expect("stored count");
+    }
+    common::wait_until(
+        "everything stored",
+        std::time::Duration::from_secs(60),
+        || srv.stats()["rows_appended"].as_u64() == Some(stored),
+    );
+    let live = || -> Vec<String> {
+        let (s, b) = common::curl(
+            "GET",
+            &format!("{}/v1/alerts?status=all&rule=hr_high_at_rest", srv.http),
+            srv.admin(),
+            "",
+        );
+        assert_eq!(s, 200);
+        let v: serde_json::Value = serde_json::from_str(&b).expect("json");
+        let mut out: Vec<String> = v["alerts"]
+            .as_array()
+            .expect("alerts")
+            .iter()
+            .map(|a| {
+                format!(
+                    "{},{},{}",
+                    a["patient_id"].as_str().expect("p"),
+                    a["episode_start"].as_str().expect("s"),
+                    a["episode_end"].as_str().expect("e")
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    // Let the engine finish: the same answer twice, seconds apart.
+    let mut last = live();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let now = live();
+        if now == last && !now.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "live alerts never settled"
+        );
+        last = now;
+    }
+    let out = Command::new(BIN)
+        .args([
+            "rules",
+            "backtest",
+            "--data-dir",
+            srv.dir.to_str().expect("utf8"),
+            "--from",
+            "2016-04-01",
+            "--to",
+            "2016-06-01",
+            "--rule",
+            "hr_high_at_rest",
+            "--format",
+            "json",
+        ])
+        .output()
+        .expect("backtest");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let mut bt: Vec<String> = v["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .map(|a| {
+            format!(
+                "{},{},{}",
+                a["patient_id"].as_str().expect("p"),
+                a["start"].as_str().expect("s"),
+                a["end"].as_str().expect("e")
+            )
+        })
+        .collect();
+    bt.sort();
+    assert!(bt.len() > 50, "{}", bt.len());
+    assert_eq!(last, bt, "live alerts and backtest episodes differ");
+    assert_eq!(srv.stop(), 0);
+}
+
 /// `carewatch rules backtest` of the resting rule over the replayed month, as
 /// `Id,start,end_exclusive,minutes` lines (sorted).
 fn backtest(data: &str, params: &[&str]) -> Vec<String> {

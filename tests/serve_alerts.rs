@@ -271,7 +271,9 @@ fn minutes(start_ms: i64, minutes: i64, hr: f64) -> String {
         for k in 0..6 {
             let t = start_ms + m * 60_000 + k * 10_000;
             if k == 0 {
-                out.push_str(&format!("{{\"time\":{t},\"heart_rate\":{hr},\"steps\":0}}\n"));
+                out.push_str(&format!(
+                    "{{\"time\":{t},\"heart_rate\":{hr},\"steps\":0}}\n"
+                ));
             } else {
                 out.push_str(&format!("{{\"time\":{t},\"heart_rate\":{hr}}}\n"));
             }
@@ -287,7 +289,10 @@ fn a_crash_in_the_middle_of_a_pending_episode_still_fires_once() {
     let cfg = tmp.path().join("carewatch.toml");
     std::fs::write(
         &cfg,
-        format!("[alerts]\nwebhook_url = \"{}\"\ninterval_secs = 0.5\n", hook.url),
+        format!(
+            "[alerts]\nwebhook_url = \"{}\"\ninterval_secs = 0.5\n",
+            hook.url
+        ),
     )
     .expect("config");
     let args = ["--config", cfg.to_str().expect("utf8")];
@@ -301,9 +306,17 @@ fn a_crash_in_the_middle_of_a_pending_episode_still_fires_once() {
         assert_eq!(s, 202, "{b}");
     };
     // Two resting minutes, then six minutes above 100: pending, not yet an alert.
-    post(&srv, minutes(t0, 2, 70.0) + &minutes(t0 + 2 * 60_000, 6, 120.0));
+    post(
+        &srv,
+        minutes(t0, 2, 70.0) + &minutes(t0 + 2 * 60_000, 6, 120.0),
+    );
     wait_until("a pending episode", Duration::from_secs(20), || {
-        let (_, b) = curl("GET", &format!("{}/v1/alerts?status=pending", srv.http), &admin, "");
+        let (_, b) = curl(
+            "GET",
+            &format!("{}/v1/alerts?status=pending", srv.http),
+            &admin,
+            "",
+        );
         b.contains("hr_high_at_rest")
     });
     // SIGKILL: no shutdown, no flush.
@@ -312,25 +325,40 @@ fn a_crash_in_the_middle_of_a_pending_episode_still_fires_once() {
     srv = Server::start(tmp.path(), &args);
     srv.admin = Some(admin.clone());
     // The rest of the episode arrives after the restart: one alert, exactly once.
-    post(&srv, minutes(t0 + 8 * 60_000, 6, 120.0) + &minutes(t0 + 14 * 60_000, 3, 70.0));
+    post(
+        &srv,
+        minutes(t0 + 8 * 60_000, 6, 120.0) + &minutes(t0 + 14 * 60_000, 3, 70.0),
+    );
     wait_until("the alert at the webhook", Duration::from_secs(30), || {
         !firing(&hook).is_empty()
     });
     std::thread::sleep(Duration::from_secs(2));
     let f = firing(&hook);
     assert_eq!(f.len(), 1, "{f:?}");
-    let (rule_patient, n) = f.iter().next().map(|(_, v)| (v[0].clone(), v.len())).expect("one");
-    assert_eq!(rule_patient, ("hr_high_at_rest".to_owned(), "dave".to_owned()));
+    let (rule_patient, n) = f
+        .iter()
+        .next()
+        .map(|(_, v)| (v[0].clone(), v.len()))
+        .expect("one");
+    assert_eq!(
+        rule_patient,
+        ("hr_high_at_rest".to_owned(), "dave".to_owned())
+    );
     assert_eq!(n, 1);
     let first = hook
         .all()
         .into_iter()
         .find(|v| v["event"] == "firing")
         .expect("firing");
-    let start = chrono::DateTime::parse_from_rfc3339(first["episode_start"].as_str().expect("start"))
-        .expect("time")
-        .timestamp_millis();
-    assert_eq!(start, t0 + 2 * 60_000, "the episode starts where it did before the crash");
+    let start =
+        chrono::DateTime::parse_from_rfc3339(first["episode_start"].as_str().expect("start"))
+            .expect("time")
+            .timestamp_millis();
+    assert_eq!(
+        start,
+        t0 + 2 * 60_000,
+        "the episode starts where it did before the crash"
+    );
     // Another restart does not fire it again.
     assert_eq!(srv.stop(), 0);
     let srv = Server::start(tmp.path(), &args);
@@ -369,12 +397,20 @@ fn rule_files_reload_while_running_and_a_bad_edit_keeps_the_old_rules() {
         assert_eq!(s, 202, "{b}");
     };
     let alerts = || {
-        let (_, b) = curl("GET", &format!("{}/v1/alerts?status=all", srv.http), srv.admin(), "");
+        let (_, b) = curl(
+            "GET",
+            &format!("{}/v1/alerts?status=all", srv.http),
+            srv.admin(),
+            "",
+        );
         b
     };
     temp("d1", "pa", 39.0);
     std::thread::sleep(Duration::from_secs(2));
-    assert!(!alerts().contains("\"pa\""), "39.0 is below the file's 40.0");
+    assert!(
+        !alerts().contains("\"pa\""),
+        "39.0 is below the file's 40.0"
+    );
     // Lower the threshold: the running server picks it up.
     std::fs::write(rules.join("fever.toml"), with("38.5")).expect("write");
     wait_until("the reload", Duration::from_secs(15), || {
@@ -383,9 +419,11 @@ fn rule_files_reload_while_running_and_a_bad_edit_keeps_the_old_rules() {
             .contains("alert rules reloaded")
     });
     temp("d2", "pb", 39.0);
-    wait_until("an alert under the new threshold", Duration::from_secs(15), || {
-        alerts().contains("\"pb\"")
-    });
+    wait_until(
+        "an alert under the new threshold",
+        Duration::from_secs(15),
+        || alerts().contains("\"pb\""),
+    );
     // A broken edit is reported and the previous rules stay in force.
     std::fs::write(rules.join("fever.toml"), with("\"high\"")).expect("write");
     wait_until("the failed reload", Duration::from_secs(15), || {
@@ -394,8 +432,10 @@ fn rule_files_reload_while_running_and_a_bad_edit_keeps_the_old_rules() {
             .contains("alert rules reload failed")
     });
     temp("d3", "pc", 39.0);
-    wait_until("the old rules still alerting", Duration::from_secs(15), || {
-        alerts().contains("\"pc\"")
-    });
+    wait_until(
+        "the old rules still alerting",
+        Duration::from_secs(15),
+        || alerts().contains("\"pc\""),
+    );
     assert_eq!(srv.stop(), 0);
 }

@@ -41,6 +41,18 @@ pub struct ReplayReport {
     pub registered: u64,
 }
 
+impl ReplayReport {
+    /// Adds another report's counts.
+    pub fn merge(&mut self, r: ReplayReport) {
+        self.items += r.items;
+        self.accepted += r.accepted;
+        self.registered += r.registered;
+        for (k, v) in r.rejected {
+            *self.rejected.entry(k).or_default() += v;
+        }
+    }
+}
+
 fn open(path: &Path) -> Result<Box<dyn BufRead>, String> {
     let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let r: Box<dyn Read> = if path.extension().is_some_and(|x| x == "gz") {
@@ -67,6 +79,114 @@ fn cell(v: &str) -> Value {
                 .map_or_else(|| Value::String(v.to_owned()), Value::Number)
         }
         _ => Value::String(v.to_owned()),
+    }
+}
+
+/// A running server to replay into (`carewatch replay --server`): readings go through its
+/// `POST /v1/readings` as the admin, so its alert engine evaluates them live, as it would a
+/// phone's late sync. Zone-less times follow the server's `--assume-tz`.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// HTTP client.
+    pub client: reqwest::Client,
+    /// Base URL, e.g. `http://127.0.0.1:8080`.
+    pub base: String,
+    /// Admin token.
+    pub token: String,
+}
+
+/// Where replayed items go.
+#[derive(Debug, Clone, Copy)]
+pub enum Sink<'a> {
+    /// Straight into a data directory (no server running on it).
+    Local(&'a Pipeline),
+    /// Through a running server's HTTP API.
+    Remote(&'a Remote),
+}
+
+impl Remote {
+    async fn chunk(
+        &self,
+        lines: &[String],
+        opts: &ReplayOptions,
+        report: &mut ReplayReport,
+        known: &mut std::collections::HashSet<String>,
+    ) -> Result<(), String> {
+        if opts.register_devices {
+            for l in lines {
+                let dev = serde_json::from_str::<Value>(l).ok().and_then(|v| {
+                    v.get("device_id")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                });
+                let Some(d) = dev else { continue };
+                if !known.insert(d.clone()) {
+                    continue;
+                }
+                let r = self
+                    .client
+                    .post(format!("{}/v1/devices", self.base))
+                    .bearer_auth(&self.token)
+                    .json(&serde_json::json!({"device_id": d, "patient_id": d, "valid_from": "1970-01-01T00:00:00Z"}))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // Registered from the epoch: an existing device is never re-assigned (the server
+                // answers that it already has an assignment from then on).
+                match r.status().as_u16() {
+                    201 => report.registered += 1,
+                    400 => {
+                        let body = r.text().await.unwrap_or_default();
+                        if !body.contains("already has an assignment") {
+                            return Err(format!("registering device: {body}"));
+                        }
+                    }
+                    s => return Err(format!("registering device: HTTP {s}")),
+                }
+            }
+        }
+        let body = lines.join("\n");
+        let v: Value = loop {
+            let r = self
+                .client
+                .post(format!("{}/v1/readings", self.base))
+                .bearer_auth(&self.token)
+                .header("content-type", "application/x-ndjson")
+                .body(body.clone())
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            match r.status().as_u16() {
+                503 => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                202 | 422 => break r.json().await.map_err(|e| e.to_string())?,
+                s => return Err(format!("posting readings: HTTP {s}")),
+            }
+        };
+        report.items += lines.len() as u64;
+        report.accepted += v["accepted"].as_u64().unwrap_or(0);
+        for r in v["rejected"].as_array().into_iter().flatten() {
+            let code = r["reason"]
+                .as_str()
+                .and_then(Reason::from_code)
+                .map_or("other", Reason::code);
+            *report.rejected.entry(code).or_default() += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Sink<'_> {
+    async fn chunk(
+        &self,
+        lines: &[String],
+        opts: &ReplayOptions,
+        report: &mut ReplayReport,
+        known: &mut std::collections::HashSet<String>,
+    ) -> Result<(), String> {
+        match self {
+            Sink::Local(p) => p.replay_chunk(lines, opts, report).await,
+            Sink::Remote(r) => r.chunk(lines, opts, report, known).await,
+        }
     }
 }
 
@@ -116,104 +236,115 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Replays one file; `progress` is told the items done so far.
+    /// Replays one file into this pipeline's store; `progress` is told the items done so far.
     pub async fn replay_file(
         &self,
         path: &Path,
         opts: &ReplayOptions,
         progress: &dyn Fn(u64),
     ) -> Result<ReplayReport, String> {
-        let mut report = ReplayReport::default();
-        let batch = opts.batch.max(1);
-        match kind(path).as_str() {
-            "json" => {
-                let mut text = String::new();
-                open(path)?
-                    .read_to_string(&mut text)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                self.replay_chunk(&[text], opts, &mut report).await?;
-            }
-            "ndjson" | "jsonl" => {
-                let mut chunk = Vec::with_capacity(batch);
-                for line in open(path)?.lines() {
-                    let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
-                    if line.trim().is_empty() {
-                        continue;
-                    }
-                    chunk.push(line);
-                    if chunk.len() == batch {
-                        self.replay_chunk(&chunk, opts, &mut report).await?;
-                        chunk.clear();
-                        progress(report.items);
-                    }
+        replay_file(Sink::Local(self), path, opts, progress).await
+    }
+}
+
+/// Replays one file into `sink`; `progress` is told the items done so far.
+pub async fn replay_file(
+    sink: Sink<'_>,
+    path: &Path,
+    opts: &ReplayOptions,
+    progress: &dyn Fn(u64),
+) -> Result<ReplayReport, String> {
+    let mut known = std::collections::HashSet::new();
+    let mut report = ReplayReport::default();
+    let batch = opts.batch.max(1);
+    match kind(path).as_str() {
+        "json" => {
+            let mut text = String::new();
+            open(path)?
+                .read_to_string(&mut text)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            sink.chunk(&[text], opts, &mut report, &mut known).await?;
+        }
+        "ndjson" | "jsonl" => {
+            let mut chunk = Vec::with_capacity(batch);
+            for line in open(path)?.lines() {
+                let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
+                if line.trim().is_empty() {
+                    continue;
                 }
-                if !chunk.is_empty() {
-                    self.replay_chunk(&chunk, opts, &mut report).await?;
-                }
-            }
-            "csv" => {
-                let mut rdr = csv::Reader::from_reader(open(path)?);
-                let headers = rdr
-                    .headers()
-                    .map_err(|e| format!("{}: {e}", path.display()))?
-                    .clone();
-                let mut cols: Vec<(String, usize)> = Vec::new();
-                if opts.csv_map.is_empty() {
-                    cols = headers
-                        .iter()
-                        .enumerate()
-                        .map(|(i, h)| (h.to_owned(), i))
-                        .collect();
-                } else {
-                    for (field, col) in &opts.csv_map {
-                        let i = headers.iter().position(|h| h == col).ok_or_else(|| {
-                            format!(
-                                "{}: no column {col:?} (header: {:?})",
-                                path.display(),
-                                headers
-                            )
-                        })?;
-                        cols.push((field.clone(), i));
-                    }
-                }
-                let mut chunk = Vec::with_capacity(batch);
-                for rec in rdr.records() {
-                    let rec = rec.map_err(|e| format!("{}: {e}", path.display()))?;
-                    let mut o = Map::new();
-                    for (field, i) in &cols {
-                        let v = rec.get(*i).unwrap_or("");
-                        let val = if field == "device_id"
-                            || field == "patient_id"
-                            || field == "time"
-                            || field == "end_time"
-                        {
-                            Value::String(v.to_owned())
-                        } else {
-                            cell(v)
-                        };
-                        o.insert(field.clone(), val);
-                    }
-                    chunk.push(Value::Object(o).to_string());
-                    if chunk.len() == batch {
-                        self.replay_chunk(&chunk, opts, &mut report).await?;
-                        chunk.clear();
-                        progress(report.items);
-                    }
-                }
-                if !chunk.is_empty() {
-                    self.replay_chunk(&chunk, opts, &mut report).await?;
+                chunk.push(line);
+                if chunk.len() == batch {
+                    sink.chunk(&chunk, opts, &mut report, &mut known).await?;
+                    chunk.clear();
+                    progress(report.items);
                 }
             }
-            other => {
-                return Err(format!(
-                    "{}: unknown file kind {other:?} (csv, ndjson, jsonl, json; optionally .gz)",
-                    path.display()
-                ));
+            if !chunk.is_empty() {
+                sink.chunk(&chunk, opts, &mut report, &mut known).await?;
             }
         }
-        progress(report.items);
-        Ok(report)
+        "csv" => {
+            let mut rdr = csv::Reader::from_reader(open(path)?);
+            let headers = rdr
+                .headers()
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .clone();
+            let mut cols: Vec<(String, usize)> = Vec::new();
+            if opts.csv_map.is_empty() {
+                cols = headers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| (h.to_owned(), i))
+                    .collect();
+            } else {
+                for (field, col) in &opts.csv_map {
+                    let i = headers.iter().position(|h| h == col).ok_or_else(|| {
+                        format!(
+                            "{}: no column {col:?} (header: {:?})",
+                            path.display(),
+                            headers
+                        )
+                    })?;
+                    cols.push((field.clone(), i));
+                }
+            }
+            let mut chunk = Vec::with_capacity(batch);
+            for rec in rdr.records() {
+                let rec = rec.map_err(|e| format!("{}: {e}", path.display()))?;
+                let mut o = Map::new();
+                for (field, i) in &cols {
+                    let v = rec.get(*i).unwrap_or("");
+                    let val = if field == "device_id"
+                        || field == "patient_id"
+                        || field == "time"
+                        || field == "end_time"
+                    {
+                        Value::String(v.to_owned())
+                    } else {
+                        cell(v)
+                    };
+                    o.insert(field.clone(), val);
+                }
+                chunk.push(Value::Object(o).to_string());
+                if chunk.len() == batch {
+                    sink.chunk(&chunk, opts, &mut report, &mut known).await?;
+                    chunk.clear();
+                    progress(report.items);
+                }
+            }
+            if !chunk.is_empty() {
+                sink.chunk(&chunk, opts, &mut report, &mut known).await?;
+            }
+        }
+        other => {
+            return Err(format!(
+                "{}: unknown file kind {other:?} (csv, ndjson, jsonl, json; optionally .gz)",
+                path.display()
+            ));
+        }
     }
+    progress(report.items);
+    Ok(report)
 }
 
 fn reason_code(r: Reason) -> &'static str {
