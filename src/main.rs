@@ -647,31 +647,11 @@ fn replay(a: ReplayArgs) -> Result<ExitCode> {
                 .clone()
                 .ok_or_else(|| anyhow::anyhow!("--server needs --token (an admin token)"))?,
         };
-        let total: ReplayReport = rt.block_on(async {
-            let mut total = ReplayReport::default();
-            for f in &a.files {
-                let bar = indicatif::ProgressBar::new_spinner();
-                bar.set_message(f.display().to_string());
-                let r = carewatch_ingest::replay::replay_file(
-                    carewatch_ingest::replay::Sink::Remote(&remote),
-                    f,
-                    &opts,
-                    &|n| bar.set_position(n),
-                )
-                .await
-                .map_err(anyhow::Error::msg)?;
-                bar.finish_and_clear();
-                println!(
-                    "{}: {} items, {} readings stored, {} rejected",
-                    f.display(),
-                    r.items,
-                    r.accepted,
-                    r.rejected.values().sum::<u64>()
-                );
-                total.merge(r);
-            }
-            anyhow::Ok(total)
-        })?;
+        let total = rt.block_on(replay_files(
+            carewatch_ingest::replay::Sink::Remote(&remote),
+            &a.files,
+            &opts,
+        ))?;
         return Ok(replay_summary(&total));
     }
     let total: ReplayReport = rt.block_on(async {
@@ -687,28 +667,42 @@ fn replay(a: ReplayArgs) -> Result<ExitCode> {
             tz,
             max_bytes: 256 << 20,
         };
-        let mut total = ReplayReport::default();
-        for f in &a.files {
-            let bar = indicatif::ProgressBar::new_spinner();
-            bar.set_message(f.display().to_string());
-            let r = pipeline
-                .replay_file(f, &opts, &|n| bar.set_position(n))
-                .await
-                .map_err(anyhow::Error::msg)?;
-            bar.finish_and_clear();
-            println!(
-                "{}: {} items, {} readings stored, {} rejected",
-                f.display(),
-                r.items,
-                r.accepted,
-                r.rejected.values().sum::<u64>()
-            );
-            total.merge(r);
-        }
+        let total = replay_files(
+            carewatch_ingest::replay::Sink::Local(&pipeline),
+            &a.files,
+            &opts,
+        )
+        .await?;
         store.close().await?;
         anyhow::Ok(total)
     })?;
     Ok(replay_summary(&total))
+}
+
+/// Replays files into a sink, one progress spinner and one summary line per file.
+async fn replay_files(
+    sink: carewatch_ingest::replay::Sink<'_>,
+    files: &[PathBuf],
+    opts: &carewatch_ingest::replay::ReplayOptions,
+) -> Result<carewatch_ingest::replay::ReplayReport> {
+    let mut total = carewatch_ingest::replay::ReplayReport::default();
+    for f in files {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(f.display().to_string());
+        let r = carewatch_ingest::replay::replay_file(sink, f, opts, &|n| bar.set_position(n))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        bar.finish_and_clear();
+        println!(
+            "{}: {} items, {} readings stored, {} rejected",
+            f.display(),
+            r.items,
+            r.accepted,
+            r.rejected.values().sum::<u64>()
+        );
+        total.merge(r);
+    }
+    Ok(total)
 }
 
 fn replay_summary(total: &carewatch_ingest::replay::ReplayReport) -> ExitCode {

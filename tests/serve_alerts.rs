@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Server, Webhook, curl, wait_until};
+use common::{BIN, Server, Webhook, curl, simulate, wait_until};
 
 fn firing(hook: &Webhook) -> BTreeMap<String, Vec<(String, String)>> {
     let mut m: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
@@ -39,7 +39,6 @@ fn simulated_episodes_alert_once_each_escalate_and_stop_when_acknowledged() {
     )
     .expect("config");
     let srv = Server::start(tmp.path(), &["--config", cfg.to_str().expect("utf8")]);
-    let mqtt = srv.mqtt.clone().expect("mqtt");
     for i in 0..4 {
         let (s, b) = curl(
             "PUT",
@@ -50,39 +49,18 @@ fn simulated_episodes_alert_once_each_escalate_and_stop_when_acknowledged() {
         assert!(s == 200 || s == 204, "{s} {b}");
     }
     // 35 simulated minutes ending now, sent as fast as they are acknowledged.
-    let start = chrono::Utc::now() - chrono::Duration::minutes(35);
-    let start = start.format("%Y-%m-%dT%H:%M:00Z").to_string();
-    let out = Command::new(BIN)
-        .args([
-            "simulate",
-            "--patients",
-            "4",
-            "--duration",
-            "35m",
-            "--start",
-            &start,
-            "--fast",
-            "--batch",
-            "30",
-            "--http-url",
-            &srv.http,
-            "--admin-token",
-            srv.admin(),
-            "--mqtt-addr",
-            &mqtt,
+    simulate(
+        &srv,
+        4,
+        35,
+        &[
             "--episode",
             "tachycardia:0@300+900",
             "--episode",
             "desaturation:1@300+900",
             "--episode",
             "fever:2@600+900",
-        ])
-        .output()
-        .expect("simulate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
 
     // Each injected episode raises exactly one alert, and nothing else fires.

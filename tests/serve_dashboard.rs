@@ -9,41 +9,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Server, curl, python, wait_until};
-
-fn simulate(srv: &Server, minutes: i64, extra: &[&str]) {
-    let start = chrono::Utc::now() - chrono::Duration::minutes(minutes);
-    let start = start.format("%Y-%m-%dT%H:%M:00Z").to_string();
-    let mqtt = srv.mqtt.clone().expect("mqtt");
-    let dur = format!("{minutes}m");
-    let out = Command::new(BIN)
-        .args([
-            "simulate",
-            "--patients",
-            "3",
-            "--duration",
-            &dur,
-            "--start",
-            &start,
-            "--fast",
-            "--batch",
-            "30",
-            "--http-url",
-            &srv.http,
-            "--admin-token",
-            srv.admin(),
-            "--mqtt-addr",
-            &mqtt,
-        ])
-        .args(extra)
-        .output()
-        .expect("simulate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{Server, curl, python, simulate, wait_until};
 
 fn team(srv: &Server, patient: &str, team: &str) {
     let (s, b) = curl(
@@ -63,7 +29,7 @@ fn care_manager_signs_in_sees_chart_and_alert_and_acknowledges_in_chromium() {
     team(&srv, "sim-pat-00001", "north");
     team(&srv, "sim-pat-00002", "south");
     // A fever on patient 0 (still firing: no normal temperature after it).
-    simulate(&srv, 30, &["--episode", "fever:0@600+1200"]);
+    simulate(&srv, 3, 30, &["--episode", "fever:0@600+1200"]);
     let north = srv.token("care_manager", Some("north"));
     wait_until("the fever alert", Duration::from_secs(30), || {
         let (_, b) = curl("GET", &format!("{}/v1/alerts", srv.http), &north, "");
@@ -176,7 +142,7 @@ fn feeds_are_scoped_to_the_care_team_and_metrics_move() {
         .spawn()
         .expect("curl");
     std::thread::sleep(Duration::from_millis(500));
-    simulate(&srv, 10, &[]);
+    simulate(&srv, 3, 10, &[]);
     let stored = metric("carewatch_readings_stored_total");
     assert!(stored > 1000.0, "{stored}");
     assert!(metric("carewatch_wal_commit_seconds_count") > 0.0);

@@ -18,6 +18,7 @@ use carewatch_store::registry::{Principal, Registry, Role};
 
 use crate::engine::{AckError, AlertEngine, Current};
 use crate::history::Status;
+use crate::iso;
 
 /// State for the alert routes.
 #[derive(Debug, Clone)]
@@ -37,7 +38,8 @@ pub fn router(state: AlertState) -> Router {
         .with_state(state)
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+/// A JSON error body `{"error", "message"}` with a status.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         axum::Json(json!({"error": code, "message": message})),
@@ -45,7 +47,8 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn caller(state: &AlertState, headers: &HeaderMap) -> Result<Principal, Response> {
+/// The caller behind a bearer token: admins, analysts and care managers (devices are refused).
+pub fn reader(registry: &Registry, headers: &HeaderMap) -> Result<Principal, Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -60,7 +63,7 @@ fn caller(state: &AlertState, headers: &HeaderMap) -> Result<Principal, Response
                 "a bearer token is required",
             )
         })?;
-    let p = state.registry.authenticate(token.trim()).ok_or_else(|| {
+    let p = registry.authenticate(token.trim()).ok_or_else(|| {
         error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -71,13 +74,15 @@ fn caller(state: &AlertState, headers: &HeaderMap) -> Result<Principal, Response
         return Err(error(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "devices cannot read alerts",
+            "devices cannot read alerts or patient feeds",
         ));
     }
     Ok(p)
 }
 
-use crate::iso;
+fn caller(state: &AlertState, headers: &HeaderMap) -> Result<Principal, Response> {
+    reader(&state.registry, headers)
+}
 
 /// The JSON shape of an alert in the API.
 pub fn alert_json(a: &Current) -> serde_json::Value {

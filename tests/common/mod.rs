@@ -365,3 +365,39 @@ impl Webhook {
         self.received.lock().expect("lock").clone()
     }
 }
+
+/// `carewatch simulate` against a running server: `patients` patients, `minutes` simulated
+/// minutes ending now (minute-aligned), sent as fast as acknowledged over MQTT.
+pub fn simulate(srv: &Server, patients: usize, minutes: i64, extra: &[&str]) {
+    let start = chrono::Utc::now() - chrono::Duration::minutes(minutes);
+    let start = start.format("%Y-%m-%dT%H:%M:00Z").to_string();
+    let mqtt = srv.mqtt.clone().expect("mqtt");
+    let (n, dur) = (patients.to_string(), format!("{minutes}m"));
+    let out = Command::new(BIN)
+        .args([
+            "simulate",
+            "--patients",
+            &n,
+            "--duration",
+            &dur,
+            "--start",
+            &start,
+            "--fast",
+            "--batch",
+            "30",
+            "--http-url",
+            &srv.http,
+            "--admin-token",
+            srv.admin(),
+            "--mqtt-addr",
+            &mqtt,
+        ])
+        .args(extra)
+        .output()
+        .expect("simulate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

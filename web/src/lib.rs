@@ -150,44 +150,10 @@ async fn style() -> Response {
         .into_response()
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        axum::Json(json!({"error": code, "message": message})),
-    )
-        .into_response()
-}
+use carewatch_alert::http::error;
 
 fn caller(s: &WebState, headers: &HeaderMap) -> Result<Principal, Response> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .ok_or_else(|| {
-            error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a bearer token is required",
-            )
-        })?;
-    let p = s.registry.authenticate(token.trim()).ok_or_else(|| {
-        error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "unknown or revoked token",
-        )
-    })?;
-    match p.role {
-        Role::Admin | Role::CareManager | Role::Analyst => Ok(p),
-        Role::Device => Err(error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "devices cannot read patient feeds",
-        )),
-    }
+    carewatch_alert::http::reader(&s.registry, headers)
 }
 
 /// The patients a caller may see: a care manager's team; everyone for admins and analysts.
