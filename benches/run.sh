@@ -3,9 +3,9 @@
 # and writes their results into BENCHMARKS.md (between `<!-- results:NAME -->` markers, with the
 # date, the machine and the command), so every figure there has the command that made it.
 #
-#   scripts/bench.sh                   # store, ingest (HTTP + MQTT via Mosquitto), alerts, query
-#   scripts/bench.sh alerts query      # some of them
-#   scripts/bench.sh normalise         # criterion micro-benchmarks (raw criterion output)
+#   benches/run.sh                   # store, ingest (HTTP + MQTT via Mosquitto), alerts, query
+#   benches/run.sh alerts query      # some of them
+#   benches/run.sh normalise         # criterion micro-benchmarks (raw criterion output)
 #
 # Needs what the tests need (scripts/setup-test-deps.sh: Mosquitto, the Python venv with DuckDB).
 set -euo pipefail
@@ -33,7 +33,7 @@ if name == "normalise":
     body = "```text\n" + "\n".join(l for l in body.splitlines() if l.strip()) + "\n```"
 text = open("BENCHMARKS.md").read()
 block = (f"<!-- results:{name} -->\nMeasured {datetime.date.today()} with `{cmd}` "
-         f"(`scripts/bench.sh {name}`) on {machine}:\n\n{body}\n<!-- /results:{name} -->")
+         f"(`benches/run.sh {name}`) on {machine}:\n\n{body}\n<!-- /results:{name} -->")
 pat = re.compile(rf"<!-- results:{name} -->.*?<!-- /results:{name} -->", re.S)
 if pat.search(text):
     text = pat.sub(lambda _: block, text)
