@@ -200,7 +200,7 @@ async fn run(patients: usize, secs: u64) {
     let missing = sent.len() - lat.len();
     let (runs, _) = engine.runs();
     let elapsed = started.elapsed().as_secs_f64();
-    println!("## Alert latency ({patients} patients at 1 Hz, {secs} s, all shipped rules)\n");
+    println!("**{patients} patients at 1 Hz, {secs} s, all shipped rules**\n");
     println!(
         "| readings appended | rate | fever episodes | delivered | missing | p50 | p99 | max | rule runs |"
     );
