@@ -220,69 +220,45 @@ fn fitbit_month_live_alerts_are_the_backtest_episodes() {
             .expect("alerts")
             .iter()
             .map(|a| {
-                format!(
-                    "{},{},{}",
-                    a["patient_id"].as_str().expect("p"),
+                let (start, end) = (
                     a["episode_start"].as_str().expect("s"),
-                    a["episode_end"].as_str().expect("e")
+                    a["episode_end"].as_str().expect("e"),
+                );
+                let t = |x: &str| {
+                    chrono::DateTime::parse_from_rfc3339(x)
+                        .expect("time")
+                        .timestamp()
+                };
+                format!(
+                    "{},{},{},{}",
+                    a["patient_id"].as_str().expect("p"),
+                    start.trim_end_matches('Z'),
+                    end.trim_end_matches('Z'),
+                    (t(end) - t(start)) / 60
                 )
             })
             .collect();
         out.sort();
         out
     };
-    // Let the engine finish: the same answer twice, seconds apart.
-    let mut last = live();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        std::thread::sleep(std::time::Duration::from_secs(3));
-        let now = live();
-        if now == last && !now.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "live alerts never settled"
-        );
-        last = now;
-    }
-    let out = Command::new(BIN)
-        .args([
-            "rules",
-            "backtest",
-            "--data-dir",
-            srv.dir.to_str().expect("utf8"),
-            "--from",
-            "2016-04-01",
-            "--to",
-            "2016-06-01",
-            "--rule",
-            "hr_high_at_rest",
-            "--format",
-            "json",
-        ])
-        .output()
-        .expect("backtest");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // Let the engine finish: two more complete rule runs after the last reading was stored
+    // (the first may have started before it), read from /metrics.
+    let runs = || -> u64 {
+        let (_, body) = common::curl("GET", &format!("{}/metrics", srv.http), "", "");
+        body.lines()
+            .find_map(|l| l.strip_prefix("carewatch_rule_runs_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("rule runs metric") as u64
+    };
+    let after = runs() + 2;
+    common::wait_until(
+        "the rules to catch up",
+        std::time::Duration::from_secs(180),
+        || runs() >= after,
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let mut bt: Vec<String> = v["alerts"]
-        .as_array()
-        .expect("alerts")
-        .iter()
-        .map(|a| {
-            format!(
-                "{},{},{}",
-                a["patient_id"].as_str().expect("p"),
-                a["start"].as_str().expect("s"),
-                a["end"].as_str().expect("e")
-            )
-        })
-        .collect();
-    bt.sort();
+    let last = live();
+    // The shipped parameters, hysteresis included.
+    let bt = backtest(srv.dir.to_str().expect("utf8"), &[]);
     assert!(bt.len() > 50, "{}", bt.len());
     assert_eq!(last, bt, "live alerts and backtest episodes differ");
     assert_eq!(srv.stop(), 0);
