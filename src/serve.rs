@@ -169,11 +169,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
                             "carewatch/alerts/{}",
                             t.care_team.as_deref().unwrap_or("unassigned")
                         );
-                        let mut v = carewatch_alert::notify::payload(&t);
-                        if let Some(o) = v.as_object_mut() {
-                            o.remove("attachments");
-                            o.remove("type");
-                        }
+                        let v = carewatch_alert::notify::feed_payload(&t);
                         let _ = out.send((topic, bytes::Bytes::from(v.to_string())));
                     }
                     Ok(_) => {}

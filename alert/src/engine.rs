@@ -686,14 +686,12 @@ impl AlertEngine {
                 st.watermark.get(&patient).copied().unwrap_or(i64::MIN / 2)
             };
             let key = (rule_id.clone(), patient.clone());
-            let eps = match st.series.get(&key) {
-                Some(s) => episodes(&s.samples, &shape, closed_until),
-                None if rule.absence => {
-                    // Monitored but nothing in the window: silent since before it.
-                    Vec::new()
-                }
-                None => Vec::new(),
-            };
+            // A monitored patient with nothing in the window has no samples: no episode.
+            let eps = st
+                .series
+                .get(&key)
+                .map(|s| episodes(&s.samples, &shape, closed_until))
+                .unwrap_or_default();
             let team = inner.registry.care_team(&patient);
             let mut pending = None;
             for e in eps {

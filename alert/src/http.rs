@@ -188,13 +188,11 @@ async fn ack(
     }
 }
 
-async fn stream(State(state): State<AlertState>, headers: HeaderMap) -> Response {
-    let who = match caller(&state, &headers) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let rx = state.engine.subscribe();
-    let s = futures::stream::unfold(rx, |mut rx| async move {
+/// A broadcast receiver as a stream; a lagging subscriber skips what it missed.
+pub fn broadcast_stream<T: Clone + Send + 'static>(
+    rx: tokio::sync::broadcast::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::unfold(rx, |mut rx| async move {
         loop {
             match rx.recv().await {
                 Ok(t) => return Some((t, rx)),
@@ -203,22 +201,33 @@ async fn stream(State(state): State<AlertState>, headers: HeaderMap) -> Response
             }
         }
     })
-    .filter_map(move |t| {
+}
+
+/// Alert transitions the caller may see, as SSE `alert` events.
+pub fn alert_events(
+    engine: &AlertEngine,
+    who: Principal,
+) -> impl futures::Stream<Item = Result<SseEvent, Infallible>> + Send + use<> {
+    broadcast_stream(engine.subscribe()).filter_map(move |t| {
         let ok = match who.role {
             Role::Admin | Role::Analyst => true,
             _ => who.subject.is_some() && who.subject == t.care_team,
         };
         async move {
             ok.then(|| {
-                let body = crate::notify::payload(&t);
-                let mut v = body;
-                if let Some(o) = v.as_object_mut() {
-                    o.remove("attachments");
-                    o.remove("type");
-                }
-                Ok::<_, Infallible>(SseEvent::default().event("alert").data(v.to_string()))
+                let body = crate::notify::feed_payload(&t).to_string();
+                Ok(SseEvent::default().event("alert").data(body))
             })
         }
-    });
-    Sse::new(s).keep_alive(KeepAlive::default()).into_response()
+    })
+}
+
+async fn stream(State(state): State<AlertState>, headers: HeaderMap) -> Response {
+    let who = match caller(&state, &headers) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    Sse::new(alert_events(&state.engine, who))
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

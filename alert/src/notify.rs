@@ -106,6 +106,16 @@ pub fn payload(t: &Transition) -> Value {
     })
 }
 
+/// The body for live feeds (SSE, MQTT): [`payload`] without the Teams card.
+pub fn feed_payload(t: &Transition) -> Value {
+    let mut v = payload(t);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("attachments");
+        o.remove("type");
+    }
+    v
+}
+
 /// Receivers of one transition.
 fn receivers(routes: &Routes, t: &Transition) -> Vec<String> {
     if t.event == Event::Pending {
@@ -152,15 +162,14 @@ pub async fn run(
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let history = engine.history().clone();
-    let offset_file = history.path().with_file_name("webhook.offset");
-    let mut next = if routes.webhook_url.is_none()
+    if routes.webhook_url.is_none()
         && routes.team_webhooks.is_empty()
         && routes.escalation_url.is_none()
     {
         return;
-    } else {
-        read_offset(&offset_file)
-    };
+    }
+    let offset_file = history.path().with_file_name("webhook.offset");
+    let mut next = read_offset(&offset_file);
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

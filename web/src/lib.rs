@@ -421,64 +421,30 @@ async fn stream(State(s): State<WebState>, headers: HeaderMap) -> Response {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let vitals_rx = s.updates.subscribe();
-    let alerts_rx = s.alerts.subscribe();
-    let (s2, who2) = (s.clone(), who.clone());
-    let vitals = futures::stream::unfold(vitals_rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(v) => return Some((v, rx)),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => return None,
-            }
-        }
-    })
-    .filter_map(move |sum| {
-        let items: Vec<Value> = sum
-            .latest
-            .iter()
-            .filter(|(p, ..)| may_see(&s2, &who2, p))
-            .filter_map(|(p, code, t, v)| {
-                catalogue::by_code(code).map(|vital| {
-                    json!({"patient_id": p, "vital": vital.key, "code": code, "value": v, "time": iso(*t)})
+    let alerts = carewatch_alert::http::alert_events(&s.alerts, who.clone());
+    let vitals = carewatch_alert::http::broadcast_stream(s.updates.subscribe()).filter_map(
+        move |sum| {
+            let items: Vec<Value> = sum
+                .latest
+                .iter()
+                .filter(|(p, ..)| may_see(&s, &who, p))
+                .filter_map(|(p, code, t, v)| {
+                    catalogue::by_code(code).map(|vital| {
+                        json!({"patient_id": p, "vital": vital.key, "code": code, "value": v, "time": iso(*t)})
+                    })
                 })
-            })
-            .collect();
-        async move {
-            (!items.is_empty()).then(|| {
-                Ok::<_, Infallible>(
-                    SseEvent::default()
-                        .event("vitals")
-                        .data(Value::Array(items).to_string()),
-                )
-            })
-        }
-    });
-    let alerts = futures::stream::unfold(alerts_rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(t) => return Some((t, rx)),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => return None,
+                .collect();
+            async move {
+                (!items.is_empty()).then(|| {
+                    Ok::<_, Infallible>(
+                        SseEvent::default()
+                            .event("vitals")
+                            .data(Value::Array(items).to_string()),
+                    )
+                })
             }
-        }
-    })
-    .filter_map(move |t| {
-        let ok = match who.role {
-            Role::Admin | Role::Analyst => true,
-            _ => who.subject.is_some() && who.subject == t.care_team,
-        };
-        async move {
-            ok.then(|| {
-                let mut v = carewatch_alert::notify::payload(&t);
-                if let Some(o) = v.as_object_mut() {
-                    o.remove("attachments");
-                    o.remove("type");
-                }
-                Ok::<_, Infallible>(SseEvent::default().event("alert").data(v.to_string()))
-            })
-        }
-    });
+        },
+    );
     Sse::new(futures::stream::select(vitals, alerts))
         .keep_alive(KeepAlive::default())
         .into_response()

@@ -133,10 +133,10 @@ pub async fn metrics(State(s): State<WebState>) -> Response {
     o.sample("carewatch_wal_commits_total", &[], st.commits as f64);
     // Files per day: the total and the most in any one day (compaction keeps it small).
     let snap = s.store.snapshot();
-    let mut per_day: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    let mut per_day: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
     for f in &snap.files {
         *per_day
-            .entry((format!("{:?}", f.table).to_lowercase(), f.date.clone()))
+            .entry((f.table.name(), f.date.as_str()))
             .or_default() += 1;
     }
     o.family(
@@ -149,17 +149,15 @@ pub async fn metrics(State(s): State<WebState>) -> Response {
         "gauge",
         "Most Parquet files in any one day partition, by table.",
     );
-    for table in ["observations", "deadletters"] {
+    for name in [
+        carewatch_store::Table::Observations.name(),
+        carewatch_store::Table::DeadLetters.name(),
+    ] {
         let mine: Vec<u64> = per_day
             .iter()
-            .filter(|((t, _), _)| t == table)
+            .filter(|((t, _), _)| *t == name)
             .map(|(_, n)| *n)
             .collect();
-        let name = if table == "deadletters" {
-            "dead_letters"
-        } else {
-            table
-        };
         o.sample(
             "carewatch_parquet_files",
             &[("table", name)],
