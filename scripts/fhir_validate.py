@@ -3,7 +3,7 @@
 Usage: fhir_validate.py [--expect-invalid] PATH...
 Each PATH is a JSON file or a directory of *.json: an Observation, a Bundle of them, or an array.
 Every Observation is checked by
-  - schema:         the official R4 JSON schema (shared/data/fhir-examples/fhir.r4.schema.json);
+  - schema:         the official R4 JSON schema (fixtures/data/fhir-examples/fhir.r4.schema.json);
   - fhirkit:        fhirkit-rs, which also catches value[x] exclusivity;
   - fhir.resources: 6.4.0, the strict R4 pydantic models;
   - status, ucum:   status in the required value set; every valueQuantity is UCUM with a code;
@@ -17,7 +17,6 @@ Prints one line per resource and then `fhir-validate: N passed, M failed`. Exit 
 passed; with --expect-invalid, iff every Observation FAILED at least one check.
 """
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -28,8 +27,7 @@ from fhirpathpy import evaluate
 from fhirpathpy.models import models
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("CAREWATCH_SHARED", REPO.parent / "shared"))
-SCHEMA = json.loads((SHARED / "data/fhir-examples/fhir.r4.schema.json").read_text())
+SCHEMA = json.loads((REPO / "fixtures/data/fhir-examples/fhir.r4.schema.json").read_text())
 SCHEMA.pop("oneOf", None)
 VALIDATORS = {t: jsonschema.Draft6Validator({**SCHEMA, "$ref": f"#/definitions/{t}"})
               for t in ("Observation", "Bundle")}

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-test-deps.sh
 py="${CAREWATCH_VENV:-$HOME/.cache/carewatch-venv}/bin/python"
-ex="${CAREWATCH_SHARED:-../shared}/data/fhir-examples"
+ex=fixtures/data/fhir-examples
 validate() { "$py" scripts/fhir_validate.py "$@"; }
 passed=0 failed=0
 ok() { passed=$((passed + 1)); echo "ok: $*"; }

@@ -162,7 +162,7 @@ fn catalogue_samples() -> Vec<(String, Vec<Reading>)> {
 
 /// The official R4 examples of reference.md §3.2 through transform's FHIR input and back.
 fn official_example_samples() -> Vec<(String, Vec<Reading>)> {
-    let dir = carewatch_fixtures::shared_dir().join("data/fhir-examples/r4-core");
+    let dir = carewatch_fixtures::data_dir("fhir-examples").join("r4-core");
     // The examples give day-precision dates: read them as UTC midnight.
     let named = Context {
         tz: ZonePolicy::utc(),

@@ -1,4 +1,4 @@
-//! Golden tests: every applicable vector in `shared/anchors/iomt-fhir/` (MedTech's own unit-test
+//! Golden tests: every applicable vector in `fixtures/anchors/iomt-fhir/` (MedTech's own unit-test
 //! assertions, published samples, Open mHealth validator data) against our normaliser.
 
 use carewatch_fixtures::anchor;

@@ -390,8 +390,8 @@ mod tests {
     use crate::normalise::{Context, normalise};
     use crate::reject::Reason;
 
-    fn shared(rel: &str) -> Vec<u8> {
-        let p = carewatch_fixtures::shared_dir().join(rel);
+    fn example(rel: &str) -> Vec<u8> {
+        let p = carewatch_fixtures::data_dir("fhir-examples").join(rel);
         std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
 
@@ -410,10 +410,7 @@ mod tests {
             device: Some("dev-hr"),
             ..ctx()
         };
-        let o = normalise(
-            &shared("data/fhir-examples/r4-core/Observation-heart-rate.json"),
-            &c,
-        );
+        let o = normalise(&example("r4-core/Observation-heart-rate.json"), &c);
         assert_eq!(o.rejections, vec![]);
         let r = &o.readings[0];
         assert_eq!((r.code(), r.value, r.unit()), ("8867-4", 44.0, "/min"));
@@ -429,18 +426,12 @@ mod tests {
             device: Some("dev-bp"),
             ..ctx()
         };
-        let o = normalise(
-            &shared("data/fhir-examples/r4-core/Observation-blood-pressure.json"),
-            &c,
-        );
+        let o = normalise(&example("r4-core/Observation-blood-pressure.json"), &c);
         assert_eq!(o.rejections, vec![]);
         let got: Vec<(&str, f64)> = o.readings.iter().map(|r| (r.code(), r.value)).collect();
         assert_eq!(got, vec![("8480-6", 107.0), ("8462-4", 60.0)]);
         // The -dar example has a diastolic dataAbsentReason: only systolic is stored.
-        let o = normalise(
-            &shared("data/fhir-examples/r4-core/Observation-blood-pressure-dar.json"),
-            &c,
-        );
+        let o = normalise(&example("r4-core/Observation-blood-pressure-dar.json"), &c);
         assert_eq!(o.readings.len(), 1);
         assert_eq!(o.readings[0].code(), "8480-6");
     }
@@ -451,18 +442,12 @@ mod tests {
             device: Some("d"),
             ..ctx()
         };
-        let o = normalise(
-            &shared("data/fhir-examples/r4-core/Observation-body-temperature.json"),
-            &c,
-        );
+        let o = normalise(&example("r4-core/Observation-body-temperature.json"), &c);
         assert_eq!(
             (o.readings[0].code(), o.readings[0].value),
             ("8310-5", 36.5)
         );
-        let o = normalise(
-            &shared("data/fhir-examples/r4-core/Observation-satO2.json"),
-            &ctx(),
-        );
+        let o = normalise(&example("r4-core/Observation-satO2.json"), &ctx());
         assert_eq!(o.rejections, vec![]);
         let r = &o.readings[0];
         assert_eq!(
@@ -470,10 +455,7 @@ mod tests {
             ("2708-6", 95.0, "%", "example")
         );
         // The transport's device wins over nothing but must agree with the payload's.
-        let o = normalise(
-            &shared("data/fhir-examples/r4-core/Observation-satO2.json"),
-            &c,
-        );
+        let o = normalise(&example("r4-core/Observation-satO2.json"), &c);
         assert_eq!(o.rejections[0].reason, Reason::DeviceMismatch);
     }
 
@@ -484,16 +466,10 @@ mod tests {
             ..ctx()
         };
         let c2 = ctx();
-        let o = normalise(
-            &shared("data/fhir-examples/handwritten-heart-rate-invalid.json"),
-            &c,
-        );
+        let o = normalise(&example("handwritten-heart-rate-invalid.json"), &c);
         assert_eq!(o.readings.len(), 0);
         assert_eq!(o.rejections.len(), 1);
-        let o = normalise(
-            &shared("data/fhir-examples/handwritten-heart-rate-bad-status.json"),
-            &c2,
-        );
+        let o = normalise(&example("handwritten-heart-rate-bad-status.json"), &c2);
         assert_eq!(o.rejections[0].reason, Reason::InvalidFhir);
         assert!(
             o.rejections[0].message.contains("status"),
