@@ -1,7 +1,7 @@
 //! Real data nobody here wrote: a month of Fitbit heart rate (5 users, 791 k samples) and minute
 //! steps replayed through the normal ingest path with an explicit zone, then SQL that finds every
 //! run of ≥ 10 minutes with per-minute mean heart rate above 100 and 0 steps — exactly the 120
-//! episodes of `shared/data/fitabase-fitbit/expected_hr_gt100_rest_10min_episodes.csv`.
+//! episodes of `fixtures/data/fitabase-fitbit/expected_hr_gt100_rest_10min_episodes.csv`.
 
 mod common;
 
@@ -9,12 +9,29 @@ use std::process::Command;
 
 use common::BIN;
 
+/// `--register-devices` registers each Fitbit Id (the data set's five users,
+/// fixtures/data/fitabase-fitbit/README.md) as a device of the patient of the same id: none may
+/// appear in a log line at INFO or above (scripts/check_logs_phi.py).
+fn note_fitbit_ids() {
+    for id in [
+        "2022484408",
+        "2347167796",
+        "4558609924",
+        "6117666160",
+        "7007744171",
+    ] {
+        common::note_id("device", id);
+        common::note_id("patient", id);
+    }
+}
+
 #[test]
 fn fitbit_month_replayed_gives_the_120_resting_episodes() {
     let tmp = tempfile::tempdir().expect("tmp");
     let data = tmp.path().join("data");
     let data = data.to_str().expect("utf8");
-    let fitbit = carewatch_fixtures::shared_dir().join("data/fitabase-fitbit");
+    let fitbit = carewatch_fixtures::data_dir("fitabase-fitbit");
+    note_fitbit_ids();
     let hr = fitbit.join("heartrate_seconds_5users.csv.gz");
     // Zone-less local times are refused without an explicit zone.
     let small = fitbit.join("heartrate_seconds_2022484408_2016-04-13.csv");
@@ -30,6 +47,7 @@ fn fitbit_month_replayed_gives_the_120_resting_episodes() {
         .arg(&small)
         .output()
         .expect("replay");
+    common::save_output("replay", &out);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("rejected zoneless_time 5332"),
@@ -58,6 +76,7 @@ fn fitbit_month_replayed_gives_the_120_resting_episodes() {
             .arg(&file)
             .output()
             .expect("replay");
+        common::save_output("replay", &out);
         assert!(
             out.status.success(),
             "{}",
@@ -161,7 +180,8 @@ fn fitbit_month_live_alerts_are_the_backtest_episodes() {
             cfg.to_str().expect("utf8"),
         ],
     );
-    let fitbit = carewatch_fixtures::shared_dir().join("data/fitabase-fitbit");
+    let fitbit = carewatch_fixtures::data_dir("fitabase-fitbit");
+    note_fitbit_ids();
     let mut stored = 0u64;
     for (file, map) in [
         (
@@ -187,6 +207,7 @@ fn fitbit_month_live_alerts_are_the_backtest_episodes() {
             .arg(fitbit.join(file))
             .output()
             .expect("replay");
+        common::save_output("replay", &out);
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(
             out.status.success(),

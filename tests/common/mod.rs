@@ -26,9 +26,12 @@ pub struct Server {
 
 impl Server {
     /// Starts `carewatch serve` on ephemeral ports with extra args; waits until it listens.
+    /// Its stdout and stderr both go to `stderr_log`, a file under [`test_logs_dir`] named after
+    /// the test (scripts/check_logs_phi.py checks it for ids and tokens).
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
-        let log = dir.join("serve.stderr");
+        let log = log_file("serve");
         let err = std::fs::File::create(&log).expect("log file");
+        let mut out_log = err.try_clone().expect("log file");
         let pg = format!("127.0.0.1:{}", free_port());
         let mut args = vec![
             "serve",
@@ -56,6 +59,8 @@ impl Server {
         std::thread::spawn(move || {
             // Keep draining after start() returns, so the server never writes to a closed pipe.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                use std::io::Write;
+                let _ = out_log.write_all(format!("{line}\n").as_bytes());
                 let _ = tx.send(line);
             }
         });
@@ -83,6 +88,7 @@ impl Server {
             {
                 mqtt = Some(a.to_owned());
             } else if let Some(t) = line.strip_prefix("admin token: ") {
+                note_id("token", t);
                 admin = Some(t.to_owned());
             } else if let Some(a) = line.strip_prefix("postgres listening on ") {
                 pg = Some(a.to_owned());
@@ -126,6 +132,8 @@ impl Server {
 
     /// Registers a device for a patient and returns its secret.
     pub fn register(&self, device: &str, patient: &str) -> String {
+        note_id("device", device);
+        note_id("patient", patient);
         let (status, body) = curl(
             "POST",
             &format!("{}/v1/devices", self.http),
@@ -136,11 +144,17 @@ impl Server {
         );
         assert_eq!(status, 201, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-        v["secret"].as_str().expect("secret").to_owned()
+        let secret = v["secret"].as_str().expect("secret").to_owned();
+        note_id("token", &secret);
+        secret
     }
 
     /// Creates a credential through the admin API and returns its token.
     pub fn token(&self, role: &str, subject: Option<&str>) -> String {
+        // A device credential's subject is a device id; a care team's name is not an identifier.
+        if let (Some(d), "device") = (subject, role) {
+            note_id("device", d);
+        }
         let body = match subject {
             Some(t) => format!(r#"{{"role":"{role}","subject":"{t}"}}"#),
             None => format!(r#"{{"role":"{role}"}}"#),
@@ -152,10 +166,12 @@ impl Server {
             &body,
         );
         assert_eq!(s, 201, "{b}");
-        serde_json::from_str::<serde_json::Value>(&b).expect("json")["token"]
+        let token = serde_json::from_str::<serde_json::Value>(&b).expect("json")["token"]
             .as_str()
             .expect("token")
-            .to_owned()
+            .to_owned();
+        note_id("token", &token);
+        token
     }
 
     /// The Postgres wire address, once it accepts connections.
@@ -372,6 +388,17 @@ pub fn simulate(srv: &Server, patients: usize, minutes: i64, extra: &[&str]) {
     let start = chrono::Utc::now() - chrono::Duration::minutes(minutes);
     let start = start.format("%Y-%m-%dT%H:%M:00Z").to_string();
     let mqtt = srv.mqtt.clone().expect("mqtt");
+    let prefix = extra
+        .iter()
+        .position(|a| *a == "--prefix")
+        .and_then(|i| extra.get(i + 1))
+        .copied()
+        .unwrap_or("sim-");
+    for i in 0..patients {
+        // carewatch_ingest::simulate::{device_id, patient_id}
+        note_id("device", &format!("{prefix}dev-{i:05}"));
+        note_id("patient", &format!("{prefix}pat-{i:05}"));
+    }
     let (n, dur) = (patients.to_string(), format!("{minutes}m"));
     let out = Command::new(BIN)
         .args([
@@ -395,9 +422,66 @@ pub fn simulate(srv: &Server, patients: usize, minutes: i64, extra: &[&str]) {
         .args(extra)
         .output()
         .expect("simulate");
+    save_output("simulate", &out);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Where end-to-end tests keep the log (stdout and stderr) of every carewatch process they start
+/// and the ids and tokens they used, for scripts/check_logs_phi.py: `$CAREWATCH_TEST_LOGS`, else
+/// `test-logs/` in the cargo target directory (beside `debug/`, found from the binary's path).
+pub fn test_logs_dir() -> PathBuf {
+    let dir = std::env::var_os("CAREWATCH_TEST_LOGS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(BIN)
+                .parent()
+                .and_then(Path::parent)
+                .map(|t| t.join("test-logs"))
+                .unwrap_or_else(|| PathBuf::from("target/test-logs"))
+        });
+    std::fs::create_dir_all(&dir).expect("test log dir");
+    dir
+}
+
+/// `<test crate>.<test function>.<pid>`: libtest runs each test on a thread named after it.
+fn test_stem() -> String {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("main").replace("::", ".");
+    format!("{}.{name}.{}", env!("CARGO_CRATE_NAME"), std::process::id())
+}
+
+/// A new log file for this test's next `what` process (`<stem>.<n>-<what>.log`).
+pub fn log_file(what: &str) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    test_logs_dir().join(format!("{}.{n}-{what}.log", test_stem()))
+}
+
+/// Saves a finished carewatch process's stdout and stderr as one of this test's logs.
+pub fn save_output(what: &str, out: &std::process::Output) {
+    let mut text = out.stdout.clone();
+    text.extend_from_slice(&out.stderr);
+    std::fs::write(log_file(what), text).expect("save log");
+}
+
+/// Records an identifier this test gives carewatch (`kind`: `patient`, `device` or `token`) in
+/// the test's sidecar `<stem>.ids` (`kind<TAB>value` lines): no log line at INFO or above may
+/// contain it (scripts/check_logs_phi.py).
+pub fn note_id(kind: &str, value: &str) {
+    use std::io::Write;
+    if value.is_empty() {
+        return;
+    }
+    let path = test_logs_dir().join(format!("{}.ids", test_stem()));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("ids file");
+    f.write_all(format!("{kind}\t{value}\n").as_bytes())
+        .expect("ids file");
 }
