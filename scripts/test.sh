@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this file).
 #   1. installs what the tests need beyond the Rust toolchain (scripts/setup-test-deps.sh);
-#   2. runs every Rust test (unit, golden anchors, property, crash, end-to-end with real clients);
+#   2. runs every Rust test (unit, golden anchors, property, crash, end-to-end with real clients),
+#      then checks that no log line of theirs at INFO or above carries a patient id, device id or
+#      token the tests used (scripts/check_logs_phi.py, which first proves it can fail);
 #   3. has tools nobody here wrote check our output: an external FHIR validator (R4 JSON schema,
 #      fhirkit, fhir.resources, FHIRPath vital-signs invariants) on the Observations carewatch
 #      emits, and DuckDB + pyarrow on the Parquet files it writes;
@@ -21,8 +23,16 @@ bash scripts/setup-test-deps.sh
 
 out="$target/test-out"
 rm -rf "$out" && mkdir -p "$out/fhir"
+# End-to-end tests save every carewatch process's log here, with the ids and tokens they used.
+logs="$target/test-logs"
+rm -rf "$logs"
 echo "== cargo test"
-CAREWATCH_FHIR_OUT="$out/fhir" CAREWATCH_PARQUET_OUT="$out/parquet" cargo test --workspace --locked
+CAREWATCH_FHIR_OUT="$out/fhir" CAREWATCH_PARQUET_OUT="$out/parquet" CAREWATCH_TEST_LOGS="$logs" \
+  cargo test --workspace --locked
+
+echo "== no patient id, device id or token in any log line at INFO or above"
+"$py" scripts/check_logs_phi.py --self-test
+"$py" scripts/check_logs_phi.py "$logs"
 
 echo "== FHIR from \`carewatch template check --fhir\` on MedTech's sample mapping"
 for p in fixtures/payloads/medtech-sample-*.json; do

@@ -26,8 +26,9 @@ pub struct Server {
 
 impl Server {
     /// Starts `carewatch serve` on ephemeral ports with extra args; waits until it listens.
-    /// Its stdout and stderr both go to `stderr_log`, a file under [`test_logs_dir`] named after
-    /// the test (scripts/check_logs_phi.py checks it for ids and tokens).
+    /// Its stderr (the log) and stdout (console lines, marked [`STDOUT`]) both go to `stderr_log`,
+    /// a file under [`test_logs_dir`] named after the test (scripts/check_logs_phi.py checks it
+    /// for ids and tokens).
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
         let log = log_file("serve");
         let err = std::fs::File::create(&log).expect("log file");
@@ -60,7 +61,7 @@ impl Server {
             // Keep draining after start() returns, so the server never writes to a closed pipe.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 use std::io::Write;
-                let _ = out_log.write_all(format!("{line}\n").as_bytes());
+                let _ = out_log.write_all(format!("{STDOUT}{line}\n").as_bytes());
                 let _ = tx.send(line);
             }
         });
@@ -461,9 +462,17 @@ pub fn log_file(what: &str) -> PathBuf {
     test_logs_dir().join(format!("{}.{n}-{what}.log", test_stem()))
 }
 
-/// Saves a finished carewatch process's stdout and stderr as one of this test's logs.
+/// Marks a console line (stdout) in a saved log, so scripts/check_logs_phi.py can tell it from
+/// the tracing records of stderr.
+pub const STDOUT: &str = "[stdout] ";
+
+/// Saves a finished carewatch process's stdout (lines marked [`STDOUT`]) and stderr as one of
+/// this test's logs.
 pub fn save_output(what: &str, out: &std::process::Output) {
-    let mut text = out.stdout.clone();
+    let mut text: Vec<u8> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .flat_map(|l| format!("{STDOUT}{l}\n").into_bytes())
+        .collect();
     text.extend_from_slice(&out.stderr);
     std::fs::write(log_file(what), text).expect("save log");
 }
