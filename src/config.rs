@@ -45,6 +45,41 @@ pub struct FileConfig {
     /// Alert rules and delivery.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// Per-query limits for SQL on every wire.
+    #[serde(default)]
+    pub query: QueryConfig,
+    /// Credentials.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `/metrics` needs an admin or analyst bearer token. Default: required unless HTTP
+    /// listens on a loopback address only.
+    pub metrics_require_token: Option<bool>,
+    /// Failed logins one source address may make in a burst before it is refused (default 20).
+    pub failed_login_burst: Option<u32>,
+    /// One failed login is forgiven per this many seconds (default 1).
+    pub failed_login_refill_secs: Option<f64>,
+}
+
+/// `[query]`: limits for every SQL statement (HTTP, Postgres wire, dashboard).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Time limit per query, planning and streaming, seconds (default 60).
+    pub timeout_secs: Option<f64>,
+    /// Memory per query, MiB (default 1024); each query has its own pool.
+    pub memory_mb: Option<usize>,
+    /// Largest answer, rows (default 1000000); larger answers fail with a row-limit error.
+    pub max_rows: Option<u64>,
+    /// Analyst queries running at once (default 4).
+    pub analyst_concurrency: Option<usize>,
+    /// Admin queries running at once (default 2).
+    pub admin_concurrency: Option<usize>,
 }
 
 /// `[alerts]`
@@ -148,6 +183,9 @@ pub struct ServeConfig {
     pub alert_engine: carewatch_alert::Config,
     pub alert_routes: carewatch_alert::notify::Routes,
     pub alerts_mqtt: bool,
+    pub query_limits: carewatch_query::QueryLimits,
+    pub metrics_require_token: bool,
+    pub login_limits: carewatch_auth::limiter::Limits,
 }
 
 /// Flag/env values (each `None` when not given).
@@ -272,7 +310,28 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         backoff: Duration::from_millis(500),
     };
     let alerts_mqtt = a.mqtt_publish.unwrap_or(false);
+    let query_limits = query_limits(&file.query)?;
+    let metrics_require_token = file
+        .auth
+        .metrics_require_token
+        .unwrap_or(!http_addr.ip().is_loopback());
+    let mut login_limits = carewatch_auth::limiter::Limits::default();
+    if let Some(b) = file.auth.failed_login_burst {
+        if b == 0 {
+            bail!("auth.failed_login_burst must be at least 1");
+        }
+        login_limits.burst = b;
+    }
+    if let Some(s) = file.auth.failed_login_refill_secs {
+        if !(0.001..=86_400.0).contains(&s) {
+            bail!("auth.failed_login_refill_secs must be between 0.001 and 86400");
+        }
+        login_limits.refill = Duration::from_secs_f64(s);
+    }
     Ok(ServeConfig {
+        query_limits,
+        metrics_require_token,
+        login_limits,
         alerts_mqtt,
         rules_dir,
         alert_engine,
@@ -351,4 +410,47 @@ mod tests {
         .expect("ok");
         assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
     }
+}
+
+/// `[query]` over the defaults, validated.
+fn query_limits(q: &QueryConfig) -> Result<carewatch_query::QueryLimits> {
+    let mut l = carewatch_query::QueryLimits::default();
+    if let Some(t) = q.timeout_secs {
+        if !(0.1..=86_400.0).contains(&t) {
+            bail!("query.timeout_secs must be between 0.1 and 86400");
+        }
+        l.timeout = Duration::from_secs_f64(t);
+    }
+    if let Some(m) = q.memory_mb {
+        if m < 16 {
+            bail!("query.memory_mb must be at least 16");
+        }
+        l.memory_bytes = m.saturating_mul(1 << 20);
+    }
+    if let Some(r) = q.max_rows {
+        if r == 0 {
+            bail!("query.max_rows must be at least 1");
+        }
+        l.max_rows = r;
+    }
+    for (v, name, slot) in [
+        (
+            q.analyst_concurrency,
+            "analyst_concurrency",
+            &mut l.analyst_concurrency,
+        ),
+        (
+            q.admin_concurrency,
+            "admin_concurrency",
+            &mut l.admin_concurrency,
+        ),
+    ] {
+        if let Some(n) = v {
+            if n == 0 {
+                bail!("query.{name} must be at least 1");
+            }
+            *slot = n;
+        }
+    }
+    Ok(l)
 }

@@ -2,6 +2,7 @@
 
 mod config;
 mod serve;
+mod token_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,7 +32,7 @@ enum Command {
     Serve(ServeArgs),
     /// Credentials.
     #[command(subcommand)]
-    Token(TokenCommand),
+    Token(token_cmd::TokenCommand),
     /// Backfill history (NDJSON, JSON, CSV; optionally .gz) through the normal ingest path
     /// into a data directory (not while a server runs on it).
     Replay(ReplayArgs),
@@ -247,7 +248,7 @@ struct SimulateArgs {
     prefix: String,
 }
 
-fn parse_duration(s: &str) -> Result<i64> {
+pub(crate) fn parse_duration(s: &str) -> Result<i64> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
         Some((i, 's')) => (&s[..i], 1),
@@ -262,24 +263,10 @@ fn parse_duration(s: &str) -> Result<i64> {
     Ok(n * mult)
 }
 
-#[derive(Debug, Subcommand)]
-enum TokenCommand {
-    /// Create a credential and print it (offline on a data directory; a running server on the
-    /// same directory picks it up).
-    Create {
-        /// admin, analyst or care_manager (device credentials come from POST /v1/devices).
-        #[arg(long)]
-        role: String,
-        /// The care team, for a care_manager.
-        #[arg(long)]
-        subject: Option<String>,
-        /// Data directory.
-        #[arg(long, env = "CAREWATCH_DATA_DIR", default_value = "carewatch-data")]
-        data_dir: PathBuf,
-    },
-}
-
 fn main() -> ExitCode {
+    // Closed by default: everything carewatch creates (WAL, Parquet, registry, audit and alert
+    // history) is readable by its own user only. Set before any thread starts.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -413,29 +400,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token(TokenCommand::Create {
-            role,
-            subject,
-            data_dir,
-        }) => {
-            let role = carewatch_store::registry::Role::parse(&role).ok_or_else(|| {
-                anyhow::anyhow!("unknown role {role:?}: admin, analyst, care_manager")
-            })?;
-            if role == carewatch_store::registry::Role::Device {
-                anyhow::bail!(
-                    "device credentials are created with POST /v1/devices (they bind a patient)"
-                );
-            }
-            if role == carewatch_store::registry::Role::CareManager && subject.is_none() {
-                anyhow::bail!("a care_manager token needs --subject <care team>");
-            }
-            let (reg, admin) = carewatch_store::registry::Registry::open(&data_dir)?;
-            if let Some(a) = admin {
-                println!("admin token: {a}");
-            }
-            println!("{}", reg.create_token(role, subject)?);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Token(t) => token_cmd::run(t),
         Command::Template(TemplateCommand::Check {
             device_mapping,
             payload,

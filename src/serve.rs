@@ -56,6 +56,12 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         files = st.files,
         "store open"
     );
+    // A data directory made by an older version (or by hand) is closed to other users too.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&c.data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", c.data_dir.display()))?;
+    }
     let (registry, admin) = Registry::open(&c.data_dir).context("opening registry")?;
     if let Some(token) = admin {
         // Printed once, on the first start of a fresh data directory.
@@ -88,6 +94,10 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         max_bytes: c.max_payload_bytes,
     });
     let shutdown = CancellationToken::new();
+    // One credential check for every wire; credentials revoked by `carewatch token revoke` on
+    // the data directory while we run are picked up by re-reading the registry twice a second.
+    let auth = carewatch_auth::Authenticator::with_limits(pipeline.registry.clone(), c.login_limits);
+    tokio::spawn(refresh_registry(pipeline.registry.clone(), shutdown.clone()));
     if let Some(dm) = c.device_mapping.clone() {
         tokio::spawn(carewatch_ingest::pipeline::watch_templates(
             templates,
@@ -122,7 +132,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     let engine = carewatch_query::QueryEngine::new(
         store.clone(),
         pipeline.registry.clone(),
-        carewatch_query::QueryLimits::default(),
+        c.query_limits,
         audit,
     )
     .map_err(|e| anyhow::anyhow!("query engine: {e}"))?;
@@ -156,23 +166,22 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         notify_counters.clone(),
         shutdown.clone(),
     ));
-    // Alert transitions as MQTT messages on `carewatch/alerts/{care_team}` (when enabled).
+    // Alert transitions as MQTT messages on `carewatch/alerts/{the patient's care team now}`
+    // (when enabled); a patient without a team has no topic.
     let outbound: Option<mqtt_server::Outbound> = c.alerts_mqtt.then(|| {
         let (tx, _) = tokio::sync::broadcast::channel(1024);
         let mut rx = alerts.subscribe();
-        let out = tx.clone();
+        let (out, feed) = (tx.clone(), alerts.clone());
         tokio::spawn(async move {
             loop {
                 match rx.recv().await {
-                    Ok(t) if t.event != carewatch_alert::history::Event::Pending => {
-                        let topic = format!(
-                            "carewatch/alerts/{}",
-                            t.care_team.as_deref().unwrap_or("unassigned")
-                        );
-                        let v = carewatch_alert::notify::feed_payload(&t);
-                        let _ = out.send((topic, bytes::Bytes::from(v.to_string())));
+                    Ok(t) => {
+                        if let Some((topic, body)) =
+                            carewatch_alert::notify::mqtt_message(&feed, &t)
+                        {
+                            let _ = out.send((topic, bytes::Bytes::from(body)));
+                        }
                     }
-                    Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => return,
                 }
@@ -188,6 +197,10 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         notify_counters,
     )
     .await;
+    let web = carewatch_web::WebState {
+        metrics_require_token: c.metrics_require_token,
+        ..web
+    };
     if let Some(dir) = c.rules_dir.clone() {
         tokio::spawn(watch_rules(
             alerts.clone(),
@@ -196,29 +209,22 @@ pub async fn run(c: ServeConfig) -> Result<()> {
             shutdown.clone(),
         ));
     }
-    let pg_ctx = engine.context().clone();
-    let pg_audit = engine.audit().clone();
-    let pg_timeout = carewatch_query::QueryLimits::default().timeout;
-    let pg_registry = pipeline.registry.clone();
-    let (pg_host, pg_port) = (c.pg_addr.ip().to_string(), c.pg_addr.port());
-    if !is_loopback(&c.pg_addr) {
-        tracing::warn!(addr = %c.pg_addr, "the Postgres wire is served without TLS on a non-loopback address; tokens travel in cleartext");
-    }
-    announce!("postgres listening on {}", c.pg_addr);
-    let pg_task = tokio::spawn(async move {
-        if let Err(e) = carewatch_query::pgwire::serve(
-            pg_ctx,
-            pg_registry,
-            pg_audit,
-            pg_timeout,
-            pg_host,
-            pg_port,
-        )
+    // The Postgres wire: bound before it is announced (a failed bind stops `serve`), TLS when
+    // the server has a certificate, every statement through the query gate.
+    let pg = carewatch_query::pgwire::bind(c.pg_addr)
         .await
-        {
-            tracing::error!(error = %e, "postgres wire server stopped");
-        }
-    });
+        .with_context(|| format!("binding Postgres wire {}", c.pg_addr))?;
+    let pg_addr = pg.local_addr()?;
+    if !is_loopback(&pg_addr) && tls.is_none() {
+        tracing::warn!(addr = %pg_addr, "the Postgres wire is served without TLS on a non-loopback address; tokens travel in cleartext: configure tls_cert/tls_key");
+    }
+    announce!("postgres listening on {pg_addr}");
+    let pg_task = tokio::spawn(carewatch_query::pgwire::serve(
+        pg,
+        engine.clone(),
+        pipeline.registry.clone(),
+        tls.clone(),
+    ));
     let app = router(HttpState {
         pipeline: pipeline.clone(),
     })
@@ -234,7 +240,9 @@ pub async fn run(c: ServeConfig) -> Result<()> {
             registry: pipeline.registry.clone(),
         },
     ))
-    .merge(carewatch_web::router(web));
+    .merge(carewatch_web::router(web))
+    .layer(axum::Extension(auth.clone()))
+    .into_make_service_with_connect_info::<carewatch_auth::http::PeerAddr>();
     let sd = shutdown.clone();
     let http_task = match tls.clone() {
         None => tokio::spawn(async move {
@@ -369,5 +377,20 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Re-reads the registry file when another process changed it, until shutdown. The stat and
+/// any re-read run on the blocking pool.
+async fn refresh_registry(registry: Arc<Registry>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let r = registry.clone();
+        let _ = tokio::task::spawn_blocking(move || r.refresh()).await;
     }
 }

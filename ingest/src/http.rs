@@ -4,19 +4,19 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use carewatch_store::registry::{Principal, Role};
 use carewatch_transform::{Format, Reason, Rejection, Source};
 
+use crate::admin;
 use crate::pipeline::{Ingested, Origin, Pipeline};
 
 /// Everything the HTTP edge needs.
@@ -29,6 +29,8 @@ pub struct HttpState {
 /// API errors, each with one status.
 #[derive(Debug)]
 pub enum ApiError {
+    /// No or bad credential (or too many failed logins).
+    Auth(carewatch_auth::AuthError),
     /// No or bad credential.
     Unauthorized,
     /// Credential lacks the role.
@@ -46,6 +48,7 @@ pub enum ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, msg) = match self {
+            ApiError::Auth(e) => return e.into_response(),
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -90,6 +93,7 @@ impl From<carewatch_store::Error> for ApiError {
     fn from(e: carewatch_store::Error) -> Self {
         match e {
             carewatch_store::Error::Busy => ApiError::Busy,
+            carewatch_store::Error::Config(m) => ApiError::BadRequest(m),
             other => {
                 tracing::error!(error = %other, "storage error on ingest");
                 ApiError::Unavailable
@@ -98,37 +102,23 @@ impl From<carewatch_store::Error> for ApiError {
     }
 }
 
-/// The authenticated caller.
+/// The authenticated caller (the shared extractor of `carewatch-auth`, with this API's errors).
 #[derive(Debug, Clone)]
 pub struct Caller(pub Principal);
 
-impl FromRequestParts<HttpState> for Caller {
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &HttpState,
-    ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or(ApiError::Unauthorized)?;
-        state
-            .pipeline
-            .registry
-            .authenticate(token.trim())
-            .map(Caller)
-            .ok_or(ApiError::Unauthorized)
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        carewatch_auth::Caller::from_request_parts(parts, state)
+            .await
+            .map(|c| Caller(c.principal))
+            .map_err(ApiError::Auth)
     }
 }
 
 impl Caller {
-    fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+    pub(crate) fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
         if roles.contains(&self.0.role) {
             Ok(())
         } else {
@@ -162,11 +152,15 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/readings", post(readings))
         .route("/fhir/Observation", post(fhir_observation))
         .route("/fhir", post(fhir_bundle))
-        .route("/v1/devices", post(register_device))
-        .route("/v1/devices/{id}", delete(revoke_device))
-        .route("/v1/patients/{id}/care-team", put(care_team))
-        .route("/v1/tokens", post(create_token))
-        .route("/v1/stats", get(stats))
+        .route("/v1/devices", post(admin::register_device))
+        .route("/v1/devices/{id}", delete(admin::revoke_device))
+        .route("/v1/patients/{id}/care-team", put(admin::care_team))
+        .route(
+            "/v1/tokens",
+            post(admin::create_token).get(admin::list_tokens),
+        )
+        .route("/v1/tokens/{id}", delete(admin::revoke_token))
+        .route("/v1/stats", get(admin::stats))
         .layer(DefaultBodyLimit::max(max))
         .with_state(state)
 }
@@ -337,125 +331,3 @@ async fn fhir_bundle(
     ))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewDevice {
-    device_id: String,
-    patient_id: String,
-    valid_from: Option<String>,
-}
-
-async fn register_device(
-    State(s): State<HttpState>,
-    caller: Caller,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    caller.require(&[Role::Admin])?;
-    let d: NewDevice = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
-    let from = match d.valid_from.as_deref() {
-        Some(t) => Some(
-            carewatch_transform::time::parse_str(
-                t,
-                "valid_from",
-                carewatch_transform::ZonePolicy::Reject,
-            )
-            .map_err(|r| ApiError::BadRequest(r.message))?
-            .utc_us,
-        ),
-        None => None,
-    };
-    let secret = s
-        .pipeline
-        .registry
-        .register_device(&d.device_id, &d.patient_id, from)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"device_id": d.device_id, "secret": secret})),
-    )
-        .into_response())
-}
-
-async fn revoke_device(
-    State(s): State<HttpState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    caller.require(&[Role::Admin])?;
-    match s.pipeline.registry.revoke_device(&id) {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
-        Ok(false) => Err(ApiError::NotFound),
-        Err(e) => Err(e.into()),
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CareTeam {
-    team: String,
-}
-
-async fn care_team(
-    State(s): State<HttpState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Result<StatusCode, ApiError> {
-    caller.require(&[Role::Admin])?;
-    let t: CareTeam = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
-    s.pipeline.registry.set_care_team(&id, &t.team)?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewToken {
-    role: String,
-    subject: Option<String>,
-}
-
-async fn create_token(
-    State(s): State<HttpState>,
-    caller: Caller,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    caller.require(&[Role::Admin])?;
-    let t: NewToken = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
-    let role = Role::parse(&t.role)
-        .ok_or_else(|| ApiError::BadRequest(format!("unknown role {:?}", t.role)))?;
-    if role == Role::Device {
-        return Err(ApiError::BadRequest(
-            "device credentials come from POST /v1/devices".into(),
-        ));
-    }
-    if role == Role::CareManager && t.subject.is_none() {
-        return Err(ApiError::BadRequest(
-            "a care_manager token needs a subject: the care team".into(),
-        ));
-    }
-    let token = s.pipeline.registry.create_token(role, t.subject)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"token": token, "role": role.as_str()})),
-    )
-        .into_response())
-}
-
-async fn stats(State(s): State<HttpState>, caller: Caller) -> Result<Response, ApiError> {
-    caller.require(&[Role::Admin])?;
-    let st = s.pipeline.store.stats();
-    Ok(Json(json!({
-        "rows_appended": st.rows_appended,
-        "dead_letters_appended": st.dead_appended,
-        "buffered_rows": st.buffered_rows,
-        "files": st.files,
-        "commits": st.commits,
-        "persists": st.persists,
-        "compactions": st.compactions,
-        "wal_replayed_frames": st.replayed_frames,
-    }))
-    .into_response())
-}

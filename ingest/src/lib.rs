@@ -12,6 +12,7 @@
 //! What it must not do: answer before data is durable, log payloads or patient ids above
 //! debug, or depend on `query`.
 
+pub mod admin;
 pub mod http;
 pub mod mqtt_client;
 pub mod mqtt_server;

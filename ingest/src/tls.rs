@@ -69,6 +69,8 @@ pub async fn accept(
     }
 }
 
+impl carewatch_auth::http::SocketListener for TlsListener {}
+
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
     type Addr = SocketAddr;

@@ -71,28 +71,11 @@ fn outcome(status: StatusCode, code: &str, msg: &str) -> Response {
     r
 }
 
-fn caller(s: &SqlState, headers: &HeaderMap) -> Result<Principal, Response> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let p = token
-        .and_then(|t| s.registry.authenticate(t.trim()))
-        .ok_or_else(|| {
-            outcome(
-                StatusCode::UNAUTHORIZED,
-                "login",
-                "missing or invalid bearer token",
-            )
-        })?;
-    if p.role == Role::Device {
-        return Err(outcome(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "devices cannot read",
-        ));
-    }
-    Ok(p)
+fn caller(auth: Result<carewatch_auth::Caller, carewatch_auth::AuthError>) -> Result<Principal, Response> {
+    let c = auth.map_err(|e| outcome(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED), "login", e.message()))?;
+    c.reader()
+        .cloned()
+        .map_err(|e| outcome(StatusCode::FORBIDDEN, "forbidden", e.message()))
 }
 
 /// Restricts a frame to what the caller may see.
@@ -100,12 +83,12 @@ fn scope(s: &SqlState, p: &Principal, df: DataFrame) -> Result<DataFrame, Respon
     match p.role {
         Role::Analyst | Role::Admin => Ok(df),
         Role::CareManager => {
-            let team = p.subject.clone().unwrap_or_default();
+            let team = carewatch_auth::team_of(p).unwrap_or_default();
             let patients: Vec<_> = s
                 .registry
                 .care_teams()
                 .into_iter()
-                .filter(|(_, t)| *t == team)
+                .filter(|(_, t)| !team.is_empty() && t == team)
                 .map(|(p, _)| lit(p))
                 .collect();
             if patients.is_empty() {
@@ -167,10 +150,10 @@ fn fhir_json(status: StatusCode, v: Value) -> Response {
 /// `GET /fhir/Observation/{id}`
 pub async fn read(
     State(s): State<SqlState>,
-    headers: HeaderMap,
+    auth: Result<carewatch_auth::Caller, carewatch_auth::AuthError>,
     Path(id): Path<String>,
 ) -> Response {
-    let p = match caller(&s, &headers) {
+    let p = match caller(auth) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -258,9 +241,10 @@ fn decode(s: &str) -> String {
 pub async fn search(
     State(s): State<SqlState>,
     headers: HeaderMap,
+    auth: Result<carewatch_auth::Caller, carewatch_auth::AuthError>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let p = match caller(&s, &headers) {
+    let p = match caller(auth) {
         Ok(p) => p,
         Err(r) => return r,
     };

@@ -69,6 +69,12 @@ struct Credential {
     principal: Principal,
     created_us: i64,
     revoked_us: Option<i64>,
+    /// When the credential stops working, if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_us: Option<i64>,
+    /// Last successful use, as of the last registry write (the live value is in memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_used_us: Option<i64>,
 }
 
 impl Credential {
@@ -77,8 +83,34 @@ impl Credential {
             principal,
             created_us: now_us(),
             revoked_us: None,
+            expires_us: None,
+            last_used_us: None,
         }
     }
+
+    /// Usable now: not revoked, not expired.
+    fn live(&self, now: i64) -> bool {
+        self.revoked_us.is_none() && self.expires_us.is_none_or(|e| now < e)
+    }
+}
+
+/// What an admin may see of a credential: never the secret or its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CredentialInfo {
+    /// The credential id (also the `principal.id` of its holder).
+    pub id: String,
+    /// Role.
+    pub role: Role,
+    /// Device id or care team.
+    pub subject: Option<String>,
+    /// Creation, UTC micros.
+    pub created_us: i64,
+    /// Expiry, UTC micros.
+    pub expires_us: Option<i64>,
+    /// Last successful authentication, UTC micros.
+    pub last_used_us: Option<i64>,
+    /// Revocation, UTC micros.
+    pub revoked_us: Option<i64>,
 }
 
 /// A device's assignment to a patient for a period.
@@ -112,6 +144,42 @@ struct Data {
     credentials: BTreeMap<String, Credential>,
     /// patient -> care team
     care_teams: BTreeMap<String, String>,
+    /// credential id -> token hash (derived, rebuilt on load)
+    #[serde(skip)]
+    by_id: std::collections::HashMap<String, String>,
+}
+
+impl Data {
+    fn parse(bytes: &[u8]) -> std::result::Result<Data, serde_json::Error> {
+        let mut d: Data = serde_json::from_slice(bytes)?;
+        d.by_id = d
+            .credentials
+            .iter()
+            .map(|(h, c)| (c.principal.id.clone(), h.clone()))
+            .collect();
+        Ok(d)
+    }
+
+    fn insert_credential(&mut self, hash: String, c: Credential) {
+        self.by_id.insert(c.principal.id.clone(), hash.clone());
+        self.credentials.insert(hash, c);
+    }
+
+    /// Whether the credential with this hash may be used now (for a device: the device is not
+    /// revoked and this is its current secret).
+    fn usable(&self, hash: &str, now: i64) -> Option<&Credential> {
+        let c = self.credentials.get(hash)?;
+        if !c.live(now) {
+            return None;
+        }
+        if c.principal.role == Role::Device {
+            let dev = self.devices.get(c.principal.subject.as_deref()?)?;
+            if dev.revoked_us.is_some() || dev.secret_hash != hash {
+                return None;
+            }
+        }
+        Some(c)
+    }
 }
 
 /// What the registry says about a device at a time.
@@ -135,6 +203,12 @@ pub struct Registry {
     /// Modification time of the file as last read or written, to pick up changes made by
     /// `carewatch token create` on the same data directory while the server runs.
     seen: std::sync::Mutex<Option<std::time::SystemTime>>,
+    /// credential id -> last successful use (UTC micros), kept in memory and folded into the
+    /// document on the next write.
+    last_used: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// Bumped on every change (own writes and reloads), for sessions that must end when their
+    /// credential does.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 fn mtime(path: &Path) -> Option<std::time::SystemTime> {
@@ -155,6 +229,26 @@ fn new_token() -> Result<String> {
     ))
 }
 
+/// Not a care team: the word used for patients without one.
+pub const UNASSIGNED: &str = "unassigned";
+
+/// A name that can be a care team.
+pub fn valid_team(team: &str) -> bool {
+    !team.trim().is_empty() && team != UNASSIGNED
+}
+
+fn info(c: &Credential, used: Option<i64>) -> CredentialInfo {
+    CredentialInfo {
+        id: c.principal.id.clone(),
+        role: c.principal.role,
+        subject: c.principal.subject.clone(),
+        created_us: c.created_us,
+        expires_us: c.expires_us,
+        last_used_us: used.or(c.last_used_us),
+        revoked_us: c.revoked_us,
+    }
+}
+
 fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
@@ -167,7 +261,7 @@ impl Registry {
         let path = dir.join("registry.json");
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let data: Data = serde_json::from_slice(&bytes)
+                let data: Data = Data::parse(&bytes)
                     .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
                 let seen = std::sync::Mutex::new(mtime(&path));
                 Ok((
@@ -175,6 +269,8 @@ impl Registry {
                         path,
                         data: RwLock::new(data),
                         seen,
+                        last_used: Default::default(),
+                        generation: tokio::sync::watch::Sender::new(0),
                     },
                     None,
                 ))
@@ -184,6 +280,8 @@ impl Registry {
                     path,
                     data: RwLock::new(Data::default()),
                     seen: std::sync::Mutex::new(None),
+                    last_used: Default::default(),
+                    generation: tokio::sync::watch::Sender::new(0),
                 };
                 let admin = r.create_token(Role::Admin, None)?;
                 Ok((r, Some(admin)))
@@ -196,7 +294,7 @@ impl Registry {
     pub fn open_read_only(dir: &Path) -> Result<Registry> {
         let path = dir.join("registry.json");
         let data: Data = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
+            Ok(bytes) => Data::parse(&bytes)
                 .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Data::default(),
             Err(e) => return Err(Error::Io(e.to_string())),
@@ -206,6 +304,8 @@ impl Registry {
             path,
             data: RwLock::new(data),
             seen,
+            last_used: Default::default(),
+            generation: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -220,6 +320,12 @@ impl Registry {
         Ok(())
     }
 
+    /// Re-reads the file if another process (`carewatch token revoke` on the same data
+    /// directory) changed it. `serve` calls this twice a second.
+    pub fn refresh(&self) {
+        self.reload_if_changed();
+    }
+
     /// Re-reads the file if another process changed it.
     fn reload_if_changed(&self) {
         let now = mtime(&self.path);
@@ -232,13 +338,14 @@ impl Registry {
         }
         if let Ok(data) = std::fs::read(&self.path)
             .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<Data>(&b).map_err(|e| e.to_string()))
+            .and_then(|b| Data::parse(&b).map_err(|e| e.to_string()))
         {
             *self
                 .data
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = data;
             *seen = now;
+            self.generation.send_modify(|g| *g += 1);
         }
     }
 
@@ -249,9 +356,26 @@ impl Registry {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut next = g.clone();
+        for (id, t) in self
+            .last_used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            if let Some(c) = next
+                .by_id
+                .get(id)
+                .cloned()
+                .and_then(|h| next.credentials.get_mut(&h))
+            {
+                c.last_used_us = Some(c.last_used_us.map_or(*t, |u| u.max(*t)));
+            }
+        }
         let out = f(&mut next)?;
         self.save(&next)?;
         *g = next;
+        drop(g);
+        self.generation.send_modify(|g| *g += 1);
         Ok(out)
     }
 
@@ -264,6 +388,23 @@ impl Registry {
 
     /// Creates a credential and returns the token (shown once).
     pub fn create_token(&self, role: Role, subject: Option<String>) -> Result<String> {
+        self.create_token_expiring(role, subject, None)
+            .map(|(token, _)| token)
+    }
+
+    /// Creates a credential that stops working at `expires_us` (if given); returns the token
+    /// (shown once) and what may be shown of it later.
+    pub fn create_token_expiring(
+        &self,
+        role: Role,
+        subject: Option<String>,
+        expires_us: Option<i64>,
+    ) -> Result<(String, CredentialInfo)> {
+        if role == Role::CareManager && subject.as_deref().is_none_or(|t| !valid_team(t)) {
+            return Err(Error::Config(format!(
+                "a care manager needs a care team (not empty, not `{UNASSIGNED}`)"
+            )));
+        }
         let token = new_token()?;
         let h = hash(&token);
         let principal = Principal {
@@ -271,11 +412,79 @@ impl Registry {
             role,
             subject,
         };
+        let mut c = Credential::new(principal);
+        c.expires_us = expires_us;
+        let info = info(&c, None);
         self.write(|d| {
-            d.credentials.insert(h, Credential::new(principal));
+            d.insert_credential(h, c);
             Ok(())
         })?;
-        Ok(token)
+        Ok((token, info))
+    }
+
+    /// Completes when the credential with this id stops being valid: revoked, expired,
+    /// removed, or (a device) re-assigned or revoked. Sessions and streams `select!` on it.
+    pub async fn until_invalid(&self, id: &str) {
+        let mut changes = self.generation.subscribe();
+        loop {
+            let expires = self.read(|d| {
+                d.by_id
+                    .get(id)
+                    .and_then(|h| d.credentials.get(h))
+                    .and_then(|c| c.expires_us)
+            });
+            if !self.still_valid(id) {
+                return;
+            }
+            let wait = expires.map_or(std::time::Duration::from_secs(3600), |e| {
+                std::time::Duration::from_micros(u64::try_from(e - now_us()).unwrap_or(0))
+            });
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Every credential, oldest first (never a secret).
+    pub fn tokens(&self) -> Vec<CredentialInfo> {
+        let used = self
+            .last_used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        self.reload_if_changed();
+        let mut out: Vec<CredentialInfo> = self.read(|d| {
+            d.credentials
+                .values()
+                .map(|c| info(c, used.get(&c.principal.id).copied()))
+                .collect()
+        });
+        out.sort_by(|a, b| (a.created_us, &a.id).cmp(&(b.created_us, &b.id)));
+        out
+    }
+
+    /// Revokes the credential with this id; `false` if there is none or it was revoked already.
+    pub fn revoke_token(&self, id: &str) -> Result<bool> {
+        self.write(|d| {
+            let Some(h) = d.by_id.get(id).cloned() else {
+                return Ok(false);
+            };
+            match d.credentials.get_mut(&h) {
+                Some(c) if c.revoked_us.is_none() => {
+                    c.revoked_us = Some(now_us());
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })
+    }
+
+    /// Whether the credential with this id may still be used (not revoked, not expired, and for
+    /// a device, still its current secret). Long-lived sessions poll this to close themselves.
+    pub fn still_valid(&self, id: &str) -> bool {
+        let now = now_us();
+        self.read(|d| d.by_id.get(id).is_some_and(|h| d.usable(h, now).is_some()))
     }
 
     /// The principal behind a bearer token, if valid and not revoked (and, for a device, the
@@ -285,19 +494,13 @@ impl Registry {
         if self.read(|d| !d.credentials.contains_key(&h)) {
             self.reload_if_changed();
         }
-        self.read(|d| {
-            let c = d.credentials.get(&h)?;
-            if c.revoked_us.is_some() {
-                return None;
-            }
-            if c.principal.role == Role::Device {
-                let dev = d.devices.get(c.principal.subject.as_deref()?)?;
-                if dev.revoked_us.is_some() || dev.secret_hash != h {
-                    return None;
-                }
-            }
-            Some(c.principal.clone())
-        })
+        let now = now_us();
+        let p = self.read(|d| d.usable(&h, now).map(|c| c.principal.clone()))?;
+        self.last_used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(p.id.clone(), now);
+        Some(p)
     }
 
     /// MQTT login: username = device id, password = secret.
@@ -359,7 +562,7 @@ impl Registry {
             if let Some(c) = d.credentials.get_mut(&old) {
                 c.revoked_us = Some(now_us());
             }
-            d.credentials.insert(h, Credential::new(principal));
+            d.insert_credential(h, Credential::new(principal));
             Ok(())
         })?;
         Ok(token)
@@ -398,6 +601,11 @@ impl Registry {
 
     /// Assigns a patient to a care team.
     pub fn set_care_team(&self, patient_id: &str, team: &str) -> Result<()> {
+        if !valid_team(team) {
+            return Err(Error::Config(format!(
+                "a care team must not be empty or `{UNASSIGNED}`"
+            )));
+        }
         self.write(|d| {
             d.care_teams.insert(patient_id.to_owned(), team.to_owned());
             Ok(())
@@ -478,5 +686,76 @@ mod tests {
             r.register_device("w2", "dave", Some(5)).is_err(),
             "cannot start before the current one"
         );
+    }
+
+    #[test]
+    fn credentials_expire_revoke_and_list_without_secrets() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (r, admin) = Registry::open(dir.path()).expect("open");
+        let admin = admin.expect("admin");
+        let (analyst, info) = r
+            .create_token_expiring(Role::Analyst, None, None)
+            .expect("analyst");
+        let past = now_us() - 1;
+        let (expired, _) = r
+            .create_token_expiring(Role::Analyst, None, Some(past))
+            .expect("expired");
+        assert!(r.authenticate(&expired).is_none(), "expired is refused");
+        let p = r.authenticate(&analyst).expect("analyst works");
+        assert_eq!(p.id, info.id);
+        assert!(r.still_valid(&info.id));
+        let listed = r.tokens();
+        assert_eq!(listed.len(), 3);
+        let me = listed.iter().find(|t| t.id == info.id).expect("listed");
+        assert!(me.last_used_us.is_some(), "last use recorded");
+        let json = serde_json::to_string(&listed).expect("json");
+        assert!(!json.contains(&analyst[3..]) && !json.contains(&hash(&analyst)));
+        assert!(r.revoke_token(&info.id).expect("revoke"));
+        assert!(!r.revoke_token(&info.id).expect("again"), "already revoked");
+        assert!(!r.revoke_token("nope").expect("unknown"));
+        assert!(r.authenticate(&analyst).is_none());
+        assert!(!r.still_valid(&info.id));
+        // Survives a reopen, with the last use folded in by the write.
+        drop(r);
+        let (r, _) = Registry::open(dir.path()).expect("reopen");
+        assert!(r.authenticate(&analyst).is_none());
+        assert!(r.authenticate(&admin).is_some());
+        let me = r
+            .tokens()
+            .into_iter()
+            .find(|t| t.id == info.id)
+            .expect("listed");
+        assert!(me.revoked_us.is_some() && me.last_used_us.is_some());
+    }
+
+    #[test]
+    fn unassigned_is_not_a_team() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (r, _) = Registry::open(dir.path()).expect("open");
+        assert!(r.set_care_team("alice", UNASSIGNED).is_err());
+        assert!(r.set_care_team("alice", " ").is_err());
+        assert!(
+            r.create_token_expiring(Role::CareManager, Some(UNASSIGNED.into()), None)
+                .is_err()
+        );
+        assert!(r.create_token(Role::CareManager, None).is_err());
+        assert!(
+            r.create_token(Role::CareManager, Some("team-a".into()))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_device_credential_stops_when_the_device_is_reassigned_or_revoked() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (r, _) = Registry::open(dir.path()).expect("open");
+        let s1 = r.register_device("w1", "alice", Some(1)).expect("register");
+        let id1 = r.authenticate(&s1).expect("device").id;
+        assert!(r.still_valid(&id1));
+        let s2 = r.register_device("w1", "bob", Some(5)).expect("reassign");
+        assert!(!r.still_valid(&id1), "old secret's sessions must close");
+        let id2 = r.authenticate(&s2).expect("device").id;
+        assert!(r.revoke_device("w1").expect("revoke"));
+        assert!(!r.still_valid(&id2));
     }
 }

@@ -21,7 +21,7 @@ use arrow_array::{Array, Float64Array, Int64Array, StringArray, TimestampMicrose
 use arrow_schema::{DataType, TimeUnit};
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use carewatch_alert::AlertEngine;
 use carewatch_alert::history::Status;
 use carewatch_query::QueryEngine;
+use carewatch_auth::{AuthError, Caller};
 use carewatch_store::registry::{Principal, Registry, Role};
 use carewatch_store::{AppendSummary, Store};
 use carewatch_transform::catalogue;
@@ -55,6 +56,8 @@ pub struct WebState {
     pub updates: tokio::sync::broadcast::Sender<Arc<AppendSummary>>,
     /// Webhook counters (metrics).
     pub webhooks: Arc<carewatch_alert::notify::Counters>,
+    /// `/metrics` needs an admin or analyst credential (config `[auth] metrics_require_token`).
+    pub metrics_require_token: bool,
 }
 
 impl std::fmt::Debug for WebState {
@@ -112,6 +115,7 @@ impl WebState {
             latest,
             updates,
             webhooks,
+            metrics_require_token: false,
         }
     }
 }
@@ -152,8 +156,8 @@ async fn style() -> Response {
 
 use carewatch_alert::http::error;
 
-fn caller(s: &WebState, headers: &HeaderMap) -> Result<Principal, Response> {
-    carewatch_alert::http::reader(&s.registry, headers)
+fn caller(auth: Result<Caller, AuthError>) -> Result<Principal, Response> {
+    carewatch_alert::http::reader(auth)
 }
 
 /// The patients a caller may see: a care manager's team; everyone for admins and analysts.
@@ -162,7 +166,7 @@ fn visible_patients(s: &WebState, who: &Principal) -> BTreeSet<String> {
     match who.role {
         Role::CareManager => teams
             .into_iter()
-            .filter(|(_, t)| Some(t) == who.subject.as_ref())
+            .filter(|(_, t)| Some(t.as_str()) == carewatch_auth::team_of(who))
             .map(|(p, _)| p)
             .collect(),
         _ => {
@@ -177,19 +181,15 @@ fn visible_patients(s: &WebState, who: &Principal) -> BTreeSet<String> {
 }
 
 fn may_see(s: &WebState, who: &Principal, patient: &str) -> bool {
-    match who.role {
-        Role::CareManager => who.subject.is_some() && s.registry.care_team(patient) == who.subject,
-        Role::Admin | Role::Analyst => true,
-        Role::Device => false,
-    }
+    carewatch_auth::may_see_patient(&s.registry, who, patient)
 }
 
 fn iso(us: i64) -> String {
     carewatch_alert::iso(us)
 }
 
-async fn patients(State(s): State<WebState>, headers: HeaderMap) -> Response {
-    let who = match caller(&s, &headers) {
+async fn patients(State(s): State<WebState>, auth: Result<Caller, AuthError>) -> Response {
+    let who = match caller(auth) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -262,11 +262,11 @@ fn parse_bucket(s: &str) -> Option<i64> {
 
 async fn vitals(
     State(s): State<WebState>,
-    headers: HeaderMap,
+    auth: Result<Caller, AuthError>,
     Path(id): Path<String>,
     Query(q): Query<VitalsQuery>,
 ) -> Response {
-    let who = match caller(&s, &headers) {
+    let who = match caller(auth) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -416,10 +416,14 @@ async fn vitals(
     .into_response()
 }
 
-async fn stream(State(s): State<WebState>, headers: HeaderMap) -> Response {
-    let who = match caller(&s, &headers) {
-        Ok(p) => p,
-        Err(r) => return r,
+async fn stream(State(s): State<WebState>, auth: Result<Caller, AuthError>) -> Response {
+    let c = match auth {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let who = match c.reader() {
+        Ok(p) => p.clone(),
+        Err(e) => return e.into_response(),
     };
     let alerts = carewatch_alert::http::alert_events(&s.alerts, who.clone());
     let vitals = carewatch_alert::http::broadcast_stream(s.updates.subscribe()).filter_map(
@@ -445,7 +449,7 @@ async fn stream(State(s): State<WebState>, headers: HeaderMap) -> Response {
             }
         },
     );
-    Sse::new(futures::stream::select(vitals, alerts))
+    Sse::new(c.bound(futures::stream::select(vitals, alerts)))
         .keep_alive(KeepAlive::default())
         .into_response()
 }

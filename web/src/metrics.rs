@@ -62,7 +62,22 @@ impl Out {
 }
 
 /// `GET /metrics`.
-pub async fn metrics(State(s): State<WebState>) -> Response {
+pub async fn metrics(
+    State(s): State<WebState>,
+    auth: Result<carewatch_auth::Caller, carewatch_auth::AuthError>,
+) -> Response {
+    if s.metrics_require_token {
+        let allowed = auth.and_then(|c| {
+            c.require(
+                &[Role::Admin, Role::Analyst],
+                "metrics need an admin or analyst credential",
+            )
+            .map(|_| ())
+        });
+        if let Err(e) = allowed {
+            return e.into_response();
+        }
+    }
     let st = s.store.stats();
     let mut o = Out(String::with_capacity(8192));
     o.family(

@@ -1,0 +1,210 @@
+//! The registry API (admin only): devices, care teams, credentials with a lifecycle, stats.
+//!
+//! `GET /v1/tokens` lists credentials (id, role, subject, created, expires, last used, revoked)
+//! and never a secret; `DELETE /v1/tokens/{id}` revokes one, which every wire refuses from then
+//! on and every open session of it (SSE, Postgres, MQTT) closes.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use carewatch_store::registry::{CredentialInfo, Role};
+
+use crate::http::{ApiError, Caller, HttpState};
+
+fn iso(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn parse_time(t: &str, field: &str) -> Result<i64, ApiError> {
+    carewatch_transform::time::parse_str(t, field, carewatch_transform::ZonePolicy::Reject)
+        .map(|t| t.utc_us)
+        .map_err(|r| ApiError::BadRequest(r.message))
+}
+
+fn body<T: serde::de::DeserializeOwned>(b: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(b).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDevice {
+    device_id: String,
+    patient_id: String,
+    valid_from: Option<String>,
+}
+
+pub(crate) async fn register_device(
+    State(s): State<HttpState>,
+    caller: Caller,
+    b: Bytes,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let d: NewDevice = body(&b)?;
+    let from = d
+        .valid_from
+        .as_deref()
+        .map(|t| parse_time(t, "valid_from"))
+        .transpose()?;
+    let secret = s
+        .pipeline
+        .registry
+        .register_device(&d.device_id, &d.patient_id, from)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"device_id": d.device_id, "secret": secret})),
+    )
+        .into_response())
+}
+
+pub(crate) async fn revoke_device(
+    State(s): State<HttpState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(&[Role::Admin])?;
+    match s.pipeline.registry.revoke_device(&id) {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::NotFound),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CareTeam {
+    team: String,
+}
+
+pub(crate) async fn care_team(
+    State(s): State<HttpState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> Result<StatusCode, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let t: CareTeam = body(&b)?;
+    s.pipeline.registry.set_care_team(&id, &t.team)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    role: String,
+    subject: Option<String>,
+    /// Lifetime in seconds from now.
+    expires_in_secs: Option<u64>,
+    /// Or an absolute expiry (RFC 3339 with offset).
+    expires: Option<String>,
+}
+
+/// The JSON shape of a credential in the API (never the secret).
+pub fn token_json(t: &CredentialInfo) -> Value {
+    json!({
+        "id": t.id,
+        "role": t.role.as_str(),
+        "subject": t.subject,
+        "created": iso(t.created_us),
+        "expires": t.expires_us.map(iso),
+        "last_used": t.last_used_us.map(iso),
+        "revoked": t.revoked_us.map(iso),
+    })
+}
+
+fn expiry(t: &NewToken) -> Result<Option<i64>, ApiError> {
+    match (t.expires_in_secs, t.expires.as_deref()) {
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(
+            "give expires_in_secs or expires, not both".into(),
+        )),
+        (Some(secs), None) => {
+            let secs = i64::try_from(secs)
+                .ok()
+                .filter(|s| *s > 0 && *s < 100 * 366 * 86_400)
+                .ok_or_else(|| ApiError::BadRequest("expires_in_secs out of range".into()))?;
+            Ok(Some(
+                chrono::Utc::now().timestamp_micros() + secs * 1_000_000,
+            ))
+        }
+        (None, Some(t)) => parse_time(t, "expires").map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+pub(crate) async fn create_token(
+    State(s): State<HttpState>,
+    caller: Caller,
+    b: Bytes,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let t: NewToken = body(&b)?;
+    let role = Role::parse(&t.role)
+        .ok_or_else(|| ApiError::BadRequest(format!("unknown role {:?}", t.role)))?;
+    if role == Role::Device {
+        return Err(ApiError::BadRequest(
+            "device credentials come from POST /v1/devices".into(),
+        ));
+    }
+    let expires = expiry(&t)?;
+    let (token, info) = s
+        .pipeline
+        .registry
+        .create_token_expiring(role, t.subject, expires)?;
+    let mut out = token_json(&info);
+    out["token"] = Value::String(token);
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+pub(crate) async fn list_tokens(
+    State(s): State<HttpState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let all: Vec<Value> = s
+        .pipeline
+        .registry
+        .tokens()
+        .iter()
+        .map(token_json)
+        .collect();
+    Ok(Json(json!({"tokens": all})).into_response())
+}
+
+pub(crate) async fn revoke_token(
+    State(s): State<HttpState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(&[Role::Admin])?;
+    match s.pipeline.registry.revoke_token(&id) {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::NotFound),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) async fn stats(
+    State(s): State<HttpState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let st = s.pipeline.store.stats();
+    Ok(Json(json!({
+        "rows_appended": st.rows_appended,
+        "dead_letters_appended": st.dead_appended,
+        "buffered_rows": st.buffered_rows,
+        "files": st.files,
+        "commits": st.commits,
+        "persists": st.persists,
+        "compactions": st.compactions,
+        "wal_replayed_frames": st.replayed_frames,
+    }))
+    .into_response())
+}
