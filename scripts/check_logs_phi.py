@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """No patient id, device id or token in the logs at INFO or above (issue #11).
 
-Usage: check_logs_phi.py [DIR]        (default: target/test-logs)
+Usage: check_logs_phi.py [--min-level LEVEL] [DIR]   (default: INFO, target/test-logs)
        check_logs_phi.py --self-test  (proves the check can fail, and does not cry wolf)
 
 The end-to-end test harness (tests/common/mod.rs) saves the stdout+stderr of every carewatch
 process it starts as DIR/<test>.<n>-<what>.log, and writes every patient id, device id and token it
 creates or uses to DIR/<test>.ids (`kind<TAB>value` lines). This script reads all of them and fails,
 listing file:line, when a log record at INFO, WARN or ERROR contains any recorded id or token.
-DEBUG and TRACE records are allowed to carry ids (they are off in production).
+DEBUG and TRACE records are allowed to carry ids (they are off in production). `--min-level DEBUG`
+over logs of a run with CAREWATCH_TEST_LOG=debug shows the check finding real ids in real records.
 
 Records: tracing's text format (`<timestamp>  INFO target: message k=v`) or its JSON format (one
 object a line with a "level" key), on stderr. A line that is not a record start continues the
@@ -79,7 +80,7 @@ def record_level(line: str):
     return None
 
 
-def check(d: Path):
+def check(d: Path, checked=CHECKED):
     """Findings (file:line messages) for the logs in d, how many logs, ids and records were
     checked, and the console (stdout) lines that carry an id or token."""
     ids = load_ids(d)
@@ -101,7 +102,7 @@ def check(d: Path):
                     records += 1
                 else:
                     text = line
-                if level not in CHECKED or rx is None:
+                if level not in checked or rx is None:
                     continue
                 hits = sorted({m.group(0) for m in rx.finditer(text)})
                 if hits:
@@ -111,11 +112,15 @@ def check(d: Path):
 
 
 def main(argv):
+    checked = CHECKED
+    if argv[:1] == ["--min-level"] and len(argv) > 1 and argv[1].upper() in LEVELS:
+        checked = set(LEVELS[LEVELS.index(argv[1].upper()):])
+        argv = argv[2:]
     d = Path(argv[0]) if argv else Path("target/test-logs")
     if not d.is_dir():
         print(f"check_logs_phi: {d} does not exist (did the end-to-end tests run?)")
         return 1
-    findings, nlogs, nids, records, console = check(d)
+    findings, nlogs, nids, records, console = check(d, checked)
     for v, k in sorted(load_ids(d).items()):
         if len(v) < 2:
             print(f"check_logs_phi: skipping the one-character {k} id {v!r} (matches words)")
@@ -128,7 +133,7 @@ def main(argv):
         print(f"check_logs_phi: note: {len(console)} console (stdout, no level) lines carry an id or "
               f"token, e.g. {console[0]}")
     print(f"check_logs_phi: {nlogs} logs ({records} records), {nids} ids and tokens: "
-          f"{len(findings)} lines at INFO or above leak one")
+          f"{len(findings)} lines at {min(checked, key=LEVELS.index)} or above leak one")
     return 1 if findings else 0
 
 
@@ -178,6 +183,12 @@ def self_test():
                 print(f"SURPRISE: {name}: reported lines {got} (want {want}), exit {rc}")
                 for x in findings:
                     print("   ", x)
+        lowered = [sys.executable, __file__, "--min-level", "debug", str(base / "debug_and_trace_may")]
+        if subprocess.run(lowered, capture_output=True).returncode == 1:
+            print("ok: with --min-level debug the DEBUG record fails")
+        else:
+            failed += 1
+            print("SURPRISE: --min-level debug passed a DEBUG record with ids")
         empty = base / "empty"
         empty.mkdir()
         if subprocess.run([sys.executable, __file__, str(empty)], capture_output=True).returncode == 1:
@@ -185,7 +196,7 @@ def self_test():
         else:
             failed += 1
             print("SURPRISE: an empty log directory passed")
-    print(f"check_logs_phi self-test: {len(CASES) + 1 - failed} passed, {failed} failed")
+    print(f"check_logs_phi self-test: {len(CASES) + 2 - failed} passed, {failed} failed")
     return 1 if failed else 0
 
 

@@ -50,7 +50,11 @@ impl Server {
         args.extend_from_slice(extra);
         let mut child = Command::new(BIN)
             .args(&args)
-            .env("CAREWATCH_LOG", "info")
+            // As deployed; `CAREWATCH_TEST_LOG=debug` to see (and check) more.
+            .env(
+                "CAREWATCH_LOG",
+                std::env::var("CAREWATCH_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err))
             .spawn()
