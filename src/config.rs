@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub assume_tz: Option<String>,
     /// Largest payload accepted, bytes.
     pub max_payload_bytes: Option<usize>,
+    /// Readings dated more than this after arrival are rejected (`future_time`): "5m", "90s".
+    pub max_future_skew: Option<String>,
     /// PEM certificate chain: serve HTTP and the embedded MQTT listener over TLS.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
@@ -167,6 +169,7 @@ pub struct ServeConfig {
     pub mqtt_url: Option<String>,
     pub assume_tz: Option<String>,
     pub max_payload_bytes: usize,
+    pub max_future_skew_us: i64,
     pub device_mapping: Option<PathBuf>,
     pub fhir_mapping: Option<PathBuf>,
     pub tables_url: Option<String>,
@@ -197,6 +200,7 @@ pub struct Overrides {
     pub mqtt_url: Option<String>,
     pub pg_addr: Option<String>,
     pub assume_tz: Option<String>,
+    pub max_future_skew: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub rules_dir: Option<PathBuf>,
@@ -251,6 +255,18 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
     if let Some(z) = &assume_tz {
         carewatch_transform::ZonePolicy::parse(z).map_err(anyhow::Error::msg)?;
     }
+    let max_future_skew_us = match o.max_future_skew.or(file.max_future_skew) {
+        None => carewatch_ingest::pipeline::DEFAULT_MAX_FUTURE_SKEW_US,
+        Some(s) => crate::parse_duration(&s)
+            .ok()
+            .filter(|secs| (0..=366 * 86_400).contains(secs))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "max_future_skew {s:?}: use seconds or 90s, 5m, 1h (at most a year)"
+                )
+            })?
+            .saturating_mul(1_000_000),
+    };
     let max_payload_bytes = file.max_payload_bytes.unwrap_or(4 << 20);
     if max_payload_bytes < 1024 {
         bail!("max_payload_bytes must be at least 1024");
@@ -344,6 +360,7 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         mqtt_url,
         assume_tz,
         max_payload_bytes,
+        max_future_skew_us,
         device_mapping: file.templates.device_mapping,
         fhir_mapping: file.templates.fhir_mapping,
         tables_url: file.store.tables_url,

@@ -100,6 +100,10 @@ struct ServeArgs {
     /// How to read device times without an offset (UTC, +HH:MM, IANA zone). Default: reject.
     #[arg(long, env = "CAREWATCH_ASSUME_TZ")]
     assume_tz: Option<String>,
+    /// Readings dated more than this after their arrival are rejected as `future_time`
+    /// (seconds, or 90s, 5m, 1h). Default 5m.
+    #[arg(long, env = "CAREWATCH_MAX_FUTURE_SKEW")]
+    max_future_skew: Option<String>,
     /// PEM certificate chain: serve HTTP and MQTT over TLS.
     #[arg(long, env = "CAREWATCH_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -210,7 +214,9 @@ struct SimulateArgs {
     /// Simulated duration: seconds, or with a unit (90s, 15m, 2h, 1d).
     #[arg(long, default_value = "10m")]
     duration: String,
-    /// Simulated start (RFC 3339). Default: now.
+    /// Simulated start (RFC 3339). Default: now in real time; with --fast or --speed above 1,
+    /// `now - duration`, so the simulated readings end now (readings dated more than
+    /// --max-future-skew ahead are rejected as `future_time`).
     #[arg(long)]
     start: Option<String>,
     /// Simulated seconds per wall-clock second (1 = real time).
@@ -309,6 +315,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 mqtt_url: a.mqtt_url,
                 pg_addr: a.pg_addr,
                 assume_tz: a.assume_tz,
+                max_future_skew: a.max_future_skew,
                 tls_cert: a.tls_cert,
                 tls_key: a.tls_key,
                 rules_dir: a.rules_dir,
@@ -340,6 +347,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(t) => chrono::DateTime::parse_from_rfc3339(t)
                     .with_context(|| format!("--start {t:?} is not RFC 3339"))?
                     .timestamp_millis(),
+                None if a.fast || a.speed > 1.0 => {
+                    chrono::Utc::now().timestamp_millis() - duration_s * 1000
+                }
                 None => chrono::Utc::now().timestamp_millis(),
             };
             let episodes = a
@@ -631,6 +641,7 @@ fn replay(a: ReplayArgs) -> Result<ExitCode> {
             templates: Default::default(),
             tz,
             max_bytes: 256 << 20,
+            max_future_skew_us: carewatch_ingest::pipeline::DEFAULT_MAX_FUTURE_SKEW_US,
         };
         let total = replay_files(
             carewatch_ingest::replay::Sink::Local(&pipeline),

@@ -92,12 +92,17 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         templates: templates.clone(),
         tz,
         max_bytes: c.max_payload_bytes,
+        max_future_skew_us: c.max_future_skew_us,
     });
     let shutdown = CancellationToken::new();
     // One credential check for every wire; credentials revoked by `carewatch token revoke` on
     // the data directory while we run are picked up by re-reading the registry twice a second.
-    let auth = carewatch_auth::Authenticator::with_limits(pipeline.registry.clone(), c.login_limits);
-    tokio::spawn(refresh_registry(pipeline.registry.clone(), shutdown.clone()));
+    let auth =
+        carewatch_auth::Authenticator::with_limits(pipeline.registry.clone(), c.login_limits);
+    tokio::spawn(refresh_registry(
+        pipeline.registry.clone(),
+        shutdown.clone(),
+    ));
     if let Some(dm) = c.device_mapping.clone() {
         tokio::spawn(carewatch_ingest::pipeline::watch_templates(
             templates,

@@ -41,6 +41,7 @@ async fn pipeline(dir: &std::path::Path, devices: usize) -> (Arc<Pipeline>, Vec<
         templates: TemplateSlot::default(),
         tz: ZonePolicy::Reject,
         max_bytes: 8 << 20,
+        max_future_skew_us: carewatch_ingest::pipeline::DEFAULT_MAX_FUTURE_SKEW_US,
     });
     (p, secrets)
 }

@@ -119,7 +119,12 @@ pub struct Pipeline {
     pub tz: ZonePolicy,
     /// Largest payload accepted.
     pub max_bytes: usize,
+    /// Readings dated more than this after their arrival are rejected (`future_time`).
+    pub max_future_skew_us: i64,
 }
+
+/// The default `--max-future-skew`: 5 minutes.
+pub const DEFAULT_MAX_FUTURE_SKEW_US: i64 = 5 * 60 * 1_000_000;
 
 fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
@@ -147,7 +152,18 @@ impl Pipeline {
         let format = out.formats.first().copied().unwrap_or(Format::Carewatch);
         let mut rejected = out.rejections;
         let mut rows = Vec::with_capacity(out.readings.len());
+        let latest_us = received_us.saturating_add(self.max_future_skew_us);
         for mut r in out.readings {
+            if r.effective_us > latest_us {
+                rejected.push(
+                    Rejection::new(
+                        Reason::FutureTime,
+                        "the reading is dated later than its arrival plus the allowed clock skew (--max-future-skew)",
+                    )
+                    .with_device(Some(&r.device_id)),
+                );
+                continue;
+            }
             let verdict = match self.registry.attribute(&r.device_id, r.effective_us) {
                 Attribution::Patient(p) => match &r.patient_id {
                     Some(claimed) if *claimed != p => Err(Rejection::new(

@@ -477,6 +477,7 @@ async fn every_malformed_payload_gets_its_reason_and_a_dead_letter() {
         templates: Default::default(),
         tz: ZonePolicy::Reject,
         max_bytes: 1 << 20,
+        max_future_skew_us: carewatch_ingest::pipeline::DEFAULT_MAX_FUTURE_SKEW_US,
     };
     let origin = Origin {
         source: Some(Source::Http),
@@ -549,4 +550,49 @@ async fn every_malformed_payload_gets_its_reason_and_a_dead_letter() {
         cases.len() + 3,
         "one dead letter per bad payload"
     );
+}
+
+/// A reading dated 2199 was accepted and shown as the patient's latest heart rate forever
+/// (issue #12). Against the previous code the 2199 reading is stored: `accepted == 2`.
+#[tokio::test]
+async fn readings_from_the_future_are_rejected_beside_good_ones() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = Config::new(dir.path());
+    cfg.tick = Duration::from_secs(3600);
+    let store = Store::open(cfg).await.expect("store");
+    let (registry, _) = Registry::open(dir.path()).expect("registry");
+    registry
+        .register_device("w1", "alice", Some(0))
+        .expect("device");
+    let p = Pipeline {
+        store: store.clone(),
+        registry: Arc::new(registry),
+        templates: Default::default(),
+        tz: ZonePolicy::Reject,
+        max_bytes: 1 << 20,
+        max_future_skew_us: carewatch_ingest::pipeline::DEFAULT_MAX_FUTURE_SKEW_US,
+    };
+    let origin = Origin {
+        source: Some(Source::Http),
+        device: Some("w1".into()),
+        format: None,
+    };
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let body = format!(
+        r#"[{{"time":"2199-01-01T00:00:00Z","heart_rate":70}},
+            {{"time":{},"heart_rate":71}},
+            {{"time":{},"heart_rate":72}},
+            {{"time":{},"heart_rate":73}}]"#,
+        now_ms - 60_000,
+        now_ms + 60_000,
+        now_ms + 6 * 60_000
+    );
+    let got = p.ingest(body.as_bytes(), &origin).await.expect("durable");
+    let reasons: Vec<&str> = got.rejected.iter().map(|r| r.reason.code()).collect();
+    assert_eq!(reasons, vec!["future_time", "future_time"]);
+    assert_eq!(got.accepted, 2, "a minute ahead is within the default skew");
+    let dead = store.read_all(Table::DeadLetters).await.expect("read");
+    assert_eq!(dead.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    let obs = store.read_all(Table::Observations).await.expect("read");
+    assert_eq!(obs.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
 }

@@ -57,11 +57,13 @@ pub enum Reason {
     WrongTopic,
     /// The credential may not write readings (wrong role or bad secret).
     Unauthorized,
+    /// The reading is dated further after its arrival than `--max-future-skew` allows.
+    FutureTime,
 }
 
 impl Reason {
     /// All reasons, for metrics pre-registration and docs.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::InvalidUtf8,
         Reason::InvalidJson,
         Reason::TooDeep,
@@ -86,6 +88,7 @@ impl Reason {
         Reason::PatientMismatch,
         Reason::WrongTopic,
         Reason::Unauthorized,
+        Reason::FutureTime,
     ];
 
     /// The stable code stored and returned for this reason.
@@ -115,6 +118,7 @@ impl Reason {
             Reason::PatientMismatch => "patient_mismatch",
             Reason::WrongTopic => "wrong_topic",
             Reason::Unauthorized => "unauthorized",
+            Reason::FutureTime => "future_time",
         }
     }
 
