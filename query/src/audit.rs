@@ -1,5 +1,6 @@
 //! The access audit trail (HIPAA): every SQL query (HTTP and Postgres wire) and every FHIR
-//! read records who, when, through which channel, what statement or search, and how many rows.
+//! read records who, when, through which channel, what statement or search, which tables the
+//! statement's plan read (`tables`, comma-separated in the table), and how many rows.
 //!
 //! Append-only JSON lines in `audit.jsonl` in the data directory, each line synced to disk
 //! before the answer leaves. Readable as the `audit_log` table — by admins only.
@@ -51,12 +52,26 @@ impl AuditLog {
         rows: Option<u64>,
         outcome: &str,
     ) {
+        self.record_tables(who, channel, what, rows, &[], outcome);
+    }
+
+    /// Records one access with the tables the statement's plan read.
+    pub fn record_tables(
+        &self,
+        who: &Principal,
+        channel: &str,
+        what: &str,
+        rows: Option<u64>,
+        tables: &[String],
+        outcome: &str,
+    ) {
         let line = json!({
             "time_us": chrono::Utc::now().timestamp_micros(),
             "principal": who.id,
             "role": who.role.as_str(),
             "channel": channel,
             "statement": what,
+            "tables": tables,
             "rows": rows,
             "outcome": outcome,
         });
@@ -75,7 +90,8 @@ impl AuditLog {
     fn batch(&self, schema: &SchemaRef) -> datafusion::error::Result<RecordBatch> {
         let text = std::fs::read_to_string(&self.path).unwrap_or_default();
         let mut t = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-        let (mut p, mut r, mut c, mut s, mut o) = (
+        let (mut p, mut r, mut c, mut s, mut o, mut tb) = (
+            StringBuilder::new(),
             StringBuilder::new(),
             StringBuilder::new(),
             StringBuilder::new(),
@@ -92,6 +108,11 @@ impl AuditLog {
             r.append_value(v["role"].as_str().unwrap_or(""));
             c.append_value(v["channel"].as_str().unwrap_or(""));
             s.append_value(v["statement"].as_str().unwrap_or(""));
+            let names: Vec<&str> = v["tables"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            tb.append_value(names.join(","));
             n.append_option(v["rows"].as_u64());
             o.append_value(v["outcome"].as_str().unwrap_or(""));
         }
@@ -101,6 +122,7 @@ impl AuditLog {
             Arc::new(r.finish()),
             Arc::new(c.finish()),
             Arc::new(s.finish()),
+            Arc::new(tb.finish()),
             Arc::new(n.finish()),
             Arc::new(o.finish()),
         ];
@@ -128,6 +150,7 @@ impl AuditTable {
             Field::new("role", DataType::Utf8, false),
             Field::new("channel", DataType::Utf8, false),
             Field::new("statement", DataType::Utf8, false),
+            Field::new("tables", DataType::Utf8, false),
             Field::new("rows", DataType::UInt64, true),
             Field::new("outcome", DataType::Utf8, false),
         ]));
@@ -141,20 +164,5 @@ impl crate::table::BatchSource for AuditTable {
     }
     fn batch(&self) -> datafusion::error::Result<RecordBatch> {
         self.log.batch(&self.schema)
-    }
-}
-
-/// True when a SQL text refers to the audit log (checked on the parsed statement's table
-/// references, falling back to a conservative text match when it does not parse).
-pub fn mentions_audit(ctx: &datafusion::prelude::SessionContext, sql: &str) -> bool {
-    let state = ctx.state();
-    match state.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL) {
-        Ok(stmt) => match state.resolve_table_references(&stmt) {
-            Ok(refs) => refs
-                .iter()
-                .any(|r| r.table().eq_ignore_ascii_case("audit_log")),
-            Err(_) => sql.to_ascii_lowercase().contains("audit_log"),
-        },
-        Err(_) => sql.to_ascii_lowercase().contains("audit_log"),
     }
 }

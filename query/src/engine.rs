@@ -1,54 +1,79 @@
-//! The read-only SQL session.
+//! The read-only SQL engine: the immutable base session, per-query limits, and errors that
+//! carry no data values. Every statement goes through [`crate::gate`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
 use datafusion::error::DataFusionError;
-use datafusion::execution::SendableRecordBatchStream;
-use datafusion::execution::memory_pool::GreedyMemoryPool;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
+use tokio::sync::Semaphore;
 
 use carewatch_store::registry::Registry;
 use carewatch_store::{Store, Table};
 
+use crate::gate::{Caller, Settings};
 use crate::table::{ComputedTable, RegistryKind, RegistryTable, StoreTable, TABLES_URL};
 
-/// Per-query limits.
+/// Per-query limits, the same on every wire.
 #[derive(Debug, Clone, Copy)]
 pub struct QueryLimits {
-    /// Wall-clock limit for one query.
+    /// Wall-clock limit for one query: planning and streaming its answer.
     pub timeout: Duration,
-    /// Memory for one query's operators (sorts, joins, aggregates), bytes.
+    /// Memory for one query's operators (sorts, joins, aggregates), bytes; each query has its
+    /// own pool.
     pub memory_bytes: usize,
+    /// Largest answer, rows; a query that would return more fails with `TooManyRows`.
+    pub max_rows: u64,
+    /// Queries an analyst credential class may run at once (all analysts together).
+    pub analyst_concurrency: usize,
+    /// Queries admins may run at once.
+    pub admin_concurrency: usize,
+    /// Queries carewatch itself (dashboard) may run at once.
+    pub internal_concurrency: usize,
 }
 
 impl Default for QueryLimits {
     fn default() -> Self {
         QueryLimits {
             timeout: Duration::from_secs(60),
-            memory_bytes: 2 << 30,
+            memory_bytes: 1 << 30,
+            max_rows: 1_000_000,
+            analyst_concurrency: 4,
+            admin_concurrency: 2,
+            internal_concurrency: 8,
         }
     }
 }
 
-/// Query errors, in words safe to show a user (no paths, no internals).
-#[derive(Debug, thiserror::Error)]
+/// Query errors, in words safe to show a user: no data values, no paths, no internals.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueryError {
     /// The statement kind is not allowed (DDL, DML, COPY, SET…).
     #[error("only read-only queries are allowed: {0}")]
     NotAllowed(String),
+    /// The caller's role may not read a table the query reads.
+    #[error("permission denied for table {0}")]
+    Forbidden(String),
     /// Parse or planning error (bad SQL, unknown table or column).
     #[error("{0}")]
     Invalid(String),
     /// The query ran past its time limit.
     #[error("query cancelled after {0:?} (time limit)")]
     Timeout(Duration),
+    /// The query was cancelled by its client.
+    #[error("query cancelled on request")]
+    Cancelled,
     /// The query needed more memory than allowed.
     #[error("query cancelled: it needs more memory than the per-query limit")]
     Memory,
+    /// Too many queries of this kind run at once.
+    #[error("too many concurrent queries; retry shortly")]
+    Busy,
+    /// The answer has more rows than allowed.
+    #[error("the answer has more than {0} rows (the row limit); aggregate or add LIMIT")]
+    TooManyRows(u64),
     /// Anything else.
     #[error("query failed")]
     Internal,
@@ -56,35 +81,25 @@ pub enum QueryError {
 
 impl From<DataFusionError> for QueryError {
     fn from(e: DataFusionError) -> Self {
-        let e = e.find_root();
-        match e {
-            DataFusionError::SQL(..)
-            | DataFusionError::Plan(..)
-            | DataFusionError::SchemaError(..) => {
-                QueryError::Invalid(strip_backtrace(&e.to_string()))
-            }
-            DataFusionError::ResourcesExhausted(..) => QueryError::Memory,
-            DataFusionError::NotImplemented(m) => {
-                QueryError::Invalid(format!("not supported: {m}"))
-            }
-            other => {
-                tracing::warn!(error = %other, "query failed");
-                QueryError::Internal
-            }
-        }
+        crate::errors::classify(e)
     }
-}
-
-fn strip_backtrace(s: &str) -> String {
-    s.split("\n\nbacktrace").next().unwrap_or(s).to_owned()
 }
 
 /// The SQL engine over the store and registry.
 #[derive(Clone)]
 pub struct QueryEngine {
     ctx: SessionContext,
-    limits: QueryLimits,
+    pub(crate) limits: QueryLimits,
     audit: Arc<crate::audit::AuditLog>,
+    pub(crate) lanes: Arc<Lanes>,
+}
+
+/// One semaphore per kind of caller, so analysts cannot starve admins or the dashboard.
+#[derive(Debug)]
+pub(crate) struct Lanes {
+    pub(crate) analyst: Arc<Semaphore>,
+    pub(crate) admin: Arc<Semaphore>,
+    pub(crate) internal: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -96,21 +111,18 @@ impl std::fmt::Debug for QueryEngine {
 }
 
 impl QueryEngine {
-    /// Builds the session with the tables registered.
+    /// Builds the base session with the tables registered. The base is never changed by a
+    /// query: each query runs on its own state derived from it.
     pub fn new(
         store: Store,
         registry: Arc<Registry>,
         limits: QueryLimits,
         audit: Arc<crate::audit::AuditLog>,
     ) -> Result<Self, QueryError> {
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.memory_bytes)))
-            .build_arc()
-            .map_err(|_| QueryError::Internal)?;
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("carewatch", "public");
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let ctx = SessionContext::new_with_config(config);
         crate::fhir_read::register_udfs(&ctx);
         let url = url::Url::parse(TABLES_URL).map_err(|_| QueryError::Internal)?;
         ctx.register_object_store(&url, store.objects());
@@ -145,7 +157,25 @@ impl QueryEngine {
             "audit_log",
             Arc::new(ComputedTable(crate::audit::AuditTable::new(audit.clone()))),
         )?;
-        Ok(QueryEngine { ctx, limits, audit })
+        // pg_catalog (for psql `\d`, DBeaver) is part of the base, installed once here.
+        datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog(
+            &ctx,
+            "carewatch",
+            datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
+        )
+        .map_err(|_| QueryError::Internal)?;
+        let lane = |n: usize| Arc::new(Semaphore::new(n.max(1)));
+        let lanes = Arc::new(Lanes {
+            analyst: lane(limits.analyst_concurrency),
+            admin: lane(limits.admin_concurrency),
+            internal: lane(limits.internal_concurrency),
+        });
+        Ok(QueryEngine {
+            ctx,
+            limits,
+            audit,
+            lanes,
+        })
     }
 
     /// The audit log.
@@ -153,12 +183,19 @@ impl QueryEngine {
         &self.audit
     }
 
-    /// The session (for the Postgres wire and tests).
+    /// The limits.
+    pub fn limits(&self) -> &QueryLimits {
+        &self.limits
+    }
+
+    /// The base session, for carewatch's own planned queries (alert rules, FHIR search) and
+    /// registering carewatch tables at start-up. Never hand it to a wire: user SQL goes
+    /// through [`QueryEngine::query`].
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }
 
-    /// What is allowed: queries only.
+    /// What is allowed anywhere in a plan: queries only.
     pub fn options() -> SQLOptions {
         SQLOptions::new()
             .with_allow_ddl(false)
@@ -166,67 +203,22 @@ impl QueryEngine {
             .with_allow_statements(false)
     }
 
-    /// Plans a read-only query and returns its stream, bounded by the time limit.
-    pub async fn stream(
-        &self,
-        sql: &str,
-    ) -> Result<(arrow_schema::SchemaRef, SendableRecordBatchStream), QueryError> {
-        let df = match tokio::time::timeout(
-            self.limits.timeout,
-            self.ctx.sql_with_options(sql, Self::options()),
-        )
-        .await
-        {
-            Err(_) => return Err(QueryError::Timeout(self.limits.timeout)),
-            Ok(Err(e)) => {
-                let msg = e.to_string();
-                if msg.contains("not supported")
-                    && (msg.contains("DDL") || msg.contains("DML") || msg.contains("Statement"))
-                {
-                    return Err(QueryError::NotAllowed(strip_backtrace(&msg)));
-                }
-                return Err(e.into());
-            }
-            Ok(Ok(df)) => df,
-        };
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        let stream = df.execute_stream().await?;
-        let deadline = tokio::time::Instant::now() + self.limits.timeout;
-        let timeout = self.limits.timeout;
-        let bounded = futures::stream::unfold((stream, false), move |(mut s, done)| async move {
-            if done {
-                return None;
-            }
-            match tokio::time::timeout_at(deadline, s.next()).await {
-                Ok(Some(item)) => Some((item, (s, false))),
-                Ok(None) => None,
-                Err(_) => Some((
-                    Err(DataFusionError::ResourcesExhausted(format!(
-                        "query cancelled after {timeout:?} (time limit)"
-                    ))),
-                    (s, true),
-                )),
-            }
-        });
-        let out = datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-            schema.clone(),
-            bounded,
-        );
-        Ok((schema, Box::pin(out)))
+    /// carewatch's own read-only query (the dashboard): through the gate, with the internal
+    /// concurrency lane and the usual limits, not audited.
+    pub async fn collect(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        self.collect_as(&Caller::internal("internal"), sql).await
     }
 
-    /// Runs a read-only query to completion.
-    pub async fn collect(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
-        let (_, mut s) = self.stream(sql).await?;
+    /// Runs one statement through the gate to completion.
+    pub async fn collect_as(
+        &self,
+        caller: &Caller,
+        sql: &str,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
+        let mut s = self.query(caller, sql, &Settings::default(), None).await?;
         let mut out = Vec::new();
         while let Some(b) = s.next().await {
-            match b {
-                Ok(b) => out.push(b),
-                Err(DataFusionError::ResourcesExhausted(m)) if m.contains("time limit") => {
-                    return Err(QueryError::Timeout(self.limits.timeout));
-                }
-                Err(e) => return Err(e.into()),
-            }
+            out.push(b?);
         }
         Ok(out)
     }

@@ -16,6 +16,8 @@ use serde_json::json;
 use carewatch_store::registry::{Registry, Role};
 
 use crate::engine::{QueryEngine, QueryError};
+use crate::gate::{Caller, Settings};
+use crate::run::QueryStream;
 
 /// State for the SQL endpoint.
 #[derive(Debug, Clone)]
@@ -56,21 +58,26 @@ fn error(status: StatusCode, code: &str, message: String) -> Response {
         .into_response()
 }
 
+/// The HTTP answer for a refused or failed query. A timeout is a timeout (504), never a
+/// memory error; too many concurrent queries is 429 with `Retry-After`.
 fn query_error(e: QueryError) -> Response {
-    let status = match &e {
-        QueryError::NotAllowed(_) => StatusCode::FORBIDDEN,
-        QueryError::Invalid(_) => StatusCode::BAD_REQUEST,
-        QueryError::Timeout(_) | QueryError::Memory => StatusCode::UNPROCESSABLE_ENTITY,
-        QueryError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    let (status, code) = match &e {
+        QueryError::NotAllowed(_) => (StatusCode::FORBIDDEN, "not_allowed"),
+        QueryError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        QueryError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+        QueryError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        QueryError::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "cancelled"),
+        QueryError::Memory => (StatusCode::UNPROCESSABLE_ENTITY, "memory_limit"),
+        QueryError::TooManyRows(_) => (StatusCode::UNPROCESSABLE_ENTITY, "row_limit"),
+        QueryError::Busy => (StatusCode::TOO_MANY_REQUESTS, "too_many_queries"),
+        QueryError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
-    let code = match &e {
-        QueryError::NotAllowed(_) => "not_allowed",
-        QueryError::Invalid(_) => "invalid_query",
-        QueryError::Timeout(_) => "timeout",
-        QueryError::Memory => "memory_limit",
-        QueryError::Internal => "internal",
-    };
-    error(status, code, e.to_string())
+    let mut r = error(status, code, e.to_string());
+    if matches!(e, QueryError::Busy) {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    r
 }
 
 fn encode(out: Out, batch: &RecordBatch, first: bool, w: &mut Vec<u8>) -> Result<(), String> {
@@ -105,82 +112,39 @@ fn encode(out: Out, batch: &RecordBatch, first: bool, w: &mut Vec<u8>) -> Result
     }
 }
 
-async fn sql(State(s): State<SqlState>, headers: HeaderMap, body: Bytes) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(principal) = token.and_then(|t| s.registry.authenticate(t.trim())) else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or invalid bearer token".into(),
-        );
+async fn sql(
+    State(s): State<SqlState>,
+    headers: HeaderMap,
+    caller: carewatch_auth::Caller,
+    body: Bytes,
+) -> Response {
+    let principal = match caller.require(
+        &[Role::Analyst, Role::Admin],
+        "SQL is for analyst and admin credentials",
+    ) {
+        Ok(p) => p.clone(),
+        Err(e) => return e.into_response(),
     };
-    if !matches!(principal.role, Role::Analyst | Role::Admin) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "SQL is for analyst and admin credentials".into(),
-        );
-    }
-    let text = String::from_utf8_lossy(&body).to_string();
-    let query = match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(v) => match v.get("sql").and_then(|q| q.as_str()) {
-            Some(q) => q.to_owned(),
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "JSON body needs a \"sql\" string".into(),
-                );
-            }
-        },
-        Err(_) => text,
+    let query = match sql_text(&body) {
+        Ok(q) => q,
+        Err(r) => return *r,
     };
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    let out = if accept.contains("text/csv") {
-        Out::Csv
-    } else if accept.contains("arrow") {
-        Out::Arrow
-    } else {
-        Out::Json
-    };
+    let out = out_format(&headers);
     tracing::info!(principal = %principal.id, role = principal.role.as_str(), "sql query");
-    let audit = s.engine.audit().clone();
-    if principal.role != Role::Admin && crate::audit::mentions_audit(s.engine.context(), &query) {
-        audit.record(
-            &principal,
-            "http-sql",
-            &query,
-            None,
-            "refused: audit log is for admins",
-        );
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the audit log is for admin credentials".into(),
-        );
-    }
-    let (schema, mut stream) = match s.engine.stream(&query).await {
+    let who = Caller::user(principal, "http-sql");
+    let mut stream = match s
+        .engine
+        .query(&who, &query, &Settings::default(), None)
+        .await
+    {
         Ok(x) => x,
-        Err(e) => {
-            audit.record(&principal, "http-sql", &query, None, &format!("error: {e}"));
-            return query_error(e);
-        }
+        Err(e) => return query_error(e),
     };
     // The first batch decides the status: errors before any row are proper error responses.
-    let first = stream.next().await;
-    let first = match first {
-        Some(Err(e)) => {
-            let e: QueryError = e.into();
-            audit.record(&principal, "http-sql", &query, None, &format!("error: {e}"));
-            return query_error(e);
-        }
-        other => other.and_then(Result::ok),
+    let first = match stream.next().await {
+        Some(Err(e)) => return query_error(e),
+        Some(Ok(b)) => Some(b),
+        None => None,
     };
     let content_type = match out {
         Out::Json => "application/json",
@@ -188,119 +152,116 @@ async fn sql(State(s): State<SqlState>, headers: HeaderMap, body: Bytes) -> Resp
         Out::Arrow => "application/vnd.apache.arrow.stream",
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let rows = Arc::new(std::sync::atomic::AtomicU64::new(
-        first.as_ref().map_or(0, |b| b.num_rows() as u64),
-    ));
-    let rows2 = rows.clone();
-    let mut stream = stream.inspect(move |b| {
-        if let Ok(b) = b {
-            rows2.fetch_add(b.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
-    tokio::spawn(async move {
-        let _record = Recorder {
-            audit,
-            who: principal,
-            query,
-            rows,
-        };
-        let send = |b: Vec<u8>| {
-            let tx = tx.clone();
-            async move { tx.send(Ok(Bytes::from(b))).await.is_ok() }
-        };
-        match out {
-            Out::Arrow => {
-                let Ok(mut w) = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &schema)
-                else {
-                    return;
-                };
-                let mut batch = first;
-                loop {
-                    if let Some(b) = batch.take()
-                        && w.write(&b).is_err()
-                    {
-                        return;
-                    }
-                    let chunk = std::mem::take(w.get_mut());
-                    if !chunk.is_empty() && !send(chunk).await {
-                        return;
-                    }
-                    match stream.next().await {
-                        Some(Ok(b)) => batch = Some(b),
-                        Some(Err(_)) => {
-                            let _ = tx.send(Err(std::io::Error::other("query failed"))).await;
-                            return;
-                        }
-                        None => break,
-                    }
-                }
-                if w.finish().is_ok() {
-                    let _ = send(std::mem::take(w.get_mut())).await;
-                }
-            }
-            Out::Json | Out::Csv => {
-                let mut started = false;
-                let mut head = Vec::new();
-                if matches!(out, Out::Json) {
-                    head.push(b'[');
-                }
-                let mut batch = first;
-                let mut wrote_any = false;
-                loop {
-                    let mut w = std::mem::take(&mut head);
-                    if let Some(b) = batch.take() {
-                        if encode(out, &b, !started, &mut w).is_err() {
-                            return;
-                        }
-                        started = true;
-                        wrote_any = true;
-                    }
-                    if !w.is_empty() && !send(w).await {
-                        return;
-                    }
-                    match stream.next().await {
-                        Some(Ok(b)) => batch = Some(b),
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "query failed while streaming");
-                            let _ = tx.send(Err(std::io::Error::other("query failed"))).await;
-                            return;
-                        }
-                        None => break,
-                    }
-                }
-                if matches!(out, Out::Csv) && !wrote_any {
-                    let names: Vec<&str> =
-                        schema.fields().iter().map(|f| f.name().as_str()).collect();
-                    let _ = send(format!("{}\n", names.join(",")).into_bytes()).await;
-                }
-                if matches!(out, Out::Json) {
-                    let _ = send(b"]".to_vec()).await;
-                }
-            }
-        }
-    });
+    tokio::spawn(pump(out, stream, first, tx));
     let body = Body::from_stream(tokio_stream_from(rx));
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+fn sql_text(body: &Bytes) -> Result<String, Box<Response>> {
+    let text = String::from_utf8_lossy(body).to_string();
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v) => match v.get("sql").and_then(|q| q.as_str()) {
+            Some(q) => Ok(q.to_owned()),
+            None => Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "JSON body needs a \"sql\" string".into(),
+            ))),
+        },
+        Err(_) => Ok(text),
+    }
+}
+
+fn out_format(headers: &HeaderMap) -> Out {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if accept.contains("text/csv") {
+        Out::Csv
+    } else if accept.contains("arrow") {
+        Out::Arrow
+    } else {
+        Out::Json
+    }
+}
+
+type Tx = tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+/// The next batch, or None when the client went away (dropping the stream stops the query).
+async fn next_or_gone(
+    stream: &mut QueryStream,
+    tx: &Tx,
+) -> Option<Option<Result<RecordBatch, QueryError>>> {
+    tokio::select! {
+        b = stream.next() => Some(b),
+        () = tx.closed() => None,
+    }
+}
+
+/// Streams the encoded answer into the response body. A failure after the first batch ends
+/// the body with an error (the status is already sent); the query's own audit line says why.
+async fn pump(out: Out, mut stream: QueryStream, first: Option<RecordBatch>, tx: Tx) {
+    let send = |b: Vec<u8>| {
+        let tx = tx.clone();
+        async move { b.is_empty() || tx.send(Ok(Bytes::from(b))).await.is_ok() }
+    };
+    let fail = |tx: Tx| async move {
+        let _ = tx.send(Err(std::io::Error::other("query failed"))).await;
+    };
+    let schema = stream.schema();
+    let mut arrow = match out {
+        Out::Arrow => match arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &schema) {
+            Ok(w) => Some(w),
+            Err(_) => return fail(tx.clone()).await,
+        },
+        _ => None,
+    };
+    let mut head = if matches!(out, Out::Json) {
+        b"[".to_vec()
+    } else {
+        Vec::new()
+    };
+    let (mut batch, mut started) = (first, false);
+    loop {
+        let mut w = std::mem::take(&mut head);
+        if let Some(b) = batch.take() {
+            let ok = match arrow.as_mut() {
+                Some(aw) => aw.write(&b).map(|()| w.append(aw.get_mut())).is_ok(),
+                None => encode(out, &b, !started, &mut w).is_ok(),
+            };
+            if !ok {
+                return fail(tx.clone()).await;
+            }
+            started = true;
+        }
+        if !send(w).await {
+            return;
+        }
+        match next_or_gone(&mut stream, &tx).await {
+            None => return,
+            Some(Some(Ok(b))) => batch = Some(b),
+            Some(Some(Err(_))) => return fail(tx.clone()).await,
+            Some(None) => break,
+        }
+    }
+    let mut end = Vec::new();
+    match (out, arrow.as_mut()) {
+        (Out::Arrow, Some(aw)) => {
+            let _ = aw.finish().map(|()| end.append(aw.get_mut()));
+        }
+        (Out::Csv, _) if !started => {
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            end = format!("{}\n", names.join(",")).into_bytes();
+        }
+        (Out::Json, _) => end.push(b']'),
+        _ => {}
+    }
+    let _ = send(end).await;
 }
 
 fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-/// Records the query in the audit log when the response stream ends (however it ends).
-struct Recorder {
-    audit: Arc<crate::audit::AuditLog>,
-    who: carewatch_store::registry::Principal,
-    query: String,
-    rows: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        let n = self.rows.load(std::sync::atomic::Ordering::Relaxed);
-        self.audit
-            .record(&self.who, "http-sql", &self.query, Some(n), "ok");
-    }
 }

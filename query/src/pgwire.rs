@@ -1,277 +1,248 @@
-//! The Postgres wire protocol (datafusion-postgres over pgwire) for psql, DBeaver, Grafana.
+//! The Postgres wire protocol (pgwire) for psql, psycopg, DBeaver, Grafana — through the gate.
 //!
-//! Login: any user name, the password is an analyst or admin token (cleartext over the wire, so
-//! loopback or TLS only). Statements other than queries are refused before planning by
-//! [`ReadOnlyHook`]; `SET`/`SHOW`, transactions and cursors are handled by datafusion-postgres's
-//! own hooks so clients that send them at connect time work. `pg_catalog` is installed so
-//! `\d` works, and the server reports a plain numeric version (16.6).
+//! Every statement goes through [`crate::gate`] on a per-query state; the shared base session
+//! is never touched by a connection. Own handlers ([`handler`]) reuse datafusion-postgres's
+//! compatibility parser, pg_catalog and Arrow -> Postgres encoders. `SET`/`SHOW` of a short
+//! list of client settings are per connection ([`session`]); `BEGIN`/`COMMIT`/`ROLLBACK` are
+//! no-ops; cursors, `COPY` and every other statement are refused.
+//!
+//! Login ([`startup`]): any user name; the password is an analyst or admin token (cleartext,
+//! so TLS when the server has a certificate, or loopback). A connection is closed as soon as its
+//! credential stops being valid (revoked, expired), and each statement re-checks it. Cancel
+//! requests stop the running query, as do the time limit and a client that goes away.
 
-use std::fmt::Debug;
-use std::sync::Arc;
+mod handler;
+mod session;
+mod startup;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
-use datafusion::common::ParamValues;
-use datafusion::logical_expr::LogicalPlan;
-use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::Statement;
-use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
-use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
-use datafusion_postgres::hooks::HookClient;
-use datafusion_postgres::hooks::cursor::CursorStatementHook;
-use datafusion_postgres::hooks::set_show::SetShowHook;
-use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::pgwire;
-use datafusion_postgres::{DfSessionService, QueryHook};
-use futures::{Sink, SinkExt};
-use pgwire::api::auth::{
-    DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
-    save_startup_parameters_to_metadata,
-};
+use pgwire::api::cancel::CancelHandler;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::Response;
-use pgwire::api::{ClientInfo, PgWireConnectionState, PgWireServerHandlers};
-use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use pgwire::messages::startup::Authentication;
-use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::api::{ClientInfo, ErrorHandler, PgWireServerHandlers};
+use pgwire::error::{ErrorInfo, PgWireError};
+use pgwire::messages::cancel::CancelRequest;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
-use carewatch_store::registry::{Principal, Registry, Role};
+use carewatch_store::registry::{Principal, Registry};
 
-use crate::audit::AuditLog;
+use crate::engine::{QueryEngine, QueryError};
+use crate::gate::Caller;
 
-/// Refuses every statement that is not a read (DDL, DML, COPY, CREATE EXTERNAL TABLE…).
-#[derive(Debug)]
-pub struct ReadOnlyHook {
-    audit: Arc<AuditLog>,
+tokio::task_local! {
+    /// The connection being served by the current task.
+    static CONN: Arc<Conn>;
 }
 
-impl ReadOnlyHook {
-    fn check(
-        &self,
-        statement: &Statement,
-        ctx: &SessionContext,
-        client: &dyn ClientInfo,
-    ) -> Option<PgWireError> {
-        let md = client.metadata();
-        let who = Principal {
-            id: md.get(META_PRINCIPAL).cloned().unwrap_or_default(),
-            role: md
-                .get(META_ROLE)
-                .and_then(|r| Role::parse(r))
-                .unwrap_or(Role::Analyst),
-            subject: None,
-        };
-        let sql = statement.to_string();
-        if !allowed(statement) {
-            self.audit
-                .record(&who, "pgwire", &sql, None, "refused: not read-only");
-            return Some(refused());
-        }
-        if who.role != Role::Admin && crate::audit::mentions_audit(ctx, &sql) {
-            self.audit.record(
-                &who,
-                "pgwire",
-                &sql,
-                None,
-                "refused: audit log is for admins",
-            );
-            return Some(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "ERROR".into(),
-                "42501".into(),
-                "permission denied for table audit_log".into(),
+/// Per-connection state shared by the accept loop, the startup handler, the query handlers
+/// and cancel requests.
+#[derive(Debug, Default)]
+pub(crate) struct Conn {
+    principal: Mutex<Option<Principal>>,
+    logged_in: tokio::sync::Notify,
+    current: Mutex<CancellationToken>,
+    key: Mutex<Option<ConnKey>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Conn {
+    /// The connection of the current task.
+    pub(crate) fn current() -> Result<Arc<Conn>, PgWireError> {
+        CONN.try_with(Arc::clone)
+            .map_err(|_| user_error("08000", "no connection state"))
+    }
+
+    fn login(&self, p: Principal) {
+        *lock(&self.principal) = Some(p);
+        self.logged_in.notify_waiters();
+        self.logged_in.notify_one();
+    }
+
+    /// The logged-in caller, if its credential is still valid.
+    pub(crate) fn caller(&self, registry: &Registry) -> Result<Caller, PgWireError> {
+        let p = lock(&self.principal)
+            .clone()
+            .ok_or_else(|| user_error("28000", "not logged in"))?;
+        if !registry.still_valid(&p.id) {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "28000".into(),
+                "the credential of this session is no longer valid".into(),
             ))));
         }
-        self.audit.record(&who, "pgwire", &sql, None, "ok");
-        None
+        Ok(Caller::user(p, "pgwire"))
+    }
+
+    /// A fresh cancellation token for the next query (a cancel request fires it).
+    pub(crate) fn next_query(&self) -> CancellationToken {
+        let t = CancellationToken::new();
+        *lock(&self.current) = t.clone();
+        t
+    }
+
+    /// Completes when the logged-in credential stops being valid (never before login).
+    async fn until_invalid(&self, registry: &Registry) {
+        loop {
+            let id = lock(&self.principal).as_ref().map(|p| p.id.clone());
+            match id {
+                Some(id) => return registry.until_invalid(&id).await,
+                None => self.logged_in.notified().await,
+            }
+        }
     }
 }
 
-const META_PRINCIPAL: &str = "carewatch.principal";
-const META_ROLE: &str = "carewatch.role";
-
-fn allowed(s: &Statement) -> bool {
-    matches!(
-        s,
-        Statement::Query(_)
-            | Statement::Explain { .. }
-            | Statement::ShowVariable { .. }
-            | Statement::ShowVariables { .. }
-            | Statement::ShowTables { .. }
-            | Statement::ShowColumns { .. }
-            | Statement::Set(_)
-            | Statement::StartTransaction { .. }
-            | Statement::Commit { .. }
-            | Statement::Rollback { .. }
-            | Statement::Declare { .. }
-            | Statement::Fetch { .. }
-            | Statement::Close { .. }
-            | Statement::Deallocate { .. }
-            | Statement::Discard { .. }
-    )
-}
-
-fn refused() -> PgWireError {
+/// A Postgres error with a SQLSTATE and words safe to show.
+pub(crate) fn user_error(code: &str, message: &str) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new(
         "ERROR".into(),
-        "25006".into(), // read_only_sql_transaction
-        "carewatch is read-only over SQL: only queries are allowed".into(),
+        code.into(),
+        message.into(),
     )))
 }
 
-#[async_trait]
-impl QueryHook for ReadOnlyHook {
-    async fn handle_simple_query(
-        &self,
-        statement: &Statement,
-        ctx: &SessionContext,
-        client: &mut dyn HookClient,
-    ) -> Option<PgWireResult<Response>> {
-        self.check(statement, ctx, &*client).map(Err)
-    }
-
-    async fn handle_extended_parse_query(
-        &self,
-        statement: &Statement,
-        ctx: &SessionContext,
-        client: &(dyn ClientInfo + Send + Sync),
-    ) -> Option<PgWireResult<LogicalPlan>> {
-        self.check(statement, ctx, client).map(Err)
-    }
-
-    async fn handle_extended_query(
-        &self,
-        statement: &Statement,
-        _plan: &LogicalPlan,
-        _params: &ParamValues,
-        _ctx: &SessionContext,
-        _client: &mut dyn HookClient,
-    ) -> Option<PgWireResult<Response>> {
-        (!allowed(statement)).then(|| Err(refused()))
-    }
-}
-
-/// Cleartext-password startup that checks the password as a carewatch token.
-pub struct TokenStartup {
-    registry: Arc<Registry>,
-    timeout: std::time::Duration,
-    params: DefaultServerParameterProvider,
-}
-
-impl Debug for TokenStartup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TokenStartup")
-    }
-}
-
-#[async_trait]
-impl StartupHandler for TokenStartup {
-    async fn on_startup<C>(
-        &self,
-        client: &mut C,
-        message: PgWireFrontendMessage,
-    ) -> PgWireResult<()>
-    where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        match message {
-            PgWireFrontendMessage::Startup(ref startup) => {
-                protocol_negotiation(client, startup).await?;
-                save_startup_parameters_to_metadata(client, startup);
-                client.set_state(PgWireConnectionState::AuthenticationInProgress);
-                client
-                    .send(PgWireBackendMessage::Authentication(
-                        Authentication::CleartextPassword,
-                    ))
-                    .await?;
-            }
-            PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
-                let pwd = pwd.into_password()?;
-                let user = client.metadata().get("user").cloned().unwrap_or_default();
-                match self.registry.authenticate(pwd.password.trim()) {
-                    Some(p) if matches!(p.role, Role::Analyst | Role::Admin) => {
-                        tracing::info!(principal = %p.id, role = p.role.as_str(), "postgres wire login");
-                        client
-                            .metadata_mut()
-                            .insert(META_PRINCIPAL.into(), p.id.clone());
-                        client
-                            .metadata_mut()
-                            .insert(META_ROLE.into(), p.role.as_str().into());
-                        // The same per-query time limit as HTTP SQL (datafusion-postgres reads
-                        // this metadata key; a client may change it with SET statement_timeout).
-                        client.metadata_mut().insert(
-                            "statement_timeout_ms".into(),
-                            self.timeout.as_millis().to_string(),
-                        );
-                        finish_authentication(client, &self.params).await?;
-                    }
-                    _ => {
-                        tracing::info!("postgres wire login refused");
-                        return Err(PgWireError::InvalidPassword(user));
-                    }
-                }
-            }
-            _ => {}
+/// The Postgres form of a gate error.
+pub(crate) fn pg_error(e: QueryError) -> PgWireError {
+    let code = match &e {
+        QueryError::NotAllowed(_) => "25006", // read_only_sql_transaction
+        QueryError::Forbidden(_) => "42501",  // insufficient_privilege
+        QueryError::Invalid(m) if m.starts_with("syntax error") => "42601",
+        QueryError::Invalid(_) => "42000",
+        QueryError::Timeout(_) | QueryError::Cancelled => "57014", // query_canceled
+        QueryError::Memory => "53200",                             // out_of_memory
+        QueryError::Busy => "53300",                               // too_many_connections
+        QueryError::TooManyRows(_) => "54000",                     // program_limit_exceeded
+        QueryError::Internal => "XX000",
+    };
+    let msg = match &e {
+        QueryError::NotAllowed(what) => {
+            format!("carewatch is read-only over SQL: only queries are allowed ({what})")
         }
-        Ok(())
+        QueryError::Timeout(_) => format!("canceling statement due to statement timeout: {e}"),
+        QueryError::Cancelled => "canceling statement due to user request".into(),
+        other => other.to_string(),
+    };
+    user_error(code, &msg)
+}
+
+/// A connection's (pid, secret key), as a cancel request names it.
+type ConnKey = (i32, Vec<u8>);
+
+/// Cancel requests: the (pid, secret) of a logged-in connection fires its current query's token.
+#[derive(Debug, Default)]
+struct Cancels {
+    conns: Mutex<HashMap<ConnKey, Weak<Conn>>>,
+}
+
+#[async_trait]
+impl CancelHandler for Cancels {
+    async fn on_cancel_request(&self, r: CancelRequest) {
+        let key = (r.pid, r.secret_key.to_bytes().to_vec());
+        let conn = lock(&self.conns).get(&key).and_then(Weak::upgrade);
+        if let Some(c) = conn {
+            tracing::info!("postgres wire: cancel request");
+            lock(&c.current).cancel();
+        }
     }
 }
 
-/// The pgwire handlers: token startup + the DataFusion session service.
-pub struct Handlers {
-    session: Arc<DfSessionService>,
-    startup: Arc<TokenStartup>,
+/// Errors not produced by the gate (encoding, protocol) lose their text above debug.
+#[derive(Debug)]
+struct SafeErrors;
+
+impl ErrorHandler for SafeErrors {
+    fn on_error<C: ClientInfo>(&self, _client: &C, error: &mut PgWireError) {
+        if let PgWireError::ApiError(e) = error {
+            tracing::debug!(error = %e, "postgres wire error (raw)");
+            *error = user_error("XX000", "query failed");
+        }
+    }
 }
 
-impl Debug for Handlers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Handlers")
-    }
+/// The pgwire handlers.
+struct Handlers {
+    query: Arc<handler::GateHandler>,
+    startup: Arc<startup::TokenStartup>,
+    cancels: Arc<Cancels>,
 }
 
 impl PgWireServerHandlers for Handlers {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        self.session.clone()
+        self.query.clone()
     }
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
-        self.session.clone()
+        self.query.clone()
     }
-    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
         self.startup.clone()
+    }
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        self.cancels.clone()
+    }
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(SafeErrors)
     }
 }
 
-/// Serves the Postgres wire protocol on `host:port` until the task is dropped.
+/// Binds the Postgres wire listener (call before announcing it; a failure is the caller's).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves the Postgres wire on a bound listener until the task is dropped. With `tls`, clients
+/// may (and `sslmode=require` clients do) upgrade to TLS.
 pub async fn serve(
-    ctx: SessionContext,
+    listener: TcpListener,
+    engine: QueryEngine,
     registry: Arc<Registry>,
-    audit: Arc<AuditLog>,
-    timeout: std::time::Duration,
-    host: String,
-    port: u16,
-) -> std::io::Result<()> {
-    let ctx = Arc::new(ctx);
-    setup_pg_catalog(&ctx, "carewatch", EmptyContextProvider)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let hooks: Vec<Arc<dyn QueryHook>> = vec![
-        Arc::new(ReadOnlyHook { audit }),
-        Arc::new(CursorStatementHook),
-        Arc::new(SetShowHook),
-        Arc::new(TransactionStatementHook),
-    ];
-    let session = Arc::new(DfSessionService::new_with_hooks(ctx, hooks));
-    let mut params = DefaultServerParameterProvider::default();
-    params.server_version = "16.6".into();
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let cancels = Arc::new(Cancels::default());
     let handlers = Arc::new(Handlers {
-        session,
-        startup: Arc::new(TokenStartup {
-            registry,
-            params,
-            timeout,
-        }),
+        query: Arc::new(handler::GateHandler::new(engine, registry.clone())),
+        startup: Arc::new(startup::TokenStartup::new(
+            registry.clone(),
+            cancels.clone(),
+        )),
+        cancels: cancels.clone(),
     });
-    let opts = datafusion_postgres::ServerOptions::new()
-        .with_host(host)
-        .with_port(port);
-    datafusion_postgres::serve_with_handlers(handlers, &opts).await
+    loop {
+        let (socket, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "postgres wire: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (h, tls, registry, cancels) = (
+            handlers.clone(),
+            tls.clone(),
+            registry.clone(),
+            cancels.clone(),
+        );
+        tokio::spawn(async move {
+            let conn = Arc::new(Conn::default());
+            let session = CONN.scope(conn.clone(), pgwire::tokio::process_socket(socket, tls, h));
+            tokio::select! {
+                r = session => if let Err(e) = r {
+                    tracing::debug!(error = %e, "postgres wire connection ended");
+                },
+                () = conn.until_invalid(&registry) => {
+                    tracing::info!("postgres wire: connection closed, its credential is no longer valid");
+                }
+            }
+            if let Some(key) = lock(&conn.key).take() {
+                lock(&cancels.conns).remove(&key);
+            }
+        });
+    }
 }
