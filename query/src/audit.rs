@@ -75,15 +75,24 @@ impl AuditLog {
             "rows": rows,
             "outcome": outcome,
         });
-        let mut g = self
-            .file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(f) = g.as_mut() {
-            let res = writeln!(f, "{line}").and_then(|()| f.sync_data());
-            if let Err(e) = res {
-                tracing::error!(error = %e, "writing the audit log failed");
+        let write = || {
+            let mut g = self
+                .file
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(f) = g.as_mut() {
+                let res = writeln!(f, "{line}").and_then(|()| f.sync_data());
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "writing the audit log failed");
+                }
             }
+        };
+        // The fsync blocks: tell a multi-threaded runtime so other tasks move off this worker.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(write);
+            }
+            _ => write(),
         }
     }
 
