@@ -423,6 +423,14 @@ fn alerts_are_published_on_care_team_topics_embedded_and_external() {
         ],
     );
     srv.register("w1", "alice");
+    // Only patients with a care team have a topic (`unassigned` is not a team).
+    let (s, _) = curl(
+        "PUT",
+        &format!("{}/v1/patients/alice/care-team", srv.http),
+        srv.admin(),
+        r#"{"team":"south"}"#,
+    );
+    assert!(s == 200 || s == 204);
     let sub = subscribe_once(
         "127.0.0.1",
         &bport.to_string(),
@@ -456,7 +464,7 @@ fn alerts_are_published_on_care_team_topics_embedded_and_external() {
     let msg: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(msg["rule"], "hypertensive");
-    assert_eq!(msg["care_team"], serde_json::Value::Null);
+    assert_eq!(msg["care_team"], "south");
     assert_eq!(srv.stop(), 0);
     broker.stop();
 }

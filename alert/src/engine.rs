@@ -7,6 +7,9 @@
 //! reload) a catch-up evaluation over each rule's look-back window rebuilds them from the
 //! stored observations, so a pending episode survives a restart and an episode that already
 //! fired is matched to its alert (by overlap) instead of firing again.
+//!
+//! Each run starts by re-routing open alerts whose patient moved to another care team
+//! ([`teams`]: authorization follows the patient).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,11 +23,14 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, broadcast};
 
 use carewatch_store::Store;
-use carewatch_store::registry::{Principal, Registry, Role};
+use carewatch_store::registry::{Registry, valid_team};
 
 use crate::episodes::{Episode, Sample, episodes};
 use crate::history::{Event, History, Status, Transition};
 use crate::rules::{Params, Rule, Severity};
+
+mod teams;
+pub use teams::may_see;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -61,7 +67,8 @@ pub struct Current {
     pub severity: Severity,
     /// Patient.
     pub patient_id: String,
-    /// Care team.
+    /// The care team the alert belongs to (the patient's team now, in API answers; in the
+    /// engine's memory, as of the last transition).
     pub care_team: Option<String>,
     /// Status.
     pub status: Status,
@@ -84,7 +91,7 @@ pub struct Current {
 impl Current {
     fn from_transition(t: &Transition, previous: Option<&Current>) -> Current {
         let last_notified_us = match t.event {
-            Event::Firing | Event::Escalated => t.at_us,
+            Event::Firing | Event::Escalated | Event::Reassigned => t.at_us,
             _ => previous.map_or(t.at_us, |p| p.last_notified_us),
         };
         Current {
@@ -123,15 +130,7 @@ impl Current {
             message: self.message.clone(),
             escalation_level: self.escalation_level,
             acknowledged_by: self.acknowledged_by.clone(),
-        }
-    }
-
-    /// May this caller see (and acknowledge) it?
-    pub fn visible_to(&self, who: &Principal) -> bool {
-        match who.role {
-            Role::Admin | Role::Analyst => true,
-            Role::CareManager => who.subject.is_some() && who.subject == self.care_team,
-            Role::Device => false,
+            previous_care_team: None,
         }
     }
 }
@@ -430,81 +429,6 @@ impl AlertEngine {
         lock(&self.inner.run_seconds).clone()
     }
 
-    /// Alerts as they stand (not pending ones), filtered for the caller.
-    pub fn current(&self, who: &Principal) -> Vec<Current> {
-        let st = lock(&self.inner.state);
-        let mut v: Vec<Current> = st
-            .alerts
-            .values()
-            .filter(|a| a.visible_to(who))
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| b.episode_start_us.cmp(&a.episode_start_us));
-        v
-    }
-
-    /// Pending episodes (not yet long enough), as alerts with status pending.
-    pub fn pending(&self, who: &Principal) -> Vec<Current> {
-        let st = lock(&self.inner.state);
-        let rules = self.rules();
-        let mut v = Vec::new();
-        for ((rule, patient), (e, id)) in &st.pending {
-            let Some(r) = rules.iter().find(|r| &r.id == rule) else {
-                continue;
-            };
-            let params = r.params_for(Some(patient));
-            let c = Current {
-                alert_id: id.clone(),
-                rule: rule.clone(),
-                title: r.title.clone(),
-                severity: r.severity,
-                patient_id: patient.clone(),
-                care_team: self.inner.registry.care_team(patient),
-                status: Status::Pending,
-                episode_start_us: e.start_us,
-                episode_end_us: e.end_us,
-                value: e.value,
-                message: r.message_for(&params, e.value, e.minutes()),
-                escalation_level: 0,
-                last_notified_us: 0,
-                acknowledged_by: None,
-            };
-            if c.visible_to(who) {
-                v.push(c);
-            }
-        }
-        v
-    }
-
-    /// Acknowledges an alert for the caller.
-    pub fn acknowledge(&self, id: &str, who: &Principal) -> Result<Current, AckError> {
-        let mut st = lock(&self.inner.state);
-        let Some(a) = st.alerts.get(id).filter(|a| a.visible_to(who)).cloned() else {
-            return Err(AckError::NotFound);
-        };
-        match a.status {
-            Status::Resolved => return Err(AckError::Resolved),
-            Status::Acknowledged => return Ok(a),
-            _ => {}
-        }
-        let mut n = a;
-        n.status = Status::Acknowledged;
-        n.acknowledged_by = Some(who.id.clone());
-        let t = n.transition(Event::Acknowledged, now_us());
-        let written = self
-            .inner
-            .history
-            .append(vec![t])
-            .map_err(|_| AckError::Io)?;
-        for t in &written {
-            st.apply(t);
-        }
-        drop(st);
-        self.publish(written);
-        st = lock(&self.inner.state);
-        st.alerts.get(id).cloned().ok_or(AckError::NotFound)
-    }
-
     fn publish(&self, written: Vec<Arc<Transition>>) {
         if written.is_empty() {
             return;
@@ -543,6 +467,7 @@ impl AlertEngine {
     /// One evaluation at wall time `now`: returns the number of transitions written.
     pub async fn evaluate(&self, now: i64) -> Result<usize, String> {
         let inner = &self.inner;
+        let moved = self.reassign_moved(now)?;
         let rules = self.rules();
         let catch_up = inner
             .catch_up
@@ -692,7 +617,7 @@ impl AlertEngine {
                 .get(&key)
                 .map(|s| episodes(&s.samples, &shape, closed_until))
                 .unwrap_or_default();
-            let team = inner.registry.care_team(&patient);
+            let team = inner.registry.care_team(&patient).filter(|t| valid_team(t));
             let mut pending = None;
             for e in eps {
                 if !e.qualified {
@@ -831,7 +756,7 @@ impl AlertEngine {
                 cur.message = a.message.clone();
             }
         }
-        let n = out.len();
+        let n = out.len() + moved;
         let written = inner
             .history
             .append(out)

@@ -65,6 +65,10 @@ pub enum Event {
     Acknowledged,
     /// The condition cleared.
     Resolved,
+    /// The patient moved to another care team (or lost theirs) while the alert was open: the
+    /// alert now belongs to the new team (`care_team`; the old one in `previous_care_team`)
+    /// and is `firing` again until someone there acknowledges it.
+    Reassigned,
 }
 
 impl Event {
@@ -76,6 +80,7 @@ impl Event {
             Event::Escalated => "escalated",
             Event::Acknowledged => "acknowledged",
             Event::Resolved => "resolved",
+            Event::Reassigned => "reassigned",
         }
     }
 }
@@ -97,7 +102,7 @@ pub struct Transition {
     pub severity: Severity,
     /// Patient.
     pub patient_id: String,
-    /// The patient's care team, when known.
+    /// The patient's care team when the transition was written (`None`: no team).
     pub care_team: Option<String>,
     /// Status after the event.
     pub status: Status,
@@ -115,6 +120,9 @@ pub struct Transition {
     pub escalation_level: u32,
     /// Credential id of whoever acknowledged it.
     pub acknowledged_by: Option<String>,
+    /// For `reassigned`: the team the alert belonged to before the move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_care_team: Option<String>,
 }
 
 /// The history file and its rows in memory.
@@ -252,6 +260,7 @@ impl AlertsTable {
             Field::new("message", DataType::Utf8, false),
             Field::new("escalation_level", DataType::UInt32, false),
             Field::new("acknowledged_by", DataType::Utf8, true),
+            Field::new("previous_care_team", DataType::Utf8, true),
         ]));
         AlertsTable { history, schema }
     }
@@ -270,6 +279,7 @@ impl carewatch_query::table::BatchSource for AlertsTable {
         let s = || StringBuilder::with_capacity(n, n * 16);
         let (mut id, mut rule, mut sev, mut pat, mut team, mut status, mut event, mut msg, mut ack) =
             (s(), s(), s(), s(), s(), s(), s(), s(), s());
+        let mut prev = s();
         let mut value = Float64Builder::with_capacity(n);
         let mut level = UInt32Builder::with_capacity(n);
         for r in &rows {
@@ -288,6 +298,7 @@ impl carewatch_query::table::BatchSource for AlertsTable {
             msg.append_value(&r.message);
             level.append_value(r.escalation_level);
             ack.append_option(r.acknowledged_by.as_deref());
+            prev.append_option(r.previous_care_team.as_deref());
         }
         let cols: Vec<ArrayRef> = vec![
             Arc::new(seq.finish()),
@@ -305,6 +316,7 @@ impl carewatch_query::table::BatchSource for AlertsTable {
             Arc::new(msg.finish()),
             Arc::new(level.finish()),
             Arc::new(ack.finish()),
+            Arc::new(prev.finish()),
         ];
         Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
     }

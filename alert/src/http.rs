@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,6 +14,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
+use carewatch_auth::{AuthError, Caller};
 use carewatch_store::registry::{Principal, Registry, Role};
 
 use crate::engine::{AckError, AlertEngine, Current};
@@ -47,41 +48,11 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// The caller behind a bearer token: admins, analysts and care managers (devices are refused).
-pub fn reader(registry: &Registry, headers: &HeaderMap) -> Result<Principal, Response> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .ok_or_else(|| {
-            error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a bearer token is required",
-            )
-        })?;
-    let p = registry.authenticate(token.trim()).ok_or_else(|| {
-        error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "unknown or revoked token",
-        )
-    })?;
-    if p.role == Role::Device {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "devices cannot read alerts or patient feeds",
-        ));
-    }
-    Ok(p)
-}
-
-fn caller(state: &AlertState, headers: &HeaderMap) -> Result<Principal, Response> {
-    reader(&state.registry, headers)
+/// The caller (from the shared `carewatch-auth` extractor): admins, analysts and care managers;
+/// devices are refused.
+pub fn reader(c: Result<Caller, AuthError>) -> Result<Principal, Response> {
+    let c = c.map_err(IntoResponse::into_response)?;
+    c.reader().cloned().map_err(IntoResponse::into_response)
 }
 
 /// The JSON shape of an alert in the API.
@@ -113,10 +84,10 @@ struct ListQuery {
 
 async fn list(
     State(state): State<AlertState>,
-    headers: HeaderMap,
+    auth: Result<Caller, AuthError>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let who = match caller(&state, &headers) {
+    let who = match reader(auth) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -156,10 +127,10 @@ async fn list(
 
 async fn ack(
     State(state): State<AlertState>,
-    headers: HeaderMap,
+    auth: Result<Caller, AuthError>,
     Path(id): Path<String>,
 ) -> Response {
-    let who = match caller(&state, &headers) {
+    let who = match reader(auth) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -203,18 +174,20 @@ pub fn broadcast_stream<T: Clone + Send + 'static>(
     })
 }
 
-/// Alert transitions the caller may see, as SSE `alert` events.
+/// Alert transitions the caller may see, as SSE `alert` events. Who may see one is decided by
+/// the patient's care team when it is delivered (authorization follows the patient), and the
+/// event carries that team.
 pub fn alert_events(
     engine: &AlertEngine,
     who: Principal,
 ) -> impl futures::Stream<Item = Result<SseEvent, Infallible>> + Send + use<> {
+    let engine = engine.clone();
     broadcast_stream(engine.subscribe()).filter_map(move |t| {
-        let ok = match who.role {
-            Role::Admin | Role::Analyst => true,
-            _ => who.subject.is_some() && who.subject == t.care_team,
-        };
+        let team = engine.team_of(&t.patient_id);
+        let ok = crate::engine::may_see(&who, team.as_deref());
         async move {
             ok.then(|| {
+                let t = crate::notify::routed(&t, team);
                 let body = crate::notify::feed_payload(&t).to_string();
                 Ok(SseEvent::default().event("alert").data(body))
             })
@@ -222,12 +195,17 @@ pub fn alert_events(
     })
 }
 
-async fn stream(State(state): State<AlertState>, headers: HeaderMap) -> Response {
-    let who = match caller(&state, &headers) {
+/// The stream ends when the caller's credential stops working (revoked, expired).
+async fn stream(State(state): State<AlertState>, auth: Result<Caller, AuthError>) -> Response {
+    let caller = match auth {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let who = match reader(Ok(caller.clone())) {
         Ok(p) => p,
         Err(r) => return r,
     };
-    Sse::new(alert_events(&state.engine, who))
+    Sse::new(caller.bound(alert_events(&state.engine, who)))
         .keep_alive(KeepAlive::default())
         .into_response()
 }

@@ -1,6 +1,8 @@
 //! Webhook delivery: every durable transition (except the `pending` record written when an
-//! alert fires) is POSTed as JSON, in history order, to the global receiver, to the patient's
-//! care-team receiver, and — for escalations — to the escalation receiver. Retries back off
+//! alert fires) is POSTed as JSON, in history order, to the global receiver, to the receiver of
+//! the patient's care team *at delivery time* (authorization follows the patient; a patient
+//! without a team goes to the global receiver only), and — for escalations — to the escalation
+//! receiver. Retries back off
 //! exponentially; the position reached is kept in `alerts/webhook.offset`, so a restart
 //! re-sends at most the transition in flight (receivers de-duplicate on
 //! `fingerprint` + `seq`).
@@ -87,6 +89,7 @@ pub fn payload(t: &Transition) -> Value {
         "episode_end": iso(t.episode_end_us),
         "escalation_level": t.escalation_level,
         "acknowledged_by": t.acknowledged_by,
+        "previous_care_team": t.previous_care_team,
         "at": iso(t.at_us),
         "text": format!("{headline}: {}", t.message),
         "type": "message",
@@ -114,6 +117,37 @@ pub fn feed_payload(t: &Transition) -> Value {
         o.remove("type");
     }
     v
+}
+
+/// The transition as it is routed now: `care_team` is the patient's team at delivery (which
+/// differs from the stored one only when the patient moved after it was written).
+pub fn routed(t: &Arc<Transition>, team: Option<String>) -> Arc<Transition> {
+    if t.care_team == team {
+        return t.clone();
+    }
+    let mut r = (**t).clone();
+    r.care_team = team;
+    Arc::new(r)
+}
+
+/// The MQTT message of a transition: `carewatch/alerts/{team}` for the patient's care team now
+/// and the [`feed_payload`]. None for a patient without a team (`unassigned` is not a team:
+/// such alerts reach admins through the API and the global webhook only), for `pending`
+/// records, and for a team name that cannot be a topic level (`+`, `#`, NUL).
+pub fn mqtt_message(engine: &AlertEngine, t: &Arc<Transition>) -> Option<(String, String)> {
+    if t.event == Event::Pending {
+        return None;
+    }
+    let team = engine.team_of(&t.patient_id)?;
+    if team.contains(['+', '#', '\0']) {
+        tracing::debug!("care team name is not a topic level; alert not published on MQTT");
+        return None;
+    }
+    let t = routed(t, Some(team.clone()));
+    Some((
+        format!("carewatch/alerts/{team}"),
+        feed_payload(&t).to_string(),
+    ))
 }
 
 /// Receivers of one transition.
@@ -191,6 +225,7 @@ pub async fn run(
             continue;
         }
         for t in batch {
+            let t = routed(&t, engine.team_of(&t.patient_id));
             for url in receivers(&routes, &t) {
                 let body = payload(&t);
                 let mut delay = routes.backoff;

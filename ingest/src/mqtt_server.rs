@@ -8,7 +8,14 @@
 //!
 //! Devices log in with username = device id and password = the device secret, and publish to
 //! `devices/{device_id}/readings`. Under backpressure the listener stops reading the socket
-//! (TCP pushes back on the device) and retries the append.
+//! (TCP pushes back on the device) and retries the append. QoS 2 is served in full: PUBREC
+//! once durable (like PUBACK), a redelivery of an unreleased packet id is answered PUBREC again
+//! without storing it twice, PUBREL gets PUBCOMP.
+//!
+//! A session lasts only as long as its credential: it `select!`s on
+//! `Registry::until_invalid`, so revoking a device, rotating its secret (registering it again)
+//! or revoking a token closes the connection at once, and no acknowledgement is sent once the
+//! credential is no longer valid.
 //!
 //! Care managers and admins log in with their token as the password (any username) and may
 //! subscribe to alert topics, when alert publishing is enabled: a care manager to
@@ -16,6 +23,7 @@
 //! messages are delivered at QoS 0 (a live feed: the durable record is the alert history and
 //! the webhook); such sessions may not publish.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +31,14 @@ use futures::stream::FuturesOrdered;
 use futures::{SinkExt, StreamExt};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{
-    Codec, ConnAck, ConnectReturnCode, Packet, PubAck, SubAck, SubscribeReasonCode,
+    Codec, ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, Publish, SubAck,
+    SubscribeReasonCode,
 };
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use carewatch_store::registry::{Principal, Role};
+use carewatch_store::registry::{Principal, Registry, Role, valid_team};
 use carewatch_transform::{Reason, Rejection, Source};
 
 /// Messages the listener offers to subscribers: (topic, payload).
@@ -57,7 +66,11 @@ fn may_subscribe(who: &Principal, filter: &str) -> bool {
     };
     match who.role {
         Role::Admin => !rest.is_empty(),
-        Role::CareManager => who.subject.as_deref() == Some(rest),
+        // Their own team only: never `unassigned`, never a wildcard.
+        Role::CareManager => who
+            .subject
+            .as_deref()
+            .is_some_and(|team| valid_team(team) && team == rest && !team.contains(['+', '#'])),
         _ => false,
     }
 }
@@ -114,6 +127,35 @@ pub fn readings_topic(device: &str) -> String {
     format!("devices/{device}/readings")
 }
 
+/// What a CONNECT logged in as.
+enum Login {
+    /// A device (username = its id, password = its current secret).
+    Device(Principal),
+    /// An admin or care manager (password = token), when alert topics are offered.
+    Subscriber(
+        Principal,
+        tokio::sync::broadcast::Receiver<(String, bytes::Bytes)>,
+    ),
+}
+
+fn login(
+    pipeline: &Pipeline,
+    connect: &rumqttc::mqttbytes::v4::Connect,
+    outbound: Option<&Outbound>,
+) -> Option<Login> {
+    let l = connect.login.as_ref()?;
+    let who = pipeline.registry.authenticate(&l.password)?;
+    match who.role {
+        Role::Device if who.subject.as_deref() == Some(l.username.as_str()) => {
+            Some(Login::Device(who))
+        }
+        Role::Admin | Role::CareManager => {
+            outbound.map(|out| Login::Subscriber(who, out.subscribe()))
+        }
+        _ => None,
+    }
+}
+
 async fn connection<S>(
     stream: S,
     pipeline: Arc<Pipeline>,
@@ -135,75 +177,151 @@ async fn connection<S>(
         Ok(Some(Ok(Packet::Connect(c)))) => c,
         _ => return,
     };
-    let subscriber = match (&connect.login, &outbound) {
-        (Some(l), Some(out)) if !pipeline.registry.device_login(&l.username, &l.password) => {
-            pipeline
-                .registry
-                .authenticate(&l.password)
-                .filter(|p| matches!(p.role, Role::Admin | Role::CareManager))
-                .map(|p| (p, out.subscribe()))
-        }
-        _ => None,
-    };
-    if let Some((who, rx)) = subscriber {
-        if framed
+    let Some(who) = login(&pipeline, &connect, outbound.as_ref()) else {
+        tracing::info!("MQTT login refused");
+        let _ = framed
             .send(Packet::ConnAck(ConnAck::new(
-                ConnectReturnCode::Success,
+                ConnectReturnCode::BadUserNamePassword,
                 false,
             )))
-            .await
-            .is_ok()
-        {
-            let keep_alive = Duration::from_secs(u64::from(connect.keep_alive.max(1)) * 3 / 2 + 1);
-            subscriber_session(framed, who, rx, keep_alive, shutdown).await;
-        }
+            .await;
         return;
-    }
-    let device = match &connect.login {
-        Some(l) if pipeline.registry.device_login(&l.username, &l.password) => l.username.clone(),
-        _ => {
-            tracing::info!("MQTT login refused");
-            let _ = framed
-                .send(Packet::ConnAck(ConnAck::new(
-                    ConnectReturnCode::BadUserNamePassword,
-                    false,
-                )))
-                .await;
-            return;
-        }
     };
-    if framed
-        .send(Packet::ConnAck(ConnAck::new(
-            ConnectReturnCode::Success,
-            false,
-        )))
-        .await
-        .is_err()
-    {
+    let accepted = Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false));
+    if framed.send(accepted).await.is_err() {
         return;
     }
     let keep_alive = Duration::from_secs(u64::from(connect.keep_alive.max(1)) * 3 / 2 + 1);
+    match who {
+        Login::Device(who) => device_session(framed, pipeline, who, keep_alive, shutdown).await,
+        Login::Subscriber(who, rx) => {
+            let registry = pipeline.registry.clone();
+            subscriber_session(framed, registry, who, rx, keep_alive, shutdown).await;
+        }
+    }
+}
+
+/// An acknowledgement to send once the publish it answers is stored (or nothing, QoS 0).
+type Pending = futures::future::BoxFuture<'static, Result<Option<Packet>, ()>>;
+
+/// Stores one PUBLISH (its readings, or a dead letter for a wrong topic), retrying while the
+/// store is busy; resolves to the acknowledgement to send.
+fn store(
+    pipeline: Arc<Pipeline>,
+    origin: Origin,
+    p: Publish,
+    own: &str,
+    ack: Option<Packet>,
+) -> Pending {
+    let wrong = p.topic != own;
+    Box::pin(async move {
+        loop {
+            let res = if wrong {
+                let r = Rejection::new(
+                    Reason::WrongTopic,
+                    format!(
+                        "published to {:?}; devices publish to devices/<own id>/readings",
+                        p.topic
+                    ),
+                );
+                pipeline.refuse(&p.payload, &origin, r).await
+            } else {
+                pipeline.ingest(&p.payload, &origin).await.map(|_| ())
+            };
+            match res {
+                Ok(()) => return Ok(ack),
+                Err(carewatch_store::Error::Busy) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "storing MQTT payload failed");
+                    return Err(());
+                }
+            }
+        }
+    })
+}
+
+/// The acknowledgements of a device's session, in arrival order (MQTT 3.1.1 §4.6), and the
+/// QoS 2 packet ids received and not yet released.
+struct Acks {
+    queue: FuturesOrdered<Pending>,
+    unreleased: HashSet<u16>,
+}
+
+impl Acks {
+    /// Queues the answer to a PUBLISH: QoS 1 PUBACK and QoS 2 PUBREC once it is durable. A QoS 2
+    /// packet id seen again before its PUBREL is a redelivery: PUBREC again, not stored twice
+    /// (§4.3.3, method B).
+    fn publish(&mut self, pipeline: &Arc<Pipeline>, origin: &Origin, own: &str, p: Publish) {
+        let ack = match p.qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(Packet::PubAck(PubAck::new(p.pkid))),
+            QoS::ExactlyOnce => Some(Packet::PubRec(PubRec::new(p.pkid))),
+        };
+        if p.qos == QoS::ExactlyOnce && !self.unreleased.insert(p.pkid) {
+            self.queue
+                .push_back(Box::pin(futures::future::ready(Ok(ack))));
+            return;
+        }
+        self.queue
+            .push_back(store(pipeline.clone(), origin.clone(), p, own, ack));
+    }
+
+    /// PUBREL: the id is free again; PUBCOMP after whatever is queued before it.
+    fn release(&mut self, pkid: u16) {
+        self.unreleased.remove(&pkid);
+        let comp = Packet::PubComp(PubComp::new(pkid));
+        self.queue
+            .push_back(Box::pin(futures::future::ready(Ok(Some(comp)))));
+    }
+}
+
+/// A device's session: publishes to its own readings topic, acknowledged once durable. Ends
+/// (the socket is closed; MQTT 3.1.1 has no server DISCONNECT) as soon as the device's
+/// credential stops being valid — revoked, or its secret rotated by a re-registration — and
+/// nothing is acknowledged after that.
+async fn device_session<S>(
+    mut framed: Framed<S, Codec>,
+    pipeline: Arc<Pipeline>,
+    who: Principal,
+    keep_alive: Duration,
+    shutdown: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let device = who.subject.clone().unwrap_or_default();
     let topic = readings_topic(&device);
     let origin = Origin {
         source: Some(Source::Mqtt),
-        device: Some(device.clone()),
+        device: Some(device),
         format: None,
     };
-    let mut inflight = FuturesOrdered::new();
+    let registry = pipeline.registry.clone();
+    let gone = registry.until_invalid(&who.id);
+    tokio::pin!(gone);
+    let mut acks = Acks {
+        queue: FuturesOrdered::new(),
+        unreleased: HashSet::new(),
+    };
     loop {
         tokio::select! {
             biased;
-            Some(done) = inflight.next(), if !inflight.is_empty() => {
-                match done {
-                    Ok(Some(pkid)) => {
-                        if framed.send(Packet::PubAck(PubAck::new(pkid))).await.is_err() { return; }
-                    }
-                    Ok(None) => {}
-                    Err(()) => return, // storage failed: drop the connection, the device redelivers
-                }
+            () = &mut gone => {
+                tracing::info!("MQTT: device credential revoked or rotated; closing its session");
+                return;
             }
-            () = shutdown.cancelled(), if inflight.is_empty() => return,
-            packet = tokio::time::timeout(keep_alive, framed.next()), if inflight.len() < MAX_INFLIGHT => {
+            Some(done) = acks.queue.next(), if !acks.queue.is_empty() => match done {
+                Ok(Some(ack)) => {
+                    if !registry.still_valid(&who.id) || framed.send(ack).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(()) => return, // storage failed: drop the connection, the device redelivers
+            },
+            () = shutdown.cancelled(), if acks.queue.is_empty() => return,
+            packet = tokio::time::timeout(keep_alive, framed.next()), if acks.queue.len() < MAX_INFLIGHT => {
                 let packet = match packet {
                     Ok(Some(Ok(p))) => p,
                     Ok(Some(Err(e))) => {
@@ -213,39 +331,9 @@ async fn connection<S>(
                     Ok(None) | Err(_) => return,
                 };
                 match packet {
-                    Packet::Publish(p) => {
-                        let pipeline = pipeline.clone();
-                        let origin = origin.clone();
-                        let wrong = p.topic != topic;
-                        let t = p.topic.clone();
-                        inflight.push_back(async move {
-                            let ack = (p.qos != QoS::AtMostOnce).then_some(p.pkid);
-                            loop {
-                                let res = if wrong {
-                                    let r = Rejection::new(
-                                        Reason::WrongTopic,
-                                        format!("published to {t:?}; devices publish to devices/<own id>/readings"),
-                                    );
-                                    pipeline.refuse(&p.payload, &origin, r).await
-                                } else {
-                                    pipeline.ingest(&p.payload, &origin).await.map(|_| ())
-                                };
-                                match res {
-                                    Ok(()) => return Ok(ack),
-                                    Err(carewatch_store::Error::Busy) => {
-                                        tokio::time::sleep(Duration::from_millis(20)).await;
-                                    }
-                                    Err(e) => {
-                                        tracing::error!(error = %e, "storing MQTT payload failed");
-                                        return Err(());
-                                    }
-                                }
-                            }
-                        });
-                    }
-                    Packet::PingReq => {
-                        if framed.send(Packet::PingResp).await.is_err() { return; }
-                    }
+                    Packet::Publish(p) => acks.publish(&pipeline, &origin, &topic, p),
+                    Packet::PubRel(r) => acks.release(r.pkid),
+                    Packet::PingReq if framed.send(Packet::PingResp).await.is_err() => return,
                     Packet::Subscribe(s) => {
                         // Devices do not subscribe to anything here.
                         let codes = s.filters.iter().map(|_| SubscribeReasonCode::Failure).collect();
@@ -253,9 +341,11 @@ async fn connection<S>(
                     }
                     Packet::Disconnect => {
                         // Finish what is in flight, then close.
-                        while let Some(done) = inflight.next().await {
-                            if let Ok(Some(pkid)) = done {
-                                let _ = framed.send(Packet::PubAck(PubAck::new(pkid))).await;
+                        while let Some(done) = acks.queue.next().await {
+                            if let Ok(Some(ack)) = done
+                                && registry.still_valid(&who.id)
+                            {
+                                let _ = framed.send(ack).await;
                             }
                         }
                         return;
@@ -267,9 +357,10 @@ async fn connection<S>(
     }
 }
 
-/// A care manager's or admin's session: alert topics only, QoS 0.
+/// A care manager's or admin's session: alert topics only, QoS 0. Ends when the token does.
 async fn subscriber_session<S>(
     mut framed: Framed<S, Codec>,
+    registry: Arc<Registry>,
     who: Principal,
     mut rx: tokio::sync::broadcast::Receiver<(String, bytes::Bytes)>,
     keep_alive: Duration,
@@ -278,13 +369,20 @@ async fn subscriber_session<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut filters: Vec<String> = Vec::new();
+    let gone = registry.until_invalid(&who.id);
+    tokio::pin!(gone);
     loop {
         tokio::select! {
+            biased;
+            () = &mut gone => {
+                tracing::info!("MQTT: subscriber token revoked or expired; closing its session");
+                return;
+            }
             () = shutdown.cancelled() => return,
             msg = rx.recv() => match msg {
                 Ok((topic, payload)) => {
                     if filters.iter().any(|f| topic_matches(f, &topic)) {
-                        let p = rumqttc::mqttbytes::v4::Publish::from_bytes(topic, QoS::AtMostOnce, payload);
+                        let p = Publish::from_bytes(topic, QoS::AtMostOnce, payload);
                         if framed.send(Packet::Publish(p)).await.is_err() { return; }
                     }
                 }
@@ -298,36 +396,52 @@ async fn subscriber_session<S>(
                     Ok(Some(Ok(p))) => p,
                     _ => return,
                 };
-                match packet {
-                    Packet::Subscribe(s) => {
-                        let mut codes = Vec::with_capacity(s.filters.len());
-                        for f in &s.filters {
-                            if may_subscribe(&who, &f.path) {
-                                filters.push(f.path.clone());
-                                codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
-                            } else {
-                                codes.push(SubscribeReasonCode::Failure);
-                            }
-                        }
-                        if framed.send(Packet::SubAck(SubAck::new(s.pkid, codes))).await.is_err() { return; }
-                    }
-                    Packet::Unsubscribe(u) => {
-                        filters.retain(|f| !u.topics.contains(f));
-                        let ack = rumqttc::mqttbytes::v4::UnsubAck::new(u.pkid);
-                        if framed.send(Packet::UnsubAck(ack)).await.is_err() { return; }
-                    }
-                    Packet::PingReq => {
-                        if framed.send(Packet::PingResp).await.is_err() { return; }
-                    }
-                    Packet::Publish(_) => {
-                        tracing::info!("MQTT: a subscriber session tried to publish; closing");
-                        return;
-                    }
-                    Packet::Disconnect => return,
-                    _ => {}
+                if !subscriber_packet(&mut framed, &who, &mut filters, packet).await {
+                    return;
                 }
             }
         }
+    }
+}
+
+/// Handles one packet of a subscriber session; false: close it.
+async fn subscriber_packet<S>(
+    framed: &mut Framed<S, Codec>,
+    who: &Principal,
+    filters: &mut Vec<String>,
+    packet: Packet,
+) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match packet {
+        Packet::Subscribe(s) => {
+            let mut codes = Vec::with_capacity(s.filters.len());
+            for f in &s.filters {
+                if may_subscribe(who, &f.path) {
+                    filters.push(f.path.clone());
+                    codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
+                } else {
+                    codes.push(SubscribeReasonCode::Failure);
+                }
+            }
+            framed
+                .send(Packet::SubAck(SubAck::new(s.pkid, codes)))
+                .await
+                .is_ok()
+        }
+        Packet::Unsubscribe(u) => {
+            filters.retain(|f| !u.topics.contains(f));
+            let ack = rumqttc::mqttbytes::v4::UnsubAck::new(u.pkid);
+            framed.send(Packet::UnsubAck(ack)).await.is_ok()
+        }
+        Packet::PingReq => framed.send(Packet::PingResp).await.is_ok(),
+        Packet::Publish(_) => {
+            tracing::info!("MQTT: a subscriber session tried to publish; closing");
+            false
+        }
+        Packet::Disconnect => false,
+        _ => true,
     }
 }
 
@@ -369,5 +483,17 @@ mod tests {
             subject: None,
         };
         assert!(may_subscribe(&admin, "carewatch/alerts/#"));
+        // `unassigned` is not a team, and a team name is never a wildcard.
+        for bad in ["unassigned", "", "a/#", "+"] {
+            let cm = Principal {
+                id: "y".into(),
+                role: Role::CareManager,
+                subject: Some(bad.into()),
+            };
+            assert!(
+                !may_subscribe(&cm, &format!("carewatch/alerts/{bad}")),
+                "{bad}"
+            );
+        }
     }
 }

@@ -1,0 +1,192 @@
+//! Authorization follows the patient: an open alert of a patient who moves to another care
+//! team is reassigned (a `reassigned` transition with both teams), the old team loses it at
+//! once, the new one sees and acknowledges it; `unassigned` is nobody's team.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use carewatch_alert::engine::{AlertEngine, Config, may_see};
+use carewatch_alert::history::{Event, History, Status};
+use carewatch_alert::rules;
+use carewatch_query::{QueryEngine, QueryLimits};
+use carewatch_store::registry::{Principal, Registry, Role};
+use carewatch_store::{Row, Store};
+use carewatch_transform::{Format, Reading, Source, catalogue};
+
+const M: i64 = 60_000_000;
+/// 2026-01-05T00:00:00Z
+const T0: i64 = 1_767_571_200_000_000;
+
+fn fever(p: &str, t: i64) -> Row {
+    Row {
+        reading: Reading {
+            device_id: format!("d-{p}"),
+            patient_id: Some(p.to_owned()),
+            vital: catalogue::by_key("body_temperature").expect("vital"),
+            value: 39.4,
+            effective_us: t,
+            effective_end_us: None,
+            offset_min: Some(0),
+            extra: None,
+        },
+        received_us: t,
+        source: Source::Http,
+        format: Format::Carewatch,
+    }
+}
+
+fn manager(team: &str) -> Principal {
+    Principal {
+        id: format!("cm-{team}"),
+        role: Role::CareManager,
+        subject: Some(team.to_owned()),
+    }
+}
+
+struct World {
+    _tmp: tempfile::TempDir,
+    store: Store,
+    registry: Arc<Registry>,
+    engine: AlertEngine,
+}
+
+async fn world() -> World {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().to_path_buf();
+    let mut c = carewatch_store::Config::new(&dir);
+    c.tick = Duration::from_secs(3600);
+    let store = Store::open(c).await.expect("store");
+    let registry = Arc::new(Registry::open(&dir).expect("registry").0);
+    let audit = carewatch_query::audit::AuditLog::open(&dir, false).expect("audit");
+    let q = QueryEngine::new(
+        store.clone(),
+        registry.clone(),
+        QueryLimits::default(),
+        Arc::new(audit),
+    )
+    .expect("query engine");
+    let rule = rules::load(None)
+        .expect("rules")
+        .into_iter()
+        .find(|r| r.id == "fever")
+        .expect("fever rule");
+    let history = Arc::new(History::open(&dir, false).expect("history"));
+    let engine = AlertEngine::new(
+        Config::default(),
+        vec![rule],
+        q.context().clone(),
+        &store,
+        registry.clone(),
+        history,
+    );
+    World {
+        _tmp: tmp,
+        store,
+        registry,
+        engine,
+    }
+}
+
+#[tokio::test]
+async fn an_open_alert_follows_its_patient_to_the_new_team() {
+    let w = world().await;
+    w.registry.set_care_team("p", "north").expect("team");
+    w.store
+        .append(vec![fever("p", T0)], Vec::new())
+        .await
+        .expect("append");
+    w.engine.evaluate(T0 + M).await.expect("eval");
+    let (north, south) = (manager("north"), manager("south"));
+    let id = w.engine.current(&north)[0].alert_id.clone();
+    let a = w.engine.acknowledge(&id, &north).expect("north takes it");
+    assert_eq!(a.status, Status::Acknowledged);
+
+    w.registry.set_care_team("p", "south").expect("move");
+    // At once, before any run: the old team has lost it, the new one has it.
+    assert!(w.engine.current(&north).is_empty());
+    assert!(w.engine.acknowledge(&id, &north).is_err());
+    let theirs = w.engine.current(&south);
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].care_team.as_deref(), Some("south"));
+
+    // The next run records the move: firing again (nobody in the south has taken it).
+    let before = w.engine.history().len();
+    w.engine.evaluate(T0 + 2 * M).await.expect("eval");
+    let rows = w.engine.history().since(before as u64);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let t = &rows[0];
+    assert_eq!(t.event, Event::Reassigned);
+    assert_eq!(t.status, Status::Firing);
+    assert_eq!(t.care_team.as_deref(), Some("south"));
+    assert_eq!(t.previous_care_team.as_deref(), Some("north"));
+    assert_eq!(t.acknowledged_by, None);
+    // Only once.
+    w.engine.evaluate(T0 + 3 * M).await.expect("eval");
+    assert_eq!(w.engine.history().len(), before + 1);
+
+    let a = w.engine.acknowledge(&id, &south).expect("south takes it");
+    assert_eq!(a.status, Status::Acknowledged);
+    assert_eq!(a.acknowledged_by.as_deref(), Some("cm-south"));
+}
+
+#[tokio::test]
+async fn acknowledging_a_moved_alert_before_the_next_run_records_the_move_first() {
+    let w = world().await;
+    w.registry.set_care_team("p", "north").expect("team");
+    w.store
+        .append(vec![fever("p", T0)], Vec::new())
+        .await
+        .expect("append");
+    w.engine.evaluate(T0 + M).await.expect("eval");
+    let id = w.engine.current(&manager("north"))[0].alert_id.clone();
+    w.registry.set_care_team("p", "south").expect("move");
+    let before = w.engine.history().len();
+    w.engine
+        .acknowledge(&id, &manager("south"))
+        .expect("south takes it");
+    let events: Vec<(Event, Option<String>)> = w
+        .engine
+        .history()
+        .since(before as u64)
+        .iter()
+        .map(|t| (t.event, t.care_team.clone()))
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            (Event::Reassigned, Some("south".to_owned())),
+            (Event::Acknowledged, Some("south".to_owned()))
+        ]
+    );
+    w.engine.evaluate(T0 + 2 * M).await.expect("eval");
+    assert_eq!(w.engine.history().len(), before + 2, "no second move");
+}
+
+#[tokio::test]
+async fn unassigned_is_nobodys_team() {
+    let w = world().await;
+    w.store
+        .append(vec![fever("lonely", T0)], Vec::new())
+        .await
+        .expect("append");
+    w.engine.evaluate(T0 + M).await.expect("eval");
+    let admin = Principal {
+        id: "admin".into(),
+        role: Role::Admin,
+        subject: None,
+    };
+    let a = w.engine.current(&admin);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].care_team, None);
+    // A care manager whose subject is not a team (tokens made before the registry refused
+    // them) sees nothing, on any path.
+    for bad in ["unassigned", "", " "] {
+        let who = manager(bad);
+        assert!(w.engine.current(&who).is_empty(), "{bad:?}");
+        assert!(w.engine.acknowledge(&a[0].alert_id, &who).is_err());
+        assert!(!may_see(&who, None));
+        assert!(!may_see(&who, Some(bad)));
+    }
+    assert!(may_see(&manager("north"), Some("north")));
+    assert!(!may_see(&manager("north"), None));
+}
