@@ -26,7 +26,7 @@ use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::{ClientInfo, ErrorHandler, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError};
 use pgwire::messages::cancel::CancelRequest;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use carewatch_store::registry::{Principal, Registry};
@@ -231,6 +231,7 @@ pub async fn serve(
         );
         tokio::spawn(async move {
             let conn = Arc::new(Conn::default());
+            let probe = probe(&socket);
             let session = CONN.scope(conn.clone(), pgwire::tokio::process_socket(socket, tls, h));
             tokio::select! {
                 r = session => if let Err(e) = r {
@@ -239,10 +240,36 @@ pub async fn serve(
                 () = conn.until_invalid(&registry) => {
                     tracing::info!("postgres wire: connection closed, its credential is no longer valid");
                 }
+                () = until_peer_gone(probe) => {
+                    tracing::debug!("postgres wire: the client went away");
+                }
             }
             if let Some(key) = lock(&conn.key).take() {
                 lock(&cancels.conns).remove(&key);
             }
         });
+    }
+}
+
+/// A second handle on the connection's socket, to notice a client that went away while a
+/// query runs (pgwire reads nothing then).
+fn probe(socket: &TcpStream) -> Option<TcpStream> {
+    use std::os::fd::AsFd;
+    let fd = socket.as_fd().try_clone_to_owned().ok()?;
+    TcpStream::from_std(std::net::TcpStream::from(fd)).ok()
+}
+
+/// Completes when the peer closed the connection (EOF, or an error). Unread data means pgwire
+/// will read it: look again a little later.
+async fn until_peer_gone(probe: Option<TcpStream>) {
+    let Some(probe) = probe else {
+        return std::future::pending().await;
+    };
+    let mut b = [0u8; 1];
+    loop {
+        match probe.peek(&mut b).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
     }
 }
