@@ -53,6 +53,23 @@ pub struct FileConfig {
     /// Credentials.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// The HTTP edge's limits.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// `[http]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Open connections at most (default 4096).
+    pub max_connections: Option<usize>,
+    /// Seconds for a request's headers to arrive (default 30).
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds without traffic before a connection is closed (default 120).
+    pub idle_timeout_secs: Option<u64>,
+    /// Seconds connections get to finish after SIGTERM (default 10).
+    pub shutdown_deadline_secs: Option<u64>,
 }
 
 /// `[auth]`
@@ -188,6 +205,7 @@ pub struct ServeConfig {
     pub alerts_mqtt: bool,
     pub query_limits: carewatch_query::QueryLimits,
     pub metrics_require_token: bool,
+    pub http_limits: carewatch_ingest::server::Limits,
     pub login_limits: carewatch_auth::limiter::Limits,
 }
 
@@ -344,7 +362,18 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         }
         login_limits.refill = Duration::from_secs_f64(s);
     }
+    let mut http_limits = carewatch_ingest::server::Limits::default();
+    let h = &file.http;
+    if let Some(n) = h.max_connections {
+        http_limits.max_connections = n.max(1);
+    }
+    let secs = |v: Option<u64>, d: Duration| v.map_or(d, |s| Duration::from_secs(s.max(1)));
+    http_limits.header_read_timeout =
+        secs(h.header_read_timeout_secs, http_limits.header_read_timeout);
+    http_limits.idle_timeout = secs(h.idle_timeout_secs, http_limits.idle_timeout);
+    http_limits.shutdown_deadline = secs(h.shutdown_deadline_secs, http_limits.shutdown_deadline);
     Ok(ServeConfig {
+        http_limits,
         query_limits,
         metrics_require_token,
         login_limits,

@@ -246,25 +246,14 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         },
     ))
     .merge(carewatch_web::router(web))
-    .layer(axum::Extension(auth.clone()))
-    .into_make_service_with_connect_info::<carewatch_auth::http::PeerAddr>();
-    let sd = shutdown.clone();
-    let http_task = match tls.clone() {
-        None => tokio::spawn(async move {
-            axum::serve(http, app)
-                .with_graceful_shutdown(async move { sd.cancelled().await })
-                .await
-        }),
-        Some(acceptor) => tokio::spawn(async move {
-            let l = carewatch_ingest::tls::TlsListener {
-                tcp: http,
-                acceptor,
-            };
-            axum::serve(l, app)
-                .with_graceful_shutdown(async move { sd.cancelled().await })
-                .await
-        }),
-    };
+    .layer(axum::Extension(auth.clone()));
+    let http_task = tokio::spawn(carewatch_ingest::server::serve(
+        http,
+        tls.clone(),
+        app,
+        c.http_limits,
+        shutdown.clone(),
+    ));
 
     let mqtt_task = match &c.mqtt_url {
         Some(url) => {

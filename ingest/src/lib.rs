@@ -18,6 +18,7 @@ pub mod mqtt_client;
 pub mod mqtt_server;
 pub mod pipeline;
 pub mod replay;
+pub mod server;
 pub mod simulate;
 pub mod tls;
 
