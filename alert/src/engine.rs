@@ -759,7 +759,7 @@ impl AlertEngine {
         let n = out.len() + moved;
         let written = inner
             .history
-            .append(out)
+            .append_from_async(out)
             .map_err(|e| format!("alert history: {e}"))?;
         for t in &written {
             st.apply(t);

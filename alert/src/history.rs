@@ -211,6 +211,17 @@ impl History {
         Ok(out)
     }
 
+    /// [`History::append`] from async code: on a multi-threaded runtime the write and fsync
+    /// run under `block_in_place`, so the worker's other tasks move to another thread meanwhile.
+    pub fn append_from_async(&self, ts: Vec<Transition>) -> std::io::Result<Vec<Arc<Transition>>> {
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.append(ts))
+            }
+            _ => self.append(ts),
+        }
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.rows.read().unwrap_or_else(|e| e.into_inner()).len()

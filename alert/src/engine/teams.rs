@@ -203,7 +203,7 @@ impl AlertEngine {
         let written: Vec<Arc<Transition>> = self
             .inner
             .history
-            .append(out)
+            .append_from_async(out)
             .map_err(|e| format!("alert history: {e}"))?;
         for t in &written {
             st.apply(t);
