@@ -398,11 +398,13 @@ pub fn simulate(srv: &Server, patients: usize, minutes: i64, extra: &[&str]) {
         .position(|a| *a == "--prefix")
         .and_then(|i| extra.get(i + 1))
         .copied()
-        .unwrap_or("sim-");
+        .unwrap_or("sim-"); // `carewatch simulate`'s default --prefix
     for i in 0..patients {
-        // carewatch_ingest::simulate::{device_id, patient_id}
-        note_id("device", &format!("{prefix}dev-{i:05}"));
-        note_id("patient", &format!("{prefix}pat-{i:05}"));
+        note_id("device", &carewatch_ingest::simulate::device_id(prefix, i));
+        note_id(
+            "patient",
+            &carewatch_ingest::simulate::patient_id(prefix, i),
+        );
     }
     let (n, dur) = (patients.to_string(), format!("{minutes}m"));
     let out = Command::new(BIN)
