@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -165,10 +165,24 @@ impl QueryEngine {
     ) -> Result<QueryStream, QueryError> {
         let budget = self.admit(caller, &prepared.sql, settings, cancel)?;
         let mut checked = prepared.clone();
-        if let Some(p) = params {
-            checked.plan = checked.plan.replace_params_with_values(&p)?;
+        let bound = match params {
+            Some(p) => checked
+                .plan
+                .replace_params_with_values(&p)
+                .map_err(QueryError::from),
+            None => Ok(checked.plan.clone()),
+        };
+        let verified = bound.and_then(|plan| {
+            let tables = verify_plan(&plan, caller.principal.role)?;
+            Ok((plan, tables))
+        });
+        match verified {
+            Ok((plan, tables)) => (checked.plan, checked.tables) = (plan, tables),
+            Err(e) => {
+                self.record(caller, &prepared.sql, None, &prepared.tables, &refusal(&e));
+                return Err(e);
+            }
         }
-        checked.tables = verify_plan(&checked.plan, caller.principal.role)?;
         let state = self.query_state(settings)?;
         self.start(caller, budget, state, checked).await
     }
@@ -213,15 +227,35 @@ impl QueryEngine {
             rows: 0,
             max_rows: self.limits.max_rows,
             outcome: None,
+            permit: watchdog(budget.permit, budget.deadline),
             ticket: Some(Ticket {
                 engine: self.clone(),
                 caller: caller.clone(),
                 sql: checked.sql,
                 tables: checked.tables,
             }),
-            _permit: budget.permit,
         })
     }
+}
+
+/// Holds a query's concurrency permit until the stream is dropped or its deadline passes,
+/// whichever comes first: an answer left unread in a suspended portal stops counting at its
+/// deadline (and fails with a timeout if it is read later).
+fn watchdog(
+    permit: OwnedSemaphorePermit,
+    deadline: Instant,
+) -> Arc<Mutex<Option<OwnedSemaphorePermit>>> {
+    let slot = Arc::new(Mutex::new(Some(permit)));
+    let weak = Arc::downgrade(&slot);
+    tokio::spawn(async move {
+        tokio::time::sleep_until(deadline).await;
+        if let Some(s) = weak.upgrade() {
+            s.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+        }
+    });
+    slot
 }
 
 /// The audit line owed when the answer ends.
@@ -244,7 +278,7 @@ pub struct QueryStream {
     max_rows: u64,
     outcome: Option<String>,
     ticket: Option<Ticket>,
-    _permit: OwnedSemaphorePermit,
+    permit: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
 }
 
 impl std::fmt::Debug for QueryStream {
@@ -315,6 +349,10 @@ impl Stream for QueryStream {
 
 impl Drop for QueryStream {
     fn drop(&mut self) {
+        self.permit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         if let Some(t) = self.ticket.take() {
             let outcome = self
                 .outcome

@@ -108,8 +108,28 @@ impl GateParser {
         if !session::handles(&s) {
             return Err(self.refuse(&who, &s));
         }
-        self.engine.record(&who, &sql, None, &[], "ok");
-        session::run(client, self.engine.limits().timeout, &s).await
+        self.session(client, &who, &s).await
+    }
+
+    /// Runs a session statement and audits its outcome.
+    async fn session<C>(
+        &self,
+        client: &mut C,
+        who: &Caller,
+        s: &Statement,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let r = session::run(client, self.engine.limits().timeout, s).await;
+        let outcome = if r.is_ok() {
+            "ok"
+        } else {
+            "refused: session setting"
+        };
+        self.engine.record(who, &s.to_string(), None, &[], outcome);
+        r
     }
 }
 
@@ -274,10 +294,7 @@ impl ExtendedQueryHandler for GateHandler {
         let p = &self.parser;
         let (conn, who) = p.caller()?;
         match &portal.statement.statement {
-            PgStatement::Session(s) => {
-                p.engine.record(&who, &s.to_string(), None, &[], "ok");
-                session::run(client, p.engine.limits().timeout, s).await
-            }
+            PgStatement::Session(s) => p.session(client, &who, s).await,
             PgStatement::Query(c) => {
                 let types = parameter_types(c)?;
                 let refs: Vec<Option<&DataType>> = types.iter().map(Option::as_ref).collect();

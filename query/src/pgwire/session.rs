@@ -131,6 +131,11 @@ where
             variable, values, ..
         } if values.len() == 1 => (variable.to_string().to_ascii_lowercase(), text(&values[0])),
         Set::SetTimeZone { value, .. } => ("timezone".to_owned(), text(value)),
+        Set::SetNames { charset_name, .. } => {
+            ("client_encoding".to_owned(), charset_name.value.clone())
+        }
+        // Transaction modes (DBeaver's read-only connections): every session is read-only.
+        Set::SetTransaction { .. } => return Ok(Response::Execution(Tag::new("SET"))),
         _ => return Err(refused(&set.to_string())),
     };
     let name = name.trim_matches('"').to_owned();
@@ -262,6 +267,20 @@ fn set_time_zone(md: &mut HashMap<String, String>, v: &str) -> PgWireResult<Stri
     Ok(v.to_owned())
 }
 
+/// What SHOW answers for a settable parameter the client never set.
+fn default_of(name: &str) -> String {
+    match name {
+        "search_path" => "\"$user\", public",
+        "datestyle" => "ISO, MDY",
+        "intervalstyle" => "postgres",
+        "bytea_output" => "hex",
+        "extra_float_digits" => "1",
+        "client_min_messages" => "notice",
+        _ => "",
+    }
+    .to_owned()
+}
+
 fn show(md: &HashMap<String, String>, limit: Duration, name: &str) -> PgWireResult<Response> {
     let value = match name {
         "statement_timeout" => format!(
@@ -274,7 +293,7 @@ fn show(md: &HashMap<String, String>, limit: Duration, name: &str) -> PgWireResu
             SETTABLE.iter().find(|(k, _)| *k == n),
             FIXED.iter().find(|(k, _)| *k == n),
         ) {
-            (Some((k, _)), _) => md.get(*k).cloned().unwrap_or_default(),
+            (Some((k, _)), _) => md.get(*k).cloned().unwrap_or_else(|| default_of(k)),
             (None, Some((_, v))) => (*v).to_owned(),
             (None, None) => {
                 return Err(user_error(
