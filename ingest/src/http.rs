@@ -148,7 +148,15 @@ impl Caller {
 pub fn router(state: HttpState) -> Router {
     let max = state.pipeline.max_bytes;
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(|State(s): State<HttpState>| async move {
+                match s.pipeline.store.healthy() {
+                    Ok(()) => (StatusCode::OK, "ok"),
+                    Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store writer stopped"),
+                }
+            }),
+        )
         .route("/v1/readings", post(readings))
         .route("/fhir/Observation", post(fhir_observation))
         .route("/fhir", post(fhir_bundle))

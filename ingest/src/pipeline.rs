@@ -7,8 +7,9 @@ use carewatch_store::{DeadLetter, Row, Store};
 use carewatch_transform::template::Templates;
 use carewatch_transform::{Context, Format, Reason, Rejection, Source, ZonePolicy, normalise};
 
-/// Raw payloads larger than this are stored only with the first of their dead letters.
-const RAW_PER_REJECTION: usize = 64 << 10;
+/// At most this many rejected items of one message become dead letters of their own; the rest
+/// are summed up in one more (`too_large`). A message's raw payload is stored once either way.
+pub const MAX_DEAD_PER_MESSAGE: usize = 10_000;
 
 /// Where a payload came from.
 #[derive(Debug, Clone, Default)]
@@ -197,22 +198,37 @@ impl Pipeline {
                 Err(e) => rejected.push(e.with_device(Some(&r.device_id))),
             }
         }
-        let mut dead = Vec::with_capacity(rejected.len());
-        for (i, r) in rejected.iter().enumerate() {
-            let raw = if i == 0 || bytes.len() <= RAW_PER_REJECTION {
-                bytes.to_vec()
-            } else {
-                Vec::new()
-            };
-            dead.push(DeadLetter {
-                received_us,
-                source,
-                device_id: r.device_id.clone().or_else(|| origin.device.clone()),
-                reason: r.reason,
-                message: r.message.clone(),
-                index: r.index.map(|i| i as u32),
-                raw,
-            });
+        // One raw copy per message: the first dead letter carries it, all share its digest.
+        let sha = (!rejected.is_empty()).then(|| carewatch_store::dead::digest(bytes));
+        let letter = |i: usize, reason, message: String, index: Option<u32>, device| DeadLetter {
+            received_us,
+            source,
+            device_id: device,
+            reason,
+            message,
+            index,
+            raw: if i == 0 { bytes.to_vec() } else { Vec::new() },
+            raw_sha256: sha,
+        };
+        let kept = rejected.len().min(MAX_DEAD_PER_MESSAGE);
+        let mut dead = Vec::with_capacity(kept + 1);
+        for (i, r) in rejected.iter().take(kept).enumerate() {
+            let device = r.device_id.clone().or_else(|| origin.device.clone());
+            let index = r.index.map(|i| i as u32);
+            dead.push(letter(i, r.reason, r.message.clone(), index, device));
+        }
+        if rejected.len() > kept {
+            let message = format!(
+                "{} more rejected items of this message are not stored one by one (at most {MAX_DEAD_PER_MESSAGE} per message)",
+                rejected.len() - kept
+            );
+            dead.push(letter(
+                kept,
+                Reason::TooLarge,
+                message,
+                None,
+                origin.device.clone(),
+            ));
         }
         let accepted = rows.len();
         self.store.append(rows, dead).await?;
@@ -241,6 +257,7 @@ impl Pipeline {
             message: rejection.message,
             index: None,
             raw: bytes.to_vec(),
+            raw_sha256: None,
         };
         self.store.append(vec![], vec![d]).await
     }

@@ -10,8 +10,10 @@ use crate::{DeadLetter, Row};
 
 /// Record kinds.
 pub const KIND_ROWS: u8 = 1;
-/// Dead letters.
+/// Dead letters as first written (no payload digest); still read.
 pub const KIND_DEAD: u8 = 2;
+/// Dead letters with the payload digest that links a message's dead letters to its one raw copy.
+pub const KIND_DEAD_SHA: u8 = 3;
 
 /// Decoding failed: the payload is not what we wrote (checked by CRC first, so this means a bug
 /// or a catalogue that lost a code).
@@ -106,7 +108,7 @@ pub fn encode_rows(b: &mut Vec<u8>, rows: &[Row]) {
 
 /// Appends the encoding of dead letters to `b`.
 pub fn encode_dead(b: &mut Vec<u8>, dead: &[DeadLetter]) {
-    b.push(KIND_DEAD);
+    b.push(KIND_DEAD_SHA);
     b.extend_from_slice(&(dead.len() as u32).to_le_bytes());
     for d in dead {
         b.extend_from_slice(&d.received_us.to_le_bytes());
@@ -122,6 +124,13 @@ pub fn encode_dead(b: &mut Vec<u8>, dead: &[DeadLetter]) {
             None => b.push(0),
         }
         put_bytes(b, &d.raw);
+        match &d.raw_sha256 {
+            Some(h) => {
+                b.push(1);
+                b.extend_from_slice(h);
+            }
+            None => b.push(0),
+        }
     }
 }
 
@@ -228,7 +237,7 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Record>, DecodeError> {
                 }
                 out.push(Record::Rows(rows));
             }
-            KIND_DEAD => {
+            KIND_DEAD | KIND_DEAD_SHA => {
                 let mut dead = Vec::with_capacity(n.min(1 << 16));
                 for _ in 0..n {
                     let received_us = c.i64()?;
@@ -243,6 +252,10 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Record>, DecodeError> {
                         _ => Some(c.u32()?),
                     };
                     let raw = c.bytes()?.to_vec();
+                    let raw_sha256 = match kind {
+                        KIND_DEAD_SHA if c.u8()? != 0 => Some(c.arr()?),
+                        _ => None,
+                    };
                     dead.push(DeadLetter {
                         received_us,
                         source,
@@ -251,6 +264,7 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Record>, DecodeError> {
                         message,
                         index,
                         raw,
+                        raw_sha256,
                     });
                 }
                 out.push(Record::Dead(dead));

@@ -9,7 +9,22 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
+use sha2::{Digest, Sha256};
+
 use crate::DeadLetter;
+
+/// SHA-256 of a raw payload (what [`DeadLetter::raw_sha256`] holds).
+pub fn digest(raw: &[u8]) -> [u8; 32] {
+    Sha256::digest(raw).into()
+}
+
+fn hex(d: &[u8; 32]) -> String {
+    use std::fmt::Write;
+    d.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
@@ -21,6 +36,10 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("message", DataType::Utf8, false),
         Field::new("item_index", DataType::UInt32, true),
         Field::new("raw", DataType::Binary, false),
+        // Added (issue 12): one raw payload per message. Every dead letter of a message has
+        // the payload's SHA-256 (hex); only the first carries `raw`, the others an empty one.
+        // Null in files written before.
+        Field::new("raw_sha256", DataType::Utf8, true),
     ]))
 });
 
@@ -38,6 +57,7 @@ pub fn batch(dead: &[DeadLetter]) -> Result<RecordBatch, arrow_schema::ArrowErro
     let mut m = StringBuilder::new();
     let mut i = UInt32Builder::with_capacity(dead.len());
     let mut raw = BinaryBuilder::new();
+    let mut sha = StringBuilder::new();
     for x in dead {
         t.append_value(x.received_us);
         s.append_value(x.source.as_str());
@@ -46,6 +66,7 @@ pub fn batch(dead: &[DeadLetter]) -> Result<RecordBatch, arrow_schema::ArrowErro
         m.append_value(&x.message);
         i.append_option(x.index);
         raw.append_value(&x.raw);
+        sha.append_value(hex(&x.raw_sha256.unwrap_or_else(|| digest(&x.raw))));
     }
     let cols: Vec<ArrayRef> = vec![
         Arc::new(t.finish()),
@@ -55,6 +76,35 @@ pub fn batch(dead: &[DeadLetter]) -> Result<RecordBatch, arrow_schema::ArrowErro
         Arc::new(m.finish()),
         Arc::new(i.finish()),
         Arc::new(raw.finish()),
+        Arc::new(sha.finish()),
     ];
     RecordBatch::try_new(dead_letters_schema(), cols)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The persisted contract: changes are additive (new nullable columns at the end).
+    #[test]
+    fn dead_letters_schema_snapshot() {
+        let text: Vec<String> = dead_letters_schema()
+            .fields()
+            .iter()
+            .map(|f| format!("{}: {} {}", f.name(), f.data_type(), f.is_nullable()))
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "received_time: Timestamp(µs, \"UTC\") false",
+                "source: Utf8 false",
+                "device_id: Utf8 true",
+                "reason: Utf8 false",
+                "message: Utf8 false",
+                "item_index: UInt32 true",
+                "raw: Binary false",
+                "raw_sha256: Utf8 true",
+            ]
+        );
+    }
 }

@@ -16,7 +16,9 @@
 //! - acknowledged ⇒ in an fsynced WAL frame, or in a Parquet file named by a checkpoint;
 //! - replay after a crash skips segments the checkpoint covers and deletes Parquet files a
 //!   crashed persist left behind, so every row exists exactly once;
-//! - the buffer is bounded: a full buffer answers [`Error::Busy`], never grows without bound.
+//! - every WAL frame written is one replay accepts (a group commit is cut into frames);
+//! - the buffer is bounded in rows and bytes: a full buffer answers [`Error::Busy`];
+//! - a writer that cannot go on is reported by [`Store::healthy`], never silent.
 //!
 //! What it must not do: parse payloads, know about HTTP or MQTT, or hold a lock across I/O
 //! that an append waits on.
@@ -65,8 +67,12 @@ pub struct DeadLetter {
     pub message: String,
     /// Item index within the payload.
     pub index: Option<u32>,
-    /// The raw payload bytes.
+    /// The raw payload bytes. A message's payload is stored once: with its first dead letter;
+    /// the others of the same message leave this empty and share [`DeadLetter::raw_sha256`].
     pub raw: Vec<u8>,
+    /// SHA-256 of the message's raw payload (the `raw_sha256` column, hex), linking every dead
+    /// letter of a message to the one that carries `raw`. `None`: computed from `raw`.
+    pub raw_sha256: Option<[u8; 32]>,
 }
 
 /// Store errors.
@@ -85,6 +91,9 @@ pub enum Error {
     /// Parquet or Arrow encoding failure.
     #[error("encoding: {0}")]
     Encode(String),
+    /// One append is larger than a WAL frame may be: nothing was stored (send less at once).
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// The store has shut down.
     #[error("store is shut down")]
     Closed,
@@ -113,8 +122,12 @@ pub struct Config {
     pub persist_rows: usize,
     /// …or when its oldest rows are this old.
     pub persist_age: Duration,
-    /// Appends are refused with [`Error::Busy`] beyond this many buffered rows.
+    /// Appends are refused with [`Error::Busy`] beyond this many buffered rows…
     pub buffer_limit_rows: usize,
+    /// …or beyond this much memory held by buffered batches.
+    pub buffer_limit_bytes: usize,
+    /// Persist also when the buffer holds this many bytes.
+    pub persist_bytes: usize,
     /// Rotate WAL segments beyond this size.
     pub segment_bytes: u64,
     /// Compact a day once it has this many files.
@@ -146,6 +159,8 @@ impl Config {
             persist_rows: 1_000_000,
             persist_age: Duration::from_secs(300),
             buffer_limit_rows: 8_000_000,
+            buffer_limit_bytes: 2 << 30,
+            persist_bytes: 256 << 20,
             segment_bytes: 64 << 20,
             compact_min_files: 8,
             compact_max_bytes: 256 << 20,

@@ -236,6 +236,27 @@ pub fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch
     arrow_select::concat::concat_batches(schema, batches).map_err(|e| Error::Encode(e.to_string()))
 }
 
+/// Brings a batch read from an older file to the table's current schema: columns added since
+/// (nullable, by contract) are filled with nulls.
+pub fn conform(table: Table, batch: &RecordBatch) -> Result<RecordBatch> {
+    let schema = table.schema();
+    if batch.schema().fields().len() == schema.fields().len() {
+        return Ok(batch.clone());
+    }
+    let cols = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => Ok(c.clone()),
+            None if f.is_nullable() => {
+                Ok(arrow_array::new_null_array(f.data_type(), batch.num_rows()))
+            }
+            None => Err(Error::Encode(format!("column {} missing", f.name()))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new(schema, cols).map_err(|e| Error::Encode(e.to_string()))
+}
+
 /// Builds an empty batch (for tables with no rows).
 pub fn empty(schema: &SchemaRef) -> RecordBatch {
     RecordBatch::new_empty(schema.clone())

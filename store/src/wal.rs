@@ -11,8 +11,11 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"CWWAL\x00\x00\x01";
 const FRAME_HEADER: usize = 8;
-/// Frames larger than this are corrupt by definition (a group commit is bounded far below).
-const MAX_FRAME: usize = 256 << 20;
+/// Frames larger than this are corrupt by definition. The writer never writes a larger one: a
+/// group commit beyond it is cut into several frames (one fsync for all of them).
+pub const MAX_FRAME: usize = 256 << 20;
+/// Parts smaller than this are copied into one write; larger ones are written as they are.
+const COPY_BELOW: usize = 64 << 10;
 
 /// The path of segment `id`.
 pub fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -138,6 +141,8 @@ pub struct Wal {
     id: u64,
     size: u64,
     buf: Vec<u8>,
+    /// A failed write could not be cut back: the tail is garbage, append nothing more here.
+    dirty: bool,
 }
 
 impl Wal {
@@ -159,6 +164,7 @@ impl Wal {
             id,
             size: MAGIC.len() as u64,
             buf: Vec::new(),
+            dirty: false,
         })
     }
 
@@ -172,30 +178,85 @@ impl Wal {
         self.size
     }
 
+    /// Whether a failed write left bytes this segment could not cut off (then only
+    /// [`Wal::rotate`] helps).
+    pub fn dirty(&self) -> bool {
+        self.dirty
+    }
+
     /// Appends one frame and makes it durable (fdatasync). On failure the segment is cut back
     /// to its previous length so no partial frame stays behind.
     pub fn append(&mut self, payload: &[u8]) -> io::Result<()> {
-        let len = u32::try_from(payload.len()).map_err(|_| io::Error::other("frame too large"))?;
-        self.buf.clear();
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf.extend_from_slice(&crc(len, payload).to_le_bytes());
-        self.buf.extend_from_slice(payload);
-        let res = self
-            .file
-            .write_all(&self.buf)
-            .and_then(|()| self.file.sync_data());
+        self.append_frames(&[vec![payload]])
+    }
+
+    /// Appends frames, each the concatenation of its parts, and syncs once. Every frame must be
+    /// at most [`MAX_FRAME`] bytes (else nothing is written). On failure the segment is cut
+    /// back to its previous length; if even that fails the segment is marked [`Wal::dirty`].
+    pub fn append_frames(&mut self, frames: &[Vec<&[u8]>]) -> io::Result<()> {
+        if self.dirty {
+            return Err(io::Error::other("WAL segment has a damaged tail"));
+        }
+        let mut lens = Vec::with_capacity(frames.len());
+        for parts in frames {
+            let len: usize = parts.iter().map(|p| p.len()).sum();
+            if len > MAX_FRAME {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("frame of {len} bytes exceeds the WAL frame limit of {MAX_FRAME}"),
+                ));
+            }
+            lens.push(len as u32);
+        }
+        let mut written = 0u64;
+        let res = self.write_frames(frames, &lens, &mut written);
+        let res = res.and_then(|()| self.file.sync_data());
         match res {
             Ok(()) => {
-                self.size += self.buf.len() as u64;
+                self.size += written;
                 Ok(())
             }
             Err(e) => {
-                // Best effort: drop whatever part of the frame reached the file.
-                let _ = self.file.set_len(self.size);
-                let _ = std::io::Seek::seek(&mut self.file, std::io::SeekFrom::Start(self.size));
+                // Drop whatever part of the frames reached the file.
+                let cut = self.file.set_len(self.size).and_then(|()| {
+                    std::io::Seek::seek(&mut self.file, std::io::SeekFrom::Start(self.size))
+                });
+                if cut.is_err() {
+                    self.dirty = true;
+                }
                 Err(e)
             }
         }
+    }
+
+    fn write_frames(
+        &mut self,
+        frames: &[Vec<&[u8]>],
+        lens: &[u32],
+        written: &mut u64,
+    ) -> io::Result<()> {
+        self.buf.clear();
+        for (parts, &len) in frames.iter().zip(lens) {
+            let mut h = crc32fast::Hasher::new();
+            h.update(&len.to_le_bytes());
+            parts.iter().for_each(|p| h.update(p));
+            self.buf.extend_from_slice(&len.to_le_bytes());
+            self.buf.extend_from_slice(&h.finalize().to_le_bytes());
+            for p in parts {
+                if p.len() < COPY_BELOW {
+                    self.buf.extend_from_slice(p);
+                } else {
+                    self.file.write_all(&self.buf)?;
+                    self.file.write_all(p)?;
+                    *written += self.buf.len() as u64 + p.len() as u64;
+                    self.buf.clear();
+                }
+            }
+        }
+        self.file.write_all(&self.buf)?;
+        *written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
     }
 
     /// Closes the current segment and starts the next; returns the closed id.
@@ -243,6 +304,29 @@ mod tests {
         assert_eq!(fs::metadata(&path).expect("meta").len(), good);
         // Reading again finds it clean.
         assert_eq!(read_segment(dir.path(), 7).expect("read").1, None);
+    }
+
+    #[test]
+    fn frames_of_parts_round_trip_and_oversized_frames_are_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut w = Wal::create(dir.path(), 1).expect("create");
+        let big = vec![7u8; COPY_BELOW + 1];
+        w.append_frames(&[vec![b"ab", &big, b"c"], vec![b"d"]])
+            .expect("append");
+        let size = w.size();
+        let huge = vec![0u8; MAX_FRAME / 2 + 1];
+        let err = w
+            .append_frames(&[vec![&huge, &huge]])
+            .expect_err("over the limit");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(w.size(), size);
+        drop(w);
+        let mut first = b"ab".to_vec();
+        first.extend_from_slice(&big);
+        first.push(b'c');
+        let (frames, damage) = read_segment(dir.path(), 1).expect("read");
+        assert_eq!(frames, vec![first, b"d".to_vec()]);
+        assert_eq!(damage, None);
     }
 
     #[test]

@@ -152,6 +152,7 @@ async fn persist_sorts_dedupes_and_partitions_by_day() {
         message: "payload is not valid JSON".into(),
         index: None,
         raw: b"{nope".to_vec(),
+        raw_sha256: None,
     };
     s.append(vec![], vec![dead]).await.expect("dead");
     assert_eq!(s.persist().await.expect("persist"), 3);

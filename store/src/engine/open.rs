@@ -1,0 +1,225 @@
+//! Opening a store: the directory lock, crash recovery of files, WAL replay, then the writer
+//! thread and the background task.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tokio::sync::mpsc;
+
+use super::compact::{Intent, background, intent_files, recover_compaction};
+use super::persist::read_checkpoint;
+use super::writer::writer;
+use super::{Chunk, Health, Inner, State, Store, chunk_bytes, dead_batch, io, rows_batch};
+use crate::codec::{self, Record};
+use crate::tables::{self, FileMeta, Table};
+use crate::wal::{self, Wal};
+use crate::{Config, Error, Result};
+
+fn object_store(config: &Config) -> Result<Arc<dyn ObjectStore>> {
+    match &config.tables_url {
+        None => {
+            std::fs::create_dir_all(&config.data_dir).map_err(io)?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&config.data_dir)
+                .map_err(io)?;
+            Ok(Arc::new(fs))
+        }
+        Some(url) => {
+            let u = url::Url::parse(url)
+                .map_err(|e| Error::Config(format!("tables URL {url:?}: {e}")))?;
+            let (store, prefix) = object_store::parse_url_opts(
+                &u,
+                std::env::vars().filter(|(k, _)| k.starts_with("AWS_")),
+            )
+            .map_err(|e| Error::Config(format!("tables URL {url:?}: {e}")))?;
+            Ok(Arc::new(object_store::prefix::PrefixStore::new(
+                store, prefix,
+            )))
+        }
+    }
+}
+
+/// Where the tables live on this machine, when they do (to fsync what object_store wrote).
+fn local_root(config: &Config) -> Option<std::path::PathBuf> {
+    match &config.tables_url {
+        None => Some(config.data_dir.clone()),
+        Some(u) => url::Url::parse(u)
+            .ok()
+            .filter(|u| u.scheme() == "file")
+            .and_then(|u| u.to_file_path().ok()),
+    }
+}
+
+/// Takes the exclusive `LOCK` of a data directory (one writer per directory).
+async fn lock_dir(config: &Config, wal_dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(wal_dir).map_err(io)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(config.data_dir.join("LOCK"))
+        .map_err(io)?;
+    // A store being dropped in this process may hold the lock a moment longer.
+    for _ in 0..50 {
+        if f.try_lock().is_ok() {
+            return Ok(f);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if f.try_lock().is_ok() {
+        return Ok(f);
+    }
+    Err(Error::Config(format!(
+        "data directory {} is in use by another carewatch process (use read-only tools such as `carewatch sql --data-dir` beside it)",
+        config.data_dir.display()
+    )))
+}
+
+/// Read-only: a compaction in progress means its inputs are superseded by its output.
+async fn superseded_inputs(dir: &Path, objects: &dyn ObjectStore) -> Vec<String> {
+    let mut superseded = Vec::new();
+    for p in intent_files(dir) {
+        if let Some(i) = std::fs::read_to_string(&p)
+            .ok()
+            .and_then(|t| Intent::decode(&t))
+            && objects
+                .head(&ObjPath::from(i.output.as_str()))
+                .await
+                .is_ok()
+        {
+            superseded.extend(i.inputs);
+        }
+    }
+    superseded
+}
+
+/// The persisted files the checkpoint covers. Files whose WAL range ends after it come from a
+/// persist that did not finish: they are deleted (their rows replay from the WAL).
+async fn recover_files(
+    objects: &dyn ObjectStore,
+    persisted: u64,
+    superseded: &[String],
+    ro: bool,
+) -> Result<Vec<FileMeta>> {
+    let mut files = Vec::new();
+    let listed: Vec<object_store::ObjectMeta> =
+        objects.list(None).try_collect().await.map_err(io)?;
+    for m in listed {
+        let Some(f) = tables::parse_path(&m.location, m.size) else {
+            continue;
+        };
+        if f.wal_last > persisted {
+            if !ro {
+                tracing::warn!(path = %f.path, "removing file from an unfinished persist");
+                objects.delete(&f.path).await.map_err(io)?;
+            }
+        } else if !superseded.contains(&f.path.to_string()) {
+            files.push(f);
+        }
+    }
+    files.sort_by(|a, b| (a.table, &a.date, a.wal_first).cmp(&(b.table, &b.date, b.wal_first)));
+    Ok(files)
+}
+
+/// Replays the WAL segments after the checkpoint into the buffer; cuts torn tails (unless
+/// read-only). Returns the segment ids found.
+fn replay(wal_dir: &Path, persisted: u64, ro: bool, state: &mut State) -> Result<Vec<u64>> {
+    let segments = if wal_dir.exists() {
+        wal::list_segments(wal_dir).map_err(io)?
+    } else {
+        Vec::new()
+    };
+    let now = Instant::now();
+    for &id in segments.iter().filter(|id| **id > persisted) {
+        let (frames, damage) = wal::read_segment_opts(wal_dir, id, !ro).map_err(io)?;
+        if let Some(d) = damage.filter(|_| !ro) {
+            tracing::warn!(segment = d.segment, offset = d.offset, what = %d.what, "WAL tail cut");
+            state.stats.wal_damage.push(format!(
+                "segment {} offset {}: {}",
+                d.segment, d.offset, d.what
+            ));
+        }
+        for f in frames {
+            state.stats.replayed_frames += 1;
+            for rec in codec::decode(&f).map_err(io)? {
+                let (table, batch) = match rec {
+                    Record::Rows(rows) => (Table::Observations, rows_batch(&rows)?),
+                    Record::Dead(dead) => (Table::DeadLetters, dead_batch(&dead)?),
+                };
+                state.rows += batch.num_rows();
+                state.bytes += chunk_bytes(&batch);
+                state.chunks.push(Chunk {
+                    segment: id,
+                    at: now,
+                    table,
+                    batch,
+                });
+            }
+        }
+    }
+    Ok(segments)
+}
+
+/// Opens (or creates) a store: recovers from any crash, replays the WAL into the buffer, and
+/// starts the writer thread and the background persister.
+pub(super) async fn open(config: Config) -> Result<Store> {
+    let objects = object_store(&config)?;
+    let wal_dir = config.data_dir.join("wal");
+    let ro = config.read_only;
+    let lock = if ro {
+        None
+    } else {
+        Some(lock_dir(&config, &wal_dir).await?)
+    };
+    let persisted = read_checkpoint(&config.data_dir)?;
+    let superseded = if ro {
+        superseded_inputs(&config.data_dir, objects.as_ref()).await
+    } else {
+        recover_compaction(&config.data_dir, objects.as_ref()).await?;
+        Vec::new()
+    };
+    let files = recover_files(objects.as_ref(), persisted, &superseded, ro).await?;
+    let mut state = State {
+        files,
+        ..State::default()
+    };
+    let segments = replay(&wal_dir, persisted, ro, &mut state)?;
+    let wal = if ro {
+        None
+    } else {
+        wal::remove_upto(&wal_dir, persisted).map_err(io)?;
+        let next = segments.last().copied().unwrap_or(0).max(persisted) + 1;
+        Some(Wal::create(&wal_dir, next).map_err(io)?)
+    };
+    let (tx, rx) = mpsc::channel(4096);
+    let inner = Arc::new(Inner {
+        _lock: lock,
+        local_root: local_root(&config),
+        config,
+        tx,
+        state: Mutex::new(state),
+        objects,
+        persist_lock: tokio::sync::Mutex::new(()),
+        wal_dir,
+        observers: std::sync::RwLock::new(Vec::new()),
+        health: Arc::new(Health::default()),
+    });
+    let Some(wal) = wal else {
+        // Read-only: no writer, so appends find the channel closed.
+        drop(rx);
+        return Ok(Store { inner });
+    };
+    let weak = Arc::downgrade(&inner);
+    let health = inner.health.clone();
+    std::thread::Builder::new()
+        .name("carewatch-wal".into())
+        .spawn(move || writer(wal, rx, weak, health))
+        .map_err(io)?;
+    let store = Store { inner };
+    let bg = Arc::downgrade(&store.inner);
+    tokio::spawn(async move { background(bg).await });
+    Ok(store)
+}

@@ -1,0 +1,122 @@
+//! Counters for metrics and tests, and what an append tells its observers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::Row;
+
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Rows in the buffer.
+    pub buffered_rows: usize,
+    /// Persisted files per table.
+    pub files: usize,
+    /// WAL frames replayed at open.
+    pub replayed_frames: usize,
+    /// WAL damage found at open (torn or corrupt tails cut).
+    pub wal_damage: Vec<String>,
+    /// Group commits done.
+    pub commits: u64,
+    /// Persists done.
+    pub persists: u64,
+    /// Compactions done.
+    pub compactions: u64,
+    /// Rows acknowledged since open.
+    pub rows_appended: u64,
+    /// Dead letters acknowledged since open.
+    pub dead_appended: u64,
+    /// Rows acknowledged since open, per source (`http`, `mqtt`, `replay`).
+    pub rows_by_source: BTreeMap<&'static str, u64>,
+    /// Dead letters acknowledged since open, per (source, reason code).
+    pub dead_by_reason: BTreeMap<(&'static str, &'static str), u64>,
+    /// WAL group commit (write + fsync) durations.
+    pub commit_seconds: Histogram,
+    /// Persist (buffer to Parquet + checkpoint) durations.
+    pub persist_seconds: Histogram,
+}
+
+/// A latency histogram with fixed bucket bounds (seconds), Prometheus-style cumulative on output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Histogram {
+    /// Count per bucket (not cumulative), one more than [`Histogram::BOUNDS`] for +Inf.
+    pub counts: Vec<u64>,
+    /// Sum of observations, microseconds.
+    pub sum_us: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; Self::BOUNDS.len() + 1],
+            sum_us: 0,
+        }
+    }
+}
+
+impl Histogram {
+    /// Upper bounds, seconds.
+    pub const BOUNDS: [f64; 12] = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+    ];
+    /// Records one duration.
+    pub fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = Self::BOUNDS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(Self::BOUNDS.len());
+        self.counts[i] += 1;
+        self.sum_us += d.as_micros() as u64;
+    }
+    /// Observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// What one durable append added, for observers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppendSummary {
+    /// Per patient: (patient, earliest, latest effective time), UTC µs.
+    pub patients: Vec<(String, i64, i64)>,
+    /// Per (patient, code): the reading with the latest effective time (patient, code, time,
+    /// value).
+    pub latest: Vec<(String, &'static str, i64, f64)>,
+}
+
+/// Called after each durable append with an [`AppendSummary`]. Rows without a patient are not
+/// reported.
+pub type AppendObserver = Arc<dyn Fn(&AppendSummary) + Send + Sync>;
+
+pub(super) fn summarise(rows: &[Row]) -> AppendSummary {
+    let mut m: std::collections::HashMap<&str, (i64, i64)> = std::collections::HashMap::new();
+    let mut latest: std::collections::HashMap<(&str, &'static str), (i64, f64)> =
+        std::collections::HashMap::new();
+    for r in rows {
+        let Some(p) = r.reading.patient_id.as_deref() else {
+            continue;
+        };
+        let t = r.reading.effective_us;
+        let e = m.entry(p).or_insert((t, t));
+        e.0 = e.0.min(t);
+        e.1 = e.1.max(t);
+        let l = latest
+            .entry((p, r.reading.code()))
+            .or_insert((t, r.reading.value));
+        if t >= l.0 {
+            *l = (t, r.reading.value);
+        }
+    }
+    AppendSummary {
+        patients: m
+            .into_iter()
+            .map(|(p, (a, b))| (p.to_owned(), a, b))
+            .collect(),
+        latest: latest
+            .into_iter()
+            .map(|((p, c), (t, v))| (p.to_owned(), c, t, v))
+            .collect(),
+    }
+}
