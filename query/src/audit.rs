@@ -87,17 +87,11 @@ impl AuditLog {
                 }
             }
         };
-        // The fsync blocks: tell a multi-threaded runtime so other tasks move off this worker.
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(write);
-            }
-            _ => write(),
-        }
+        blocking(write);
     }
 
     fn batch(&self, schema: &SchemaRef) -> datafusion::error::Result<RecordBatch> {
-        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let text = blocking(|| std::fs::read_to_string(&self.path).unwrap_or_default());
         let mut t = TimestampMicrosecondBuilder::new().with_timezone("UTC");
         let (mut p, mut r, mut c, mut s, mut o, mut tb) = (
             StringBuilder::new(),
@@ -136,6 +130,17 @@ impl AuditLog {
             Arc::new(o.finish()),
         ];
         Ok(RecordBatch::try_new(schema.clone(), cols)?)
+    }
+}
+
+/// Runs blocking file I/O (the fsync, reading the log); on a multi-threaded runtime it tells
+/// tokio first, so other tasks move off this worker.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
