@@ -290,7 +290,7 @@ fn runaway_queries_stop_at_their_limit_and_free_the_cpu() {
     let cfg = tmp.path().join("carewatch.toml");
     std::fs::write(
         &cfg,
-        "[query]\ntimeout_secs = 3\nmax_rows = 1000\nanalyst_concurrency = 1\n",
+        "[query]\ntimeout_secs = 5\nmax_rows = 1000\nanalyst_concurrency = 1\n",
     )
     .expect("config");
     let srv = Server::start(tmp.path(), &["--config", cfg.to_str().expect("utf8")]);
@@ -300,7 +300,7 @@ fn runaway_queries_stop_at_their_limit_and_free_the_cpu() {
     let t = Instant::now();
     let (ok, _, err) = psql(&pg, &analyst, &[RUNAWAY]);
     assert!(!ok && err.contains("timeout"), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert_idle(&srv, "after a psql timeout");
     // HTTP reports a timeout as a timeout.
     let (s, b) = sql_http(&srv, &analyst, RUNAWAY);
@@ -312,7 +312,7 @@ fn runaway_queries_stop_at_their_limit_and_free_the_cpu() {
     let (ok, _, err) = psql(&pg, &analyst, &["SET statement_timeout = '1s'", RUNAWAY]);
     assert!(!ok && err.contains("timeout"), "{err}");
     assert!(
-        t.elapsed() < Duration::from_millis(2800),
+        t.elapsed() < Duration::from_millis(4000),
         "{:?}",
         t.elapsed()
     );
@@ -340,7 +340,7 @@ fn runaway_queries_stop_at_their_limit_and_free_the_cpu() {
     std::thread::sleep(Duration::from_millis(1000));
     let _ = child.kill();
     let _ = child.wait();
-    // Measured from 1.5 s to 3.5 s after the start: idle before the 3 s limit, so the server
+    // Measured from 1.5 s to 3.5 s after the start: idle before the 5 s limit, so the server
     // noticed the client went away.
     assert_idle(&srv, "after the client was killed");
     // Per-role concurrency: a second analyst query while one runs is refused (429 on HTTP).
