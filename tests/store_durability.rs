@@ -43,3 +43,58 @@ fn many_bad_items_store_their_payload_once() {
     let reasons = strings(&dead, "reason");
     assert_eq!(reasons.iter().filter(|r| *r == "too_large").count(), 1);
 }
+
+/// A store writer that cannot go on is visible at the edge: with its WAL segment and
+/// directory made immutable (`chattr +i`, root on ext4) a write fails and `GET /healthz`
+/// answers 503; once the disk allows it again, writes resume and health returns.
+#[test]
+fn healthz_is_503_while_the_store_writer_cannot_go_on() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = Server::start(tmp.path(), &[]);
+    let secret = srv.register("w1", "alice");
+    let reading =
+        |t: &str| format!(r#"{{"device_id":"w1","time":"{t}","type":"heart_rate","value":70}}"#);
+    let post = |t: &str| {
+        curl(
+            "POST",
+            &format!("{}/v1/readings", srv.http),
+            &secret,
+            &reading(t),
+        )
+        .0
+    };
+    let health = || curl("GET", &format!("{}/healthz", srv.http), "", "").0;
+    assert_eq!(post("2024-05-01T08:00:00Z"), 202);
+    assert_eq!(health(), 200);
+    let wal = tmp.path().join("data/wal");
+    let mut segs: Vec<_> = std::fs::read_dir(&wal)
+        .expect("wal")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    segs.sort();
+    let frozen = [segs.last().expect("segment").clone(), wal];
+    let chattr = |flag: &str| {
+        for p in &frozen {
+            let st = std::process::Command::new("chattr")
+                .arg(flag)
+                .arg(p)
+                .status()
+                .expect("run chattr");
+            assert!(st.success(), "chattr needs root on ext4 (CI runs as root)");
+        }
+    };
+    chattr("+i");
+    let during = (post("2024-05-01T08:00:01Z"), health());
+    chattr("-i");
+    assert_eq!(
+        during,
+        (503, 503),
+        "(write, /healthz) while the WAL cannot be written"
+    );
+    assert_eq!(post("2024-05-01T08:00:02Z"), 202);
+    assert_eq!(health(), 200);
+    assert_eq!(srv.stop(), 0);
+    let rows = read_table(&tmp.path().join("data"), Table::Observations);
+    assert_eq!(count(&rows), 2);
+}

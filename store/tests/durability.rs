@@ -281,3 +281,74 @@ async fn dead_letters_of_one_message_share_one_raw_copy() {
     }
     assert_eq!((rows_in(&batches), raws, shas.len()), (8000, 1, 1));
 }
+
+/// `chattr +i` (root, ext4): makes a file or directory refuse writes, truncation and new
+/// entries. Undone on drop so the temp dir can go.
+struct Immutable(Vec<std::path::PathBuf>);
+
+impl Immutable {
+    fn set(paths: &[std::path::PathBuf]) -> Immutable {
+        for p in paths {
+            let st = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(p)
+                .status()
+                .expect("run chattr");
+            assert!(
+                st.success(),
+                "chattr +i needs root on ext4 (CI runs as root)"
+            );
+        }
+        Immutable(paths.to_vec())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(p)
+                .status();
+        }
+    }
+}
+
+/// The WAL segment refuses writes and cutting back, and no new segment can be created: the
+/// writer cannot go on, and says so. Once the disk lets it, it starts a fresh segment and
+/// is healthy again; every acknowledged row survives a restart.
+#[tokio::test]
+async fn a_writer_that_cannot_write_any_segment_is_unhealthy_until_it_can() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = Store::open(quiet(dir.path())).await.expect("open");
+    s.append(vec![row("d1", T0)], vec![]).await.expect("append");
+    let wal = dir.path().join("wal");
+    let mut segs: Vec<_> = std::fs::read_dir(&wal)
+        .expect("wal")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    segs.sort();
+    let seg = segs.last().expect("segment").clone();
+    let frozen = Immutable::set(&[seg, wal]);
+    assert!(matches!(
+        s.append(vec![row("d1", T0 + 1)], vec![]).await,
+        Err(Error::Wal(_))
+    ));
+    let why = s
+        .healthy()
+        .expect_err("a writer that cannot go on is unhealthy");
+    assert!(why.contains("WAL"), "{why}");
+    drop(frozen);
+    s.append(vec![row("d1", T0 + 2)], vec![])
+        .await
+        .expect("writes resume on a fresh segment");
+    assert_eq!(s.healthy(), Ok(()));
+    drop(s);
+    let s = Store::open(quiet(dir.path())).await.expect("reopen");
+    assert_eq!(s.stats().wal_damage, Vec::<String>::new());
+    assert_eq!(
+        rows_in(&s.read_all(Table::Observations).await.expect("read")),
+        2
+    );
+}
