@@ -343,6 +343,16 @@ fn runaway_queries_stop_at_their_limit_and_free_the_cpu() {
     // Measured from 1.5 s to 3.5 s after the start: idle before the 5 s limit, so the server
     // noticed the client went away.
     assert_idle(&srv, "after the client was killed");
+    // The same over HTTP: curl gives up after 1 s; the server stops the query then.
+    let o = Command::new("curl")
+        .args(["-s", "--max-time", "1", "-H"])
+        .arg(format!("Authorization: Bearer {analyst}"))
+        .args(["--data-binary", RUNAWAY])
+        .arg(format!("{}/v1/sql", srv.http))
+        .output()
+        .expect("curl");
+    assert!(!o.status.success(), "curl should have given up");
+    assert_idle(&srv, "after the HTTP client went away");
     // Per-role concurrency: a second analyst query while one runs is refused (429 on HTTP).
     let runaway = {
         let (http, a) = (srv.http.clone(), analyst.clone());
