@@ -296,7 +296,8 @@ pub async fn run(c: ServeConfig) -> Result<()> {
             let sd = shutdown.clone();
             let tls = tls.clone();
             let out = outbound.clone();
-            tokio::spawn(async move { mqtt_server::serve(l, tls, p, sd, out).await })
+            let mqtt_auth = auth.clone();
+            tokio::spawn(async move { mqtt_server::serve(l, tls, p, mqtt_auth, sd, out).await })
         }
     };
 

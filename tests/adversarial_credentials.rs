@@ -278,6 +278,23 @@ fn failed_logins_are_limited_per_source() {
     .expect("config");
     let srv = Server::start(tmp.path(), &["--config", cfg.to_str().expect("utf8")]);
     let (_, analyst) = create(&srv, r#"{"role":"analyst"}"#);
+    let secret = srv.register("w-limit", "p-limit");
+    let mqtt = srv.mqtt.clone().expect("embedded listener");
+    let (host, port) = mqtt.rsplit_once(':').expect("host:port");
+    let publish = |password: &str| {
+        Command::new("mosquitto_pub")
+            .args([
+                "-h", host, "-p", port, "-q", "1", "-u", "w-limit", "-P", password,
+            ])
+            .args(["-t", "devices/w-limit/readings", "-m"])
+            .arg(r#"{"time":"2024-05-01T08:00:00Z","heart_rate":70}"#)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("mosquitto_pub")
+            .success()
+    };
+    assert!(publish(&secret), "the device publishes before any failure");
     for i in 0..5 {
         let bad = format!("cw_{i:064}");
         assert_eq!(sql_status(&srv, &bad), 401);
@@ -291,8 +308,13 @@ fn failed_logins_are_limited_per_source() {
     let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
     assert!(head.starts_with("http/1.1 429"), "{head}");
     assert!(head.contains("retry-after:"), "{head}");
-    // The source is refused even with a good credential until failures are forgiven.
+    // The source is refused even with a good credential until failures are forgiven, on every
+    // wire: the MQTT listener asks the same authenticator.
     assert_eq!(sql_status(&srv, &analyst), 429);
+    assert!(
+        !publish(&secret),
+        "MQTT login from a blocked source is refused"
+    );
     wait_until("failures to be forgiven", Duration::from_secs(20), || {
         sql_status(&srv, &analyst) == 200
     });

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use carewatch_store::registry::{CredentialInfo, Role};
+use carewatch_store::registry::{CredentialInfo, Registry, Role};
 
 use crate::http::{ApiError, Caller, HttpState};
 
@@ -26,6 +26,19 @@ fn parse_time(t: &str, field: &str) -> Result<i64, ApiError> {
     carewatch_transform::time::parse_str(t, field, carewatch_transform::ZonePolicy::Reject)
         .map(|t| t.utc_us)
         .map_err(|r| ApiError::BadRequest(r.message))
+}
+
+/// Runs a registry change (a file rewrite with fsyncs) on the blocking pool, never on an async
+/// worker.
+async fn blocking<T: Send + 'static>(
+    s: &HttpState,
+    f: impl FnOnce(&Registry) -> carewatch_store::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let r = s.pipeline.registry.clone();
+    tokio::task::spawn_blocking(move || f(&r))
+        .await
+        .map_err(|_| ApiError::Unavailable)?
+        .map_err(ApiError::from)
 }
 
 fn body<T: serde::de::DeserializeOwned>(b: &Bytes) -> Result<T, ApiError> {
@@ -52,11 +65,8 @@ pub(crate) async fn register_device(
         .as_deref()
         .map(|t| parse_time(t, "valid_from"))
         .transpose()?;
-    let secret = s
-        .pipeline
-        .registry
-        .register_device(&d.device_id, &d.patient_id, from)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let (device, patient) = (d.device_id.clone(), d.patient_id);
+    let secret = blocking(&s, move |r| r.register_device(&device, &patient, from)).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"device_id": d.device_id, "secret": secret})),
@@ -70,10 +80,10 @@ pub(crate) async fn revoke_device(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(&[Role::Admin])?;
-    match s.pipeline.registry.revoke_device(&id) {
+    match blocking(&s, move |r| r.revoke_device(&id)).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT),
         Ok(false) => Err(ApiError::NotFound),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
@@ -91,7 +101,7 @@ pub(crate) async fn care_team(
 ) -> Result<StatusCode, ApiError> {
     caller.require(&[Role::Admin])?;
     let t: CareTeam = body(&b)?;
-    s.pipeline.registry.set_care_team(&id, &t.team)?;
+    blocking(&s, move |r| r.set_care_team(&id, &t.team)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -153,10 +163,9 @@ pub(crate) async fn create_token(
         ));
     }
     let expires = expiry(&t)?;
-    let (token, info) = s
-        .pipeline
-        .registry
-        .create_token_expiring(role, t.subject, expires)?;
+    let subject = t.subject;
+    let (token, info) =
+        blocking(&s, move |r| r.create_token_expiring(role, subject, expires)).await?;
     let mut out = token_json(&info);
     out["token"] = Value::String(token);
     Ok((StatusCode::CREATED, Json(out)).into_response())
@@ -183,10 +192,10 @@ pub(crate) async fn revoke_token(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(&[Role::Admin])?;
-    match s.pipeline.registry.revoke_token(&id) {
+    match blocking(&s, move |r| r.revoke_token(&id)).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT),
         Ok(false) => Err(ApiError::NotFound),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 

@@ -80,11 +80,13 @@ use crate::pipeline::{Origin, Pipeline};
 /// Publishes in flight per connection (their appends run concurrently; acks stay in order).
 const MAX_INFLIGHT: usize = 64;
 
-/// Serves MQTT on `listener` (with TLS when an acceptor is given) until `shutdown`.
+/// Serves MQTT on `listener` (with TLS when an acceptor is given) until `shutdown`. Logins go
+/// through `auth`, the same credential check (and failed-login limits) as every other wire.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     pipeline: Arc<Pipeline>,
+    auth: carewatch_auth::Authenticator,
     shutdown: CancellationToken,
     outbound: Option<Outbound>,
 ) {
@@ -93,8 +95,9 @@ pub async fn serve(
         tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let p = pipeline.clone();
+                Ok((stream, peer)) => {
+                    let edge = Edge { pipeline: pipeline.clone(), auth: auth.clone(), peer: peer.ip() };
+                    let p = edge;
                     let s = shutdown.clone();
                     let tls = tls.clone();
                     let out = outbound.clone();
@@ -138,13 +141,20 @@ enum Login {
     ),
 }
 
+/// One accepted connection's context.
+struct Edge {
+    pipeline: Arc<Pipeline>,
+    auth: carewatch_auth::Authenticator,
+    peer: std::net::IpAddr,
+}
+
 fn login(
-    pipeline: &Pipeline,
+    edge: &Edge,
     connect: &rumqttc::mqttbytes::v4::Connect,
     outbound: Option<&Outbound>,
 ) -> Option<Login> {
     let l = connect.login.as_ref()?;
-    let who = pipeline.registry.authenticate(&l.password)?;
+    let who = edge.auth.login(&l.password, Some(edge.peer)).ok()?;
     match who.role {
         Role::Device if who.subject.as_deref() == Some(l.username.as_str()) => {
             Some(Login::Device(who))
@@ -158,12 +168,13 @@ fn login(
 
 async fn connection<S>(
     stream: S,
-    pipeline: Arc<Pipeline>,
+    edge: Edge,
     shutdown: CancellationToken,
     outbound: Option<Outbound>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let pipeline = edge.pipeline.clone();
     let max = pipeline.max_bytes + 1024;
     let mut framed = Framed::new(
         stream,
@@ -177,7 +188,7 @@ async fn connection<S>(
         Ok(Some(Ok(Packet::Connect(c)))) => c,
         _ => return,
     };
-    let Some(who) = login(&pipeline, &connect, outbound.as_ref()) else {
+    let Some(who) = login(&edge, &connect, outbound.as_ref()) else {
         tracing::info!("MQTT login refused");
         let _ = framed
             .send(Packet::ConnAck(ConnAck::new(

@@ -313,10 +313,7 @@ impl Registry {
         let bytes = serde_json::to_vec_pretty(data).map_err(|e| Error::Encode(e.to_string()))?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         crate::engine::write_atomic(dir, "registry.json", &bytes)?;
-        *self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = mtime(&self.path);
+        *self.seen() = mtime(&self.path);
         Ok(())
     }
 
@@ -326,27 +323,43 @@ impl Registry {
         self.reload_if_changed();
     }
 
+    fn seen(&self) -> std::sync::MutexGuard<'_, Option<std::time::SystemTime>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Re-reads the file if another process changed it.
+    ///
+    /// Lock order, everywhere: `data` before `seen`, and `seen` is never held while waiting for
+    /// `data` (holding them the other way round here deadlocked against `write`, issue #18).
+    /// The file is read and parsed with no lock held.
     fn reload_if_changed(&self) {
         let now = mtime(&self.path);
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if now.is_none() || now == *seen {
+        if now.is_none() || now == *self.seen() {
             return;
         }
-        if let Ok(data) = std::fs::read(&self.path)
+        let Ok(data) = std::fs::read(&self.path)
             .map_err(|e| e.to_string())
             .and_then(|b| Data::parse(&b).map_err(|e| e.to_string()))
-        {
-            *self
-                .data
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = data;
-            *seen = now;
-            self.generation.send_modify(|g| *g += 1);
+        else {
+            return;
+        };
+        let mut g = self
+            .data
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = self.seen();
+        // Applied already, or the file changed again since we read it (our own write, say):
+        // the next look picks up the newest.
+        if *seen == now || mtime(&self.path) != now {
+            return;
         }
+        *g = data;
+        *seen = now;
+        drop(seen);
+        drop(g);
+        self.generation.send_modify(|g| *g += 1);
     }
 
     fn write<T>(&self, f: impl FnOnce(&mut Data) -> Result<T>) -> Result<T> {
@@ -757,5 +770,52 @@ mod tests {
         let id2 = r.authenticate(&s2).expect("device").id;
         assert!(r.revoke_device("w1").expect("revoke"));
         assert!(!r.still_valid(&id2));
+    }
+
+    /// Parallel enrolments beside unknown-token logins and another process writing the same
+    /// file: the old lock order (`seen` then `data` in reload, `data` then `seen` in save)
+    /// deadlocked here (issue #18). A watchdog turns a hang into a failure.
+    #[test]
+    fn parallel_writes_and_unknown_tokens_never_deadlock() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (r, _) = Registry::open(dir.path()).expect("open");
+        let r = std::sync::Arc::new(r);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::new();
+        for w in 0..4 {
+            let r = r.clone();
+            threads.push(std::thread::spawn(move || {
+                for i in 0..40 {
+                    r.register_device(&format!("w{w}-{i}"), &format!("p{w}-{i}"), Some(1))
+                        .expect("register");
+                }
+            }));
+        }
+        for _ in 0..2 {
+            let r = r.clone();
+            threads.push(std::thread::spawn(move || {
+                for i in 0..400 {
+                    assert!(r.authenticate(&format!("cw_unknown{i}")).is_none());
+                    r.refresh();
+                }
+            }));
+        }
+        let other_dir = dir.path().to_owned();
+        threads.push(std::thread::spawn(move || {
+            let (other, _) = Registry::open(&other_dir).expect("second opener");
+            for i in 0..40 {
+                let _ = other.set_care_team(&format!("x{i}"), "team-x");
+            }
+        }));
+        std::thread::spawn(move || {
+            for t in threads {
+                t.join().expect("thread");
+            }
+            let _ = done_tx.send(());
+        });
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("registry threads deadlocked");
+        assert!(r.devices().len() >= 1);
     }
 }

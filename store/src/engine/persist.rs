@@ -37,7 +37,11 @@ pub(super) fn read_checkpoint(dir: &Path) -> Result<u64> {
 /// Writes a small file atomically: temp name, fsync, rename, fsync the directory.
 pub(crate) fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<()> {
     use std::io::Write;
-    let tmp = dir.join(format!(".{name}.tmp"));
+    // Unique per writer: two processes (serve, and `carewatch token …` on the same data
+    // directory) or two threads must never share a temp file.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{seq}.tmp", std::process::id()));
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(contents)
         .and_then(|()| f.sync_all())
