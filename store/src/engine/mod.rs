@@ -1,7 +1,7 @@
 //! The store engine: the buffer and the public [`Store`] handle. Its phases live in their own
-//! modules: [`open`] (lock, recovery, replay), [`writer`] (group commit), [`persist`] (buffer
-//! to Parquet, checkpoint), [`compact`] (compaction, retention, the background task), and
-//! [`stats`] (counters and append summaries).
+//! modules: `open` (lock, recovery, replay), `writer` (group commit), `persist` (buffer
+//! to Parquet, checkpoint), `compact` (compaction, retention, the background task), and
+//! `stats` (counters and append summaries).
 
 mod compact;
 mod open;
@@ -159,7 +159,7 @@ impl Store {
     /// one fsync. [`Error::Busy`] when the buffer is full (rows or bytes); [`Error::TooLarge`]
     /// when one append exceeds a WAL frame; [`Error::Wal`] when the disk fails (nothing of
     /// this append is then acknowledged or visible).
-    pub async fn append(&self, rows: Vec<Row>, dead: Vec<DeadLetter>) -> Result<()> {
+    pub async fn append(&self, rows: Vec<Row>, mut dead: Vec<DeadLetter>) -> Result<()> {
         if rows.is_empty() && dead.is_empty() {
             return Ok(());
         }
@@ -169,6 +169,10 @@ impl Store {
             if st.rows >= c.buffer_limit_rows || st.bytes >= c.buffer_limit_bytes {
                 return Err(Error::Busy);
             }
+        }
+        // Hashed here, on the caller's task, rather than on the writer thread.
+        for d in dead.iter_mut().filter(|d| d.raw_sha256.is_none()) {
+            d.raw_sha256 = Some(crate::dead::digest(&d.raw));
         }
         let payload = encode(&rows, &dead)?;
         let observed = {
