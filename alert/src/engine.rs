@@ -29,7 +29,11 @@ use crate::episodes::{Episode, Sample, episodes};
 use crate::history::{Event, History, Status, Transition};
 use crate::rules::{Params, Rule, Severity};
 
+mod gather;
+mod session;
 mod teams;
+pub use gather::RuleFailures;
+pub use session::rules_context;
 pub use teams::may_see;
 
 /// Engine settings.
@@ -42,6 +46,11 @@ pub struct Config {
     pub escalate_after: Duration,
     /// At most this many escalations per alert.
     pub max_escalations: u32,
+    /// One rule's queries in one run may take this long; past it they are cancelled, the
+    /// failure is counted and the rule's ranges are retried at the next run.
+    pub rule_timeout: Duration,
+    /// The memory pool of the rules' own session ([`rules_context`]), bytes.
+    pub memory_bytes: usize,
 }
 
 impl Default for Config {
@@ -50,6 +59,8 @@ impl Default for Config {
             interval: Duration::from_secs(1),
             escalate_after: Duration::from_secs(15 * 60),
             max_escalations: 3,
+            rule_timeout: Duration::from_secs(10),
+            memory_bytes: 1 << 30,
         }
     }
 }
@@ -197,7 +208,10 @@ struct Inner {
     ctx: SessionContext,
     registry: Arc<Registry>,
     history: Arc<History>,
-    dirty: Mutex<HashMap<String, (i64, i64)>>,
+    dirty: Mutex<gather::Dirty>,
+    /// What each rule owes after a failed run (ranges and catch-up), retried next run.
+    retry: Mutex<HashMap<String, gather::Owed>>,
+    failures: gather::FailureCounts,
     state: Mutex<State>,
     events: broadcast::Sender<Arc<Transition>>,
     wake: Notify,
@@ -355,6 +369,8 @@ impl AlertEngine {
             registry,
             history,
             dirty: Mutex::new(HashMap::new()),
+            retry: Mutex::new(HashMap::new()),
+            failures: gather::FailureCounts::default(),
             state: Mutex::new(state),
             events,
             wake: Notify::new(),
@@ -472,7 +488,7 @@ impl AlertEngine {
         let catch_up = inner
             .catch_up
             .swap(false, std::sync::atomic::Ordering::SeqCst);
-        let dirty: HashMap<String, (i64, i64)> = std::mem::take(&mut *lock(&inner.dirty));
+        let dirty: gather::Dirty = std::mem::take(&mut *lock(&inner.dirty));
         {
             let mut st = lock(&inner.state);
             for (p, (_, b)) in &dirty {
@@ -481,88 +497,9 @@ impl AlertEngine {
             }
         }
         let mut touched: HashSet<(String, String)> = HashSet::new();
-        let mut results: Vec<(String, HashSet<String>, i64, Vec<(String, i64, Sample)>)> =
-            Vec::new();
-        for rule in rules.iter().filter(|r| r.enabled) {
-            let b = rule.bucket_us;
-            if catch_up {
-                // Everything in the look-back window of every patient.
-                let lb = lookback_us(rule, &rule.params)
-                    .max(if rule.absence { 24 * 3_600_000_000 } else { 0 })
-                    .max(
-                        rule.overrides
-                            .keys()
-                            .map(|p| lookback_us(rule, &rule.params_for(Some(p))))
-                            .max()
-                            .unwrap_or(0),
-                    );
-                let from = floor(now - lb, b);
-                let sql = rule.render(&rule.params, &scope_sql(from, i64::MAX / 2, None))?;
-                let rows = run_rule_sql(&inner.ctx, &sql)
-                    .await
-                    .map_err(|e| format!("rule {}: {e}", rule.id))?;
-                let mut rows = rows;
-                for p in rule.overrides.keys() {
-                    let sql = rule.render(
-                        &rule.params_for(Some(p)),
-                        &scope_sql(from, i64::MAX / 2, Some(&[p.as_str()])),
-                    )?;
-                    rows.retain(|r| &r.0 != p);
-                    rows.extend(
-                        run_rule_sql(&inner.ctx, &sql)
-                            .await
-                            .map_err(|e| format!("rule {}: {e}", rule.id))?,
-                    );
-                }
-                let pats: HashSet<String> = rows.iter().map(|r| r.0.clone()).collect();
-                results.push((rule.id.clone(), pats, from, rows));
-            }
-            if dirty.is_empty() {
-                continue;
-            }
-            // Group the dirty patients by parameter set (defaults, then each override).
-            let mut groups: Vec<(Option<&str>, Vec<(&str, i64, i64)>)> = vec![(None, Vec::new())];
-            for (p, (a, z)) in &dirty {
-                if rule.overrides.contains_key(p) {
-                    groups.push((Some(p.as_str()), vec![(p.as_str(), *a, *z)]));
-                } else {
-                    groups[0].1.push((p.as_str(), *a, *z));
-                }
-            }
-            for (who, members) in groups {
-                if members.is_empty() {
-                    continue;
-                }
-                let params = rule.params_for(who);
-                let lb = lookback_us(rule, &params);
-                let (mut from, mut to) = (i64::MAX, i64::MIN);
-                {
-                    let st = lock(&inner.state);
-                    for (p, a, z) in &members {
-                        let known = st
-                            .series
-                            .get(&(rule.id.clone(), (*p).to_owned()))
-                            .is_some_and(|s| s.from_us <= floor(*a, b) - lb);
-                        let start = if known || rule.absence {
-                            floor(*a, b)
-                        } else {
-                            floor(*a, b) - lb
-                        };
-                        from = from.min(start);
-                        to = to.max(floor(*z, b) + b);
-                    }
-                }
-                let names: Vec<&str> = members.iter().map(|m| m.0).collect();
-                let filter = (names.len() <= 1000).then_some(names.as_slice());
-                let sql = rule.render(&params, &scope_sql(from, to, filter))?;
-                let rows = run_rule_sql(&inner.ctx, &sql)
-                    .await
-                    .map_err(|e| format!("rule {}: {e}", rule.id))?;
-                let set: HashSet<String> = names.iter().map(|s| (*s).to_owned()).collect();
-                let rows = rows.into_iter().filter(|r| set.contains(&r.0)).collect();
-                results.push((rule.id.clone(), set, from, rows));
-            }
-        }
+        let gathered = self.gather(&rules, &dirty, catch_up, now).await;
+        let results = gathered.found;
+        let covered = gathered.covered;
         let mut st = lock(&inner.state);
         for (rule, pats, from, rows) in results {
             for p in &pats {
@@ -575,10 +512,9 @@ impl AlertEngine {
             for (p, t, sample) in rows {
                 let s = st.series.entry((rule.clone(), p.clone())).or_default();
                 s.samples.insert(t, sample);
-                if catch_up {
-                    let w = st.watermark.entry(p.clone()).or_insert(t);
-                    *w = (*w).max(t);
-                }
+                // A catch-up (perhaps a retried one) learns the watermark from its rows.
+                let w = st.watermark.entry(p.clone()).or_insert(t);
+                *w = (*w).max(t);
             }
         }
         // Device-silent rules advance with the clock for every monitored patient.
@@ -757,10 +693,17 @@ impl AlertEngine {
             }
         }
         let n = out.len() + moved;
-        let written = inner
-            .history
-            .append_from_async(out)
-            .map_err(|e| format!("alert history: {e}"))?;
+        let written = match inner.history.append_from_async(out) {
+            Ok(w) => w,
+            Err(e) => {
+                // Nothing of this run is durable: every rule owes its ranges again.
+                drop(st);
+                for (rule, owed) in covered {
+                    self.owe(&rule, owed);
+                }
+                return Err(format!("alert history: {e}"));
+            }
+        };
         for t in &written {
             st.apply(t);
         }

@@ -277,6 +277,7 @@ fn live_engine(w: &World, rule: &Rule, history: Arc<History>) -> AlertEngine {
             interval: Duration::from_secs(1),
             escalate_after: Duration::from_secs(15 * 60),
             max_escalations: 2,
+            ..Config::default()
         },
         vec![rule.clone()],
         w.q.context().clone(),
