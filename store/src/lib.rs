@@ -124,7 +124,8 @@ pub struct Config {
     pub persist_age: Duration,
     /// Appends are refused with [`Error::Busy`] beyond this many buffered rows…
     pub buffer_limit_rows: usize,
-    /// …or beyond this much memory held by buffered batches.
+    /// …or beyond this much memory held by buffered batches (kept well under the 2 GiB a
+    /// persist could concatenate into one Arrow column).
     pub buffer_limit_bytes: usize,
     /// Persist also when the buffer holds this many bytes.
     pub persist_bytes: usize,
@@ -159,7 +160,7 @@ impl Config {
             persist_rows: 1_000_000,
             persist_age: Duration::from_secs(300),
             buffer_limit_rows: 8_000_000,
-            buffer_limit_bytes: 2 << 30,
+            buffer_limit_bytes: 1 << 30,
             persist_bytes: 256 << 20,
             segment_bytes: 64 << 20,
             compact_min_files: 8,
