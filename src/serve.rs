@@ -149,7 +149,14 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     carewatch_alert::history::register(engine.context(), history.clone())
         .map_err(|e| anyhow::anyhow!("alerts table: {e}"))?;
     let rules = carewatch_alert::rules::load(c.rules_dir.as_deref())?;
-    carewatch_alert::rules::check(engine.context(), &rules).await?;
+    // The rules' own session and memory pool: analysts' queries cannot starve or change them.
+    let rules_ctx = carewatch_alert::engine::rules_context(
+        &store,
+        pipeline.registry.clone(),
+        c.alert_engine.memory_bytes,
+    )
+    .map_err(|e| anyhow::anyhow!("alert rules session: {e}"))?;
+    carewatch_alert::rules::check(&rules_ctx, &rules).await?;
     tracing::info!(
         rules = rules.len(),
         from = %c.rules_dir.as_ref().map_or("(built-in)".to_owned(), |d| d.display().to_string()),
@@ -158,7 +165,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     let alerts = carewatch_alert::AlertEngine::new(
         c.alert_engine.clone(),
         rules,
-        engine.context().clone(),
+        rules_ctx.clone(),
         &store,
         pipeline.registry.clone(),
         history,
@@ -209,7 +216,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     if let Some(dir) = c.rules_dir.clone() {
         tokio::spawn(watch_rules(
             alerts.clone(),
-            engine.context().clone(),
+            rules_ctx,
             dir,
             shutdown.clone(),
         ));
@@ -227,7 +234,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     let pg_task = tokio::spawn(carewatch_query::pgwire::serve(
         pg,
         engine.clone(),
-        pipeline.registry.clone(),
+        auth.clone(),
         tls.clone(),
     ));
     let app = router(HttpState {

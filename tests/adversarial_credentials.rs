@@ -315,6 +315,28 @@ fn failed_logins_are_limited_per_source() {
         !publish(&secret),
         "MQTT login from a blocked source is refused"
     );
+    let pg = srv.pg_ready();
+    let (pg_host, pg_port) = pg.rsplit_once(':').expect("host:port");
+    let psql = Command::new("psql")
+        .args([
+            "-h",
+            pg_host,
+            "-p",
+            pg_port,
+            "-U",
+            "analyst",
+            "-d",
+            "carewatch",
+        ])
+        .args(["-c", "SELECT 1"])
+        .env("PGPASSWORD", &analyst)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql");
+    assert!(
+        !psql.status.success(),
+        "Postgres login from a blocked source is refused"
+    );
     wait_until("failures to be forgiven", Duration::from_secs(20), || {
         sql_status(&srv, &analyst) == 200
     });

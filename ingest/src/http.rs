@@ -39,6 +39,8 @@ pub enum ApiError {
     BadRequest(String),
     /// Not found.
     NotFound,
+    /// One message is larger than the store takes in one piece: split it.
+    TooLarge,
     /// Store busy: retry.
     Busy,
     /// Storage failure: nothing was acknowledged.
@@ -60,6 +62,12 @@ impl IntoResponse for ApiError {
                 "this credential may not do that".to_owned(),
             ),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ApiError::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the message is larger than can be stored at once; send it in smaller batches"
+                    .to_owned(),
+            ),
             ApiError::NotFound => (
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -94,6 +102,7 @@ impl From<carewatch_store::Error> for ApiError {
         match e {
             carewatch_store::Error::Busy => ApiError::Busy,
             carewatch_store::Error::Config(m) => ApiError::BadRequest(m),
+            carewatch_store::Error::TooLarge(_) => ApiError::TooLarge,
             other => {
                 tracing::error!(error = %other, "storage error on ingest");
                 ApiError::Unavailable
@@ -338,4 +347,3 @@ async fn fhir_bundle(
         json!({"resourceType": "Bundle", "type": "batch-response", "entry": out}),
     ))
 }
-

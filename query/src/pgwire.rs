@@ -202,16 +202,14 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(
     listener: TcpListener,
     engine: QueryEngine,
-    registry: Arc<Registry>,
+    auth: carewatch_auth::Authenticator,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
+    let registry = auth.registry().clone();
     let cancels = Arc::new(Cancels::default());
     let handlers = Arc::new(Handlers {
         query: Arc::new(handler::GateHandler::new(engine, registry.clone())),
-        startup: Arc::new(startup::TokenStartup::new(
-            registry.clone(),
-            cancels.clone(),
-        )),
+        startup: Arc::new(startup::TokenStartup::new(auth, cancels.clone())),
         cancels: cancels.clone(),
     });
     loop {

@@ -17,13 +17,13 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
-use carewatch_store::registry::{Principal, Registry, Role};
+use carewatch_store::registry::{Principal, Role};
 
 use super::{Cancels, Conn, lock};
 
 /// Cleartext-password startup that checks the password as a carewatch token.
 pub(super) struct TokenStartup {
-    registry: Arc<Registry>,
+    auth: carewatch_auth::Authenticator,
     params: DefaultServerParameterProvider,
     keys: RandomPidSecretKeyGenerator,
     cancels: Arc<Cancels>,
@@ -36,23 +36,28 @@ impl Debug for TokenStartup {
 }
 
 impl TokenStartup {
-    pub(super) fn new(registry: Arc<Registry>, cancels: Arc<Cancels>) -> Self {
+    pub(super) fn new(auth: carewatch_auth::Authenticator, cancels: Arc<Cancels>) -> Self {
         let mut params = DefaultServerParameterProvider::default();
         params.server_version = "16.6".into();
         TokenStartup {
-            registry,
+            auth,
             params,
             keys: RandomPidSecretKeyGenerator::default(),
             cancels,
         }
     }
 
-    /// The one password check (to be swapped for the shared authenticator): a valid analyst or
-    /// admin token.
-    fn check_password(&self, password: &str) -> Option<Principal> {
-        self.registry
-            .authenticate(password.trim())
-            .filter(|p| matches!(p.role, Role::Analyst | Role::Admin))
+    /// The password check: the shared authenticator (with its failed-login limits per source
+    /// address), for an analyst or admin token.
+    fn check_password(&self, password: &str, peer: std::net::IpAddr) -> Option<Principal> {
+        self.auth
+            .login_as(
+                password,
+                Some(peer),
+                &[Role::Analyst, Role::Admin],
+                "SQL is for analyst and admin credentials",
+            )
+            .ok()
     }
 }
 
@@ -86,7 +91,7 @@ impl StartupHandler for TokenStartup {
             PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
                 let pwd = pwd.into_password()?;
                 let user = client.metadata().get("user").cloned().unwrap_or_default();
-                let Some(p) = self.check_password(&pwd.password) else {
+                let Some(p) = self.check_password(&pwd.password, client.socket_addr().ip()) else {
                     tracing::info!("postgres wire login refused");
                     return Err(PgWireError::InvalidPassword(user));
                 };
