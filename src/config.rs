@@ -121,8 +121,23 @@ pub struct AlertsConfig {
     pub escalate_after_secs: Option<u64>,
     /// At most this many escalations (default 3).
     pub max_escalations: Option<u32>,
-    /// Attempts per webhook delivery (default 8, backing off from 0.5 s).
+    /// Attempts after which a webhook delivery of a *resolved* alert's transition is given up
+    /// (default 8); an open alert's transitions are retried for as long as it takes.
     pub webhook_attempts: Option<u32>,
+    /// First webhook retry delay, seconds (default 0.5; doubles up to `webhook_backoff_cap_secs`).
+    pub webhook_backoff_secs: Option<f64>,
+    /// Longest webhook retry delay, seconds (default 60).
+    pub webhook_backoff_cap_secs: Option<f64>,
+    /// HMAC-SHA256 secret signing bodies to `webhook_url` (`X-Carewatch-Signature`).
+    pub webhook_secret: Option<String>,
+    /// HMAC-SHA256 secret signing bodies to `escalation_webhook_url`.
+    pub escalation_webhook_secret: Option<String>,
+    /// HMAC-SHA256 secrets of the care-team receivers: `team = "…"`.
+    #[serde(default)]
+    pub team_webhook_secrets: std::collections::BTreeMap<String, String>,
+    /// A webhook receiver failing continuously for longer than this many seconds is reported
+    /// to the escalation receiver and on `/metrics` (default 300).
+    pub receiver_failure_escalate_secs: Option<u64>,
     /// Publish alert transitions to `carewatch/alerts/{care_team}`: on the external broker
     /// (`mqtt_url`), or to subscribed care managers on the embedded listener. Default false.
     pub mqtt_publish: Option<bool>,
@@ -225,6 +240,15 @@ pub struct Overrides {
     pub webhook_url: Option<String>,
     /// The directory of the config file (for its `rules/`).
     pub config_dir: Option<PathBuf>,
+}
+
+/// An `[alerts]` duration in seconds (0.01 s to one hour).
+fn secs(v: Option<f64>, default: f64, what: &str) -> Result<Duration> {
+    let s = v.unwrap_or(default);
+    if !(0.01..=3600.0).contains(&s) {
+        bail!("alerts.{what} must be between 0.01 and 3600");
+    }
+    Ok(Duration::from_secs_f64(s))
 }
 
 fn addr(s: &str, what: &str) -> Result<SocketAddr> {
@@ -341,8 +365,22 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         team_webhooks: a.team_webhooks.clone(),
         escalation_url: a.escalation_webhook_url.clone(),
         attempts: a.webhook_attempts.unwrap_or(8),
-        backoff: Duration::from_millis(500),
+        backoff: secs(a.webhook_backoff_secs, 0.5, "webhook_backoff_secs")?,
+        backoff_cap: secs(a.webhook_backoff_cap_secs, 60.0, "webhook_backoff_cap_secs")?,
+        webhook_secret: a.webhook_secret.clone(),
+        team_webhook_secrets: a.team_webhook_secrets.clone(),
+        escalation_secret: a.escalation_webhook_secret.clone(),
+        failure_escalate_after: Duration::from_secs(
+            a.receiver_failure_escalate_secs.unwrap_or(300).max(1),
+        ),
     };
+    if let Some(t) = a
+        .team_webhook_secrets
+        .keys()
+        .find(|t| !a.team_webhooks.contains_key(*t))
+    {
+        bail!("alerts.team_webhook_secrets.{t} has no alerts.team_webhooks entry");
+    }
     let alerts_mqtt = a.mqtt_publish.unwrap_or(false);
     let query_limits = query_limits(&file.query)?;
     let metrics_require_token = file

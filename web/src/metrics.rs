@@ -248,6 +248,7 @@ pub async fn metrics(
         &[],
         s.webhooks.dropped.load(Relaxed) as f64,
     );
+    webhook_receivers(&mut o, &s.webhooks);
     (
         [(
             header::CONTENT_TYPE,
@@ -274,5 +275,44 @@ pub async fn ready(State(s): State<WebState>) -> Response {
             axum::Json(serde_json::json!({"ready": false, "reason": "rules have not run yet"})),
         )
             .into_response()
+    }
+}
+
+/// Per-receiver webhook gauges, labelled by kind only (never a URL or a team).
+fn webhook_receivers(o: &mut Out, w: &carewatch_alert::notify::Counters) {
+    use carewatch_alert::notify::ReceiverKind;
+    let now = chrono::Utc::now().timestamp_micros();
+    let kinds: Vec<ReceiverKind> = ReceiverKind::ALL
+        .into_iter()
+        .filter(|k| w.has(*k))
+        .collect();
+    if kinds.is_empty() {
+        return;
+    }
+    o.family(
+        "carewatch_webhook_delivery_age_seconds",
+        "gauge",
+        "Age of the oldest transition not yet delivered to a webhook receiver (0: caught up).",
+    );
+    for k in &kinds {
+        let age = w.delivery_age_seconds(*k, now);
+        o.sample(
+            "carewatch_webhook_delivery_age_seconds",
+            &[("receiver", k.as_str())],
+            age,
+        );
+    }
+    o.family(
+        "carewatch_webhook_receiver_failing",
+        "gauge",
+        "1 while a webhook receiver has failed continuously past alerts.receiver_failure_escalate_secs.",
+    );
+    for k in &kinds {
+        let v = if w.receiver_failing(*k) { 1.0 } else { 0.0 };
+        o.sample(
+            "carewatch_webhook_receiver_failing",
+            &[("receiver", k.as_str())],
+            v,
+        );
     }
 }

@@ -2,19 +2,16 @@
 //! alert fires) is POSTed as JSON, in history order, to the global receiver, to the receiver of
 //! the patient's care team *at delivery time* (authorization follows the patient; a patient
 //! without a team goes to the global receiver only), and — for escalations — to the escalation
-//! receiver. Retries back off
-//! exponentially; the position reached is kept in `alerts/webhook.offset`, so a restart
-//! re-sends at most the transition in flight (receivers de-duplicate on
-//! `fingerprint` + `seq`).
+//! receiver. Each receiver (URL) has its own task and its own durable position
+//! (`alerts/webhook.<kind>-<hash>.offset`, seeded from the old shared `alerts/webhook.offset`),
+//! so a dead receiver never delays another; see [`deliver`]. A restart re-sends at most the
+//! transition in flight (receivers de-duplicate on `fingerprint` + `seq`).
 //!
 //! The body carries our fields and, beside them, an Adaptive Card (`type: message`,
 //! `attachments`) that a Microsoft Teams workflow or a Power Automate "When an HTTP request is
 //! received" trigger can post as it is.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -22,30 +19,38 @@ use serde_json::{Value, json};
 use crate::engine::AlertEngine;
 use crate::history::{Event, Transition};
 
+use std::collections::BTreeMap;
+
+mod deliver;
+mod gauges;
+
+pub use gauges::{Counters, ReceiverKind};
+
 /// Where transitions go.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     /// Receives every transition.
     pub webhook_url: Option<String>,
+    /// HMAC-SHA256 secret of the global receiver.
+    pub webhook_secret: Option<String>,
     /// Per care team.
     pub team_webhooks: BTreeMap<String, String>,
-    /// Receives escalations (the second contact).
+    /// HMAC-SHA256 secrets of the care-team receivers, by team.
+    pub team_webhook_secrets: BTreeMap<String, String>,
+    /// Receives escalations (the second contact) and failing-receiver notices.
     pub escalation_url: Option<String>,
-    /// Attempts per delivery before giving up on it.
+    /// HMAC-SHA256 secret of the escalation receiver.
+    pub escalation_secret: Option<String>,
+    /// Attempts after which a transition of a *resolved* alert is given up (an open alert's
+    /// transitions are retried for as long as it takes).
     pub attempts: u32,
-    /// First retry delay (doubles, capped at 60 s).
+    /// First retry delay (doubles, capped at `backoff_cap`).
     pub backoff: Duration,
-}
-
-/// Delivery counters.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Deliveries that succeeded.
-    pub delivered: AtomicU64,
-    /// Failed attempts.
-    pub failed_attempts: AtomicU64,
-    /// Deliveries given up.
-    pub dropped: AtomicU64,
+    /// Longest retry delay.
+    pub backoff_cap: Duration,
+    /// A receiver failing continuously for longer than this is reported to the escalation
+    /// receiver (once per failure stretch) and on `/metrics`.
+    pub failure_escalate_after: Duration,
 }
 
 use crate::iso;
@@ -150,60 +155,18 @@ pub fn mqtt_message(engine: &AlertEngine, t: &Arc<Transition>) -> Option<(String
     ))
 }
 
-/// Receivers of one transition.
-fn receivers(routes: &Routes, t: &Transition) -> Vec<String> {
-    if t.event == Event::Pending {
-        return Vec::new();
-    }
-    let mut v: Vec<String> = Vec::new();
-    v.extend(routes.webhook_url.clone());
-    if let Some(u) = t
-        .care_team
-        .as_ref()
-        .and_then(|c| routes.team_webhooks.get(c))
-    {
-        v.push(u.clone());
-    }
-    if t.event == Event::Escalated
-        && let Some(u) = &routes.escalation_url
-    {
-        v.push(u.clone());
-    }
-    v.sort();
-    v.dedup();
-    v
-}
-
-fn read_offset(p: &PathBuf) -> u64 {
-    std::fs::read_to_string(p)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn write_offset(p: &PathBuf, n: u64) {
-    let tmp = p.with_extension("tmp");
-    if std::fs::write(&tmp, n.to_string()).is_ok() {
-        let _ = std::fs::rename(&tmp, p);
-    }
-}
-
-/// Delivers transitions until `shutdown`.
+/// Delivers transitions until `shutdown`: one task per receiver (dropping this future stops
+/// them all).
 pub async fn run(
     engine: AlertEngine,
     routes: Routes,
     counters: Arc<Counters>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let history = engine.history().clone();
-    if routes.webhook_url.is_none()
-        && routes.team_webhooks.is_empty()
-        && routes.escalation_url.is_none()
-    {
+    let receivers = deliver::receivers(&routes);
+    if receivers.is_empty() {
         return;
     }
-    let offset_file = history.path().with_file_name("webhook.offset");
-    let mut next = read_offset(&offset_file);
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -214,59 +177,19 @@ pub async fn run(
             return;
         }
     };
-    loop {
-        let batch = history.since(next);
-        if batch.is_empty() {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = engine.written().notified() => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            continue;
-        }
-        for t in batch {
-            let t = routed(&t, engine.team_of(&t.patient_id));
-            for url in receivers(&routes, &t) {
-                let body = payload(&t);
-                let mut delay = routes.backoff;
-                let mut ok = false;
-                for attempt in 1..=routes.attempts.max(1) {
-                    let r = client.post(&url).json(&body).send().await;
-                    match r {
-                        Ok(r) if r.status().is_success() => {
-                            ok = true;
-                            break;
-                        }
-                        Ok(r) => {
-                            tracing::warn!(
-                                status = r.status().as_u16(),
-                                attempt,
-                                "webhook refused an alert"
-                            )
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e.without_url(), attempt, "webhook delivery failed")
-                        }
-                    }
-                    counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                    if attempt == routes.attempts.max(1) {
-                        break;
-                    }
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(60));
-                }
-                if ok {
-                    counters.delivered.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(seq = t.seq, "webhook delivery given up");
-                }
-            }
-            next = t.seq + 1;
-            write_offset(&offset_file, next);
-        }
+    let escalation = receivers.iter().find(|r| r.escalation).cloned();
+    let mut tasks = tokio::task::JoinSet::new();
+    for r in receivers {
+        let ctx = deliver::Ctx {
+            engine: engine.clone(),
+            routes: routes.clone(),
+            counters: counters.clone(),
+            client: client.clone(),
+            escalation: escalation.clone(),
+            gauge: counters.gauge(r.kind),
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(deliver::receiver_loop(ctx, r));
     }
+    while tasks.join_next().await.is_some() {}
 }

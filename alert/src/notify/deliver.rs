@@ -1,0 +1,345 @@
+//! One task per receiver (URL): it walks the history from its own durable position, POSTs each
+//! transition routed to it (signed with its secret), and retries with capped exponential
+//! back-off — for as long as it takes while the alert is open; a transition of a resolved alert
+//! is given up after `attempts`. A receiver failing for longer than `failure_escalate_after`
+//! is reported once (per failure stretch) to the escalation receiver.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::gauges::{Counters, Gauge, ReceiverKind};
+use super::{Routes, payload, routed};
+use crate::engine::AlertEngine;
+use crate::history::{Event, History, Status, Transition};
+
+/// One receiver: a URL and what is routed to it (a URL configured twice is one receiver).
+#[derive(Debug, Clone)]
+pub(super) struct Receiver {
+    url: String,
+    pub(super) kind: ReceiverKind,
+    global: bool,
+    teams: Vec<String>,
+    pub(super) escalation: bool,
+    secret: Option<String>,
+}
+
+fn entry<'a>(
+    by_url: &'a mut BTreeMap<String, Receiver>,
+    url: &str,
+    kind: ReceiverKind,
+    secret: Option<&String>,
+) -> &'a mut Receiver {
+    let r = by_url.entry(url.to_owned()).or_insert_with(|| Receiver {
+        url: url.to_owned(),
+        kind,
+        global: false,
+        teams: Vec::new(),
+        escalation: false,
+        secret: None,
+    });
+    if r.secret.is_none() {
+        r.secret = secret.cloned();
+    }
+    r
+}
+
+/// The receivers of `routes`, one per distinct URL.
+pub(super) fn receivers(routes: &Routes) -> Vec<Receiver> {
+    let mut by_url: BTreeMap<String, Receiver> = BTreeMap::new();
+    if let Some(u) = &routes.webhook_url {
+        entry(
+            &mut by_url,
+            u,
+            ReceiverKind::Global,
+            routes.webhook_secret.as_ref(),
+        )
+        .global = true;
+    }
+    for (team, u) in &routes.team_webhooks {
+        let secret = routes.team_webhook_secrets.get(team);
+        let r = entry(&mut by_url, u, ReceiverKind::Team, secret);
+        r.teams.push(team.clone());
+    }
+    if let Some(u) = &routes.escalation_url {
+        let secret = routes.escalation_secret.as_ref();
+        entry(&mut by_url, u, ReceiverKind::Escalation, secret).escalation = true;
+    }
+    by_url.into_values().collect()
+}
+
+/// What a receiver task needs.
+pub(super) struct Ctx {
+    pub(super) engine: AlertEngine,
+    pub(super) routes: Routes,
+    pub(super) counters: Arc<Counters>,
+    pub(super) client: reqwest::Client,
+    pub(super) escalation: Option<Receiver>,
+    pub(super) gauge: Arc<Gauge>,
+    pub(super) shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// The current failure stretch of one receiver.
+#[derive(Default)]
+struct Failing {
+    since: Option<(Instant, i64)>,
+    reported: bool,
+}
+
+/// Delivers to one receiver until shutdown.
+pub(super) async fn receiver_loop(ctx: Ctx, r: Receiver) {
+    let history = ctx.engine.history().clone();
+    let file = offset_file(history.path(), &r);
+    let mut pos = load_offset(file.clone()).await;
+    let mut saved = pos;
+    let mut failing = Failing::default();
+    loop {
+        let batch = history.since(pos);
+        if batch.is_empty() {
+            ctx.gauge.oldest_undelivered_us.store(0, Ordering::Relaxed);
+            if saved != pos {
+                save_offset(file.clone(), pos).await;
+                saved = pos;
+            }
+            tokio::select! {
+                () = ctx.shutdown.cancelled() => return,
+                () = ctx.engine.written().notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
+        for t in batch {
+            pos = t.seq + 1;
+            let Some(t) = route(&ctx.engine, &r, &t) else {
+                continue;
+            };
+            ctx.gauge
+                .oldest_undelivered_us
+                .store(t.at_us.max(1), Ordering::Relaxed);
+            if !deliver_one(&ctx, &r, &history, &t, &mut failing).await {
+                return;
+            }
+            save_offset(file.clone(), pos).await;
+            saved = pos;
+        }
+    }
+}
+
+/// The transition as this receiver gets it, or None when it is not routed to it.
+fn route(engine: &AlertEngine, r: &Receiver, t: &Arc<Transition>) -> Option<Arc<Transition>> {
+    if t.event == Event::Pending {
+        return None;
+    }
+    let team = engine.team_of(&t.patient_id);
+    let hit = r.global
+        || (r.escalation && t.event == Event::Escalated)
+        || team.as_ref().is_some_and(|c| r.teams.contains(c));
+    hit.then(|| routed(t, team))
+}
+
+/// True while the alert of `t` is not resolved (as of the newest transition in the history).
+fn alert_open(history: &History, t: &Transition) -> bool {
+    history
+        .since(t.seq)
+        .iter()
+        .rev()
+        .find(|x| x.alert_id == t.alert_id)
+        .is_none_or(|x| x.status != Status::Resolved)
+}
+
+/// Delivers `t` (or gives it up, for a resolved alert); false on shutdown.
+async fn deliver_one(
+    ctx: &Ctx,
+    r: &Receiver,
+    history: &History,
+    t: &Transition,
+    failing: &mut Failing,
+) -> bool {
+    let body = serde_json::to_vec(&payload(t)).unwrap_or_default();
+    let attempts = ctx.routes.attempts.max(1);
+    let mut delay = ctx.routes.backoff;
+    let mut attempt = 0u32;
+    loop {
+        attempt = attempt.saturating_add(1);
+        match post(&ctx.client, r, &body).await {
+            Ok(()) => {
+                ctx.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                failing.since = None;
+                failing.reported = false;
+                ctx.gauge.failing.store(false, Ordering::Relaxed);
+                return true;
+            }
+            Err(e) if attempt <= attempts || attempt.is_multiple_of(10) => {
+                tracing::warn!(receiver = r.kind.as_str(), attempt, error = %e, "webhook delivery failed");
+            }
+            Err(e) => {
+                tracing::debug!(receiver = r.kind.as_str(), attempt, error = %e, "webhook delivery failed");
+            }
+        }
+        ctx.counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        note_failure(ctx, r, failing);
+        if attempt >= attempts && !alert_open(history, t) {
+            ctx.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                receiver = r.kind.as_str(),
+                seq = t.seq,
+                "webhook delivery of a resolved alert given up"
+            );
+            return true;
+        }
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(ctx.routes.backoff_cap.max(ctx.routes.backoff));
+    }
+}
+
+/// Counts a failure into the stretch; past the limit, reports it once.
+fn note_failure(ctx: &Ctx, r: &Receiver, failing: &mut Failing) {
+    let (since, since_us) = *failing
+        .since
+        .get_or_insert_with(|| (Instant::now(), crate::engine::now_us()));
+    if failing.reported || since.elapsed() <= ctx.routes.failure_escalate_after {
+        return;
+    }
+    failing.reported = true;
+    ctx.gauge.failing.store(true, Ordering::Relaxed);
+    tracing::error!(
+        receiver = r.kind.as_str(),
+        "webhook receiver failing for longer than the escalation limit"
+    );
+    let Some(e) = ctx.escalation.clone().filter(|e| e.url != r.url) else {
+        return;
+    };
+    let kind = r.kind.as_str();
+    let body = json!({
+        "version": "1",
+        "event": "receiver_failing",
+        "receiver": kind,
+        "failing_since": crate::iso(since_us),
+        "type": "message",
+        "text": format!("carewatch: the {kind} alert webhook receiver has been failing since {}; alerts for it are queued", crate::iso(since_us)),
+    });
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let (client, routes) = (ctx.client.clone(), ctx.routes.clone());
+    tokio::spawn(async move {
+        let mut delay = routes.backoff;
+        for attempt in 1..=routes.attempts.max(1) {
+            match post(&client, &e, &body).await {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::warn!(attempt, error = %err, "failing-receiver notice not delivered")
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(routes.backoff_cap.max(routes.backoff));
+        }
+    });
+}
+
+/// `sha256=<hex>`: HMAC-SHA256 of the exact body bytes.
+pub(super) fn signature(secret: &str, body: &[u8]) -> String {
+    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes a key of any length");
+    m.update(body);
+    format!("sha256={}", hex(&m.finalize().into_bytes()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// One POST; the error never names the URL.
+async fn post(client: &reqwest::Client, r: &Receiver, body: &[u8]) -> Result<(), String> {
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let mut req = client
+        .post(&r.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("X-Carewatch-Timestamp", ts)
+        .body(body.to_vec());
+    if let Some(s) = &r.secret {
+        req = req.header("X-Carewatch-Signature", signature(s, body));
+    }
+    match req.send().await {
+        Ok(resp) if resp.status().is_success() => Ok(()),
+        Ok(resp) => Err(format!("status {}", resp.status().as_u16())),
+        Err(e) => Err(e.without_url().to_string()),
+    }
+}
+
+/// `alerts/webhook.<kind>-<hash of the URL>.offset` (no URL or team name in the name).
+fn offset_file(history: &Path, r: &Receiver) -> PathBuf {
+    let h = hex(&Sha256::digest(r.url.as_bytes()));
+    history.with_file_name(format!("webhook.{}-{}.offset", r.kind.as_str(), &h[..16]))
+}
+
+fn read_offset(p: &Path) -> Option<u64> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+/// The receiver's position; a receiver without one starts where the old shared
+/// `alerts/webhook.offset` says (0 without it).
+async fn load_offset(p: PathBuf) -> u64 {
+    tokio::task::spawn_blocking(move || {
+        read_offset(&p)
+            .or_else(|| read_offset(&p.with_file_name("webhook.offset")))
+            .unwrap_or(0)
+    })
+    .await
+    .unwrap_or(0)
+}
+
+/// Writes the position durably (temp file, fsync, rename) on the blocking pool.
+async fn save_offset(p: PathBuf, n: u64) {
+    let r = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = p.with_extension("offset.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(n.to_string().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &p)
+    })
+    .await;
+    if !matches!(r, Ok(Ok(()))) {
+        tracing::warn!("webhook position not saved");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_rfc4231_case_2() {
+        assert_eq!(
+            signature("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn one_receiver_per_url() {
+        let routes = Routes {
+            webhook_url: Some("http://a/".into()),
+            team_webhooks: [
+                ("n".into(), "http://a/".into()),
+                ("s".into(), "http://b/".into()),
+            ]
+            .into(),
+            escalation_url: Some("http://c/".into()),
+            ..Routes::default()
+        };
+        let r = receivers(&routes);
+        assert_eq!(r.len(), 3);
+        assert!(r[0].global && r[0].teams == ["n"]);
+        assert_eq!(r[1].kind, ReceiverKind::Team);
+        assert!(r[2].escalation);
+    }
+}
