@@ -121,6 +121,9 @@ pub struct AlertsConfig {
     pub escalate_after_secs: Option<u64>,
     /// At most this many escalations (default 3).
     pub max_escalations: Option<u32>,
+    /// One rule's queries in one evaluation run may take this long, seconds (default 10);
+    /// past it they are cancelled, counted, and the rule's ranges retried at the next run.
+    pub rule_timeout_secs: Option<f64>,
     /// Attempts after which a webhook delivery of a *resolved* alert's transition is given up
     /// (default 8); an open alert's transitions are retried for as long as it takes.
     pub webhook_attempts: Option<u32>,
@@ -348,6 +351,12 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
     }
     if let Some(n) = a.max_escalations {
         alert_engine.max_escalations = n;
+    }
+    if let Some(s) = a.rule_timeout_secs {
+        if !(0.1..=3600.0).contains(&s) {
+            bail!("alerts.rule_timeout_secs must be between 0.1 and 3600");
+        }
+        alert_engine.rule_timeout = Duration::from_secs_f64(s);
     }
     let webhook_url = o.webhook_url.or(a.webhook_url.clone());
     for u in webhook_url

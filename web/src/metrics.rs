@@ -191,6 +191,15 @@ pub async fn metrics(
         "Rule evaluation runs.",
     );
     o.sample("carewatch_rule_runs_total", &[], runs as f64);
+    let failed = s.alerts.rule_failures();
+    o.family(
+        "carewatch_rule_failures_total",
+        "counter",
+        "Rule evaluations that failed (error) or ran past alerts.rule_timeout_secs (timeout); their ranges are retried.",
+    );
+    for (reason, n) in [("error", failed.error), ("timeout", failed.timeout)] {
+        o.sample("carewatch_rule_failures_total", &[("reason", reason)], n as f64);
+    }
     o.histogram(
         "carewatch_rule_run_seconds",
         "Duration of one evaluation of all rules.",
