@@ -246,8 +246,10 @@ fn note_failure(ctx: &Ctx, r: &Receiver, failing: &mut Failing) {
 
 /// `sha256=<hex>`: HMAC-SHA256 of the exact body bytes.
 pub(super) fn signature(secret: &str, body: &[u8]) -> String {
-    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
-        .expect("HMAC takes a key of any length");
+    // HMAC takes a key of any length: this never fails.
+    let Ok(mut m) = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()) else {
+        return String::new();
+    };
     m.update(body);
     format!("sha256={}", hex(&m.finalize().into_bytes()))
 }
