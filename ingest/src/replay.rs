@@ -114,12 +114,9 @@ impl Remote {
     ) -> Result<(), String> {
         if opts.register_devices {
             for l in lines {
-                let dev = serde_json::from_str::<Value>(l).ok().and_then(|v| {
-                    v.get("device_id")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                });
-                let Some(d) = dev else { continue };
+                let Some((d, patient)) = device_and_patient(l) else {
+                    continue;
+                };
                 if !known.insert(d.clone()) {
                     continue;
                 }
@@ -127,7 +124,7 @@ impl Remote {
                     .client
                     .post(format!("{}/v1/devices", self.base))
                     .bearer_auth(&self.token)
-                    .json(&serde_json::json!({"device_id": d, "patient_id": d, "valid_from": "1970-01-01T00:00:00Z"}))
+                    .json(&serde_json::json!({"device_id": d, "patient_id": patient, "valid_from": "1970-01-01T00:00:00Z"}))
                     .send()
                     .await
                     .map_err(|e| e.to_string())?;
@@ -190,6 +187,19 @@ impl Sink<'_> {
     }
 }
 
+/// The device a replayed line names, and its patient: the line's `patient_id` when it has one
+/// (so a file naming both is honoured), else the device id.
+fn device_and_patient(line: &str) -> Option<(String, String)> {
+    let v = serde_json::from_str::<Value>(line).ok()?;
+    let d = v.get("device_id").and_then(Value::as_str)?.to_owned();
+    let p = v
+        .get("patient_id")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| d.clone(), str::to_owned);
+    Some((d, p))
+}
+
 impl Pipeline {
     async fn replay_chunk(
         &self,
@@ -199,16 +209,11 @@ impl Pipeline {
     ) -> Result<(), String> {
         if opts.register_devices {
             for l in lines {
-                let dev = serde_json::from_str::<Value>(l).ok().and_then(|v| {
-                    v.get("device_id")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                });
-                if let Some(d) = dev
+                if let Some((d, patient)) = device_and_patient(l)
                     && self.registry.attribute(&d, 0) == Attribution::UnknownDevice
                 {
                     self.registry
-                        .register_device(&d, &d, Some(0))
+                        .register_device(&d, &patient, Some(0))
                         .map_err(|e| e.to_string())?;
                     report.registered += 1;
                 }

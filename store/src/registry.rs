@@ -522,8 +522,9 @@ impl Registry {
             .is_some_and(|p| p.role == Role::Device && p.subject.as_deref() == Some(device_id))
     }
 
-    /// Registers a device for a patient from `valid_from_us` (default now) and returns its new
-    /// secret. Registering a known device again re-assigns it (the previous assignment ends
+    /// Registers a device for a patient from `valid_from_us` and returns its new secret. The
+    /// default is the epoch for a device's first assignment (its backlog belongs to this
+    /// patient) and now for a re-assignment. Registering a known device again re-assigns it (the previous assignment ends
     /// where the new one starts) and rotates its secret.
     pub fn register_device(
         &self,
@@ -536,7 +537,15 @@ impl Registry {
                 "device_id and patient_id must not be empty".into(),
             ));
         }
-        let from = valid_from_us.unwrap_or_else(now_us);
+        // Without `valid_from`, a device's first assignment covers everything it recorded
+        // before enrolment (a phone syncing its backlog right after being set up); a
+        // re-assignment starts now, so the previous patient keeps what came before.
+        let known = self.read(|d| {
+            d.devices
+                .get(device_id)
+                .is_some_and(|dev| !dev.assignments.is_empty())
+        });
+        let from = valid_from_us.unwrap_or_else(|| if known { now_us() } else { 0 });
         let token = new_token()?;
         let h = hash(&token);
         let principal = Principal {
@@ -817,5 +826,32 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(120))
             .expect("registry threads deadlocked");
         assert!(r.devices().len() >= 1);
+    }
+
+    #[test]
+    fn a_first_assignment_covers_the_backlog_and_a_reassignment_starts_now() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (r, _) = Registry::open(dir.path()).expect("open");
+        r.register_device("phone", "alice", None).expect("enrol");
+        // A reading recorded days before enrolment, synced right after it.
+        let backlog = now_us() - 3 * 86_400_000_000;
+        assert_eq!(
+            r.attribute("phone", backlog),
+            Attribution::Patient("alice".into())
+        );
+        let before = now_us();
+        r.register_device("phone", "bob", None).expect("re-issue");
+        assert_eq!(
+            r.attribute("phone", backlog),
+            Attribution::Patient("alice".into())
+        );
+        assert_eq!(
+            r.attribute("phone", before - 1),
+            Attribution::Patient("alice".into())
+        );
+        assert_eq!(
+            r.attribute("phone", now_us() + 1_000_000),
+            Attribution::Patient("bob".into())
+        );
     }
 }
