@@ -71,8 +71,16 @@ fn outcome(status: StatusCode, code: &str, msg: &str) -> Response {
     r
 }
 
-fn caller(auth: Result<carewatch_auth::Caller, carewatch_auth::AuthError>) -> Result<Principal, Response> {
-    let c = auth.map_err(|e| outcome(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED), "login", e.message()))?;
+fn caller(
+    auth: Result<carewatch_auth::Caller, carewatch_auth::AuthError>,
+) -> Result<Principal, Response> {
+    let c = auth.map_err(|e| {
+        outcome(
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+            "login",
+            e.message(),
+        )
+    })?;
     c.reader()
         .cloned()
         .map_err(|e| outcome(StatusCode::FORBIDDEN, "forbidden", e.message()))
@@ -102,6 +110,22 @@ fn scope(s: &SqlState, p: &Principal, df: DataFrame) -> Result<DataFrame, Respon
             "forbidden",
             "devices cannot read",
         )),
+    }
+}
+
+/// Runs a FHIR read under the same time limit as SQL: past it the plan is dropped (its
+/// operators stop) and the caller gets an error.
+async fn collect_bounded(s: &SqlState, df: DataFrame) -> Option<Vec<arrow_array::RecordBatch>> {
+    match tokio::time::timeout(s.engine.limits().timeout, df.collect()).await {
+        Ok(Ok(b)) => Some(b),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "FHIR read failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!("FHIR read stopped at the query time limit");
+            None
+        }
     }
 }
 
@@ -181,7 +205,7 @@ pub async fn read(
         Ok(df) => df,
         Err(r) => return r,
     };
-    let Ok(batches) = df.collect().await else {
+    let Some(batches) = collect_bounded(&s, df).await else {
         return internal();
     };
     let rows = readings(&batches);
@@ -339,7 +363,7 @@ pub async fn search(
         ])
         .and_then(|d| d.limit(0, Some((offset + count + 1) * 2)));
     let Ok(df) = df else { return internal() };
-    let Ok(batches) = df.collect().await else {
+    let Some(batches) = collect_bounded(&s, df).await else {
         return internal();
     };
     let rows = readings(&batches);
