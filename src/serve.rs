@@ -170,7 +170,8 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         pipeline.registry.clone(),
         history,
     );
-    let alert_task = tokio::spawn(alerts.clone().run(shutdown.clone()));
+    // Rules evaluate on their own runtime threads: analysts' queries cannot take them.
+    let alert_task = alerts.clone().spawn_dedicated(1, shutdown.clone());
     let notify_counters = Arc::new(carewatch_alert::notify::Counters::default());
     let notify_task = tokio::spawn(carewatch_alert::notify::run(
         alerts.clone(),

@@ -30,6 +30,7 @@ use crate::history::{Event, History, Status, Transition};
 use crate::rules::{Params, Rule, Severity};
 
 mod gather;
+mod runtime;
 mod session;
 mod teams;
 pub use gather::RuleFailures;
