@@ -93,10 +93,10 @@ struct Failing {
 }
 
 /// Delivers to one receiver until shutdown.
-pub(super) async fn receiver_loop(ctx: Ctx, r: Receiver) {
+pub(super) async fn receiver_loop(ctx: Ctx, r: Receiver, start: u64) {
     let history = ctx.engine.history().clone();
     let file = offset_file(history.path(), &r);
-    let mut pos = load_offset(file.clone()).await;
+    let mut pos = start;
     let mut saved = pos;
     let mut failing = Failing::default();
     loop {
@@ -286,16 +286,30 @@ fn read_offset(p: &Path) -> Option<u64> {
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
-/// The receiver's position; a receiver without one starts where the old shared
-/// `alerts/webhook.offset` says (0 without it).
-async fn load_offset(p: PathBuf) -> u64 {
-    tokio::task::spawn_blocking(move || {
-        read_offset(&p)
-            .or_else(|| read_offset(&p.with_file_name("webhook.offset")))
-            .unwrap_or(0)
-    })
-    .await
-    .unwrap_or(0)
+/// Each receiver's starting position: its own file; else, on the first start with
+/// per-receiver positions, the old shared `alerts/webhook.offset` (0 without it); else (a
+/// receiver added to a running deployment) the end of the history, as before, when one shared
+/// position made a new receiver hear only of new transitions. Blocking: call off the workers.
+pub(super) fn start_positions(history: &Path, receivers: &[Receiver], end: u64) -> Vec<u64> {
+    let own: Vec<Option<u64>> = receivers
+        .iter()
+        .map(|r| read_offset(&offset_file(history, r)))
+        .collect();
+    let upgraded = std::fs::read_dir(history.with_file_name(""))
+        .map(|d| {
+            d.flatten().any(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.starts_with("webhook.") && n.ends_with(".offset") && n != "webhook.offset"
+            })
+        })
+        .unwrap_or(false);
+    let seed = if upgraded {
+        end
+    } else {
+        read_offset(&history.with_file_name("webhook.offset")).unwrap_or(0)
+    };
+    own.into_iter().map(|o| o.unwrap_or(seed)).collect()
 }
 
 /// Writes the position durably (temp file, fsync, rename) on the blocking pool.
@@ -315,6 +329,7 @@ async fn save_offset(p: PathBuf, n: u64) {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -323,6 +338,31 @@ mod tests {
         assert_eq!(
             signature("Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn the_old_shared_offset_seeds_every_receiver_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let h = dir.path().join("history.jsonl");
+        let routes = Routes {
+            webhook_url: Some("http://a/".into()),
+            escalation_url: Some("http://c/".into()),
+            ..Routes::default()
+        };
+        let r = receivers(&routes);
+        assert_eq!(start_positions(&h, &r, 9), [0, 0], "fresh: from the start");
+        std::fs::write(dir.path().join("webhook.offset"), "5").expect("write");
+        assert_eq!(
+            start_positions(&h, &r, 9),
+            [5, 5],
+            "upgrade: the old position"
+        );
+        std::fs::write(offset_file(&h, &r[0]), "7").expect("write");
+        assert_eq!(
+            start_positions(&h, &r, 9),
+            [7, 9],
+            "added later: from the end"
         );
     }
 

@@ -177,9 +177,15 @@ pub async fn run(
             return;
         }
     };
+    let history = engine.history().clone();
+    let (path, rs, end) = (history.path().to_owned(), receivers.clone(), history.len());
+    let starts =
+        tokio::task::spawn_blocking(move || deliver::start_positions(&path, &rs, end as u64))
+            .await
+            .unwrap_or_default();
     let escalation = receivers.iter().find(|r| r.escalation).cloned();
     let mut tasks = tokio::task::JoinSet::new();
-    for r in receivers {
+    for (r, start) in receivers.into_iter().zip(starts) {
         let ctx = deliver::Ctx {
             engine: engine.clone(),
             routes: routes.clone(),
@@ -189,7 +195,7 @@ pub async fn run(
             gauge: counters.gauge(r.kind),
             shutdown: shutdown.clone(),
         };
-        tasks.spawn(deliver::receiver_loop(ctx, r));
+        tasks.spawn(deliver::receiver_loop(ctx, r, start));
     }
     while tasks.join_next().await.is_some() {}
 }
