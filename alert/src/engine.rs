@@ -52,6 +52,9 @@ pub struct Config {
     pub rule_timeout: Duration,
     /// The memory pool of the rules' own session ([`rules_context`]), bytes.
     pub memory_bytes: usize,
+    /// A resolved alert whose episode ended longer ago than this leaves memory (the history
+    /// keeps it; its id is remembered so it is never reused).
+    pub resolved_horizon: Duration,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             max_escalations: 3,
             rule_timeout: Duration::from_secs(10),
             memory_bytes: 1 << 30,
+            resolved_horizon: Duration::from_secs(48 * 3600),
         }
     }
 }
@@ -173,6 +177,8 @@ struct State {
     alerts: HashMap<String, Current>,
     by_key: HashMap<(String, String), Vec<String>>,
     pending: HashMap<(String, String), (Episode, String)>,
+    /// Ids of resolved alerts that left memory (never reused).
+    retired: HashSet<String>,
 }
 
 impl State {
@@ -186,6 +192,28 @@ impl State {
                 .push(t.alert_id.clone());
         }
         self.alerts.insert(t.alert_id.clone(), cur);
+    }
+
+    /// Resolved alerts whose episode ended before `before_us` leave memory.
+    fn retire(&mut self, before_us: i64) {
+        let old: Vec<String> = self
+            .alerts
+            .values()
+            .filter(|a| a.status == Status::Resolved && a.episode_end_us < before_us)
+            .map(|a| a.alert_id.clone())
+            .collect();
+        for id in old {
+            if let Some(a) = self.alerts.remove(&id) {
+                let key = (a.rule, a.patient_id);
+                if let Some(ids) = self.by_key.get_mut(&key) {
+                    ids.retain(|i| i != &id);
+                    if ids.is_empty() {
+                        self.by_key.remove(&key);
+                    }
+                }
+            }
+            self.retired.insert(id);
+        }
     }
 }
 
@@ -605,7 +633,10 @@ impl AlertEngine {
                     }
                     None => {
                         let id = fingerprint(&rule.id, &patient, e.start_us);
-                        if st.alerts.contains_key(&id) || staged.contains_key(&id) {
+                        if st.alerts.contains_key(&id)
+                            || staged.contains_key(&id)
+                            || st.retired.contains(&id)
+                        {
                             continue;
                         }
                         let mut a = Current {
@@ -708,6 +739,7 @@ impl AlertEngine {
         for t in &written {
             st.apply(t);
         }
+        st.retire(now.saturating_sub(inner.config.resolved_horizon.as_micros() as i64));
         drop(st);
         inner
             .last_run_us
