@@ -12,42 +12,12 @@ use std::time::Duration;
 
 use common::*;
 
-fn self_signed(dir: &std::path::Path) -> (String, String) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    (
-        cert.to_str().expect("utf8").to_owned(),
-        key.to_str().expect("utf8").to_owned(),
-    )
-}
-
 /// Idle sockets that never start a TLS handshake do not delay anybody else, and SIGTERM with an
 /// open SSE stream and idle sockets still exits cleanly.
 #[test]
 fn idle_sockets_and_open_streams_neither_block_https_nor_shutdown() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let (cert, key) = self_signed(tmp.path());
-    TEST_CA.set(cert.clone()).expect("once");
+    let (cert, key) = self_signed_cert(tmp.path());
     let cfg = tmp.path().join("carewatch.toml");
     std::fs::write(&cfg, "[http]\nshutdown_deadline_secs = 3\n").expect("config");
     let srv = Server::start(

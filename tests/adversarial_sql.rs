@@ -445,32 +445,8 @@ fn errors_carry_no_data_values() {
 #[test]
 fn postgres_wire_speaks_tls() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    TEST_CA
-        .set(cert.to_str().expect("utf8").to_owned())
-        .expect("once");
-    let (c, k) = (cert.to_str().expect("utf8"), key.to_str().expect("utf8"));
+    let (cert, key) = self_signed_cert(tmp.path());
+    let (c, k) = (cert.as_str(), key.as_str());
     let srv = Server::start(tmp.path(), &["--tls-cert", c, "--tls-key", k]);
     let pg = srv.pg_ready();
     let analyst = srv.token("analyst", None);

@@ -10,43 +10,10 @@ use common::*;
 #[test]
 fn https_and_mqtts_with_a_verified_certificate() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    TEST_CA
-        .set(cert.to_str().expect("utf8").to_owned())
-        .expect("once");
+    let (cert, key) = self_signed_cert(tmp.path());
     let srv = Server::start(
         tmp.path(),
-        &[
-            "--tls-cert",
-            cert.to_str().expect("utf8"),
-            "--tls-key",
-            key.to_str().expect("utf8"),
-        ],
+        &["--tls-cert", cert.as_str(), "--tls-key", key.as_str()],
     );
     assert!(srv.http.starts_with("https://localhost:"), "{}", srv.http);
     let (s, body) = curl("GET", &format!("{}/healthz", srv.http), "", "");
@@ -65,7 +32,7 @@ fn https_and_mqtts_with_a_verified_certificate() {
             "-p",
             &port,
             "--cafile",
-            cert.to_str().expect("utf8"),
+            cert.as_str(),
             "-q",
             "1",
             "-u",

@@ -461,13 +461,12 @@ fn cases() -> Vec<(String, Vec<u8>, &'static str)> {
     c
 }
 
-#[tokio::test]
-async fn every_malformed_payload_gets_its_reason_and_a_dead_letter() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut cfg = Config::new(dir.path());
+/// A store (no background persist) and a pipeline with device `w1` assigned to `alice`.
+async fn pipeline_for_w1(dir: &std::path::Path) -> (Store, Pipeline, Origin) {
+    let mut cfg = Config::new(dir);
     cfg.tick = Duration::from_secs(3600);
     let store = Store::open(cfg).await.expect("store");
-    let (registry, _) = Registry::open(dir.path()).expect("registry");
+    let (registry, _) = Registry::open(dir).expect("registry");
     registry
         .register_device("w1", "alice", Some(0))
         .expect("device");
@@ -484,6 +483,13 @@ async fn every_malformed_payload_gets_its_reason_and_a_dead_letter() {
         device: Some("w1".into()),
         format: None,
     };
+    (store, p, origin)
+}
+
+#[tokio::test]
+async fn every_malformed_payload_gets_its_reason_and_a_dead_letter() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (store, p, origin) = pipeline_for_w1(dir.path()).await;
     let cases = cases();
     assert!(cases.len() >= 200, "corpus has {} cases", cases.len());
     let mut wrong = Vec::new();
@@ -557,26 +563,7 @@ async fn every_malformed_payload_gets_its_reason_and_a_dead_letter() {
 #[tokio::test]
 async fn readings_from_the_future_are_rejected_beside_good_ones() {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut cfg = Config::new(dir.path());
-    cfg.tick = Duration::from_secs(3600);
-    let store = Store::open(cfg).await.expect("store");
-    let (registry, _) = Registry::open(dir.path()).expect("registry");
-    registry
-        .register_device("w1", "alice", Some(0))
-        .expect("device");
-    let p = Pipeline {
-        store: store.clone(),
-        registry: Arc::new(registry),
-        templates: Default::default(),
-        tz: ZonePolicy::Reject,
-        max_bytes: 1 << 20,
-        max_future_skew_us: carewatch_ingest::pipeline::DEFAULT_MAX_FUTURE_SKEW_US,
-    };
-    let origin = Origin {
-        source: Some(Source::Http),
-        device: Some("w1".into()),
-        format: None,
-    };
+    let (store, p, origin) = pipeline_for_w1(dir.path()).await;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let body = format!(
         r#"[{{"time":"2199-01-01T00:00:00Z","heart_rate":70}},

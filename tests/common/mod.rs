@@ -520,3 +520,36 @@ pub fn note_id(kind: &str, value: &str) {
     f.write_all(format!("{kind}\t{value}\n").as_bytes())
         .expect("ids file");
 }
+
+/// A self-signed certificate for `localhost` made by openssl in `dir`; also makes it the CA
+/// that [`curl`] trusts. Returns (cert path, key path).
+pub fn self_signed_cert(dir: &Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let (cert, key) = (
+        cert.to_str().expect("utf8").to_owned(),
+        key.to_str().expect("utf8").to_owned(),
+    );
+    let _ = TEST_CA.set(cert.clone());
+    (cert, key)
+}
