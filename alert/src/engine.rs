@@ -23,13 +23,14 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, broadcast};
 
 use carewatch_store::Store;
-use carewatch_store::registry::{Registry, valid_team};
+use carewatch_store::registry::Registry;
 
-use crate::episodes::{Episode, Sample, episodes};
+use crate::episodes::{Episode, Sample};
 use crate::history::{Event, History, Status, Transition};
 use crate::rules::{Params, Rule, Severity};
 
 mod gather;
+mod reconcile;
 mod runtime;
 mod session;
 mod teams;
@@ -342,16 +343,14 @@ pub async fn run_rule_sql(
 
 /// How far back a rule must look to see a whole episode around new data.
 fn lookback_us(rule: &Rule, params: &Params) -> i64 {
-    let s = rule
-        .shape(params)
-        .unwrap_or_else(|_| crate::episodes::Shape {
-            bucket_us: rule.bucket_us,
-            for_us: 0,
-            clear_us: 0,
-            contiguous: true,
-            absence: false,
-            lowest: false,
-        });
+    let s = rule.shape(params).unwrap_or(crate::episodes::Shape {
+        bucket_us: rule.bucket_us,
+        for_us: 0,
+        clear_us: 0,
+        contiguous: true,
+        absence: false,
+        lowest: false,
+    });
     s.for_us + s.clear_us + 2 * s.bucket_us
 }
 
@@ -558,124 +557,15 @@ impl AlertEngine {
                 }
             }
         }
-        let mut out: Vec<Transition> = Vec::new();
-        let mut staged: HashMap<String, Current> = HashMap::new();
+        let mut stg = reconcile::Staging::default();
         let mut touched: Vec<_> = touched.into_iter().collect();
         touched.sort();
         for (rule_id, patient) in touched {
-            let Some(rule) = rules.iter().find(|r| r.id == rule_id) else {
-                continue;
-            };
-            let params = rule.params_for(Some(&patient));
-            let Ok(shape) = rule.shape(&params) else {
-                continue;
-            };
-            let closed_until = if rule.absence {
-                now
-            } else {
-                st.watermark.get(&patient).copied().unwrap_or(i64::MIN / 2)
-            };
-            let key = (rule_id.clone(), patient.clone());
-            // A monitored patient with nothing in the window has no samples: no episode.
-            let eps = st
-                .series
-                .get(&key)
-                .map(|s| episodes(&s.samples, &shape, closed_until))
-                .unwrap_or_default();
-            let team = inner.registry.care_team(&patient).filter(|t| valid_team(t));
-            let mut pending = None;
-            for e in eps {
-                if !e.qualified {
-                    if !e.resolved {
-                        pending = Some(e);
-                    }
-                    continue;
-                }
-                let existing = st
-                    .by_key
-                    .get(&key)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|id| staged.get(id).or_else(|| st.alerts.get(id)))
-                    .find(|a| {
-                        a.episode_start_us == e.start_us
-                            || (a.episode_start_us < e.end_us.max(e.start_us + 1)
-                                && e.start_us < a.episode_end_us.max(a.episode_start_us + 1))
-                    })
-                    .cloned();
-                match existing {
-                    Some(mut a) => {
-                        let mut changed = false;
-                        if e.end_us > a.episode_end_us {
-                            a.episode_end_us = e.end_us;
-                            changed = true;
-                        }
-                        if e.start_us < a.episode_start_us {
-                            a.episode_start_us = e.start_us;
-                            changed = true;
-                        }
-                        if e.value != a.value && e.value.is_some() {
-                            a.value = e.value;
-                            changed = true;
-                        }
-                        if changed {
-                            a.message = rule.message_for(
-                                &params,
-                                a.value,
-                                (a.episode_end_us - a.episode_start_us) / 60_000_000,
-                            );
-                        }
-                        if e.resolved && a.status != Status::Resolved {
-                            a.status = Status::Resolved;
-                            out.push(a.transition(Event::Resolved, now));
-                        }
-                        staged.insert(a.alert_id.clone(), a);
-                    }
-                    None => {
-                        let id = fingerprint(&rule.id, &patient, e.start_us);
-                        if st.alerts.contains_key(&id)
-                            || staged.contains_key(&id)
-                            || st.retired.contains(&id)
-                        {
-                            continue;
-                        }
-                        let mut a = Current {
-                            alert_id: id.clone(),
-                            rule: rule.id.clone(),
-                            title: rule.title.clone(),
-                            severity: rule.severity,
-                            patient_id: patient.clone(),
-                            care_team: team.clone(),
-                            status: Status::Pending,
-                            episode_start_us: e.start_us,
-                            episode_end_us: e.end_us,
-                            value: e.value,
-                            message: rule.message_for(&params, e.value, e.minutes()),
-                            escalation_level: 0,
-                            last_notified_us: now,
-                            acknowledged_by: None,
-                        };
-                        out.push(a.transition(Event::Pending, e.start_us));
-                        a.status = Status::Firing;
-                        out.push(a.transition(Event::Firing, now));
-                        if e.resolved {
-                            a.status = Status::Resolved;
-                            out.push(a.transition(Event::Resolved, now));
-                        }
-                        staged.insert(id, a);
-                    }
-                }
-            }
-            match pending {
-                Some(e) => {
-                    let id = fingerprint(&rule.id, &patient, e.start_us);
-                    st.pending.insert(key, (e, id));
-                }
-                None => {
-                    st.pending.remove(&key);
-                }
+            if let Some(rule) = rules.iter().find(|r| r.id == rule_id) {
+                reconcile::reconcile(&mut st, &inner.registry, rule, &patient, now, &mut stg);
             }
         }
+        let reconcile::Staging { mut out, staged } = stg;
         // Escalation of unacknowledged firing alerts.
         let esc = inner.config.escalate_after.as_micros() as i64;
         for a in st.alerts.values() {

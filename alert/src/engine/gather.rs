@@ -21,6 +21,9 @@ pub(super) type Dirty = HashMap<String, (i64, i64)>;
 /// `(rule, patients covered, from, rows)` of one query.
 pub(super) type Found = (String, HashSet<String>, i64, Vec<(String, i64, Sample)>);
 
+/// Dirty patients sharing one parameter set: `(override patient, [(patient, from, to)])`.
+type Group<'a> = (Option<&'a str>, Vec<(&'a str, i64, i64)>);
+
 /// What a rule still owes after a failed run.
 #[derive(Debug, Default)]
 pub(super) struct Owed {
@@ -161,7 +164,7 @@ impl AlertEngine {
 
     /// The dirty patients and ranges, one query per parameter set (defaults, each override).
     async fn dirty_queries(&self, rule: &Rule, dirty: &Dirty) -> Result<Vec<Found>, String> {
-        let mut groups: Vec<(Option<&str>, Vec<(&str, i64, i64)>)> = vec![(None, Vec::new())];
+        let mut groups: Vec<Group<'_>> = vec![(None, Vec::new())];
         for (p, (a, z)) in dirty {
             if rule.overrides.contains_key(p) {
                 groups.push((Some(p.as_str()), vec![(p.as_str(), *a, *z)]));
