@@ -309,20 +309,27 @@ pub(super) fn start_positions(history: &Path, receivers: &[Receiver], end: u64) 
     } else {
         read_offset(&history.with_file_name("webhook.offset")).unwrap_or(0)
     };
+    // Written at once, so that a restart before a receiver's first delivery still finds it.
+    for (r, o) in receivers.iter().zip(&own) {
+        if o.is_none() && write_offset(&offset_file(history, r), seed).is_err() {
+            tracing::warn!("webhook position not saved");
+        }
+    }
     own.into_iter().map(|o| o.unwrap_or(seed)).collect()
+}
+
+fn write_offset(p: &Path, n: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = p.with_extension("offset.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(n.to_string().as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, p)
 }
 
 /// Writes the position durably (temp file, fsync, rename) on the blocking pool.
 async fn save_offset(p: PathBuf, n: u64) {
-    let r = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = p.with_extension("offset.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(n.to_string().as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &p)
-    })
-    .await;
+    let r = tokio::task::spawn_blocking(move || write_offset(&p, n)).await;
     if !matches!(r, Ok(Ok(()))) {
         tracing::warn!("webhook position not saved");
     }
@@ -343,27 +350,26 @@ mod tests {
 
     #[test]
     fn the_old_shared_offset_seeds_every_receiver_once() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let h = dir.path().join("history.jsonl");
         let routes = Routes {
             webhook_url: Some("http://a/".into()),
             escalation_url: Some("http://c/".into()),
             ..Routes::default()
         };
         let r = receivers(&routes);
+        let dir = tempfile::tempdir().expect("tmp");
+        let h = dir.path().join("history.jsonl");
         assert_eq!(start_positions(&h, &r, 9), [0, 0], "fresh: from the start");
+        // Upgrade: the old shared position seeds both, and is written at once.
+        let dir = tempfile::tempdir().expect("tmp");
+        let h = dir.path().join("history.jsonl");
         std::fs::write(dir.path().join("webhook.offset"), "5").expect("write");
-        assert_eq!(
-            start_positions(&h, &r, 9),
-            [5, 5],
-            "upgrade: the old position"
-        );
+        assert_eq!(start_positions(&h, &r, 9), [5, 5], "upgrade");
+        // One receiver delivered, the other not yet; a restart: both keep their place.
         std::fs::write(offset_file(&h, &r[0]), "7").expect("write");
-        assert_eq!(
-            start_positions(&h, &r, 9),
-            [7, 9],
-            "added later: from the end"
-        );
+        assert_eq!(start_positions(&h, &r, 9), [7, 5], "restart mid-upgrade");
+        // A receiver added to a running deployment starts at the end.
+        std::fs::remove_file(offset_file(&h, &r[1])).expect("rm");
+        assert_eq!(start_positions(&h, &r, 9), [7, 9], "added later");
     }
 
     #[test]
