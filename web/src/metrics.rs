@@ -198,7 +198,11 @@ pub async fn metrics(
         "Rule evaluations that failed (error) or ran past alerts.rule_timeout_secs (timeout); their ranges are retried.",
     );
     for (reason, n) in [("error", failed.error), ("timeout", failed.timeout)] {
-        o.sample("carewatch_rule_failures_total", &[("reason", reason)], n as f64);
+        o.sample(
+            "carewatch_rule_failures_total",
+            &[("reason", reason)],
+            n as f64,
+        );
     }
     o.histogram(
         "carewatch_rule_run_seconds",
