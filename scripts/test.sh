@@ -24,8 +24,10 @@ bash scripts/setup-test-deps.sh
 out="$target/test-out"
 rm -rf "$out" && mkdir -p "$out/fhir"
 # End-to-end tests save every carewatch process's log here, with the ids and tokens they used.
-logs="$target/test-logs"
-rm -rf "$logs"
+# A directory of this run's own, so a test run beside it (or a stale one) cannot interfere.
+rm -rf "$target"/test-logs.run.* 2>/dev/null || true
+mkdir -p "$target"
+logs="$(mktemp -d "$target/test-logs.run.XXXXXX")"
 echo "== cargo test"
 CAREWATCH_FHIR_OUT="$out/fhir" CAREWATCH_PARQUET_OUT="$out/parquet" CAREWATCH_TEST_LOGS="$logs" \
   cargo test --workspace --locked

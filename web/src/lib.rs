@@ -31,8 +31,8 @@ use serde_json::{Value, json};
 
 use carewatch_alert::AlertEngine;
 use carewatch_alert::history::Status;
-use carewatch_query::QueryEngine;
 use carewatch_auth::{AuthError, Caller};
+use carewatch_query::QueryEngine;
 use carewatch_store::registry::{Principal, Registry, Role};
 use carewatch_store::{AppendSummary, Store};
 use carewatch_transform::catalogue;
