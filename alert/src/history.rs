@@ -135,7 +135,9 @@ pub struct History {
 
 impl History {
     /// Opens (creating unless `read_only`) `dir/alerts/history.jsonl`. A torn last line from a
-    /// crash is ignored (and cut, when writable).
+    /// crash (no newline) is ignored (and cut, when writable). A complete line that does not
+    /// parse is skipped with a warning and everything after it is kept: one damaged line must
+    /// never cost the transitions written after it.
     pub fn open(data_dir: &Path, read_only: bool) -> std::io::Result<History> {
         let dir = data_dir.join("alerts");
         let path = dir.join("history.jsonl");
@@ -143,18 +145,25 @@ impl History {
         let mut good_len = 0u64;
         if let Ok(f) = std::fs::File::open(&path) {
             let mut r = std::io::BufReader::new(f);
-            let mut line = String::new();
+            let mut line = Vec::new();
+            let mut damaged = 0usize;
             loop {
                 line.clear();
-                let n = r.read_line(&mut line)?;
-                if n == 0 || !line.ends_with('\n') {
+                let n = r.read_until(b'\n', &mut line)?;
+                if n == 0 || line.last() != Some(&b'\n') {
                     break;
                 }
-                match serde_json::from_str::<Transition>(&line) {
+                match serde_json::from_slice::<Transition>(&line) {
                     Ok(t) => rows.push(Arc::new(t)),
-                    Err(_) => break,
+                    Err(_) => damaged += 1,
                 }
                 good_len += n as u64;
+            }
+            if damaged > 0 {
+                tracing::warn!(
+                    damaged,
+                    "alert history: skipped damaged lines, kept the rest"
+                );
             }
         }
         let file = if read_only {
@@ -201,8 +210,13 @@ impl History {
             serde_json::to_writer(&mut buf, t).map_err(std::io::Error::other)?;
             buf.push(b'\n');
         }
-        f.write_all(&buf)?;
-        f.sync_data()?;
+        // A failed write (disk full) is cut back, so no partial line is left for later appends
+        // to follow: the file only ever holds whole lines.
+        let before = f.metadata()?.len();
+        if let Err(e) = f.write_all(&buf).and_then(|()| f.sync_data()) {
+            let _ = f.set_len(before);
+            return Err(e);
+        }
         let out: Vec<Arc<Transition>> = ts.into_iter().map(Arc::new).collect();
         self.rows
             .write()
@@ -345,4 +359,60 @@ pub fn register(
         ))),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod torn_tests {
+    use super::*;
+
+    fn transition(alert: &str) -> Transition {
+        Transition {
+            seq: 0,
+            at_us: 1,
+            alert_id: alert.into(),
+            rule: "fever".into(),
+            title: "Fever".into(),
+            severity: crate::rules::Severity::High,
+            patient_id: "p1".into(),
+            care_team: None,
+            status: Status::Firing,
+            event: Event::Firing,
+            episode_start_us: 1,
+            episode_end_us: 2,
+            value: Some(38.5),
+            message: "m".into(),
+            escalation_level: 0,
+            acknowledged_by: None,
+            previous_care_team: None,
+        }
+    }
+
+    /// A damaged line in the middle cost every later transition (issue #12): the old reader
+    /// stopped at it and `open` cut the file there, so this test saw 1 row, not 2.
+    #[test]
+    fn a_damaged_line_loses_nothing_after_it_and_a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let h = History::open(dir.path(), false).expect("open");
+        h.append(vec![transition("a"), transition("b"), transition("c")])
+            .expect("append");
+        drop(h);
+        let path = dir.path().join("alerts/history.jsonl");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        let damaged = format!("{}\n{{\"broken\n{}\n{{\"torn", lines[0], lines[2]);
+        std::fs::write(&path, damaged).expect("write");
+        let h = History::open(dir.path(), false).expect("reopen");
+        let ids: Vec<String> = h.since(0).iter().map(|t| t.alert_id.clone()).collect();
+        assert_eq!(
+            ids,
+            vec!["a", "c"],
+            "the line after the damaged one is kept"
+        );
+        let after = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            after.ends_with('\n') && !after.contains("\"torn"),
+            "torn tail cut"
+        );
+        assert!(after.contains(lines[2]), "nothing after the damage was cut");
+    }
 }
