@@ -180,10 +180,20 @@ struct State {
     pending: HashMap<(String, String), (Episode, String)>,
     /// Ids of resolved alerts that left memory (never reused).
     retired: HashSet<String>,
+    /// When (wall clock, UTC µs) each resolved alert was resolved: the horizon counts from
+    /// there, not from the episode's end in event time (a backfill's episodes ended years ago).
+    resolved_at: HashMap<String, i64>,
 }
 
 impl State {
     fn apply(&mut self, t: &Transition) {
+        if t.status == Status::Resolved {
+            self.resolved_at
+                .entry(t.alert_id.clone())
+                .or_insert(t.at_us);
+        } else {
+            self.resolved_at.remove(&t.alert_id);
+        }
         let prev = self.alerts.get(&t.alert_id);
         let cur = Current::from_transition(t, prev);
         if prev.is_none() {
@@ -195,15 +205,16 @@ impl State {
         self.alerts.insert(t.alert_id.clone(), cur);
     }
 
-    /// Resolved alerts whose episode ended before `before_us` leave memory.
+    /// Alerts resolved (wall clock) before `before_us` leave memory.
     fn retire(&mut self, before_us: i64) {
         let old: Vec<String> = self
-            .alerts
-            .values()
-            .filter(|a| a.status == Status::Resolved && a.episode_end_us < before_us)
-            .map(|a| a.alert_id.clone())
+            .resolved_at
+            .iter()
+            .filter(|(_, at)| **at < before_us)
+            .map(|(id, _)| id.clone())
             .collect();
         for id in old {
+            self.resolved_at.remove(&id);
             if let Some(a) = self.alerts.remove(&id) {
                 let key = (a.rule, a.patient_id);
                 if let Some(ids) = self.by_key.get_mut(&key) {
