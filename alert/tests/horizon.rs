@@ -1,38 +1,15 @@
 //! Resolved alerts leave memory after a horizon (the history keeps them), and a re-evaluation
 //! of the same old episode never raises its id again.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use carewatch_alert::engine::{AlertEngine, Config};
-use carewatch_alert::history::{History, Status};
-use carewatch_alert::rules;
-use carewatch_query::{QueryEngine, QueryLimits};
-use carewatch_store::registry::{Principal, Registry, Role};
-use carewatch_store::{Row, Store};
-use carewatch_transform::{Format, Reading, Source, catalogue};
+use carewatch_alert::engine::Config;
+use carewatch_alert::history::Status;
+use carewatch_store::registry::{Principal, Role};
 
-const M: i64 = 60_000_000;
-/// 2026-01-05T00:00:00Z
-const T0: i64 = 1_767_571_200_000_000;
+mod support;
 
-fn temperature(p: &str, value: f64, t: i64) -> Row {
-    Row {
-        reading: Reading {
-            device_id: format!("d-{p}"),
-            patient_id: Some(p.to_owned()),
-            vital: catalogue::by_key("body_temperature").expect("vital"),
-            value,
-            effective_us: t,
-            effective_end_us: None,
-            offset_min: Some(0),
-            extra: None,
-        },
-        received_us: t,
-        source: Source::Http,
-        format: Format::Carewatch,
-    }
-}
+use support::{M, T0, temperature};
 
 fn admin() -> Principal {
     Principal {
@@ -44,37 +21,12 @@ fn admin() -> Principal {
 
 #[tokio::test]
 async fn resolved_alerts_leave_memory_after_the_horizon_and_are_never_raised_again() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().to_path_buf();
-    let mut c = carewatch_store::Config::new(&dir);
-    c.tick = Duration::from_secs(3600);
-    let store = Store::open(c).await.expect("store");
-    let registry = Arc::new(Registry::open(&dir).expect("registry").0);
-    let audit = carewatch_query::audit::AuditLog::open(&dir, false).expect("audit");
-    let q = QueryEngine::new(
-        store.clone(),
-        registry.clone(),
-        QueryLimits::default(),
-        Arc::new(audit),
-    )
-    .expect("query engine");
-    let rule = rules::load(None)
-        .expect("rules")
-        .into_iter()
-        .find(|r| r.id == "fever")
-        .expect("fever rule");
-    let history = Arc::new(History::open(&dir, false).expect("history"));
-    let engine = AlertEngine::new(
-        Config {
-            resolved_horizon: Duration::from_secs(6 * 3600),
-            ..Config::default()
-        },
-        vec![rule],
-        q.context().clone(),
-        &store,
-        registry,
-        history.clone(),
-    );
+    let w = support::fever_world(Config {
+        resolved_horizon: Duration::from_secs(6 * 3600),
+        ..Config::default()
+    })
+    .await;
+    let (store, history, engine) = (w.store.clone(), w.history.clone(), &w.engine);
     engine.evaluate(T0).await.expect("catch-up");
     let high = temperature("p", 39.4, T0 + M);
     store

@@ -2,37 +2,16 @@
 //! team is reassigned (a `reassigned` transition with both teams), the old team loses it at
 //! once, the new one sees and acknowledges it; `unassigned` is nobody's team.
 
-use std::sync::Arc;
-use std::time::Duration;
+use carewatch_alert::engine::{Config, may_see};
+use carewatch_alert::history::{Event, Status};
+use carewatch_store::registry::{Principal, Role};
 
-use carewatch_alert::engine::{AlertEngine, Config, may_see};
-use carewatch_alert::history::{Event, History, Status};
-use carewatch_alert::rules;
-use carewatch_query::{QueryEngine, QueryLimits};
-use carewatch_store::registry::{Principal, Registry, Role};
-use carewatch_store::{Row, Store};
-use carewatch_transform::{Format, Reading, Source, catalogue};
+mod support;
 
-const M: i64 = 60_000_000;
-/// 2026-01-05T00:00:00Z
-const T0: i64 = 1_767_571_200_000_000;
+use support::{M, T0, World};
 
-fn fever(p: &str, t: i64) -> Row {
-    Row {
-        reading: Reading {
-            device_id: format!("d-{p}"),
-            patient_id: Some(p.to_owned()),
-            vital: catalogue::by_key("body_temperature").expect("vital"),
-            value: 39.4,
-            effective_us: t,
-            effective_end_us: None,
-            offset_min: Some(0),
-            extra: None,
-        },
-        received_us: t,
-        source: Source::Http,
-        format: Format::Carewatch,
-    }
+fn fever(p: &str, t: i64) -> carewatch_store::Row {
+    support::temperature(p, 39.4, t)
 }
 
 fn manager(team: &str) -> Principal {
@@ -43,48 +22,8 @@ fn manager(team: &str) -> Principal {
     }
 }
 
-struct World {
-    _tmp: tempfile::TempDir,
-    store: Store,
-    registry: Arc<Registry>,
-    engine: AlertEngine,
-}
-
 async fn world() -> World {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().to_path_buf();
-    let mut c = carewatch_store::Config::new(&dir);
-    c.tick = Duration::from_secs(3600);
-    let store = Store::open(c).await.expect("store");
-    let registry = Arc::new(Registry::open(&dir).expect("registry").0);
-    let audit = carewatch_query::audit::AuditLog::open(&dir, false).expect("audit");
-    let q = QueryEngine::new(
-        store.clone(),
-        registry.clone(),
-        QueryLimits::default(),
-        Arc::new(audit),
-    )
-    .expect("query engine");
-    let rule = rules::load(None)
-        .expect("rules")
-        .into_iter()
-        .find(|r| r.id == "fever")
-        .expect("fever rule");
-    let history = Arc::new(History::open(&dir, false).expect("history"));
-    let engine = AlertEngine::new(
-        Config::default(),
-        vec![rule],
-        q.context().clone(),
-        &store,
-        registry.clone(),
-        history,
-    );
-    World {
-        _tmp: tmp,
-        store,
-        registry,
-        engine,
-    }
+    support::fever_world(Config::default()).await
 }
 
 #[tokio::test]
