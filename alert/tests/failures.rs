@@ -147,6 +147,7 @@ fn open_alerts(engine: &AlertEngine) -> Vec<(String, String)> {
         id: "t".into(),
         role: Role::Admin,
         subject: None,
+        person: None,
     };
     let mut v: Vec<(String, String)> = engine
         .current(&admin)

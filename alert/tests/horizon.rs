@@ -16,6 +16,7 @@ fn admin() -> Principal {
         id: "t".into(),
         role: Role::Admin,
         subject: None,
+        person: None,
     }
 }
 

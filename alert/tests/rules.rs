@@ -310,6 +310,7 @@ async fn live(w: &World, rule: &Rule, data: &[(i64, Row)]) -> (AlertEngine, Vec<
         id: "t".into(),
         role: Role::Admin,
         subject: None,
+        person: None,
     };
     let mut v: Vec<String> = engine
         .current(&admin)
@@ -426,6 +427,7 @@ async fn restart_mid_pending_fires_once_and_fired_alerts_do_not_refire() {
         id: "t".into(),
         role: Role::Admin,
         subject: None,
+        person: None,
     };
     for (m, rows) in by_minute {
         w.store.append(rows, Vec::new()).await.expect("append");
@@ -494,6 +496,7 @@ async fn unacknowledged_alerts_escalate_until_acknowledged() {
         id: "cm-south".into(),
         role: Role::CareManager,
         subject: Some("south".into()),
+        person: None,
     };
     assert!(engine.current(&other).is_empty());
     assert!(engine.acknowledge(&last.alert_id, &other).is_err());
@@ -501,6 +504,7 @@ async fn unacknowledged_alerts_escalate_until_acknowledged() {
         id: "cm-north".into(),
         role: Role::CareManager,
         subject: Some("north".into()),
+        person: None,
     };
     let a = engine.acknowledge(&last.alert_id, &mine).expect("ack");
     assert_eq!(a.status, Status::Acknowledged);

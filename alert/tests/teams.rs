@@ -19,6 +19,7 @@ fn manager(team: &str) -> Principal {
         id: format!("cm-{team}"),
         role: Role::CareManager,
         subject: Some(team.to_owned()),
+        person: None,
     }
 }
 
@@ -113,6 +114,7 @@ async fn unassigned_is_nobodys_team() {
         id: "admin".into(),
         role: Role::Admin,
         subject: None,
+        person: None,
     };
     let a = w.engine.current(&admin);
     assert_eq!(a.len(), 1);

@@ -36,6 +36,7 @@ mod tests {
             id: "x".into(),
             role,
             subject: subject.map(str::to_owned),
+            person: None,
         }
     }
 

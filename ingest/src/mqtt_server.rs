@@ -483,6 +483,7 @@ mod tests {
             id: "x".into(),
             role: Role::CareManager,
             subject: Some("north".into()),
+            person: None,
         };
         assert!(may_subscribe(&cm, "carewatch/alerts/north"));
         assert!(!may_subscribe(&cm, "carewatch/alerts/+"));
@@ -492,6 +493,7 @@ mod tests {
             id: "a".into(),
             role: Role::Admin,
             subject: None,
+            person: None,
         };
         assert!(may_subscribe(&admin, "carewatch/alerts/#"));
         // `unassigned` is not a team, and a team name is never a wildcard.
@@ -500,6 +502,7 @@ mod tests {
                 id: "y".into(),
                 role: Role::CareManager,
                 subject: Some(bad.into()),
+                person: None,
             };
             assert!(
                 !may_subscribe(&cm, &format!("carewatch/alerts/{bad}")),

@@ -56,6 +56,7 @@ impl Caller {
                 id: "carewatch".into(),
                 role: Role::Admin,
                 subject: None,
+                person: None,
             },
             channel,
             audited: false,

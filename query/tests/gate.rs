@@ -26,6 +26,7 @@ fn analyst() -> Caller {
             id: "a1".into(),
             role: Role::Analyst,
             subject: None,
+            person: None,
         },
         "test",
     )

@@ -213,6 +213,7 @@ pub async fn metrics(
         id: "metrics".into(),
         role: Role::Admin,
         subject: None,
+        person: None,
     };
     let all = s.alerts.current(&admin);
     let pending = s.alerts.pending(&admin).len();

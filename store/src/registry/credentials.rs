@@ -34,6 +34,7 @@ impl Registry {
             id: h[..12].to_owned(),
             role,
             subject,
+            person: None,
         };
         let mut c = Credential::new(principal);
         c.expires_us = expires_us;

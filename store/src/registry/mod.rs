@@ -62,6 +62,34 @@ pub struct Principal {
     pub role: Role,
     /// The device id (devices) or care team (care managers).
     pub subject: Option<String>,
+    /// The person behind an identity-provider token or dashboard session (`None` for
+    /// carewatch's own credentials, which are never stored with one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<Person>,
+}
+
+/// A person signed in through the hospital's identity provider (OpenID Connect).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    /// The issuer's stable subject identifier (`sub`).
+    pub sub: String,
+    /// Display name (`name`, else `preferred_username`, else the subject).
+    pub name: String,
+    /// The care teams the person belongs to now (their token's team claim).
+    pub teams: Vec<String>,
+    /// When the token or session stops working, µs since the epoch.
+    pub expires_us: i64,
+}
+
+impl Principal {
+    /// Who acted, for audit lines and alert transitions: the person (`Name <sub>`) when there
+    /// is one, else the credential id.
+    pub fn actor(&self) -> String {
+        match &self.person {
+            Some(p) => format!("{} <{}>", p.name, p.sub),
+            None => self.id.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -435,6 +463,7 @@ impl Registry {
             id: h[..12].to_owned(),
             role: Role::Device,
             subject: Some(device_id.to_owned()),
+            person: None,
         };
         self.write(|d| {
             let dev = d
