@@ -11,31 +11,34 @@
 //! Each run starts by re-routing open alerts whose patient moved to another care team
 //! ([`teams`]: authorization follows the patient).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use arrow_array::{Array, BooleanArray, Float64Array, StringArray, TimestampMicrosecondArray};
 use arrow_schema::{DataType, TimeUnit};
 use datafusion::prelude::SessionContext;
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, broadcast};
 
 use carewatch_store::Store;
 use carewatch_store::registry::Registry;
 
-use crate::episodes::{Episode, Sample};
-use crate::history::{Event, History, Status, Transition};
-use crate::rules::{Params, Rule, Severity};
+use crate::episodes::Sample;
+use crate::history::{History, Transition};
+use crate::rules::{Params, Rule};
 
+mod commit;
 mod gather;
 mod reconcile;
 mod runtime;
+mod samples;
 mod session;
+mod state;
 mod teams;
 pub use gather::RuleFailures;
 pub use session::rules_context;
+pub use state::{Current, fingerprint};
+use state::{Samples, State};
 pub use teams::may_see;
 
 /// Engine settings.
@@ -71,164 +74,6 @@ impl Default for Config {
     }
 }
 
-/// An alert as it stands now.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Current {
-    /// Stable id (fingerprint).
-    pub alert_id: String,
-    /// Rule id.
-    pub rule: String,
-    /// Rule title.
-    pub title: String,
-    /// Severity.
-    pub severity: Severity,
-    /// Patient.
-    pub patient_id: String,
-    /// The care team the alert belongs to (the patient's team now, in API answers; in the
-    /// engine's memory, as of the last transition).
-    pub care_team: Option<String>,
-    /// Status.
-    pub status: Status,
-    /// Episode start, UTC µs.
-    pub episode_start_us: i64,
-    /// Episode end so far, UTC µs.
-    pub episode_end_us: i64,
-    /// Worst value.
-    pub value: Option<f64>,
-    /// Message.
-    pub message: String,
-    /// Escalations so far.
-    pub escalation_level: u32,
-    /// Last time someone was told (firing or escalation), UTC µs.
-    pub last_notified_us: i64,
-    /// Who acknowledged it.
-    pub acknowledged_by: Option<String>,
-}
-
-impl Current {
-    fn from_transition(t: &Transition, previous: Option<&Current>) -> Current {
-        let last_notified_us = match t.event {
-            Event::Firing | Event::Escalated | Event::Reassigned => t.at_us,
-            _ => previous.map_or(t.at_us, |p| p.last_notified_us),
-        };
-        Current {
-            alert_id: t.alert_id.clone(),
-            rule: t.rule.clone(),
-            title: t.title.clone(),
-            severity: t.severity,
-            patient_id: t.patient_id.clone(),
-            care_team: t.care_team.clone(),
-            status: t.status,
-            episode_start_us: t.episode_start_us,
-            episode_end_us: t.episode_end_us,
-            value: t.value,
-            message: t.message.clone(),
-            escalation_level: t.escalation_level,
-            last_notified_us,
-            acknowledged_by: t.acknowledged_by.clone(),
-        }
-    }
-
-    fn transition(&self, event: Event, at_us: i64) -> Transition {
-        Transition {
-            seq: 0,
-            at_us,
-            alert_id: self.alert_id.clone(),
-            rule: self.rule.clone(),
-            title: self.title.clone(),
-            severity: self.severity,
-            patient_id: self.patient_id.clone(),
-            care_team: self.care_team.clone(),
-            status: self.status,
-            event,
-            episode_start_us: self.episode_start_us,
-            episode_end_us: self.episode_end_us,
-            value: self.value,
-            message: self.message.clone(),
-            escalation_level: self.escalation_level,
-            acknowledged_by: self.acknowledged_by.clone(),
-            previous_care_team: None,
-        }
-    }
-}
-
-/// The stable id of an episode: (rule, patient, first start seen).
-pub fn fingerprint(rule: &str, patient: &str, start_us: i64) -> String {
-    let mut h = Sha256::new();
-    h.update(rule.as_bytes());
-    h.update([0]);
-    h.update(patient.as_bytes());
-    h.update([0]);
-    h.update(start_us.to_be_bytes());
-    let d = h.finalize();
-    d[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[derive(Debug, Default)]
-struct Series {
-    samples: BTreeMap<i64, Sample>,
-    /// Samples are complete from here on (earlier ones may have been pruned or never loaded).
-    from_us: i64,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    watermark: HashMap<String, i64>,
-    series: HashMap<(String, String), Series>,
-    alerts: HashMap<String, Current>,
-    by_key: HashMap<(String, String), Vec<String>>,
-    pending: HashMap<(String, String), (Episode, String)>,
-    /// Ids of resolved alerts that left memory (never reused).
-    retired: HashSet<String>,
-    /// When (wall clock, UTC µs) each resolved alert was resolved: the horizon counts from
-    /// there, not from the episode's end in event time (a backfill's episodes ended years ago).
-    resolved_at: HashMap<String, i64>,
-}
-
-impl State {
-    fn apply(&mut self, t: &Transition) {
-        if t.status == Status::Resolved {
-            self.resolved_at
-                .entry(t.alert_id.clone())
-                .or_insert(t.at_us);
-        } else {
-            self.resolved_at.remove(&t.alert_id);
-        }
-        let prev = self.alerts.get(&t.alert_id);
-        let cur = Current::from_transition(t, prev);
-        if prev.is_none() {
-            self.by_key
-                .entry((t.rule.clone(), t.patient_id.clone()))
-                .or_default()
-                .push(t.alert_id.clone());
-        }
-        self.alerts.insert(t.alert_id.clone(), cur);
-    }
-
-    /// Alerts resolved (wall clock) before `before_us` leave memory.
-    fn retire(&mut self, before_us: i64) {
-        let old: Vec<String> = self
-            .resolved_at
-            .iter()
-            .filter(|(_, at)| **at < before_us)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in old {
-            self.resolved_at.remove(&id);
-            if let Some(a) = self.alerts.remove(&id) {
-                let key = (a.rule, a.patient_id);
-                if let Some(ids) = self.by_key.get_mut(&key) {
-                    ids.retain(|i| i != &id);
-                    if ids.is_empty() {
-                        self.by_key.remove(&key);
-                    }
-                }
-            }
-            self.retired.insert(id);
-        }
-    }
-}
-
 /// Why an acknowledgement was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AckError {
@@ -253,7 +98,12 @@ struct Inner {
     /// What each rule owes after a failed run (ranges and catch-up), retried next run.
     retry: Mutex<HashMap<String, gather::Owed>>,
     failures: gather::FailureCounts,
+    /// The rules' samples: evaluation only.
+    samples: Mutex<Samples>,
+    /// The alerts as they stand: readers take it briefly, writers only to snapshot and apply.
     state: Mutex<State>,
+    /// Serialises the writers of the alerts ([`commit`]).
+    writer: Mutex<()>,
     events: broadcast::Sender<Arc<Transition>>,
     wake: Notify,
     catch_up: std::sync::atomic::AtomicBool,
@@ -410,7 +260,9 @@ impl AlertEngine {
             dirty: Mutex::new(HashMap::new()),
             retry: Mutex::new(HashMap::new()),
             failures: gather::FailureCounts::default(),
+            samples: Mutex::new(Samples::default()),
             state: Mutex::new(state),
+            writer: Mutex::new(()),
             events,
             wake: Notify::new(),
             catch_up: std::sync::atomic::AtomicBool::new(true),
@@ -448,7 +300,7 @@ impl AlertEngine {
             .rules
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(rules);
-        lock(&self.inner.state).series.clear();
+        lock(&self.inner.samples).series.clear();
         self.inner
             .catch_up
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -519,7 +371,8 @@ impl AlertEngine {
         }
     }
 
-    /// One evaluation at wall time `now`: returns the number of transitions written.
+    /// One evaluation at wall time `now`: gather (the rules' SQL over what changed), absorb
+    /// (samples and episodes), then reconcile and commit. Returns the transitions written.
     pub async fn evaluate(&self, now: i64) -> Result<usize, String> {
         let inner = &self.inner;
         let moved = self.reassign_moved(now)?;
@@ -528,120 +381,20 @@ impl AlertEngine {
             .catch_up
             .swap(false, std::sync::atomic::Ordering::SeqCst);
         let dirty: gather::Dirty = std::mem::take(&mut *lock(&inner.dirty));
-        {
-            let mut st = lock(&inner.state);
-            for (p, (_, b)) in &dirty {
-                let w = st.watermark.entry(p.clone()).or_insert(*b);
-                *w = (*w).max(*b);
-            }
-        }
-        let mut touched: HashSet<(String, String)> = HashSet::new();
+        self.raise_watermarks(&dirty);
         let gathered = self.gather(&rules, &dirty, catch_up, now).await;
-        let results = gathered.found;
-        let covered = gathered.covered;
-        let mut st = lock(&inner.state);
-        for (rule, pats, from, rows) in results {
-            for p in &pats {
-                let s = st.series.entry((rule.clone(), p.clone())).or_default();
-                if s.samples.is_empty() || from < s.from_us {
-                    s.from_us = from;
-                }
-                touched.insert((rule.clone(), p.clone()));
-            }
-            for (p, t, sample) in rows {
-                let s = st.series.entry((rule.clone(), p.clone())).or_default();
-                s.samples.insert(t, sample);
-                // A catch-up (perhaps a retried one) learns the watermark from its rows.
-                let w = st.watermark.entry(p.clone()).or_insert(t);
-                *w = (*w).max(t);
-            }
-        }
-        // Device-silent rules advance with the clock for every monitored patient.
-        let watched = monitored(&inner.registry, now);
-        for rule in rules.iter().filter(|r| r.enabled && r.absence) {
-            for p in &watched {
-                touched.insert((rule.id.clone(), p.clone()));
-            }
-            for (r, p) in st.series.keys() {
-                if r == &rule.id {
-                    touched.insert((r.clone(), p.clone()));
-                }
-            }
-        }
-        let mut stg = reconcile::Staging::default();
-        let mut touched: Vec<_> = touched.into_iter().collect();
-        touched.sort();
-        for (rule_id, patient) in touched {
-            if let Some(rule) = rules.iter().find(|r| r.id == rule_id) {
-                reconcile::reconcile(&mut st, &inner.registry, rule, &patient, now, &mut stg);
-            }
-        }
-        let reconcile::Staging { mut out, staged } = stg;
-        // Escalation of unacknowledged firing alerts.
-        let esc = inner.config.escalate_after.as_micros() as i64;
-        for a in st.alerts.values() {
-            if a.status == Status::Firing
-                && !staged.contains_key(&a.alert_id)
-                && a.escalation_level < inner.config.max_escalations
-                && now - a.last_notified_us >= esc
-            {
-                let mut n = a.clone();
-                n.escalation_level += 1;
-                out.push(n.transition(Event::Escalated, now));
-            }
-        }
-        // Prune samples nobody needs: older than a rule's look-back before the watermark.
-        let retain: HashMap<&str, i64> = rules
-            .iter()
-            .map(|r| {
-                let lb = std::iter::once(lookback_us(r, &r.params))
-                    .chain(
-                        r.overrides
-                            .keys()
-                            .map(|p| lookback_us(r, &r.params_for(Some(p)))),
-                    )
-                    .max()
-                    .unwrap_or(0);
-                (r.id.as_str(), lb + r.bucket_us)
-            })
-            .collect();
-        let wm = std::mem::take(&mut st.watermark);
-        for ((rule, p), s) in st.series.iter_mut() {
-            let keep = retain.get(rule.as_str()).copied().unwrap_or(3_600_000_000);
-            let edge = wm.get(p).copied().unwrap_or(now).min(now) - keep;
-            if s.samples.first_key_value().is_some_and(|(t, _)| *t < edge) {
-                s.samples = s.samples.split_off(&edge);
-                s.from_us = s.from_us.max(edge);
-            }
-        }
-        st.watermark = wm;
-        // Alerts whose only change is their episode end/value are updated in memory;
-        // transitions are written, then applied, then published.
-        for (id, a) in staged {
-            if let Some(cur) = st.alerts.get_mut(&id) {
-                cur.episode_end_us = a.episode_end_us;
-                cur.episode_start_us = a.episode_start_us;
-                cur.value = a.value;
-                cur.message = a.message.clone();
-            }
-        }
-        let n = out.len() + moved;
-        let written = match inner.history.append_from_async(out) {
+        let work = self.absorb(&rules, gathered.found, now);
+        let written = match self.commit_run(&rules, work, now) {
             Ok(w) => w,
             Err(e) => {
                 // Nothing of this run is durable: every rule owes its ranges again.
-                drop(st);
-                for (rule, owed) in covered {
+                for (rule, owed) in gathered.covered {
                     self.owe(&rule, owed);
                 }
                 return Err(format!("alert history: {e}"));
             }
         };
-        for t in &written {
-            st.apply(t);
-        }
-        st.retire(now.saturating_sub(inner.config.resolved_horizon.as_micros() as i64));
-        drop(st);
+        let n = written.len() + moved;
         inner
             .last_run_us
             .store(now, std::sync::atomic::Ordering::Relaxed);

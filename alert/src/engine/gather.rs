@@ -192,9 +192,9 @@ impl AlertEngine {
         let lb = lookback_us(rule, &params);
         let (mut from, mut to) = (i64::MAX, i64::MIN);
         {
-            let st = lock(&self.inner.state);
+            let sm = lock(&self.inner.samples);
             for (p, a, z) in members {
-                let known = st
+                let known = sm
                     .series
                     .get(&(rule.id.clone(), (*p).to_owned()))
                     .is_some_and(|s| s.from_us <= floor(*a, b) - lb);

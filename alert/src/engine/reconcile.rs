@@ -1,89 +1,122 @@
 //! Reconcile: one (rule, patient)'s episodes against the alerts already raised for it — by
 //! time overlap an episode extends (or resolves) its alert; a new one gets
 //! `fingerprint(rule, patient, first start)` and `pending` + `firing` transitions. Retired ids
-//! are never raised again. Nothing here is written: transitions are staged for the commit.
+//! are never raised again.
+//!
+//! A pure function: everything it needs comes in [`Input`], everything it decides goes out in
+//! [`Outcome`]; nothing is locked, read from elsewhere or written. The commit phase
+//! ([`super::commit`]) writes and applies the outcome.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
-use carewatch_store::registry::{Registry, valid_team};
-
-use crate::episodes::{Episode, episodes};
+use crate::episodes::Episode;
 use crate::history::{Event, Status, Transition};
 use crate::rules::{Params, Rule};
 
-use super::{Current, State, fingerprint};
+use super::state::{Current, fingerprint};
 
-/// Transitions to write and alerts changed in this run.
-#[derive(Debug, Default)]
-pub(super) struct Staging {
-    pub(super) out: Vec<Transition>,
-    pub(super) staged: HashMap<String, Current>,
+/// What reconciling one (rule, patient) needs to know.
+#[derive(Debug)]
+pub(super) struct Input<'a> {
+    pub(super) rule: &'a Rule,
+    pub(super) patient: &'a str,
+    /// The patient's episodes for the rule, from its samples.
+    pub(super) episodes: Vec<Episode>,
+    /// The alerts already raised for (rule, patient), as they stand.
+    pub(super) alerts: Vec<Current>,
+    /// Ids among this key's possible alerts that left memory after resolving (never reused).
+    pub(super) retired: HashSet<String>,
+    /// The patient's care team now (a new alert belongs to it).
+    pub(super) team: Option<String>,
+    /// Wall clock, UTC µs.
+    pub(super) now: i64,
 }
 
-/// Reconciles `rule`'s episodes of `patient` with its alerts.
-pub(super) fn reconcile(
-    st: &mut State,
-    registry: &Registry,
-    rule: &Rule,
-    patient: &str,
-    now: i64,
-    stg: &mut Staging,
-) {
+/// What reconciling decided.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Outcome {
+    /// Transitions to write, in order.
+    pub(super) out: Vec<Transition>,
+    /// Every alert an episode matched or raised, with its episode fields brought up to date
+    /// (an extension without a status change is applied in memory only).
+    pub(super) touched: Vec<Current>,
+    /// The episode still short of `for`, with the id it will have.
+    pub(super) pending: Option<(Episode, String)>,
+}
+
+/// Reconciles `input.rule`'s episodes of `input.patient` with its alerts.
+pub(super) fn reconcile(input: Input<'_>) -> Outcome {
+    let Input {
+        rule,
+        patient,
+        episodes,
+        mut alerts,
+        retired,
+        team,
+        now,
+    } = input;
+    let mut outcome = Outcome::default();
     let params = rule.params_for(Some(patient));
-    let Ok(shape) = rule.shape(&params) else {
-        return;
-    };
-    let closed_until = if rule.absence {
-        now
-    } else {
-        st.watermark.get(patient).copied().unwrap_or(i64::MIN / 2)
-    };
-    let key = (rule.id.clone(), patient.to_owned());
-    // A monitored patient with nothing in the window has no samples: no episode.
-    let eps = st
-        .series
-        .get(&key)
-        .map(|s| episodes(&s.samples, &shape, closed_until))
-        .unwrap_or_default();
-    let team = registry.care_team(patient).filter(|t| valid_team(t));
-    let mut pending = None;
-    for e in eps {
+    let mut touched = vec![false; alerts.len()];
+    for e in episodes {
         if !e.qualified {
             if !e.resolved {
-                pending = Some(e);
+                outcome.pending = Some((e, String::new()));
             }
             continue;
         }
-        let existing = st
-            .by_key
-            .get(&key)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| stg.staged.get(id).or_else(|| st.alerts.get(id)))
-            .find(|a| {
-                a.episode_start_us == e.start_us
-                    || (a.episode_start_us < e.end_us.max(e.start_us + 1)
-                        && e.start_us < a.episode_end_us.max(a.episode_start_us + 1))
-            })
-            .cloned();
-        match existing {
-            Some(a) => extend(a, &e, rule, &params, now, stg),
-            None => raise(st, &e, rule, &params, patient, team.clone(), now, stg),
+        match alerts.iter().position(|a| overlaps(a, &e)) {
+            Some(i) => {
+                extend(&mut alerts[i], &e, rule, &params, now, &mut outcome.out);
+                touched[i] = true;
+            }
+            None => {
+                let id = fingerprint(&rule.id, patient, e.start_us);
+                if retired.contains(&id) || alerts.iter().any(|a| a.alert_id == id) {
+                    continue;
+                }
+                let a = raise(
+                    id,
+                    &e,
+                    rule,
+                    &params,
+                    patient,
+                    team.clone(),
+                    now,
+                    &mut outcome.out,
+                );
+                alerts.push(a);
+                touched.push(true);
+            }
         }
     }
-    match pending {
-        Some(e) => {
-            let id = fingerprint(&rule.id, patient, e.start_us);
-            st.pending.insert(key, (e, id));
-        }
-        None => {
-            st.pending.remove(&key);
-        }
+    if let Some((e, id)) = &mut outcome.pending {
+        *id = fingerprint(&rule.id, patient, e.start_us);
     }
+    outcome.touched = alerts
+        .into_iter()
+        .zip(touched)
+        .filter_map(|(a, t)| t.then_some(a))
+        .collect();
+    outcome
+}
+
+/// Does alert `a` stand for episode `e` (same start, or overlapping in time)?
+fn overlaps(a: &Current, e: &Episode) -> bool {
+    a.episode_start_us == e.start_us
+        || (a.episode_start_us < e.end_us.max(e.start_us + 1)
+            && e.start_us < a.episode_end_us.max(a.episode_start_us + 1))
 }
 
 /// An episode that overlaps an existing alert: extend it, resolve it when the episode is over.
-fn extend(mut a: Current, e: &Episode, rule: &Rule, params: &Params, now: i64, stg: &mut Staging) {
+fn extend(
+    a: &mut Current,
+    e: &Episode,
+    rule: &Rule,
+    params: &Params,
+    now: i64,
+    out: &mut Vec<Transition>,
+) {
     let mut changed = false;
     if e.end_us > a.episode_end_us {
         a.episode_end_us = e.end_us;
@@ -106,30 +139,25 @@ fn extend(mut a: Current, e: &Episode, rule: &Rule, params: &Params, now: i64, s
     }
     if e.resolved && a.status != Status::Resolved {
         a.status = Status::Resolved;
-        stg.out.push(a.transition(Event::Resolved, now));
+        out.push(a.transition(Event::Resolved, now));
     }
-    stg.staged.insert(a.alert_id.clone(), a);
 }
 
 /// A new episode: a new alert, `pending` at its start and `firing` now (resolved at once if
 /// the episode is already over).
 #[allow(clippy::too_many_arguments)]
 fn raise(
-    st: &State,
+    id: String,
     e: &Episode,
     rule: &Rule,
     params: &Params,
     patient: &str,
     team: Option<String>,
     now: i64,
-    stg: &mut Staging,
-) {
-    let id = fingerprint(&rule.id, patient, e.start_us);
-    if st.alerts.contains_key(&id) || stg.staged.contains_key(&id) || st.retired.contains(&id) {
-        return;
-    }
+    out: &mut Vec<Transition>,
+) -> Current {
     let mut a = Current {
-        alert_id: id.clone(),
+        alert_id: id,
         rule: rule.id.clone(),
         title: rule.title.clone(),
         severity: rule.severity,
@@ -144,12 +172,15 @@ fn raise(
         last_notified_us: now,
         acknowledged_by: None,
     };
-    stg.out.push(a.transition(Event::Pending, e.start_us));
+    out.push(a.transition(Event::Pending, e.start_us));
     a.status = Status::Firing;
-    stg.out.push(a.transition(Event::Firing, now));
+    out.push(a.transition(Event::Firing, now));
     if e.resolved {
         a.status = Status::Resolved;
-        stg.out.push(a.transition(Event::Resolved, now));
+        out.push(a.transition(Event::Resolved, now));
     }
-    stg.staged.insert(id, a);
+    a
 }
+
+#[cfg(test)]
+mod tests;

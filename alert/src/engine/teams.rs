@@ -10,11 +10,11 @@
 //! returns to `firing` and its escalation starts over.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use carewatch_auth::access;
 use carewatch_store::registry::{Principal, Registry, valid_team};
 
+use super::commit::Change;
 use super::{AckError, AlertEngine, Current, lock, now_us};
 use crate::history::{Event, Status, Transition};
 
@@ -26,7 +26,7 @@ pub(crate) fn team_now(registry: &Registry, patient: &str) -> Option<String> {
 /// May `who` see an alert of a patient whose care team is `team` now? Admins and analysts see
 /// all; a care manager only their own (valid) team's — the rule of `carewatch_auth::access`.
 pub fn may_see(who: &Principal, team: Option<&str>) -> bool {
-    access::sees_all_patients(who) || access::team_of(who).is_some_and(|mine| team == Some(mine))
+    access::sees_all_patients(who) || team.is_some_and(|t| access::in_team(who, t))
 }
 
 impl Current {
@@ -59,15 +59,12 @@ impl AlertEngine {
         if access::sees_all_patients(who) {
             return None;
         }
-        let Some(team) = access::team_of(who) else {
-            return Some(HashSet::new());
-        };
         Some(
             self.inner
                 .registry
                 .care_teams()
                 .into_iter()
-                .filter(|(_, t)| t == team)
+                .filter(|(_, t)| access::in_team(who, t))
                 .map(|(p, _)| p)
                 .collect(),
         )
@@ -142,8 +139,12 @@ impl AlertEngine {
         if !may_see(who, team.as_deref()) {
             return Err(AckError::NotFound);
         }
-        let mut st = lock(&self.inner.state);
-        let a = st.alerts.get(id).cloned().ok_or(AckError::NotFound)?;
+        let writer = self.writer();
+        let a = lock(&self.inner.state)
+            .alerts
+            .get(id)
+            .cloned()
+            .ok_or(AckError::NotFound)?;
         let now = now_us();
         let mut out = Vec::new();
         let mut n = match a.moved(team.as_deref(), now) {
@@ -160,14 +161,19 @@ impl AlertEngine {
             _ => {}
         }
         n.status = Status::Acknowledged;
-        n.acknowledged_by = Some(who.id.clone());
+        n.acknowledged_by = Some(who.actor());
         out.push(n.transition(Event::Acknowledged, now));
-        let written = self.inner.history.append(out).map_err(|_| AckError::Io)?;
-        for t in &written {
-            st.apply(t);
-        }
-        let cur = st.alerts.get(id).cloned().ok_or(AckError::NotFound);
-        drop(st);
+        let change = Change {
+            out,
+            ..Change::default()
+        };
+        let written = self.commit(&writer, change).map_err(|_| AckError::Io)?;
+        drop(writer);
+        let cur = lock(&self.inner.state)
+            .alerts
+            .get(id)
+            .cloned()
+            .ok_or(AckError::NotFound);
         self.publish(written);
         cur
     }
@@ -191,24 +197,26 @@ impl AlertEngine {
                 (id, t)
             })
             .collect();
-        let mut st = lock(&self.inner.state);
-        let out: Vec<Transition> = teams
-            .iter()
-            .filter_map(|(id, t)| st.alerts.get(id)?.moved(t.as_deref(), now))
-            .collect();
+        let writer = self.writer();
+        let out: Vec<Transition> = {
+            let st = lock(&self.inner.state);
+            teams
+                .iter()
+                .filter_map(|(id, t)| st.alerts.get(id)?.moved(t.as_deref(), now))
+                .collect()
+        };
         if out.is_empty() {
             return Ok(0);
         }
         let n = out.len();
-        let written: Vec<Arc<Transition>> = self
-            .inner
-            .history
-            .append_from_async(out)
+        let change = Change {
+            out,
+            ..Change::default()
+        };
+        let written = self
+            .commit(&writer, change)
             .map_err(|e| format!("alert history: {e}"))?;
-        for t in &written {
-            st.apply(t);
-        }
-        drop(st);
+        drop(writer);
         self.publish(written);
         Ok(n)
     }

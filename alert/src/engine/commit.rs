@@ -1,0 +1,153 @@
+//! Commit: every change to the alerts — an evaluation run, a re-routing, an acknowledgement —
+//! goes through one path. Writers take the writer lock (so what a writer decided from a
+//! snapshot still holds when it is applied); the transitions are written and fsynced with no
+//! state lock held (on a runtime worker, under `block_in_place`); then the change is applied
+//! under a brief state lock and published. Readers never wait for a disk.
+
+use std::collections::HashSet;
+use std::sync::{Arc, MutexGuard};
+
+use crate::episodes::Episode;
+use crate::history::{Event, Status, Transition};
+use crate::rules::Rule;
+
+use super::reconcile::{Input, reconcile};
+use super::samples::Work;
+use super::state::{Current, Key, State, fingerprint};
+use super::{AlertEngine, lock};
+
+/// Holding it makes the caller the only writer of the alerts.
+pub(super) struct Writer<'a>(#[allow(dead_code)] MutexGuard<'a, ()>);
+
+/// A change to the alerts: transitions to write, and what is applied in memory with them.
+#[derive(Debug, Default)]
+pub(super) struct Change {
+    pub(super) out: Vec<Transition>,
+    /// Alerts whose episode fields moved (applied before the transitions).
+    pub(super) updated: Vec<Current>,
+    /// Pending episodes per (rule, patient): set, or cleared with `None`.
+    pub(super) pending: Vec<(Key, Option<(Episode, String)>)>,
+    /// Resolved alerts resolved before this (wall clock, UTC µs) leave memory.
+    pub(super) retire_before: Option<i64>,
+}
+
+impl AlertEngine {
+    /// Becomes the only writer until the guard is dropped.
+    pub(super) fn writer(&self) -> Writer<'_> {
+        Writer(lock(&self.inner.writer))
+    }
+
+    /// Writes `change`'s transitions durably, then applies the change. Nothing is applied when
+    /// the write fails.
+    pub(super) fn commit(
+        &self,
+        _writer: &Writer<'_>,
+        change: Change,
+    ) -> std::io::Result<Vec<Arc<Transition>>> {
+        let Change {
+            out,
+            updated,
+            pending,
+            retire_before,
+        } = change;
+        let written = self.inner.history.append_from_async(out)?;
+        let mut st = lock(&self.inner.state);
+        for a in updated {
+            if let Some(cur) = st.alerts.get_mut(&a.alert_id) {
+                cur.episode_end_us = a.episode_end_us;
+                cur.episode_start_us = a.episode_start_us;
+                cur.value = a.value;
+                cur.message = a.message;
+            }
+        }
+        for t in &written {
+            st.apply(t);
+        }
+        for (key, p) in pending {
+            match p {
+                Some(p) => st.pending.insert(key, p),
+                None => st.pending.remove(&key),
+            };
+        }
+        if let Some(before) = retire_before {
+            st.retire(before);
+        }
+        Ok(written)
+    }
+
+    /// An evaluation run's commit: each (rule, patient) reconciled (a pure function over a
+    /// snapshot of its alerts), escalations of unacknowledged firing alerts, and the horizon.
+    pub(super) fn commit_run(
+        &self,
+        rules: &[Rule],
+        work: Vec<Work>,
+        now: i64,
+    ) -> std::io::Result<Vec<Arc<Transition>>> {
+        // The registry is read before the state lock is taken, never under it.
+        let teams: Vec<Option<String>> = work.iter().map(|w| self.team_of(&w.patient)).collect();
+        let writer = self.writer();
+        let (known, due) = {
+            let st = lock(&self.inner.state);
+            let known: Vec<(Vec<Current>, HashSet<String>)> = work
+                .iter()
+                .map(|w| snapshot(&st, &rules[w.rule], w))
+                .collect();
+            (known, self.due_for_escalation(&st, now))
+        };
+        let mut change = Change::default();
+        let mut seen = HashSet::new();
+        for ((w, team), (alerts, retired)) in work.into_iter().zip(teams).zip(known) {
+            let rule = &rules[w.rule];
+            let o = reconcile(Input {
+                rule,
+                patient: &w.patient,
+                episodes: w.episodes,
+                alerts,
+                retired,
+                team,
+                now,
+            });
+            change.out.extend(o.out);
+            seen.extend(o.touched.iter().map(|a| a.alert_id.clone()));
+            change.updated.extend(o.touched);
+            change
+                .pending
+                .push(((rule.id.clone(), w.patient), o.pending));
+        }
+        for mut a in due.into_iter().filter(|a| !seen.contains(&a.alert_id)) {
+            a.escalation_level += 1;
+            change.out.push(a.transition(Event::Escalated, now));
+        }
+        let horizon = self.inner.config.resolved_horizon.as_micros() as i64;
+        change.retire_before = Some(now.saturating_sub(horizon));
+        self.commit(&writer, change)
+    }
+
+    /// Firing alerts nobody acknowledged since their last notification, past the escalation
+    /// delay and below the escalation cap.
+    fn due_for_escalation(&self, st: &State, now: i64) -> Vec<Current> {
+        let c = &self.inner.config;
+        let esc = c.escalate_after.as_micros() as i64;
+        st.alerts
+            .values()
+            .filter(|a| {
+                a.status == Status::Firing
+                    && a.escalation_level < c.max_escalations
+                    && now - a.last_notified_us >= esc
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// A (rule, patient)'s alerts and which of its episodes' ids are retired.
+fn snapshot(st: &State, rule: &Rule, w: &Work) -> (Vec<Current>, HashSet<String>) {
+    let alerts = st.of_key(&(rule.id.clone(), w.patient.clone()));
+    let retired = w
+        .episodes
+        .iter()
+        .map(|e| fingerprint(&rule.id, &w.patient, e.start_us))
+        .filter(|id| st.retired.contains(id))
+        .collect();
+    (alerts, retired)
+}

@@ -1,0 +1,193 @@
+//! The alerts' state in memory: each alert as it stands ([`Current`], the fold of its
+//! transitions), the ids by (rule, patient), pending episodes, and the ids of resolved alerts
+//! that left memory. Readers (`/v1/alerts`, `/v1/patients`, SSE catch-up) take the state lock
+//! briefly; writers serialise on the engine's writer lock and only apply under it
+//! ([`super::commit`]). The rules' samples live apart ([`Samples`]): only evaluation uses them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::episodes::{Episode, Sample};
+use crate::history::{Event, Status, Transition};
+use crate::rules::Severity;
+
+/// An alert as it stands now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Current {
+    /// Stable id (fingerprint).
+    pub alert_id: String,
+    /// Rule id.
+    pub rule: String,
+    /// Rule title.
+    pub title: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Patient.
+    pub patient_id: String,
+    /// The care team the alert belongs to (the patient's team now, in API answers; in the
+    /// engine's memory, as of the last transition).
+    pub care_team: Option<String>,
+    /// Status.
+    pub status: Status,
+    /// Episode start, UTC µs.
+    pub episode_start_us: i64,
+    /// Episode end so far, UTC µs.
+    pub episode_end_us: i64,
+    /// Worst value.
+    pub value: Option<f64>,
+    /// Message.
+    pub message: String,
+    /// Escalations so far.
+    pub escalation_level: u32,
+    /// Last time someone was told (firing or escalation), UTC µs.
+    pub last_notified_us: i64,
+    /// Who acknowledged it.
+    pub acknowledged_by: Option<String>,
+}
+
+impl Current {
+    pub(super) fn from_transition(t: &Transition, previous: Option<&Current>) -> Current {
+        let last_notified_us = match t.event {
+            Event::Firing | Event::Escalated | Event::Reassigned => t.at_us,
+            _ => previous.map_or(t.at_us, |p| p.last_notified_us),
+        };
+        Current {
+            alert_id: t.alert_id.clone(),
+            rule: t.rule.clone(),
+            title: t.title.clone(),
+            severity: t.severity,
+            patient_id: t.patient_id.clone(),
+            care_team: t.care_team.clone(),
+            status: t.status,
+            episode_start_us: t.episode_start_us,
+            episode_end_us: t.episode_end_us,
+            value: t.value,
+            message: t.message.clone(),
+            escalation_level: t.escalation_level,
+            last_notified_us,
+            acknowledged_by: t.acknowledged_by.clone(),
+        }
+    }
+
+    pub(super) fn transition(&self, event: Event, at_us: i64) -> Transition {
+        Transition {
+            seq: 0,
+            at_us,
+            alert_id: self.alert_id.clone(),
+            rule: self.rule.clone(),
+            title: self.title.clone(),
+            severity: self.severity,
+            patient_id: self.patient_id.clone(),
+            care_team: self.care_team.clone(),
+            status: self.status,
+            event,
+            episode_start_us: self.episode_start_us,
+            episode_end_us: self.episode_end_us,
+            value: self.value,
+            message: self.message.clone(),
+            escalation_level: self.escalation_level,
+            acknowledged_by: self.acknowledged_by.clone(),
+            previous_care_team: None,
+        }
+    }
+}
+
+/// The stable id of an episode: (rule, patient, first start seen).
+pub fn fingerprint(rule: &str, patient: &str, start_us: i64) -> String {
+    let mut h = Sha256::new();
+    h.update(rule.as_bytes());
+    h.update([0]);
+    h.update(patient.as_bytes());
+    h.update([0]);
+    h.update(start_us.to_be_bytes());
+    let d = h.finalize();
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A (rule, patient) pair.
+pub(super) type Key = (String, String);
+
+/// One (rule, patient)'s samples.
+#[derive(Debug, Default)]
+pub(super) struct Series {
+    pub(super) samples: BTreeMap<i64, Sample>,
+    /// Samples are complete from here on (earlier ones may have been pruned or never loaded).
+    pub(super) from_us: i64,
+}
+
+/// What evaluation keeps between runs: the samples per (rule, patient) and each patient's
+/// event-time watermark. Only the evaluation loop touches it (and a rule reload clears it).
+#[derive(Debug, Default)]
+pub(super) struct Samples {
+    pub(super) watermark: HashMap<String, i64>,
+    pub(super) series: HashMap<Key, Series>,
+}
+
+/// The alerts as they stand.
+#[derive(Debug, Default)]
+pub(super) struct State {
+    pub(super) alerts: HashMap<String, Current>,
+    pub(super) by_key: HashMap<Key, Vec<String>>,
+    pub(super) pending: HashMap<Key, (Episode, String)>,
+    /// Ids of resolved alerts that left memory (never reused).
+    pub(super) retired: HashSet<String>,
+    /// When (wall clock, UTC µs) each resolved alert was resolved: the horizon counts from
+    /// there, not from the episode's end in event time (a backfill's episodes ended years ago).
+    resolved_at: HashMap<String, i64>,
+}
+
+impl State {
+    /// The alerts of one (rule, patient), as they stand.
+    pub(super) fn of_key(&self, key: &Key) -> Vec<Current> {
+        self.by_key
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.alerts.get(id).cloned())
+            .collect()
+    }
+
+    pub(super) fn apply(&mut self, t: &Transition) {
+        if t.status == Status::Resolved {
+            self.resolved_at
+                .entry(t.alert_id.clone())
+                .or_insert(t.at_us);
+        } else {
+            self.resolved_at.remove(&t.alert_id);
+        }
+        let prev = self.alerts.get(&t.alert_id);
+        let cur = Current::from_transition(t, prev);
+        if prev.is_none() {
+            self.by_key
+                .entry((t.rule.clone(), t.patient_id.clone()))
+                .or_default()
+                .push(t.alert_id.clone());
+        }
+        self.alerts.insert(t.alert_id.clone(), cur);
+    }
+
+    /// Alerts resolved (wall clock) before `before_us` leave memory.
+    pub(super) fn retire(&mut self, before_us: i64) {
+        let old: Vec<String> = self
+            .resolved_at
+            .iter()
+            .filter(|(_, at)| **at < before_us)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in old {
+            self.resolved_at.remove(&id);
+            if let Some(a) = self.alerts.remove(&id) {
+                let key = (a.rule, a.patient_id);
+                if let Some(ids) = self.by_key.get_mut(&key) {
+                    ids.retain(|i| i != &id);
+                    if ids.is_empty() {
+                        self.by_key.remove(&key);
+                    }
+                }
+            }
+            self.retired.insert(id);
+        }
+    }
+}
