@@ -22,7 +22,6 @@ use crate::codec;
 use crate::tables::{self, FileMeta, Table};
 use crate::{Config, DeadLetter, Error, Result, Row};
 
-pub(crate) use persist::write_atomic;
 use stats::summarise;
 pub use stats::{AppendObserver, AppendSummary, Histogram, StoreStats};
 use writer::{Append, Cmd};

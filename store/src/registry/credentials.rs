@@ -2,8 +2,9 @@
 //! revocation, authentication (recording last use) and the watch that ends sessions when a
 //! credential stops being valid.
 
+use super::persist::{Op, Tx};
 use super::{
-    Credential, CredentialInfo, Principal, Registry, Role, UNASSIGNED, hash, info, new_token,
+    Credential, CredentialInfo, Principal, Registry, Role, UNASSIGNED, hash, info, lock, new_token,
     now_us, valid_team,
 };
 use crate::{Error, Result};
@@ -39,10 +40,11 @@ impl Registry {
         let mut c = Credential::new(principal);
         c.expires_us = expires_us;
         let info = info(&c, None);
-        self.write(|d| {
-            d.insert_credential(h, c);
-            Ok(())
-        })?;
+        let op = Op::Credential {
+            hash: h,
+            credential: c,
+        };
+        self.write(|_| Ok(((), vec![Tx::of(vec![op])])))?;
         Ok((token, info))
     }
 
@@ -72,12 +74,8 @@ impl Registry {
 
     /// Every credential, oldest first (never a secret).
     pub fn tokens(&self) -> Vec<CredentialInfo> {
-        let used = self
-            .last_used
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        self.reload_if_changed();
+        self.refresh_if_idle();
+        let used = lock(&self.last_used).clone();
         let mut out: Vec<CredentialInfo> = self.read(|d| {
             d.credentials
                 .values()
@@ -91,15 +89,20 @@ impl Registry {
     /// Revokes the credential with this id; `false` if there is none or it was revoked already.
     pub fn revoke_token(&self, id: &str) -> Result<bool> {
         self.write(|d| {
-            let Some(h) = d.by_id.get(id).cloned() else {
-                return Ok(false);
+            let Some(h) = d.by_id.get(id) else {
+                return Ok((false, Vec::new()));
             };
-            match d.credentials.get_mut(&h) {
+            match d.credentials.get(h) {
                 Some(c) if c.revoked_us.is_none() => {
+                    let mut c = c.clone();
                     c.revoked_us = Some(now_us());
-                    Ok(true)
+                    let op = Op::Credential {
+                        hash: h.clone(),
+                        credential: c,
+                    };
+                    Ok((true, vec![Tx::of(vec![op])]))
                 }
-                _ => Ok(false),
+                _ => Ok((false, Vec::new())),
             }
         })
     }
@@ -116,14 +119,11 @@ impl Registry {
     pub fn authenticate(&self, token: &str) -> Option<Principal> {
         let h = hash(token);
         if self.read(|d| !d.credentials.contains_key(&h)) {
-            self.reload_if_changed();
+            self.refresh_if_idle();
         }
         let now = now_us();
         let p = self.read(|d| d.usable(&h, now).map(|c| c.principal.clone()))?;
-        self.last_used
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(p.id.clone(), now);
+        lock(&self.last_used).insert(p.id.clone(), now);
         Some(p)
     }
 }

@@ -1,21 +1,25 @@
 //! The registry: devices bound to patients over time, credentials, care teams.
 //!
-//! Small and rarely written, so it is one JSON document (`registry.json` in the data
-//! directory) rewritten atomically (temp file, fsync, rename) on every change.
+//! The state lives in memory (`Data`), read under a brief lock by every authentication and
+//! attribution. Changes are written by a [`persist::Backend`] before they are applied and
+//! answered: today `registry.log` in the data directory (`log.rs`), one appended, fsynced line
+//! per transaction, compacted when it has doubled, so a change costs the same with 10 devices
+//! or 100 000. Writers are serialised by a mutex around the backend; the in-memory lock is
+//! never held across a disk write. An older `registry.json` is migrated on the first open.
 //!
 //! Credentials are random 256-bit bearer tokens (`cw_` + 64 hex digits); only their SHA-256 is
 //! stored. A fast hash is enough because the tokens are random, not chosen by people. A
 //! device's token is its secret: on MQTT the device connects with its id as username and the
 //! token as password.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
+use persist::{Backend, Op, Tx};
 
 /// Roles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -163,6 +167,10 @@ pub struct Device {
     pub revoked_us: Option<i64>,
     /// Hash of the current secret (the device's token).
     secret_hash: String,
+    /// When its readings were last stored, as of the last registry write (the live value is in
+    /// memory, see [`Registry::last_seen`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_us: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -188,9 +196,74 @@ impl Data {
         Ok(d)
     }
 
-    fn insert_credential(&mut self, hash: String, c: Credential) {
+    fn insert_credential(&mut self, hash: String, mut c: Credential) {
+        if let Some(old) = self.credentials.get(&hash) {
+            c.last_used_us = c.last_used_us.max(old.last_used_us);
+        }
         self.by_id.insert(c.principal.id.clone(), hash.clone());
         self.credentials.insert(hash, c);
+    }
+
+    fn from_txs(txs: Vec<Tx>) -> Data {
+        let mut d = Data::default();
+        for tx in txs {
+            d.apply(tx);
+        }
+        d
+    }
+
+    /// Applies one transaction (upserts; last use and last seen only move forward).
+    fn apply(&mut self, tx: Tx) {
+        for op in tx.ops {
+            match op {
+                Op::Device(mut dev) => {
+                    if let Some(old) = self.devices.get(&dev.device_id) {
+                        dev.last_seen_us = dev.last_seen_us.max(old.last_seen_us);
+                    }
+                    self.devices.insert(dev.device_id.clone(), dev);
+                }
+                Op::Credential { hash, credential } => self.insert_credential(hash, credential),
+                Op::CareTeam { patient_id, team } => {
+                    self.care_teams.insert(patient_id, team);
+                }
+                Op::LastUsed { id, at_us } => {
+                    let h = self.by_id.get(&id);
+                    if let Some(c) = h.and_then(|h| self.credentials.get_mut(h)) {
+                        c.last_used_us = c.last_used_us.max(Some(at_us));
+                    }
+                }
+                Op::Seen { device_id, at_us } => {
+                    if let Some(d) = self.devices.get_mut(&device_id) {
+                        d.last_seen_us = d.last_seen_us.max(Some(at_us));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The whole state as transactions (one entity each), with live last uses folded in.
+    fn snapshot(&self, used: &HashMap<String, i64>, seen: &HashMap<String, i64>) -> Vec<Tx> {
+        let mut out = Vec::with_capacity(self.devices.len() + self.credentials.len());
+        for d in self.devices.values() {
+            let mut d = d.clone();
+            d.last_seen_us = d.last_seen_us.max(seen.get(&d.device_id).copied());
+            out.push(Tx::of(vec![Op::Device(d)]));
+        }
+        for (h, c) in &self.credentials {
+            let mut c = c.clone();
+            c.last_used_us = c.last_used_us.max(used.get(&c.principal.id).copied());
+            out.push(Tx::of(vec![Op::Credential {
+                hash: h.clone(),
+                credential: c,
+            }]));
+        }
+        for (p, t) in &self.care_teams {
+            out.push(Tx::of(vec![Op::CareTeam {
+                patient_id: p.clone(),
+                team: t.clone(),
+            }]));
+        }
+        out
     }
 
     /// Whether the credential with this hash may be used now (for a device: the device is not
@@ -223,24 +296,29 @@ pub enum Attribution {
     Unassigned,
 }
 
+/// Last uses and last sightings are written at most this often per credential or device.
+const USAGE_GRAIN_US: i64 = 60_000_000;
+
 /// The registry.
 #[derive(Debug)]
 pub struct Registry {
-    path: PathBuf,
+    /// The state, read under a brief lock; written only by the holder of `backend`, and only
+    /// after the change is durable.
     data: RwLock<Data>,
-    /// Modification time of the file as last read or written, to pick up changes made by
-    /// `carewatch token create` on the same data directory while the server runs.
-    seen: std::sync::Mutex<Option<std::time::SystemTime>>,
-    /// credential id -> last successful use (UTC micros), kept in memory and folded into the
-    /// document on the next write.
-    last_used: std::sync::Mutex<std::collections::HashMap<String, i64>>,
-    /// Bumped on every change (own writes and reloads), for sessions that must end when their
+    /// The durable side. Lock order: `backend`, then `data`, then `last_used` / `seen`.
+    backend: Mutex<Box<dyn Backend>>,
+    /// Opened read-only: never writes (not even last uses).
+    read_only: bool,
+    /// credential id -> last successful use (UTC micros), kept in memory and written with the
+    /// next change (or the next [`Registry::refresh`] a minute later).
+    last_used: Mutex<HashMap<String, i64>>,
+    /// device id -> when its readings were last stored (UTC micros), likewise.
+    seen: Mutex<HashMap<String, i64>>,
+    /// When usage was last written, UTC micros.
+    usage_written_us: std::sync::atomic::AtomicI64,
+    /// Bumped on every change (own writes and others'), for sessions that must end when their
     /// credential does.
     generation: tokio::sync::watch::Sender<u64>,
-}
-
-fn mtime(path: &Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 fn hash(token: &str) -> String {
@@ -281,242 +359,19 @@ fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Registry {
-    /// Opens `registry.json` in `dir`; on a fresh directory creates it with an admin credential,
-    /// returned once (the caller prints it once).
-    pub fn open(dir: &Path) -> Result<(Registry, Option<String>)> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io(e.to_string()))?;
-        let path = dir.join("registry.json");
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let data: Data = Data::parse(&bytes)
-                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-                let seen = std::sync::Mutex::new(mtime(&path));
-                Ok((
-                    Registry {
-                        path,
-                        data: RwLock::new(data),
-                        seen,
-                        last_used: Default::default(),
-                        generation: tokio::sync::watch::Sender::new(0),
-                    },
-                    None,
-                ))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let r = Registry {
-                    path,
-                    data: RwLock::new(Data::default()),
-                    seen: std::sync::Mutex::new(None),
-                    last_used: Default::default(),
-                    generation: tokio::sync::watch::Sender::new(0),
-                };
-                let admin = r.create_token(Role::Admin, None)?;
-                Ok((r, Some(admin)))
-            }
-            Err(e) => Err(Error::Io(e.to_string())),
-        }
-    }
-
-    /// Opens an existing registry without ever creating or writing it (read-only tools).
-    pub fn open_read_only(dir: &Path) -> Result<Registry> {
-        let path = dir.join("registry.json");
-        let data: Data = match std::fs::read(&path) {
-            Ok(bytes) => Data::parse(&bytes)
-                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Data::default(),
-            Err(e) => return Err(Error::Io(e.to_string())),
-        };
-        let seen = std::sync::Mutex::new(mtime(&path));
-        Ok(Registry {
-            path,
-            data: RwLock::new(data),
-            seen,
-            last_used: Default::default(),
-            generation: tokio::sync::watch::Sender::new(0),
-        })
-    }
-
-    fn save(&self, data: &Data) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(data).map_err(|e| Error::Encode(e.to_string()))?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        crate::engine::write_atomic(dir, "registry.json", &bytes)?;
-        *self.seen() = mtime(&self.path);
-        Ok(())
-    }
-
-    /// Re-reads the file if another process (`carewatch token revoke` on the same data
-    /// directory) changed it. `serve` calls this twice a second.
-    pub fn refresh(&self) {
-        self.reload_if_changed();
-    }
-
-    fn seen(&self) -> std::sync::MutexGuard<'_, Option<std::time::SystemTime>> {
-        self.seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Re-reads the file if another process changed it.
-    ///
-    /// Lock order, everywhere: `data` before `seen`, and `seen` is never held while waiting for
-    /// `data` (holding them the other way round here deadlocked against `write`, issue #18).
-    /// The file is read and parsed with no lock held.
-    fn reload_if_changed(&self) {
-        let now = mtime(&self.path);
-        if now.is_none() || now == *self.seen() {
-            return;
-        }
-        let Ok(data) = std::fs::read(&self.path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| Data::parse(&b).map_err(|e| e.to_string()))
-        else {
-            return;
-        };
-        let mut g = self
-            .data
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut seen = self.seen();
-        // Applied already, or the file changed again since we read it (our own write, say):
-        // the next look picks up the newest.
-        if *seen == now || mtime(&self.path) != now {
-            return;
-        }
-        *g = data;
-        *seen = now;
-        drop(seen);
-        drop(g);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    fn write<T>(&self, f: impl FnOnce(&mut Data) -> Result<T>) -> Result<T> {
-        self.reload_if_changed();
-        let mut g = self
-            .data
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut next = g.clone();
-        for (id, t) in self
-            .last_used
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
-            if let Some(c) = next
-                .by_id
-                .get(id)
-                .cloned()
-                .and_then(|h| next.credentials.get_mut(&h))
-            {
-                c.last_used_us = Some(c.last_used_us.map_or(*t, |u| u.max(*t)));
-            }
-        }
-        let out = f(&mut next)?;
-        self.save(&next)?;
-        *g = next;
-        drop(g);
-        self.generation.send_modify(|g| *g += 1);
-        Ok(out)
-    }
-
     fn read<T>(&self, f: impl FnOnce(&Data) -> T) -> T {
-        f(&self
-            .data
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner))
+        f(&self.data.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// MQTT login: username = device id, password = secret.
     pub fn device_login(&self, device_id: &str, secret: &str) -> bool {
         self.authenticate(secret)
             .is_some_and(|p| p.role == Role::Device && p.subject.as_deref() == Some(device_id))
-    }
-
-    /// Registers a device for a patient from `valid_from_us` and returns its new secret. The
-    /// default is the epoch for a device's first assignment (its backlog belongs to this
-    /// patient) and now for a re-assignment. Registering a known device again re-assigns it (the previous assignment ends
-    /// where the new one starts) and rotates its secret.
-    pub fn register_device(
-        &self,
-        device_id: &str,
-        patient_id: &str,
-        valid_from_us: Option<i64>,
-    ) -> Result<String> {
-        if device_id.is_empty() || patient_id.is_empty() {
-            return Err(Error::Config(
-                "device_id and patient_id must not be empty".into(),
-            ));
-        }
-        // Without `valid_from`, a device's first assignment covers everything it recorded
-        // before enrolment (a phone syncing its backlog right after being set up); a
-        // re-assignment starts now, so the previous patient keeps what came before.
-        let known = self.read(|d| {
-            d.devices
-                .get(device_id)
-                .is_some_and(|dev| !dev.assignments.is_empty())
-        });
-        let from = valid_from_us.unwrap_or_else(|| if known { now_us() } else { 0 });
-        let token = new_token()?;
-        let h = hash(&token);
-        let principal = Principal {
-            id: h[..12].to_owned(),
-            role: Role::Device,
-            subject: Some(device_id.to_owned()),
-            person: None,
-        };
-        self.write(|d| {
-            let dev = d
-                .devices
-                .entry(device_id.to_owned())
-                .or_insert_with(|| Device {
-                    device_id: device_id.to_owned(),
-                    assignments: Vec::new(),
-                    revoked_us: None,
-                    secret_hash: String::new(),
-                });
-            if let Some(last) = dev.assignments.last_mut()
-                && last.valid_to_us.is_none_or(|t| t > from)
-            {
-                if last.valid_from_us >= from {
-                    return Err(Error::Config(format!(
-                        "device {device_id} already has an assignment starting at or after {from}"
-                    )));
-                }
-                last.valid_to_us = Some(from);
-            }
-            dev.assignments.push(Assignment {
-                patient_id: patient_id.to_owned(),
-                valid_from_us: from,
-                valid_to_us: None,
-            });
-            // Revoke the old secret.
-            let old = std::mem::replace(&mut dev.secret_hash, h.clone());
-            dev.revoked_us = None;
-            if let Some(c) = d.credentials.get_mut(&old) {
-                c.revoked_us = Some(now_us());
-            }
-            d.insert_credential(h, Credential::new(principal));
-            Ok(())
-        })?;
-        Ok(token)
-    }
-
-    /// Revokes a device: its secret stops working and its readings are dead-lettered.
-    pub fn revoke_device(&self, device_id: &str) -> Result<bool> {
-        self.write(|d| match d.devices.get_mut(device_id) {
-            Some(dev) if dev.revoked_us.is_none() => {
-                let t = now_us();
-                dev.revoked_us = Some(t);
-                if let Some(a) = dev.assignments.last_mut()
-                    && a.valid_to_us.is_none()
-                {
-                    a.valid_to_us = Some(t.max(a.valid_from_us));
-                }
-                Ok(true)
-            }
-            _ => Ok(false),
-        })
     }
 
     /// Who a device's reading at `t_us` belongs to.
@@ -540,10 +395,11 @@ impl Registry {
                 "a care team must not be empty or `{UNASSIGNED}`"
             )));
         }
-        self.write(|d| {
-            d.care_teams.insert(patient_id.to_owned(), team.to_owned());
-            Ok(())
-        })
+        let op = Op::CareTeam {
+            patient_id: patient_id.to_owned(),
+            team: team.to_owned(),
+        };
+        self.write(|_| Ok(((), vec![Tx::of(vec![op])])))
     }
 
     /// The patient's care team.
@@ -551,9 +407,14 @@ impl Registry {
         self.read(|d| d.care_teams.get(patient_id).cloned())
     }
 
-    /// All devices (for the `devices` table).
+    /// All devices (for the `devices` table), with their live last sighting.
     pub fn devices(&self) -> Vec<Device> {
-        self.read(|d| d.devices.values().cloned().collect())
+        let mut out: Vec<Device> = self.read(|d| d.devices.values().cloned().collect());
+        let seen = lock(&self.seen);
+        for d in &mut out {
+            d.last_seen_us = d.last_seen_us.max(seen.get(&d.device_id).copied());
+        }
+        out
     }
 
     /// All (patient, team) pairs (for the `care_teams` table).
@@ -568,5 +429,13 @@ impl Registry {
 }
 
 mod credentials;
+mod durable;
+mod fleet;
+#[cfg(test)]
+mod fleet_tests;
+mod log;
+mod persist;
 #[cfg(test)]
 mod tests;
+
+pub use fleet::{DeviceFilter, DeviceView, EnrolError, Enrolled, Enrolment, valid_id};

@@ -13,7 +13,7 @@ fn fresh_registry_prints_admin_once_and_persists() {
     assert_eq!(r.authenticate(&admin).map(|p| p.role), Some(Role::Admin));
     assert_eq!(r.authenticate("cw_nope"), None);
     // Only hashes are stored.
-    let text = std::fs::read_to_string(dir.path().join("registry.json")).expect("read");
+    let text = std::fs::read_to_string(dir.path().join("registry.log")).expect("read");
     assert!(!text.contains(&admin));
 }
 

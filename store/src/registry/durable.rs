@@ -1,0 +1,204 @@
+//! The registry's writes and the durable side: opening (and migrating), one change at a time
+//! through the [`Backend`], applying what other writers did, last uses, compaction.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+
+use super::persist::{Backend, Changes, Op, Tx};
+use super::{Data, Registry, Role, USAGE_GRAIN_US, lock, log, now_us};
+use crate::{Error, Result};
+
+/// `registry.json` of earlier versions, as transactions.
+fn legacy(bytes: &[u8]) -> Result<Vec<Tx>> {
+    let d = Data::parse(bytes).map_err(|e| Error::Config(format!("{}: {e}", log::LEGACY)))?;
+    Ok(d.snapshot(&HashMap::new(), &HashMap::new()))
+}
+
+impl Registry {
+    pub(super) fn with(data: Data, backend: Box<dyn Backend>, read_only: bool) -> Registry {
+        Registry {
+            data: RwLock::new(data),
+            backend: Mutex::new(backend),
+            read_only,
+            last_used: Mutex::default(),
+            seen: Mutex::default(),
+            usage_written_us: std::sync::atomic::AtomicI64::new(now_us()),
+            generation: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// Opens the registry in `dir` (migrating a `registry.json`); on a registry without any
+    /// credential creates an admin credential, returned once (the caller prints it once).
+    pub fn open(dir: &Path) -> Result<(Registry, Option<String>)> {
+        let o = log::LogFile::open(dir, legacy)?;
+        let r = Registry::with(Data::from_txs(o.txs), Box::new(o.log), false);
+        let admin = if r.read(|d| d.credentials.is_empty()) {
+            Some(r.create_token(Role::Admin, None)?)
+        } else {
+            None
+        };
+        Ok((r, admin))
+    }
+
+    /// Opens an existing registry without ever creating or writing it (read-only tools).
+    pub fn open_read_only(dir: &Path) -> Result<Registry> {
+        let o = log::LogFile::open_read_only(dir, legacy)?;
+        Ok(Registry::with(Data::from_txs(o.txs), Box::new(o.log), true))
+    }
+
+    pub(super) fn backend(&self) -> MutexGuard<'_, Box<dyn Backend>> {
+        lock(&self.backend)
+    }
+
+    /// Applies transactions that are durable already, a few at a time so readers never wait
+    /// long.
+    fn apply(&self, txs: Vec<Tx>) {
+        let mut txs = txs.into_iter().peekable();
+        while txs.peek().is_some() {
+            let mut g = self.data.write().unwrap_or_else(PoisonError::into_inner);
+            for tx in txs.by_ref().take(256) {
+                g.apply(tx);
+            }
+        }
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Applies what other writers did.
+    fn absorb(&self, c: Changes) {
+        match c {
+            Changes::None => {}
+            Changes::Append(txs) => self.apply(txs),
+            Changes::Reload(txs) => {
+                let d = Data::from_txs(txs);
+                *self.data.write().unwrap_or_else(PoisonError::into_inner) = d;
+                self.generation.send_modify(|g| *g += 1);
+            }
+        }
+    }
+
+    /// Picks up changes made by other processes on the same data directory (`carewatch token
+    /// revoke`, `carewatch devices import`) and writes last uses due. `serve` calls this
+    /// twice a second, on the blocking pool.
+    pub fn refresh(&self) {
+        if !self.read_only
+            && now_us()
+                - self
+                    .usage_written_us
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                >= USAGE_GRAIN_US
+        {
+            if let Err(e) = self.write(|_| Ok(((), Vec::new()))) {
+                tracing::warn!(error = %e, "registry: writing last uses failed");
+            }
+            return;
+        }
+        let c = self.backend().poll();
+        match c {
+            Ok(c) => self.absorb(c),
+            Err(e) => tracing::warn!(error = %e, "registry: reading others' changes failed"),
+        }
+    }
+
+    /// Like [`Registry::refresh`] without writing, and only if no write is under way (an
+    /// unknown token must not wait for a disk).
+    pub(super) fn refresh_if_idle(&self) {
+        if let Ok(mut b) = self.backend.try_lock()
+            && let Ok(c) = b.poll()
+        {
+            self.absorb(c);
+        }
+    }
+
+    /// Last uses and sightings worth writing: new ones, or a grain later than written.
+    fn usage_ops(&self, d: &Data) -> Vec<Op> {
+        let due =
+            |live: i64, written: Option<i64>| written.is_none_or(|w| live >= w + USAGE_GRAIN_US);
+        let mut ops = Vec::new();
+        for (id, t) in lock(&self.last_used).iter() {
+            let written = d
+                .by_id
+                .get(id)
+                .and_then(|h| d.credentials.get(h))
+                .map(|c| c.last_used_us);
+            if let Some(w) = written
+                && due(*t, w)
+            {
+                ops.push(Op::LastUsed {
+                    id: id.clone(),
+                    at_us: *t,
+                });
+            }
+        }
+        for (dev, t) in lock(&self.seen).iter() {
+            if let Some(w) = d.devices.get(dev).map(|d| d.last_seen_us)
+                && due(*t, w)
+            {
+                ops.push(Op::Seen {
+                    device_id: dev.clone(),
+                    at_us: *t,
+                });
+            }
+        }
+        ops
+    }
+
+    /// One change: waits for other writers and takes in what they did, lets `f` decide on
+    /// the current state (returning its answer and the transactions to write), writes them
+    /// durably (with last uses due), then applies them. `f` must not look at the in-memory
+    /// state again: it runs under the read lock.
+    pub(super) fn write<T>(&self, f: impl FnOnce(&Data) -> Result<(T, Vec<Tx>)>) -> Result<T> {
+        let mut b = self.backend();
+        let changes = b.begin()?;
+        self.absorb(changes);
+        let staged = {
+            let d = self.data.read().unwrap_or_else(PoisonError::into_inner);
+            f(&d).map(|(out, mut txs)| {
+                let usage = self.usage_ops(&d);
+                if !usage.is_empty() {
+                    txs.insert(0, Tx::of(usage));
+                }
+                (out, txs)
+            })
+        };
+        let (out, txs) = match staged {
+            Ok(s) => s,
+            Err(e) => {
+                b.abort();
+                return Err(e);
+            }
+        };
+        b.commit(&txs)?;
+        self.usage_written_us
+            .store(now_us(), std::sync::atomic::Ordering::Relaxed);
+        if !txs.is_empty() {
+            self.apply(txs);
+        }
+        if b.wants_compaction() {
+            self.compact(&mut b);
+        }
+        Ok(out)
+    }
+
+    /// Compacts now (tests).
+    #[cfg(test)]
+    pub(super) fn compact_now(&self) {
+        let mut b = self.backend();
+        self.compact(&mut b);
+    }
+
+    /// Rewrites the backend's history as the current state (the log has doubled).
+    fn compact(&self, b: &mut Box<dyn Backend>) {
+        let out = b.begin().and_then(|c| {
+            self.absorb(c);
+            let state = {
+                let d = self.data.read().unwrap_or_else(PoisonError::into_inner);
+                d.snapshot(&lock(&self.last_used), &lock(&self.seen))
+            };
+            b.compact(&state)
+        });
+        if let Err(e) = out {
+            tracing::warn!(error = %e, "registry: compaction failed; the log keeps growing");
+        }
+    }
+}
