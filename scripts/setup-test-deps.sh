@@ -8,7 +8,8 @@
 #     jsonschema for the official R4 JSON schema, fhirpathpy for the vital-signs invariants),
 #     plus DuckDB and pyarrow (read our Parquet), paho-mqtt and psycopg (real clients), and the
 #     Prometheus project's text-format parser (prometheus-client) for /metrics;
-#   - Debian's Chromium and, from npm, playwright-core (drives it for the dashboard test) in
+#   - Debian's Chromium and, from npm, playwright-core (drives it for the dashboard test) and
+#     oidc-provider (the identity provider of the single sign-on tests) in
 #     ${CAREWATCH_NODE_DIR:-~/.cache/carewatch-node}.
 set -euo pipefail
 
@@ -31,15 +32,19 @@ else
   echo "setup: Debian packages present"
 fi
 
-# ---- playwright-core (npm) ---------------------------------------------------------------------
-# Only the driver library: it launches Debian's /usr/bin/chromium, so no browser download.
+# ---- playwright-core and oidc-provider (npm) ----------------------------------------------------
+# playwright-core is only the driver library: it launches Debian's /usr/bin/chromium, so no
+# browser download. oidc-provider (OpenID-certified) is the identity provider of the single
+# sign-on tests (tests/oidc/provider.mjs).
 node_dir="${CAREWATCH_NODE_DIR:-$HOME/.cache/carewatch-node}"
-if [ -f "$node_dir/node_modules/playwright-core/package.json" ]; then
-  echo "setup: playwright-core present in $node_dir"
+if [ -f "$node_dir/node_modules/playwright-core/package.json" ] \
+  && [ -f "$node_dir/node_modules/oidc-provider/package.json" ]; then
+  echo "setup: playwright-core and oidc-provider present in $node_dir"
 else
-  echo "setup: npm install playwright-core into $node_dir"
+  echo "setup: npm install playwright-core oidc-provider into $node_dir"
   mkdir -p "$node_dir"
-  (cd "$node_dir" && { [ -f package.json ] || npm init -y >/dev/null; } && npm install --silent --no-audit --no-fund playwright-core@1 >/dev/null)
+  (cd "$node_dir" && { [ -f package.json ] || npm init -y >/dev/null; } \
+    && npm install --silent --no-audit --no-fund playwright-core@1 oidc-provider@9 >/dev/null)
 fi
 
 # ---- Python venv -----------------------------------------------------------------------------

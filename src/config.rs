@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
+mod oidc;
+
 /// The TOML file. Every key is optional; unknown keys are an error.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +85,9 @@ pub struct AuthConfig {
     pub failed_login_burst: Option<u32>,
     /// One failed login is forgiven per this many seconds (default 1).
     pub failed_login_refill_secs: Option<f64>,
+    /// Single sign-on with the hospital's identity provider.
+    #[serde(default)]
+    pub oidc: oidc::OidcFile,
 }
 
 /// `[query]`: limits for every SQL statement (HTTP, Postgres wire, dashboard).
@@ -225,6 +230,8 @@ pub struct ServeConfig {
     pub metrics_require_token: bool,
     pub http_limits: carewatch_ingest::server::Limits,
     pub login_limits: carewatch_auth::limiter::Limits,
+    /// Single sign-on (`None`: carewatch tokens only).
+    pub oidc: Option<carewatch_auth::oidc::OidcConfig>,
 }
 
 /// Flag/env values (each `None` when not given).
@@ -241,6 +248,8 @@ pub struct Overrides {
     pub tls_key: Option<PathBuf>,
     pub rules_dir: Option<PathBuf>,
     pub webhook_url: Option<String>,
+    pub oidc_issuer: Option<String>,
+    pub oidc_audience: Option<String>,
     /// The directory of the config file (for its `rules/`).
     pub config_dir: Option<PathBuf>,
 }
@@ -409,6 +418,7 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         }
         login_limits.refill = Duration::from_secs_f64(s);
     }
+    let oidc = oidc::resolve(o.oidc_issuer, o.oidc_audience, file.auth.oidc)?;
     let mut http_limits = carewatch_ingest::server::Limits::default();
     let h = &file.http;
     if let Some(n) = h.max_connections {
@@ -424,6 +434,7 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         query_limits,
         metrics_require_token,
         login_limits,
+        oidc,
         alerts_mqtt,
         rules_dir,
         alert_engine,

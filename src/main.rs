@@ -117,6 +117,13 @@ struct ServeArgs {
     /// Receiver for every alert transition (JSON POST).
     #[arg(long, env = "CAREWATCH_WEBHOOK_URL")]
     webhook_url: Option<String>,
+    /// OpenID Connect issuer whose JWTs are accepted on every API and whose sign-in the
+    /// dashboard uses (config `[auth.oidc] issuer`).
+    #[arg(long, env = "CAREWATCH_OIDC_ISSUER")]
+    oidc_issuer: Option<String>,
+    /// The audience (`aud`) tokens for carewatch carry (config `[auth.oidc] audience`).
+    #[arg(long, env = "CAREWATCH_OIDC_AUDIENCE")]
+    oidc_audience: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -321,6 +328,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 tls_key: a.tls_key,
                 rules_dir: a.rules_dir,
                 webhook_url: a.webhook_url,
+                oidc_issuer: a.oidc_issuer,
+                oidc_audience: a.oidc_audience,
                 config_dir: a
                     .config
                     .as_ref()

@@ -97,8 +97,13 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     let shutdown = CancellationToken::new();
     // One credential check for every wire; credentials revoked by `carewatch token revoke` on
     // the data directory while we run are picked up by re-reading the registry twice a second.
-    let auth =
+    let mut auth =
         carewatch_auth::Authenticator::with_limits(pipeline.registry.clone(), c.login_limits);
+    if let Some(o) = &c.oidc {
+        auth =
+            auth.with_oidc(carewatch_auth::oidc::Oidc::new(o.clone()).map_err(anyhow::Error::msg)?);
+        tracing::info!(issuer = %o.issuer, "single sign-on: accepting tokens from the issuer");
+    }
     tokio::spawn(refresh_registry(
         pipeline.registry.clone(),
         shutdown.clone(),

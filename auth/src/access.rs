@@ -9,22 +9,48 @@ pub fn sees_all_patients(p: &Principal) -> bool {
     matches!(p.role, Role::Admin | Role::Analyst)
 }
 
-/// The care team a care manager acts for (`None` for other roles, and for a care manager whose
-/// subject is not a valid team, e.g. `unassigned`).
-pub fn team_of(p: &Principal) -> Option<&str> {
-    match p.role {
-        Role::CareManager => p.subject.as_deref().filter(|t| valid_team(t)),
-        _ => None,
+/// The care teams a care manager acts for: a team credential's one team, or every team in a
+/// person's token (a person may belong to several). Empty for other roles, and never holds
+/// something that is not a valid team (e.g. `unassigned`).
+pub fn teams(p: &Principal) -> Vec<&str> {
+    if p.role != Role::CareManager {
+        return Vec::new();
+    }
+    match &p.person {
+        Some(person) => person
+            .teams
+            .iter()
+            .map(String::as_str)
+            .filter(|t| valid_team(t))
+            .collect(),
+        None => p
+            .subject
+            .as_deref()
+            .filter(|t| valid_team(t))
+            .into_iter()
+            .collect(),
     }
 }
 
+/// Whether a care manager acts for `team` (false for other roles and for non-teams).
+pub fn in_team(p: &Principal, team: &str) -> bool {
+    valid_team(team) && teams(p).contains(&team)
+}
+
+/// The first care team a care manager acts for (see [`teams`] for all of them).
+pub fn team_of(p: &Principal) -> Option<&str> {
+    teams(p).into_iter().next()
+}
+
 /// Whether `p` may see `patient` now: everyone for admins and analysts; for a care manager,
-/// only while the patient's current care team is theirs; never for devices.
+/// only while the patient's current care team is one of theirs; never for devices.
 pub fn may_see_patient(registry: &Registry, p: &Principal, patient: &str) -> bool {
     if sees_all_patients(p) {
         return true;
     }
-    team_of(p).is_some_and(|team| registry.care_team(patient).as_deref() == Some(team))
+    registry
+        .care_team(patient)
+        .is_some_and(|team| in_team(p, &team))
 }
 
 #[cfg(test)]
@@ -57,6 +83,32 @@ mod tests {
         assert!(!may_see_patient(&r, &unassigned, "nobody"));
         assert!(!may_see_patient(&r, &who(Role::Device, Some("w1")), "p1"));
         assert!(may_see_patient(&r, &who(Role::Analyst, None), "p1"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_person_in_several_teams_sees_the_union() {
+        use carewatch_store::registry::Person;
+        let dir = std::env::temp_dir().join(format!("cw-access-p-{}", std::process::id()));
+        let (r, _) = Registry::open(&dir).expect("open");
+        r.set_care_team("p1", "north").expect("team");
+        r.set_care_team("p2", "south").expect("team");
+        r.set_care_team("p3", "east").expect("team");
+        let mut alice = who(Role::CareManager, None);
+        alice.person = Some(Person {
+            sub: "alice".into(),
+            name: "Alice".into(),
+            teams: vec!["north".into(), "south".into(), "unassigned".into()],
+            expires_us: i64::MAX,
+        });
+        assert!(may_see_patient(&r, &alice, "p1") && may_see_patient(&r, &alice, "p2"));
+        assert!(!may_see_patient(&r, &alice, "p3"));
+        assert_eq!(
+            teams(&alice),
+            vec!["north", "south"],
+            "unassigned is not a team"
+        );
+        assert!(!in_team(&alice, "unassigned"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

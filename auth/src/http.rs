@@ -1,6 +1,9 @@
 //! The one HTTP credential extractor: `Authorization: Bearer <token>` (scheme case-insensitive),
 //! checked by the [`Authenticator`] that `serve` installs as a request extension, with the
-//! caller's address from axum's `ConnectInfo` for the failed-login limit.
+//! caller's address from axum's `ConnectInfo` for the failed-login limit. Without a bearer
+//! token, a dashboard session cookie ([`crate::session`]) identifies the caller; then every
+//! state-changing method (anything but GET, HEAD, OPTIONS) must carry the session's CSRF token
+//! in `X-CSRF-Token`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -47,17 +50,40 @@ pub fn peer(parts: &Parts) -> Option<IpAddr> {
         .map(|c| c.0.0.ip())
 }
 
-/// Checks the request's bearer token.
-pub fn authenticate(parts: &Parts) -> Result<(Principal, Authenticator), AuthError> {
+/// Checks the request's bearer token, else its session cookie (with the CSRF rule for
+/// state-changing methods); for a session, also the signal of its end.
+pub async fn authenticate(parts: &Parts) -> Result<(Principal, Authenticator, Ended), AuthError> {
     let auth = parts
         .extensions
         .get::<Authenticator>()
         .cloned()
         .ok_or(AuthError::Forbidden("authentication is not configured"))?;
-    let token = bearer(&parts.headers).ok_or(AuthError::Missing)?;
-    let p = auth.login(token, peer(parts))?;
-    Ok((p, auth))
+    if let Some(token) = bearer(&parts.headers) {
+        let p = auth.login(token, peer(parts)).await?;
+        return Ok((p, auth, None));
+    }
+    let cookie = crate::session::cookie(&parts.headers, crate::session::COOKIE)
+        .filter(|c| !c.is_empty())
+        .ok_or(AuthError::Missing)?;
+    let s = auth.sessions().find(cookie).ok_or(AuthError::Invalid)?;
+    let safe = matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let sent = parts
+        .headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok());
+    if !safe && !sent.is_some_and(|t| crate::session::same_secret(t, &s.csrf)) {
+        tracing::info!("request refused: session cookie without its CSRF token");
+        return Err(AuthError::Forbidden("a CSRF token is required"));
+    }
+    let ended = Some(s.ended());
+    Ok((s.principal, auth, ended))
 }
+
+/// The end of a dashboard session (sign-out), when the caller came with one.
+pub type Ended = Option<tokio::sync::watch::Receiver<bool>>;
 
 /// The authenticated caller of an HTTP request (any role; check with [`Caller::require`]).
 #[derive(Debug, Clone)]
@@ -66,6 +92,8 @@ pub struct Caller {
     pub principal: Principal,
     /// The authenticator that vouched for them (for stream revocation).
     pub auth: Authenticator,
+    /// Signed out: set when the caller came with a dashboard session.
+    pub session_end: Ended,
 }
 
 impl Caller {
@@ -83,9 +111,21 @@ impl Caller {
         )
     }
 
-    /// Completes when this caller's credential stops working (streams end with it).
+    /// Completes when this caller's credential stops working (streams end with it): revoked or
+    /// expired, or their dashboard session signed out.
     pub async fn until_invalid(&self) {
-        self.auth.until_invalid(&self.principal).await;
+        let signed_out = async {
+            match self.session_end.clone() {
+                Some(mut rx) => {
+                    let _ = rx.wait_for(|ended| *ended).await;
+                }
+                None => futures::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = self.auth.until_invalid(&self.principal) => {}
+            () = signed_out => {}
+        }
     }
 
     /// Ends `stream` when this caller's credential stops working (revoked, expired, rotated):
@@ -104,8 +144,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = AuthError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let (principal, auth) = authenticate(parts)?;
-        Ok(Caller { principal, auth })
+        let (principal, auth, session_end) = authenticate(parts).await?;
+        Ok(Caller {
+            principal,
+            auth,
+            session_end,
+        })
     }
 }
 
@@ -125,7 +169,7 @@ impl IntoResponse for AuthError {
                     r.headers_mut().insert(header::RETRY_AFTER, v);
                 }
             }
-            AuthError::Forbidden(_) => {}
+            AuthError::Forbidden(_) | AuthError::Unavailable(_) => {}
         }
         r
     }

@@ -5,14 +5,23 @@
 //! [`Authenticator`], and checks roles and care-team scope with the functions here, so a rule is
 //! written once. Failed attempts are rate-limited per source address ([`limiter`]).
 //!
+//! Secrets are carewatch's own tokens (the registry) or, with an issuer configured, JWTs from
+//! the hospital's identity provider ([`oidc`]): both go through [`Authenticator::login`], so
+//! every wire accepts the same credentials and counts the same failures.
+//!
 //! Modules: [`limiter`] (failed-login buckets), [`http`] (the axum extractor and error body),
-//! [`access`] (role and care-team checks).
+//! [`access`] (role and care-team checks), [`oidc`] (issuer keys and JWT checks), [`session`]
+//! and [`signin`] (the dashboard's sign-in with the issuer: server-side sessions, CSRF).
 //!
 //! Must not: log a secret, a patient id or a device id above debug; hold a lock across `.await`.
 
 pub mod access;
+mod exchange;
 pub mod http;
 pub mod limiter;
+pub mod oidc;
+pub mod session;
+pub mod signin;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,7 +29,7 @@ use std::time::Duration;
 
 use carewatch_store::registry::{Principal, Registry, Role};
 
-pub use access::{may_see_patient, sees_all_patients, team_of};
+pub use access::{in_team, may_see_patient, sees_all_patients, team_of, teams};
 pub use http::Caller;
 
 /// Why a credential was not accepted.
@@ -34,6 +43,8 @@ pub enum AuthError {
     Forbidden(&'static str),
     /// Too many failed attempts from this source; retry after the given time.
     TooManyAttempts(Duration),
+    /// The identity provider cannot be reached to check the credential.
+    Unavailable(&'static str),
 }
 
 impl AuthError {
@@ -43,6 +54,7 @@ impl AuthError {
             AuthError::Missing | AuthError::Invalid => 401,
             AuthError::Forbidden(_) => 403,
             AuthError::TooManyAttempts(_) => 429,
+            AuthError::Unavailable(_) => 503,
         }
     }
     /// A stable machine-readable code.
@@ -51,6 +63,7 @@ impl AuthError {
             AuthError::Missing | AuthError::Invalid => "unauthorized",
             AuthError::Forbidden(_) => "forbidden",
             AuthError::TooManyAttempts(_) => "too_many_attempts",
+            AuthError::Unavailable(_) => "unavailable",
         }
     }
     /// Words safe to show the caller (never which part of a secret was wrong).
@@ -58,7 +71,7 @@ impl AuthError {
         match self {
             AuthError::Missing => "a bearer token is required",
             AuthError::Invalid => "unknown, revoked or expired credential",
-            AuthError::Forbidden(why) => why,
+            AuthError::Forbidden(why) | AuthError::Unavailable(why) => why,
             AuthError::TooManyAttempts(_) => {
                 "too many failed logins from this address; retry later"
             }
@@ -79,6 +92,8 @@ impl std::error::Error for AuthError {}
 pub struct Authenticator {
     registry: Arc<Registry>,
     limiter: Arc<limiter::Limiter>,
+    oidc: Option<Arc<oidc::Oidc>>,
+    sessions: Arc<session::Sessions>,
 }
 
 impl Authenticator {
@@ -92,7 +107,15 @@ impl Authenticator {
         Authenticator {
             registry,
             limiter: Arc::new(limiter::Limiter::new(limits)),
+            oidc: None,
+            sessions: Arc::default(),
         }
+    }
+
+    /// Also accepts JWTs from this issuer.
+    pub fn with_oidc(mut self, oidc: oidc::Oidc) -> Self {
+        self.oidc = Some(Arc::new(oidc));
+        self
     }
 
     /// The registry behind it.
@@ -100,50 +123,62 @@ impl Authenticator {
         &self.registry
     }
 
+    /// Dashboard sessions (signed in through the identity provider).
+    pub fn sessions(&self) -> &Arc<session::Sessions> {
+        &self.sessions
+    }
+
+    /// The identity provider, when one is configured.
+    pub fn oidc(&self) -> Option<&Arc<oidc::Oidc>> {
+        self.oidc.as_ref()
+    }
+
     /// Checks a presented secret (bearer token, Postgres password, MQTT password) from `peer`
-    /// (None when unknown, e.g. in-process callers). A source with too many recent failures is
-    /// refused before the secret is looked at.
-    pub fn login(&self, secret: &str, peer: Option<IpAddr>) -> Result<Principal, AuthError> {
+    /// (None when unknown, e.g. in-process callers): a JWT from the configured issuer, else a
+    /// carewatch token. A source with too many recent failures is refused before the secret is
+    /// looked at.
+    pub async fn login(&self, secret: &str, peer: Option<IpAddr>) -> Result<Principal, AuthError> {
         if let Some(wait) = peer.and_then(|ip| self.limiter.blocked(ip)) {
             return Err(AuthError::TooManyAttempts(wait));
         }
         let secret = secret.trim();
-        match (!secret.is_empty())
-            .then(|| self.registry.authenticate(secret))
-            .flatten()
-        {
-            Some(p) => Ok(p),
-            None => {
-                if let Some(ip) = peer {
-                    self.limiter.failed(ip);
-                }
-                tracing::info!("login refused: unknown, revoked or expired credential");
-                Err(AuthError::Invalid)
-            }
+        let res = match &self.oidc {
+            Some(o) if oidc::looks_like_jwt(secret) => o.verify(secret).await,
+            _ => (!secret.is_empty())
+                .then(|| self.registry.authenticate(secret))
+                .flatten()
+                .ok_or_else(|| {
+                    tracing::info!("login refused: unknown, revoked or expired credential");
+                    AuthError::Invalid
+                }),
+        };
+        if let (Err(AuthError::Invalid), Some(ip)) = (&res, peer) {
+            self.limiter.failed(ip);
         }
+        res
     }
 
     /// [`Authenticator::login`] plus a role check.
-    pub fn login_as(
+    pub async fn login_as(
         &self,
         secret: &str,
         peer: Option<IpAddr>,
         roles: &[Role],
         why: &'static str,
     ) -> Result<Principal, AuthError> {
-        let p = self.login(secret, peer)?;
+        let p = self.login(secret, peer).await?;
         require(&p, roles, why)?;
         Ok(p)
     }
 
     /// MQTT device login: username = device id, password = the device's secret.
-    pub fn device_login(
+    pub async fn device_login(
         &self,
         device_id: &str,
         secret: &str,
         peer: Option<IpAddr>,
     ) -> Result<Principal, AuthError> {
-        let p = self.login(secret, peer)?;
+        let p = self.login(secret, peer).await?;
         if p.role == Role::Device && p.subject.as_deref() == Some(device_id) {
             Ok(p)
         } else {
@@ -154,15 +189,47 @@ impl Authenticator {
         }
     }
 
-    /// Whether the principal's credential still works (revoked, expired or rotated ones do not).
+    /// Whether the principal's credential still works (revoked, expired or rotated ones do
+    /// not; a person's token stops at its `exp`).
     pub fn still_valid(&self, p: &Principal) -> bool {
-        self.registry.still_valid(&p.id)
+        still_valid(&self.registry, p)
     }
 
     /// Completes when the principal's credential stops working; long-lived sessions and streams
     /// `select!` on it and end.
     pub async fn until_invalid(&self, p: &Principal) {
-        self.registry.until_invalid(&p.id).await;
+        until_invalid(&self.registry, p).await;
+    }
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// RFC 3339 UTC of µs since the epoch.
+pub(crate) fn iso(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// Whether `p`'s credential still works: a carewatch credential until revoked or expired in the
+/// registry, a person's token until its expiry.
+pub fn still_valid(registry: &Registry, p: &Principal) -> bool {
+    match &p.person {
+        Some(person) => now_us() < person.expires_us,
+        None => registry.still_valid(&p.id),
+    }
+}
+
+/// Completes when `p`'s credential stops working (see [`still_valid`]).
+pub async fn until_invalid(registry: &Registry, p: &Principal) {
+    match &p.person {
+        Some(person) => {
+            let left = u64::try_from(person.expires_us - now_us()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_micros(left)).await;
+        }
+        None => registry.until_invalid(&p.id).await,
     }
 }
 

@@ -17,9 +17,9 @@
 //! or revoking a token closes the connection at once, and no acknowledgement is sent once the
 //! credential is no longer valid.
 //!
-//! Care managers and admins log in with their token as the password (any username) and may
-//! subscribe to alert topics, when alert publishing is enabled: a care manager to
-//! `carewatch/alerts/{own care team}` only, an admin to any `carewatch/alerts/…` filter. Alert
+//! Care managers and admins log in with their token — or, with an issuer configured, their
+//! JWT — as the password (any username) and may subscribe to alert topics, when alert
+//! publishing is enabled: a care manager to `carewatch/alerts/{one of their care teams}` only, an admin to any `carewatch/alerts/…` filter. Alert
 //! messages are delivered at QoS 0 (a live feed: the durable record is the alert history and
 //! the webhook); such sessions may not publish.
 
@@ -66,11 +66,10 @@ fn may_subscribe(who: &Principal, filter: &str) -> bool {
     };
     match who.role {
         Role::Admin => !rest.is_empty(),
-        // Their own team only: never `unassigned`, never a wildcard.
-        Role::CareManager => who
-            .subject
-            .as_deref()
-            .is_some_and(|team| valid_team(team) && team == rest && !team.contains(['+', '#'])),
+        // Their own teams only: never `unassigned`, never a wildcard.
+        Role::CareManager => {
+            carewatch_auth::in_team(who, rest) && valid_team(rest) && !rest.contains(['+', '#'])
+        }
         _ => false,
     }
 }
@@ -148,13 +147,14 @@ struct Edge {
     peer: std::net::IpAddr,
 }
 
-fn login(
+/// The password is a device secret, a carewatch token or (issuer configured) a person's JWT.
+async fn login(
     edge: &Edge,
     connect: &rumqttc::mqttbytes::v4::Connect,
     outbound: Option<&Outbound>,
 ) -> Option<Login> {
     let l = connect.login.as_ref()?;
-    let who = edge.auth.login(&l.password, Some(edge.peer)).ok()?;
+    let who = edge.auth.login(&l.password, Some(edge.peer)).await.ok()?;
     match who.role {
         Role::Device if who.subject.as_deref() == Some(l.username.as_str()) => {
             Some(Login::Device(who))
@@ -188,7 +188,7 @@ async fn connection<S>(
         Ok(Some(Ok(Packet::Connect(c)))) => c,
         _ => return,
     };
-    let Some(who) = login(&edge, &connect, outbound.as_ref()) else {
+    let Some(who) = login(&edge, &connect, outbound.as_ref()).await else {
         tracing::info!("MQTT login refused");
         let _ = framed
             .send(Packet::ConnAck(ConnAck::new(
@@ -309,7 +309,7 @@ async fn device_session<S>(
         format: None,
     };
     let registry = pipeline.registry.clone();
-    let gone = registry.until_invalid(&who.id);
+    let gone = carewatch_auth::until_invalid(&registry, &who);
     tokio::pin!(gone);
     let mut acks = Acks {
         queue: FuturesOrdered::new(),
@@ -324,7 +324,7 @@ async fn device_session<S>(
             }
             Some(done) = acks.queue.next(), if !acks.queue.is_empty() => match done {
                 Ok(Some(ack)) => {
-                    if !registry.still_valid(&who.id) || framed.send(ack).await.is_err() {
+                    if !carewatch_auth::still_valid(&registry, &who) || framed.send(ack).await.is_err() {
                         return;
                     }
                 }
@@ -354,7 +354,7 @@ async fn device_session<S>(
                         // Finish what is in flight, then close.
                         while let Some(done) = acks.queue.next().await {
                             if let Ok(Some(ack)) = done
-                                && registry.still_valid(&who.id)
+                                && carewatch_auth::still_valid(&registry, &who)
                             {
                                 let _ = framed.send(ack).await;
                             }
@@ -380,7 +380,7 @@ async fn subscriber_session<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut filters: Vec<String> = Vec::new();
-    let gone = registry.until_invalid(&who.id);
+    let gone = carewatch_auth::until_invalid(&registry, &who);
     tokio::pin!(gone);
     loop {
         tokio::select! {

@@ -1,6 +1,8 @@
 //! The access audit trail (HIPAA): every SQL query (HTTP and Postgres wire) and every FHIR
 //! read records who, when, through which channel, what statement or search, which tables the
-//! statement's plan read (`tables`, comma-separated in the table), and how many rows.
+//! statement's plan read (`tables`, comma-separated in the table), and how many rows. A person
+//! signed in through the identity provider is named (`person`: the issuer's subject,
+//! `person_name`: their display name), not only the credential.
 //!
 //! Append-only JSON lines in `audit.jsonl` in the data directory, each line synced to disk
 //! before the answer leaves. Readable as the `audit_log` table — by admins only.
@@ -68,6 +70,8 @@ impl AuditLog {
         let line = json!({
             "time_us": chrono::Utc::now().timestamp_micros(),
             "principal": who.id,
+            "person": who.person.as_ref().map(|p| &p.sub),
+            "person_name": who.person.as_ref().map(|p| &p.name),
             "role": who.role.as_str(),
             "channel": channel,
             "statement": what,
@@ -102,6 +106,7 @@ impl AuditLog {
             StringBuilder::new(),
         );
         let mut n = UInt64Builder::new();
+        let (mut ps, mut pn) = (StringBuilder::new(), StringBuilder::new());
         for line in text.lines() {
             let Ok(v) = serde_json::from_str::<Value>(line) else {
                 continue;
@@ -118,6 +123,8 @@ impl AuditLog {
             tb.append_value(names.join(","));
             n.append_option(v["rows"].as_u64());
             o.append_value(v["outcome"].as_str().unwrap_or(""));
+            ps.append_option(v["person"].as_str());
+            pn.append_option(v["person_name"].as_str());
         }
         let cols: Vec<ArrayRef> = vec![
             Arc::new(t.finish()),
@@ -128,6 +135,8 @@ impl AuditLog {
             Arc::new(tb.finish()),
             Arc::new(n.finish()),
             Arc::new(o.finish()),
+            Arc::new(ps.finish()),
+            Arc::new(pn.finish()),
         ];
         Ok(RecordBatch::try_new(schema.clone(), cols)?)
     }
@@ -167,6 +176,8 @@ impl AuditTable {
             Field::new("tables", DataType::Utf8, false),
             Field::new("rows", DataType::UInt64, true),
             Field::new("outcome", DataType::Utf8, false),
+            Field::new("person", DataType::Utf8, true),
+            Field::new("person_name", DataType::Utf8, true),
         ]));
         AuditTable { log, schema }
     }

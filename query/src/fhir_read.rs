@@ -91,12 +91,11 @@ fn scope(s: &SqlState, p: &Principal, df: DataFrame) -> Result<DataFrame, Respon
     match p.role {
         Role::Analyst | Role::Admin => Ok(df),
         Role::CareManager => {
-            let team = carewatch_auth::team_of(p).unwrap_or_default();
             let patients: Vec<_> = s
                 .registry
                 .care_teams()
                 .into_iter()
-                .filter(|(_, t)| !team.is_empty() && t == team)
+                .filter(|(_, t)| carewatch_auth::in_team(p, t))
                 .map(|(p, _)| lit(p))
                 .collect();
             if patients.is_empty() {

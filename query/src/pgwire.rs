@@ -71,7 +71,7 @@ impl Conn {
         let p = lock(&self.principal)
             .clone()
             .ok_or_else(|| user_error("28000", "not logged in"))?;
-        if !registry.still_valid(&p.id) {
+        if !carewatch_auth::still_valid(registry, &p) {
             return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
                 "FATAL".into(),
                 "28000".into(),
@@ -91,9 +91,9 @@ impl Conn {
     /// Completes when the logged-in credential stops being valid (never before login).
     async fn until_invalid(&self, registry: &Registry) {
         loop {
-            let id = lock(&self.principal).as_ref().map(|p| p.id.clone());
-            match id {
-                Some(id) => return registry.until_invalid(&id).await,
+            let who = lock(&self.principal).clone();
+            match who {
+                Some(p) => return carewatch_auth::until_invalid(registry, &p).await,
                 None => self.logged_in.notified().await,
             }
         }

@@ -5,7 +5,9 @@
 //!   from memory, no Parquet scan), `GET /v1/patients/{id}/vitals` (bucketed min/max/avg from
 //!   SQL), `GET /v1/stream` (SSE of vitals and alert changes).
 //! - the dashboard at `/` (static HTML, CSS and our own small script; charts are SVG drawn in
-//!   the page from the feeds — no third-party code).
+//!   the page from the feeds — no third-party code). With an identity provider configured,
+//!   people sign in through it (`carewatch_auth::signin`, a session cookie and a CSRF token);
+//!   otherwise by pasting a care-manager token.
 //! - [`metrics`]: `/metrics` in Prometheus text format, `/readyz`.
 //!
 //! A care manager sees only their care team's patients, in every feed, chart and stream.
@@ -131,6 +133,7 @@ pub fn router(state: WebState) -> Router {
         .route("/v1/stream", get(stream))
         .route("/metrics", get(metrics::metrics))
         .route("/readyz", get(metrics::ready))
+        .merge(carewatch_auth::signin::routes())
         .with_state(state)
 }
 
@@ -166,7 +169,7 @@ fn visible_patients(s: &WebState, who: &Principal) -> BTreeSet<String> {
     match who.role {
         Role::CareManager => teams
             .into_iter()
-            .filter(|(_, t)| Some(t.as_str()) == carewatch_auth::team_of(who))
+            .filter(|(_, t)| carewatch_auth::in_team(who, t))
             .map(|(p, _)| p)
             .collect(),
         _ => {

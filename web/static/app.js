@@ -8,6 +8,15 @@ const CHARTS = [
   { title: 'Blood pressure (mmHg)', codes: ['8480-6', '8462-4'] },
 ];
 let token = sessionStorage.getItem('carewatch-token') || '';
+// With single sign-on the browser holds a session cookie (HttpOnly) and the page a CSRF token
+// for state-changing calls; without it, a pasted token is sent as a bearer token.
+let sso = false;
+let csrf = '';
+
+function authHeaders(method) {
+  if (sso) return method && method !== 'GET' ? { 'X-CSRF-Token': csrf } : {};
+  return { Authorization: 'Bearer ' + token };
+}
 let patients = [];
 let selected = null;
 let hours = 1;
@@ -15,8 +24,8 @@ let streamAbort = null;
 let refreshTimer = null;
 
 async function api(path, opts = {}) {
-  const r = await fetch(path, { ...opts, headers: { ...(opts.headers || {}), Authorization: 'Bearer ' + token } });
-  if (r.status === 401) { signOut('Your token was not accepted.'); throw new Error('unauthorized'); }
+  const r = await fetch(path, { ...opts, headers: { ...(opts.headers || {}), ...authHeaders(opts.method) } });
+  if (r.status === 401) { signOut(sso ? 'Your session has ended; please sign in again.' : 'Your token was not accepted.'); throw new Error('unauthorized'); }
   if (!r.ok) throw new Error((await r.json().catch(() => ({}))).message || r.statusText);
   return r.json();
 }
@@ -26,10 +35,24 @@ function esc(s) {
 }
 
 function signOut(msg) {
-  token = ''; sessionStorage.removeItem('carewatch-token');
+  token = ''; csrf = ''; sessionStorage.removeItem('carewatch-token');
   if (streamAbort) streamAbort.abort();
   $('#app').hidden = true; $('#signin-panel').hidden = false; $('#signout').hidden = true;
   $('#signin-error').textContent = msg || '';
+}
+
+// Single sign-on: end the session here, then at the identity provider (RP-initiated logout).
+async function ssoSignOut() {
+  const r = await fetch('/auth/logout', { method: 'POST', headers: { 'X-CSRF-Token': csrf } });
+  const to = r.ok ? (await r.json()).redirect : '/';
+  signOut('');
+  window.location.assign(to || '/');
+}
+
+async function showApp(who) {
+  $('#signin-panel').hidden = true; $('#app').hidden = false; $('#signout').hidden = false;
+  $('#who').textContent = who;
+  live();
 }
 
 async function signIn(t) {
@@ -41,9 +64,7 @@ async function signIn(t) {
     return;
   }
   sessionStorage.setItem('carewatch-token', token);
-  $('#signin-panel').hidden = true; $('#app').hidden = false; $('#signout').hidden = false;
-  $('#who').textContent = 'signed in';
-  live();
+  showApp('signed in');
 }
 
 async function refresh() {
@@ -154,7 +175,7 @@ async function live() {
   if (streamAbort) streamAbort.abort();
   streamAbort = new AbortController();
   try {
-    const r = await fetch('/v1/stream', { headers: { Authorization: 'Bearer ' + token }, signal: streamAbort.signal });
+    const r = await fetch('/v1/stream', { headers: authHeaders('GET'), signal: streamAbort.signal });
     if (!r.ok || !r.body) throw new Error('stream refused');
     $('#live').classList.remove('off');
     const reader = r.body.getReader();
@@ -180,7 +201,7 @@ async function live() {
     if (e.name === 'AbortError') return;
   }
   $('#live').classList.add('off');
-  if (token) setTimeout(live, 3000);
+  if (token || csrf) setTimeout(live, 3000);
 }
 
 let vitalsDirty = false;
@@ -198,7 +219,7 @@ function onVitals(items) {
 }
 
 $('#signin-form').onsubmit = (e) => { e.preventDefault(); signIn($('#token').value); };
-$('#signout').onclick = () => signOut('');
+$('#signout').onclick = () => (sso ? ssoSignOut() : signOut(''));
 document.querySelectorAll('#range button').forEach((b) => {
   b.onclick = () => {
     hours = Number(b.dataset.hours);
@@ -206,4 +227,17 @@ document.querySelectorAll('#range button').forEach((b) => {
     if (selected) loadCharts(selected);
   };
 });
-if (token) signIn(token);
+async function start() {
+  const cfg = await fetch('/auth/config').then((r) => r.json()).catch(() => ({ sso: false }));
+  sso = !!cfg.sso;
+  $('#sso-panel').hidden = !sso;
+  $('#signin-form').hidden = sso;
+  if (!sso) { if (token) signIn(token); return; }
+  const r = await fetch('/auth/session');
+  if (!r.ok) return;
+  const me = await r.json();
+  csrf = me.csrf;
+  try { await refresh(); } catch (e) { return; }
+  showApp(me.name || me.sub);
+}
+start();

@@ -49,7 +49,8 @@ impl TokenStartup {
 
     /// The password check: the shared authenticator (with its failed-login limits per source
     /// address), for an analyst or admin token.
-    fn check_password(&self, password: &str, peer: std::net::IpAddr) -> Option<Principal> {
+    /// The password may be a carewatch token or, with an issuer configured, a JWT from it.
+    async fn check_password(&self, password: &str, peer: std::net::IpAddr) -> Option<Principal> {
         self.auth
             .login_as(
                 password,
@@ -57,6 +58,7 @@ impl TokenStartup {
                 &[Role::Analyst, Role::Admin],
                 "SQL is for analyst and admin credentials",
             )
+            .await
             .ok()
     }
 }
@@ -91,7 +93,8 @@ impl StartupHandler for TokenStartup {
             PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
                 let pwd = pwd.into_password()?;
                 let user = client.metadata().get("user").cloned().unwrap_or_default();
-                let Some(p) = self.check_password(&pwd.password, client.socket_addr().ip()) else {
+                let peer = client.socket_addr().ip();
+                let Some(p) = self.check_password(&pwd.password, peer).await else {
                     tracing::info!("postgres wire login refused");
                     return Err(PgWireError::InvalidPassword(user));
                 };
