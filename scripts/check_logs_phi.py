@@ -23,6 +23,11 @@ Matching: each id must appear as a whole token -- not preceded or followed by a 
 not in `malice`, `alice_smith` or `alice-2`, and device `w1` is not found in `w10` or `hw1`. Ids of
 a single character would match ordinary words, so they are reported as unusable and skipped (the
 harness does not use any). The ids of all tests are checked against the logs of all tests.
+
+Shapes: besides the recorded ids, any JSON Web Token (`eyJ…`.`eyJ…`.`…`, whoever issued it) and
+any value of carewatch's session or sign-in cookies (`__Host-carewatch-session=…`) in a record at
+INFO or above is a finding too, so a token the harness never saw (one a browser or an identity
+provider made) cannot slip through.
 """
 import json
 import re
@@ -38,6 +43,11 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TEXT_RECORD = re.compile(r"^\s*(?:\d{4}-\d\d-\d\dT\S+\s+)?(TRACE|DEBUG|INFO|WARN|ERROR)\s")
 BOUND = r"A-Za-z0-9_\-"
 STDOUT = "[stdout] "  # tests/common/mod.rs STDOUT
+# Secrets recognised by their shape (see the docstring).
+SHAPES = re.compile(
+    r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"
+    r"|__Host-carewatch-(?:session|login)=[A-Za-z0-9_-]{8,}"
+)
 
 
 def load_ids(d: Path):
@@ -102,12 +112,14 @@ def check(d: Path, checked=CHECKED):
                     records += 1
                 else:
                     text = line
-                if level not in checked or rx is None:
+                if level not in checked:
                     continue
-                hits = sorted({m.group(0) for m in rx.finditer(text)})
-                if hits:
-                    what = ", ".join(f"{usable[h]} {h!r}" for h in hits)
-                    findings.append(f"{f}:{n}: {level} record contains {what}: {line[:300]}")
+                hits = sorted({m.group(0) for m in rx.finditer(text)}) if rx is not None else []
+                what = [f"{usable[h]} {h!r}" for h in hits]
+                what += [f"secret-shaped {m.group(0)[:40]!r}" for m in SHAPES.finditer(text)
+                         if m.group(0) not in usable]
+                if what:
+                    findings.append(f"{f}:{n}: {level} record contains {', '.join(what)}: {line[:300]}")
     return findings, len(logs), len(usable), records, console
 
 
@@ -159,6 +171,11 @@ CASES = [
     ("console_line_inside_a_record", "2026-11-30T01:00:00Z  WARN carewatch: failed:\n"
                                      "[stdout] admin token: cw_Zx9Q-secret_tok\n"
                                      "  device w1 gone\n", [3]),
+    ("info_jwt_nobody_recorded",
+     "2026-11-30T01:00:00Z  INFO carewatch_auth: refused eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl\n", [1]),
+    ("info_session_cookie", "2026-11-30T01:00:00Z  INFO carewatch: cookie: __Host-carewatch-session=Qk9HVVMtc2Vzc2lvbg\n", [1]),
+    ("debug_jwt_may", "2026-11-30T01:00:00Z DEBUG carewatch_auth: eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln\n", []),
+    ("cookie_name_alone", "2026-11-30T01:00:00Z  INFO carewatch: set __Host-carewatch-session= (cleared)\n", []),
     ("ansi_colours", "\x1b[2m2026-11-30T01:00:00Z\x1b[0m \x1b[32m INFO\x1b[0m carewatch: hello alice\n", [1]),
 ]
 

@@ -327,8 +327,12 @@ impl Oidc {
             tracing::info!("OIDC token refused: no carewatch role in its roles claim");
             AuthError::Forbidden("the identity provider gave this person no carewatch role")
         })?;
+        // A pseudonymous id, like a credential's (logs carry it; the audit trail and the alert
+        // history carry the person's subject and name).
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(person.sub.as_bytes());
+        let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
         Ok(Principal {
-            id: format!("oidc:{}", person.sub),
+            id: format!("oidc:{short}"),
             role,
             subject: None,
             person: Some(person),

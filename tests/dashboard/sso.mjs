@@ -25,6 +25,13 @@ try {
   const context = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
   const page = await context.newPage();
   page.setDefaultTimeout(20000);
+  // Every secret of the flow, for the log check (none may appear in carewatch's logs).
+  result.secrets = [];
+  page.on('request', (r) => {
+    if (!r.url().startsWith(base + '/auth/callback')) return;
+    const q = new URL(r.url()).searchParams;
+    for (const k of ['code', 'state']) if (q.get(k)) result.secrets.push(q.get(k));
+  });
   await page.goto(base + '/');
   await page.waitForSelector('#sso-signin');
   if (await page.isVisible('#token')) fail('token paste is offered although an issuer is configured');
@@ -44,7 +51,9 @@ try {
   const cookies = await context.cookies(base);
   const session = cookies.find((c) => c.name === '__Host-carewatch-session');
   if (!session) fail('no session cookie');
-  else if (!session.httpOnly || !session.secure || session.sameSite !== 'Lax') fail('cookie attributes: ' + JSON.stringify(session));
+  else if (!session.httpOnly || !session.secure || session.sameSite !== 'Lax') fail('cookie attributes');
+  if (session) result.secrets.push(session.value);
+  result.secrets.push(await page.evaluate('csrf'));
   const alert = await page.waitForSelector(`.alert[data-patient="${patient}"].firing`);
   const alertId = await alert.getAttribute('data-id');
   result.alert_id = alertId;
