@@ -108,6 +108,17 @@ fn a_person_signs_in_through_the_provider_acknowledges_and_signs_out_in_chromium
     );
     assert!(ok, "{err}");
     assert!(out.contains("bob|Bob Analyst|oidc:"), "{out}");
+    // Every dashboard read of hers is in the audit trail under her name.
+    let (ok, out, err) = psql(
+        &pg,
+        srv.admin(),
+        "SELECT DISTINCT statement FROM audit_log WHERE channel = 'dashboard' AND person = 'alice' \
+         AND person_name = 'Alice Nurse' ORDER BY 1",
+    );
+    assert!(ok, "{err}");
+    for read in ["GET /v1/patients", "GET /v1/stream"] {
+        assert!(out.lines().any(|l| l == read), "{read} not audited: {out}");
+    }
     // The history (alerts table) records who acknowledged.
     let (ok, out, err) = psql(
         &pg,

@@ -183,6 +183,13 @@ fn visible_patients(s: &WebState, who: &Principal) -> BTreeSet<String> {
     }
 }
 
+/// Records a dashboard read in the audit trail (who — the person, when signed in through the
+/// identity provider — what, how many items).
+fn audit(s: &WebState, who: &Principal, what: &str, rows: usize) {
+    let rows = u64::try_from(rows).ok();
+    s.query.audit().record(who, "dashboard", what, rows, "ok");
+}
+
 fn may_see(s: &WebState, who: &Principal, patient: &str) -> bool {
     carewatch_auth::may_see_patient(&s.registry, who, patient)
 }
@@ -231,6 +238,7 @@ async fn patients(State(s): State<WebState>, auth: Result<Caller, AuthError>) ->
             v["patient_id"].as_str().unwrap_or_default().to_owned(),
         )
     });
+    audit(&s, &who, "GET /v1/patients", out.len());
     axum::Json(json!({"patients": out})).into_response()
 }
 
@@ -408,6 +416,11 @@ async fn vitals(
         .filter(|a| a.patient_id == id && a.episode_end_us >= from && a.episode_start_us < to)
         .map(carewatch_alert::http::alert_json)
         .collect();
+    let points = series
+        .iter()
+        .map(|v| v["points"].as_array().map_or(0, Vec::len))
+        .sum();
+    audit(&s, &who, &format!("GET /v1/patients/{id}/vitals"), points);
     axum::Json(json!({
         "patient_id": id,
         "from": iso(from),
@@ -428,6 +441,7 @@ async fn stream(State(s): State<WebState>, auth: Result<Caller, AuthError>) -> R
         Ok(p) => p.clone(),
         Err(e) => return e.into_response(),
     };
+    audit(&s, &who, "GET /v1/stream", 0);
     let alerts = carewatch_alert::http::alert_events(&s.alerts, who.clone());
     let vitals = carewatch_alert::http::broadcast_stream(s.updates.subscribe()).filter_map(
         move |sum| {
