@@ -2,6 +2,7 @@
 
 mod config;
 mod data_cmd;
+mod devices_cmd;
 mod serve;
 mod token_cmd;
 
@@ -34,6 +35,9 @@ enum Command {
     /// Credentials.
     #[command(subcommand)]
     Token(token_cmd::TokenCommand),
+    /// The device fleet: bulk import (CSV or NDJSON), listing.
+    #[command(subcommand)]
+    Devices(devices_cmd::DevicesCommand),
     /// Backfill history (NDJSON, JSON, CSV; optionally .gz) through the normal ingest path
     /// into a data directory (not while a server runs on it).
     Replay(ReplayArgs),
@@ -421,6 +425,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(t) => token_cmd::run(t),
+        Command::Devices(d) => devices_cmd::run(d),
         Command::Template(TemplateCommand::Check {
             device_mapping,
             payload,

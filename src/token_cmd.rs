@@ -15,13 +15,13 @@ use carewatch_store::registry::{CredentialInfo, Registry, Role};
 pub struct Target {
     /// Data directory (offline).
     #[arg(long, env = "CAREWATCH_DATA_DIR", default_value = "carewatch-data")]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// A running server's HTTP address instead, e.g. http://127.0.0.1:8080.
     #[arg(long)]
-    server: Option<String>,
+    pub(crate) server: Option<String>,
     /// Admin token (with --server).
     #[arg(long, env = "CAREWATCH_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

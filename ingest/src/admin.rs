@@ -16,13 +16,13 @@ use carewatch_store::registry::{CredentialInfo, Registry, Role};
 
 use crate::http::{ApiError, Caller, HttpState};
 
-fn iso(us: i64) -> String {
+pub(crate) fn iso(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
 }
 
-fn parse_time(t: &str, field: &str) -> Result<i64, ApiError> {
+pub(crate) fn parse_time(t: &str, field: &str) -> Result<i64, ApiError> {
     carewatch_transform::time::parse_str(t, field, carewatch_transform::ZonePolicy::Reject)
         .map(|t| t.utc_us)
         .map_err(|r| ApiError::BadRequest(r.message))
@@ -30,7 +30,7 @@ fn parse_time(t: &str, field: &str) -> Result<i64, ApiError> {
 
 /// Runs a registry change (a file rewrite with fsyncs) on the blocking pool, never on an async
 /// worker.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     s: &HttpState,
     f: impl FnOnce(&Registry) -> carewatch_store::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -43,35 +43,6 @@ async fn blocking<T: Send + 'static>(
 
 fn body<T: serde::de::DeserializeOwned>(b: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(b).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewDevice {
-    device_id: String,
-    patient_id: String,
-    valid_from: Option<String>,
-}
-
-pub(crate) async fn register_device(
-    State(s): State<HttpState>,
-    caller: Caller,
-    b: Bytes,
-) -> Result<Response, ApiError> {
-    caller.require(&[Role::Admin])?;
-    let d: NewDevice = body(&b)?;
-    let from = d
-        .valid_from
-        .as_deref()
-        .map(|t| parse_time(t, "valid_from"))
-        .transpose()?;
-    let (device, patient) = (d.device_id.clone(), d.patient_id);
-    let secret = blocking(&s, move |r| r.register_device(&device, &patient, from)).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"device_id": d.device_id, "secret": secret})),
-    )
-        .into_response())
 }
 
 pub(crate) async fn revoke_device(

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use carewatch_store::registry::{Principal, Role};
 use carewatch_transform::{Format, Reason, Rejection, Source};
 
-use crate::admin;
+use crate::{admin, fleet};
 use crate::pipeline::{Ingested, Origin, Pipeline};
 
 /// Everything the HTTP edge needs.
@@ -169,7 +169,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/readings", post(readings))
         .route("/fhir/Observation", post(fhir_observation))
         .route("/fhir", post(fhir_bundle))
-        .route("/v1/devices", post(admin::register_device))
+        .route(
+            "/v1/devices",
+            post(fleet::post_devices).get(fleet::get_devices),
+        )
         .route("/v1/devices/{id}", delete(admin::revoke_device))
         .route("/v1/patients/{id}/care-team", put(admin::care_team))
         .route(

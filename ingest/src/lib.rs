@@ -4,6 +4,8 @@
 //!   registry -> append rows and dead letters durably (store). Every edge goes through it.
 //! - [`http`]: `POST /v1/readings`, `POST /fhir/Observation`, `POST /fhir`, the registry API
 //!   (`/v1/devices`, `/v1/patients/{id}/care-team`, `/v1/tokens`) and `/healthz`.
+//! - [`fleet`]: `POST /v1/devices` with one registration or a batch (array or NDJSON, one
+//!   result per item), `GET /v1/devices` with filters and paging.
 //! - [`mqtt_server`]: the embedded MQTT 3.1.1 listener for devices; QoS 1 PUBACK only after
 //!   the readings are durable.
 //! - [`mqtt_client`]: subscriber to an external broker (Mosquitto, EMQX, HiveMQ) with
@@ -13,6 +15,8 @@
 //! debug, or depend on `query`.
 
 pub mod admin;
+pub mod device_file;
+pub mod fleet;
 pub mod http;
 pub mod mqtt_client;
 pub mod mqtt_server;

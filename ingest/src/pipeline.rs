@@ -231,7 +231,14 @@ impl Pipeline {
             ));
         }
         let accepted = rows.len();
+        let mut seen: Vec<&str> = rows.iter().map(|r| r.reading.device_id.as_str()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        let seen: Vec<String> = seen.into_iter().map(str::to_owned).collect();
         self.store.append(rows, dead).await?;
+        // The fleet view's "last seen": when the device's readings were last stored.
+        self.registry
+            .note_seen(seen.iter().map(String::as_str), received_us);
         Ok(Ingested {
             accepted,
             rejected,

@@ -164,7 +164,7 @@ pub struct RegistryTable {
 /// Which registry table.
 #[derive(Debug, Clone, Copy)]
 pub enum RegistryKind {
-    /// One row per device assignment.
+    /// One row per device assignment (with the device's last sighting).
     Devices,
     /// One row per patient with a care team.
     CareTeams,
@@ -180,7 +180,10 @@ impl RegistryTable {
                 Field::new("patient_id", DataType::Utf8, true),
                 Field::new("valid_from", ts.clone(), true),
                 Field::new("valid_to", ts.clone(), true),
-                Field::new("revoked_at", ts, true),
+                Field::new("revoked_at", ts.clone(), true),
+                // When the device's readings were last stored (written to the registry at
+                // most once a minute; exact while the server runs).
+                Field::new("last_seen", ts, true),
             ]),
             RegistryKind::CareTeams => Schema::new(vec![
                 Field::new("patient_id", DataType::Utf8, false),
@@ -199,7 +202,7 @@ impl RegistryTable {
             RegistryKind::Devices => {
                 let (mut d, mut p) = (StringBuilder::new(), StringBuilder::new());
                 let ts = || TimestampMicrosecondBuilder::new().with_timezone("UTC");
-                let (mut f, mut t, mut r) = (ts(), ts(), ts());
+                let (mut f, mut t, mut r, mut l) = (ts(), ts(), ts(), ts());
                 for dev in self.registry.devices() {
                     if dev.assignments.is_empty() {
                         d.append_value(&dev.device_id);
@@ -207,6 +210,7 @@ impl RegistryTable {
                         f.append_null();
                         t.append_null();
                         r.append_option(dev.revoked_us);
+                        l.append_option(dev.last_seen_us);
                     }
                     for a in &dev.assignments {
                         d.append_value(&dev.device_id);
@@ -214,6 +218,7 @@ impl RegistryTable {
                         f.append_value(a.valid_from_us);
                         t.append_option(a.valid_to_us);
                         r.append_option(dev.revoked_us);
+                        l.append_option(dev.last_seen_us);
                     }
                 }
                 vec![
@@ -222,6 +227,7 @@ impl RegistryTable {
                     Arc::new(f.finish()),
                     Arc::new(t.finish()),
                     Arc::new(r.finish()),
+                    Arc::new(l.finish()),
                 ]
             }
             RegistryKind::CareTeams => {

@@ -136,6 +136,9 @@ fn new_secret(device_id: &str) -> Result<(String, String, Credential)> {
 /// Assigns `dev` (a copy) to `patient` from `from` and gives it a new secret: the ops of that
 /// change and the token. The previous assignment ends where the new one starts.
 fn reissue(d: &Data, mut dev: Device, e: &Enrolment, from: i64) -> Result<(Vec<Op>, String)> {
+    if e.valid_to_us.is_some_and(|t| t <= from) {
+        return Err(Error::Config("valid_to must be after valid_from".into()));
+    }
     if let Some(last) = dev.assignments.last_mut()
         && last.valid_to_us.is_none_or(|t| t > from)
     {
@@ -245,16 +248,33 @@ impl Registry {
         patient_id: &str,
         valid_from_us: Option<i64>,
     ) -> Result<String> {
+        self.assign_device(device_id, patient_id, valid_from_us, None)
+    }
+
+    /// [`Registry::register_device`] for a period: the assignment ends at `valid_to_us`
+    /// (exclusive) if given. One call moves a device to another patient for a period.
+    pub fn assign_device(
+        &self,
+        device_id: &str,
+        patient_id: &str,
+        valid_from_us: Option<i64>,
+        valid_to_us: Option<i64>,
+    ) -> Result<String> {
         if device_id.is_empty() || patient_id.is_empty() {
             return Err(Error::Config(
                 "device_id and patient_id must not be empty".into(),
             ));
         }
+        if let (Some(f), Some(t)) = (valid_from_us, valid_to_us)
+            && t <= f
+        {
+            return Err(Error::Config("valid_to must be after valid_from".into()));
+        }
         let e = Enrolment {
             device_id: device_id.to_owned(),
             patient_id: patient_id.to_owned(),
             valid_from_us,
-            valid_to_us: None,
+            valid_to_us,
             reassign: true,
         };
         self.write(|d| {
