@@ -4,20 +4,30 @@
 //! real time, through durable store appends; all shipped rules run every second; every second
 //! five patients send a fever temperature (one reading completes a fever episode). Latency is
 //! from the moment that reading is durable (its append acknowledged) to the moment a local
-//! webhook receiver has the alert's `firing` POST.
+//! webhook receiver has the alert's `firing` POST. Every delivery is counted: a fingerprint
+//! delivered twice is reported, not overwritten.
+//!
+//! The rules run as `carewatch serve` runs them: their own session and memory pool
+//! (`rules_context`) on their own runtime thread (`spawn_dedicated`). Each scenario is a row;
+//! by default one without analysts and one with two analysts running heavy SQL back to back
+//! through the query gate (self-joins and aggregations over everything stored), on the same
+//! store, in the same run.
 //!
 //! Run: `cargo bench -p carewatch-benches --bench alerts` (release). Optional environment:
-//! `ALERT_BENCH_PATIENTS` (10000), `ALERT_BENCH_SECS` (120).
+//! `ALERT_BENCH_PATIENTS` (10000), `ALERT_BENCH_SECS` (120), `ALERT_BENCH_ANALYSTS` (`0,2`: the
+//! scenarios, as numbers of concurrent analysts).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use carewatch_alert::engine::AlertEngine;
 use carewatch_alert::history::History;
 use carewatch_alert::notify::{Counters, Routes};
+use carewatch_query::gate::{Caller, Settings};
 use carewatch_query::{QueryEngine, QueryLimits};
-use carewatch_store::registry::Registry;
+use carewatch_store::registry::{Registry, Role};
 use carewatch_store::{Config, Row, Store};
 use carewatch_transform::{Format, Reading, Source, catalogue};
 use tokio_util::sync::CancellationToken;
@@ -61,14 +71,62 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(120);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(run(patients, secs));
+    let analysts: Vec<usize> = std::env::var("ALERT_BENCH_ANALYSTS")
+        .unwrap_or_else(|_| "0,2".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    println!("**{patients} patients at 1 Hz, {secs} s per scenario, all shipped rules**\n");
+    println!(
+        "| analysts | readings appended | rate | fever episodes | delivered | missing | delivered twice | p50 | p99 | max | rule runs | analyst queries |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut notes = Vec::new();
+    for n in analysts {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        if let Some(note) = rt.block_on(run(patients, secs, n)) {
+            notes.push(note);
+        }
+        rt.shutdown_timeout(Duration::from_secs(5));
+    }
+    for n in notes {
+        println!("\n{n}");
+    }
 }
 
-async fn run(patients: usize, secs: u64) {
+/// Heavy analyst SQL: self-joins per patient and aggregations over everything stored.
+const HEAVY: &[&str] = &[
+    "SELECT a.patient_id, count(*), avg(a.value * b.value) FROM observations a JOIN observations b ON a.patient_id = b.patient_id AND a.code = b.code GROUP BY 1 ORDER BY 3 DESC LIMIT 10",
+    "SELECT patient_id, code, median(value), stddev(value), count(DISTINCT effective_time) FROM observations GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 10",
+    "SELECT date_trunc('minute', effective_time) AS m, patient_id, avg(value) FROM observations GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 10",
+];
+
+/// One analyst: heavy queries back to back through the gate until `stop`.
+async fn analyst(q: QueryEngine, caller: Caller, stop: CancellationToken, ran: Arc<AtomicU64>) {
+    use futures::StreamExt;
+    let mut i = 0;
+    while !stop.is_cancelled() {
+        let sql = HEAVY[i % HEAVY.len()];
+        i += 1;
+        if let Ok(mut s) = q.query(&caller, sql, &Settings::default(), None).await {
+            let mut ok = true;
+            while let Some(b) = s.next().await {
+                ok &= b.is_ok();
+            }
+            if ok {
+                ran.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// One scenario; returns a note when the load generator fell behind.
+async fn run(patients: usize, secs: u64, analysts: usize) -> Option<String> {
     let dir = tempfile::tempdir().expect("tmp");
     let mut c = Config::new(dir.path());
     c.buffer_limit_rows = 50_000_000;
@@ -84,16 +142,15 @@ async fn run(patients: usize, secs: u64) {
     .expect("engine");
     let history = Arc::new(History::open(dir.path(), false).expect("history"));
     let rules = carewatch_alert::rules::load(None).expect("rules");
-    let engine = AlertEngine::new(
-        carewatch_alert::Config::default(),
-        rules,
-        q.context().clone(),
-        &store,
-        registry,
-        history,
-    );
-    // The webhook receiver: records when each fingerprint's `firing` arrives.
-    let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let config = carewatch_alert::Config::default();
+    let rules_ctx =
+        carewatch_alert::engine::rules_context(&store, registry.clone(), config.memory_bytes)
+            .expect("rules session");
+    let token = registry.create_token(Role::Analyst, None).expect("token");
+    let caller = Caller::user(registry.authenticate(&token).expect("analyst"), "bench");
+    let engine = AlertEngine::new(config, rules, rules_ctx, &store, registry, history);
+    // The webhook receiver: records when each episode's `firing` deliveries arrive.
+    let arrived: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::default();
     let a = arrived.clone();
     let app = axum::Router::new().route(
         "/hook",
@@ -106,7 +163,11 @@ async fn run(patients: usize, secs: u64) {
                         v["patient_id"].as_str().unwrap_or_default(),
                         v["episode_start"].as_str().unwrap_or_default()
                     );
-                    a.lock().expect("lock").insert(key, Instant::now());
+                    a.lock()
+                        .expect("lock")
+                        .entry(key)
+                        .or_default()
+                        .push(Instant::now());
                 }
                 "ok"
             }
@@ -118,7 +179,16 @@ async fn run(patients: usize, secs: u64) {
     let url = format!("http://{}/hook", l.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(l, app).await });
     let stop = CancellationToken::new();
-    tokio::spawn(engine.clone().run(stop.clone()));
+    let rules_task = engine.clone().spawn_dedicated(1, stop.clone());
+    let ran = Arc::new(AtomicU64::new(0));
+    for _ in 0..analysts {
+        tokio::spawn(analyst(
+            q.clone(),
+            caller.clone(),
+            stop.clone(),
+            ran.clone(),
+        ));
+    }
     tokio::spawn(carewatch_alert::notify::run(
         engine.clone(),
         Routes {
@@ -191,29 +261,32 @@ async fn run(patients: usize, secs: u64) {
     }
     tokio::time::sleep(Duration::from_secs(10)).await;
     stop.cancel();
+    let _ = rules_task.await;
     let sent = sent.lock().expect("lock").clone();
     let arrived = arrived.lock().expect("lock").clone();
     let mut lat: Vec<f64> = sent
         .iter()
-        .filter_map(|(k, s)| arrived.get(k).map(|a| a.duration_since(*s).as_secs_f64()))
+        .filter_map(|(k, s)| {
+            arrived
+                .get(k)?
+                .first()
+                .map(|a| a.duration_since(*s).as_secs_f64())
+        })
         .collect();
+    let twice = arrived.values().filter(|v| v.len() > 1).count();
     let missing = sent.len() - lat.len();
     let (runs, _) = engine.runs();
     let elapsed = started.elapsed().as_secs_f64();
-    println!("**{patients} patients at 1 Hz, {secs} s, all shipped rules**\n");
-    println!(
-        "| readings appended | rate | fever episodes | delivered | missing | p50 | p99 | max | rule runs |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
     let max = lat.iter().copied().fold(0.0, f64::max);
     println!(
-        "| {appended} | {:.0}/s | {} | {} | {missing} | {p50:.2} s | {p99:.2} s | {max:.2} s | {runs} |",
+        "| {analysts} | {appended} | {:.0}/s | {} | {} | {missing} | {twice} | {p50:.2} s | {p99:.2} s | {max:.2} s | {runs} | {} |",
         appended as f64 / elapsed,
         sent.len(),
         lat.len(),
+        ran.load(Ordering::Relaxed),
     );
-    if late_ticks > 0 {
-        println!("\n(the load generator fell behind real time in {late_ticks} of {secs} seconds)");
-    }
+    (late_ticks > 0).then(|| {
+        format!("(with {analysts} analysts the load generator fell behind real time in {late_ticks} of {secs} seconds)")
+    })
 }
