@@ -138,6 +138,20 @@ fn provider_tokens_work_on_http_sse_psql_and_mqtt() {
     let carol = idp.token("carol");
     let (s, b) = curl("GET", &format!("{}/v1/tokens", srv.http), &carol, "");
     assert_eq!(s, 200, "{b}");
+    // SMART on FHIR discovery names the issuer's endpoints (public, like the issuer's own).
+    for path in [
+        "/.well-known/smart-configuration",
+        "/fhir/.well-known/smart-configuration",
+    ] {
+        let (s, b) = curl("GET", &format!("{}{path}", srv.http), "", "");
+        assert_eq!(s, 200, "{b}");
+        let v: serde_json::Value = serde_json::from_str(&b).expect("json");
+        assert_eq!(v["authorization_endpoint"], format!("{}/auth", idp.issuer));
+        assert_eq!(
+            v["code_challenge_methods_supported"],
+            serde_json::json!(["S256"])
+        );
+    }
     // A person with no carewatch role gets nothing.
     let dave = idp.token("dave");
     assert_eq!(patients(&srv, &dave), Err(403));

@@ -22,6 +22,7 @@ pub mod limiter;
 pub mod oidc;
 pub mod session;
 pub mod signin;
+pub mod smart;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -11,6 +11,7 @@
 //! - `GET /auth/session`: who is signed in, and the session's CSRF token.
 //! - `POST /auth/logout` (CSRF token required): ends the session; answers where to send the
 //!   browser for the issuer's sign-out.
+//! - `GET /.well-known/smart-configuration` (also under `/fhir/`): [`crate::smart`].
 //!
 //! The redirect URI is `[auth.oidc] redirect_url`, else built from the request's `Host`
 //! (http on loopback, https elsewhere); the issuer accepts only registered redirect URIs.
@@ -34,6 +35,14 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/auth/callback", get(callback))
         .route("/auth/session", get(current))
         .route("/auth/logout", post(logout))
+        .route(
+            "/.well-known/smart-configuration",
+            get(crate::smart::configuration),
+        )
+        .route(
+            "/fhir/.well-known/smart-configuration",
+            get(crate::smart::configuration),
+        )
 }
 
 fn page(status: StatusCode, text: &str) -> Response {
