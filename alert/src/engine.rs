@@ -27,6 +27,7 @@ use crate::episodes::Sample;
 use crate::history::{History, Transition};
 use crate::rules::{Params, Rule};
 
+mod actions;
 mod commit;
 mod gather;
 mod reconcile;
@@ -35,6 +36,7 @@ mod samples;
 mod session;
 mod state;
 mod teams;
+pub use actions::{Action, RESOLVE_REASONS};
 pub use gather::RuleFailures;
 pub use session::rules_context;
 pub use state::{Current, fingerprint};
@@ -74,19 +76,25 @@ impl Default for Config {
     }
 }
 
-/// Why an acknowledgement was refused.
+/// Why an action on an alert (acknowledge, assign, note, snooze, resolve) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AckError {
+pub enum ActionError {
     /// No such alert, or not the caller's.
     #[error("no such alert")]
     NotFound,
     /// Already resolved.
     #[error("the alert is already resolved")]
     Resolved,
+    /// The request is not one the action takes (the message says why; it never holds data).
+    #[error("{0}")]
+    Invalid(&'static str),
     /// Writing the history failed.
-    #[error("could not record the acknowledgement")]
+    #[error("could not record the action")]
     Io,
 }
+
+/// The acknowledgement's error (an [`ActionError`]).
+pub type AckError = ActionError;
 
 struct Inner {
     config: Config,

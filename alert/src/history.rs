@@ -25,7 +25,10 @@ pub enum Status {
     Firing,
     /// Someone took it; no more escalation.
     Acknowledged,
-    /// The condition cleared.
+    /// Someone snoozed it: still open and visible, not escalated or repeated until
+    /// `snoozed_until` (or a worse reading) brings it back.
+    Snoozed,
+    /// The condition cleared, or someone resolved it with a reason.
     Resolved,
 }
 
@@ -36,6 +39,7 @@ impl Status {
             Status::Pending => "pending",
             Status::Firing => "firing",
             Status::Acknowledged => "acknowledged",
+            Status::Snoozed => "snoozed",
             Status::Resolved => "resolved",
         }
     }
@@ -45,6 +49,7 @@ impl Status {
             "pending" => Some(Status::Pending),
             "firing" => Some(Status::Firing),
             "acknowledged" => Some(Status::Acknowledged),
+            "snoozed" => Some(Status::Snoozed),
             "resolved" => Some(Status::Resolved),
             _ => None,
         }
@@ -69,6 +74,15 @@ pub enum Event {
     /// alert now belongs to the new team (`care_team`; the old one in `previous_care_team`)
     /// and is `firing` again until someone there acknowledges it.
     Reassigned,
+    /// Given to a person (`assignee`; claimed when it is the actor).
+    Assigned,
+    /// Someone added a note (`note`).
+    Noted,
+    /// Snoozed until `snoozed_until`.
+    Snoozed,
+    /// Back from a snooze: it ran out (`reason` `expired`) or a worse reading broke through
+    /// (`worse_reading`). Told again.
+    Unsnoozed,
 }
 
 impl Event {
@@ -81,6 +95,10 @@ impl Event {
             Event::Acknowledged => "acknowledged",
             Event::Resolved => "resolved",
             Event::Reassigned => "reassigned",
+            Event::Assigned => "assigned",
+            Event::Noted => "noted",
+            Event::Snoozed => "snoozed",
+            Event::Unsnoozed => "unsnoozed",
         }
     }
 }
@@ -123,6 +141,21 @@ pub struct Transition {
     /// For `reassigned`: the team the alert belonged to before the move.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_care_team: Option<String>,
+    /// The person the alert is assigned to (kept on every later transition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignee: Option<String>,
+    /// While snoozed: until when, UTC µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snoozed_until_us: Option<i64>,
+    /// For `noted`: the note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// For a `resolved` by a person, and for `unsnoozed`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who did it, for transitions a person made (acknowledge, assign, note, snooze, resolve).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
 /// The history file and its rows in memory.
@@ -286,6 +319,11 @@ impl AlertsTable {
             Field::new("escalation_level", DataType::UInt32, false),
             Field::new("acknowledged_by", DataType::Utf8, true),
             Field::new("previous_care_team", DataType::Utf8, true),
+            Field::new("assignee", DataType::Utf8, true),
+            Field::new("snoozed_until", ts_type(), true),
+            Field::new("note", DataType::Utf8, true),
+            Field::new("reason", DataType::Utf8, true),
+            Field::new("actor", DataType::Utf8, true),
         ]));
         AlertsTable { history, schema }
     }
@@ -304,7 +342,8 @@ impl carewatch_query::table::BatchSource for AlertsTable {
         let s = || StringBuilder::with_capacity(n, n * 16);
         let (mut id, mut rule, mut sev, mut pat, mut team, mut status, mut event, mut msg, mut ack) =
             (s(), s(), s(), s(), s(), s(), s(), s(), s());
-        let mut prev = s();
+        let (mut prev, mut assignee, mut note, mut reason, mut actor) = (s(), s(), s(), s(), s());
+        let mut until = ts();
         let mut value = Float64Builder::with_capacity(n);
         let mut level = UInt32Builder::with_capacity(n);
         for r in &rows {
@@ -324,6 +363,11 @@ impl carewatch_query::table::BatchSource for AlertsTable {
             level.append_value(r.escalation_level);
             ack.append_option(r.acknowledged_by.as_deref());
             prev.append_option(r.previous_care_team.as_deref());
+            assignee.append_option(r.assignee.as_deref());
+            until.append_option(r.snoozed_until_us);
+            note.append_option(r.note.as_deref());
+            reason.append_option(r.reason.as_deref());
+            actor.append_option(r.actor.as_deref());
         }
         let cols: Vec<ArrayRef> = vec![
             Arc::new(seq.finish()),
@@ -342,6 +386,11 @@ impl carewatch_query::table::BatchSource for AlertsTable {
             Arc::new(level.finish()),
             Arc::new(ack.finish()),
             Arc::new(prev.finish()),
+            Arc::new(assignee.finish()),
+            Arc::new(until.finish()),
+            Arc::new(note.finish()),
+            Arc::new(reason.finish()),
+            Arc::new(actor.finish()),
         ];
         Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
     }
@@ -384,6 +433,11 @@ mod torn_tests {
             escalation_level: 0,
             acknowledged_by: None,
             previous_care_team: None,
+            assignee: None,
+            snoozed_until_us: None,
+            note: None,
+            reason: None,
+            actor: None,
         }
     }
 

@@ -17,7 +17,7 @@ use serde_json::json;
 use carewatch_auth::{AuthError, Caller};
 use carewatch_store::registry::{Principal, Registry, Role};
 
-use crate::engine::{AckError, AlertEngine, Current};
+use crate::engine::{Action, ActionError, AlertEngine, Current};
 use crate::history::Status;
 use crate::iso;
 
@@ -36,6 +36,7 @@ pub fn router(state: AlertState) -> Router {
         .route("/v1/alerts", get(list))
         .route("/v1/alerts/stream", get(stream))
         .route("/v1/alerts/{id}/ack", post(ack))
+        .route("/v1/alerts/{id}/{action}", post(action))
         .with_state(state)
 }
 
@@ -72,6 +73,8 @@ pub fn alert_json(a: &Current) -> serde_json::Value {
         "message": a.message,
         "escalation_level": a.escalation_level,
         "acknowledged_by": a.acknowledged_by,
+        "assignee": a.assignee,
+        "snoozed_until": a.snoozed_until_us.map(iso),
     })
 }
 
@@ -91,13 +94,19 @@ async fn list(
         Ok(p) => p,
         Err(r) => return r,
     };
-    // `open` (default): pending, firing, acknowledged; `all`; or one status.
+    // `open` (default): pending, firing, acknowledged, snoozed; `all`; or one status.
     let want: Vec<Status> = match q.status.as_deref().unwrap_or("open") {
-        "open" => vec![Status::Pending, Status::Firing, Status::Acknowledged],
+        "open" => vec![
+            Status::Pending,
+            Status::Firing,
+            Status::Acknowledged,
+            Status::Snoozed,
+        ],
         "all" => vec![
             Status::Pending,
             Status::Firing,
             Status::Acknowledged,
+            Status::Snoozed,
             Status::Resolved,
         ],
         s => match Status::parse(s) {
@@ -106,7 +115,7 @@ async fn list(
                 return error(
                     StatusCode::BAD_REQUEST,
                     "invalid",
-                    "status is open, all, pending, firing, acknowledged or resolved",
+                    "status is open, all, pending, firing, acknowledged, snoozed or resolved",
                 );
             }
         },
@@ -130,6 +139,73 @@ async fn ack(
     auth: Result<Caller, AuthError>,
     Path(id): Path<String>,
 ) -> Response {
+    act(state, auth, id, Ok(Action::Acknowledge)).await
+}
+
+/// `POST /v1/alerts/{id}/{assign|note|snooze|resolve}` with its JSON body.
+async fn action(
+    State(state): State<AlertState>,
+    auth: Result<Caller, AuthError>,
+    Path((id, verb)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    act(state, auth, id, parse_action(&verb, &body)).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ActionBody {
+    to: Option<String>,
+    text: Option<String>,
+    minutes: Option<u32>,
+    reason: Option<String>,
+}
+
+/// The action a verb and its body ask for, or the error response.
+fn parse_action(verb: &str, body: &[u8]) -> Result<Action, Response> {
+    let b: ActionBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ActionBody::default()
+    } else {
+        serde_json::from_slice(body).map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                "the body is not the JSON object this action takes",
+            )
+        })?
+    };
+    let missing = |what: &str| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "missing_field",
+            &format!("this action needs `{what}`"),
+        )
+    };
+    match verb {
+        "assign" => Ok(Action::Assign(b.to)),
+        "note" => b.text.map(Action::Note).ok_or_else(|| missing("text")),
+        "snooze" => b
+            .minutes
+            .map(Action::Snooze)
+            .ok_or_else(|| missing("minutes")),
+        "resolve" => b
+            .reason
+            .map(Action::Resolve)
+            .ok_or_else(|| missing("reason")),
+        _ => Err(error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such action: ack, assign, note, snooze or resolve",
+        )),
+    }
+}
+
+/// Runs an action for the caller (admins and care managers) and answers the alert after it.
+async fn act(
+    state: AlertState,
+    auth: Result<Caller, AuthError>,
+    id: String,
+    action: Result<Action, Response>,
+) -> Response {
     let who = match reader(auth) {
         Ok(p) => p,
         Err(r) => return r,
@@ -138,23 +214,30 @@ async fn ack(
         return error(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "only care managers acknowledge alerts",
+            "only care managers act on alerts",
         );
     }
+    let action = match action {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     let engine = state.engine.clone();
-    let r = tokio::task::spawn_blocking(move || engine.acknowledge(&id, &who)).await;
+    let r = tokio::task::spawn_blocking(move || engine.act(&id, &who, &action)).await;
     match r {
         Ok(Ok(a)) => axum::Json(alert_json(&a)).into_response(),
-        Ok(Err(AckError::NotFound)) => error(StatusCode::NOT_FOUND, "not_found", "no such alert"),
-        Ok(Err(AckError::Resolved)) => error(
+        Ok(Err(ActionError::NotFound)) => {
+            error(StatusCode::NOT_FOUND, "not_found", "no such alert")
+        }
+        Ok(Err(ActionError::Resolved)) => error(
             StatusCode::CONFLICT,
             "resolved",
             "the alert is already resolved",
         ),
-        Ok(Err(AckError::Io)) | Err(_) => error(
+        Ok(Err(ActionError::Invalid(why))) => error(StatusCode::BAD_REQUEST, "invalid", why),
+        Ok(Err(ActionError::Io)) | Err(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            "could not record the acknowledgement",
+            "could not record the action",
         ),
     }
 }

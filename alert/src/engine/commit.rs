@@ -76,7 +76,8 @@ impl AlertEngine {
     }
 
     /// An evaluation run's commit: each (rule, patient) reconciled (a pure function over a
-    /// snapshot of its alerts), escalations of unacknowledged firing alerts, and the horizon.
+    /// snapshot of its alerts), escalations of unacknowledged firing alerts, snoozes that ran
+    /// out, and the horizon.
     pub(super) fn commit_run(
         &self,
         rules: &[Rule],
@@ -86,13 +87,21 @@ impl AlertEngine {
         // The registry is read before the state lock is taken, never under it.
         let teams: Vec<Option<String>> = work.iter().map(|w| self.team_of(&w.patient)).collect();
         let writer = self.writer();
-        let (known, due) = {
+        let (known, due, awake) = {
             let st = lock(&self.inner.state);
             let known: Vec<(Vec<Current>, HashSet<String>)> = work
                 .iter()
                 .map(|w| snapshot(&st, &rules[w.rule], w))
                 .collect();
-            (known, self.due_for_escalation(&st, now))
+            let awake: Vec<Current> = st
+                .alerts
+                .values()
+                .filter(|a| {
+                    a.status == Status::Snoozed && a.snoozed_until_us.is_some_and(|u| u <= now)
+                })
+                .cloned()
+                .collect();
+            (known, self.due_for_escalation(&st, now), awake)
         };
         let mut change = Change::default();
         let mut seen = HashSet::new();
@@ -117,6 +126,15 @@ impl AlertEngine {
         for mut a in due.into_iter().filter(|a| !seen.contains(&a.alert_id)) {
             a.escalation_level += 1;
             change.out.push(a.transition(Event::Escalated, now));
+        }
+        // Snoozes that ran out (an alert this run touched is taken as the run left it).
+        for a in awake {
+            let mut a = match change.updated.iter().find(|u| u.alert_id == a.alert_id) {
+                Some(u) if u.status != Status::Snoozed => continue,
+                Some(u) => u.clone(),
+                None => a,
+            };
+            change.out.push(a.unsnooze("expired", now));
         }
         let horizon = self.inner.config.resolved_horizon.as_micros() as i64;
         change.retire_before = Some(now.saturating_sub(horizon));

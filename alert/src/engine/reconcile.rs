@@ -108,7 +108,8 @@ fn overlaps(a: &Current, e: &Episode) -> bool {
             && e.start_us < a.episode_end_us.max(a.episode_start_us + 1))
 }
 
-/// An episode that overlaps an existing alert: extend it, resolve it when the episode is over.
+/// An episode that overlaps an existing alert: extend it, resolve it when the episode is over,
+/// bring it back from a snooze when its worst value got worse.
 fn extend(
     a: &mut Current,
     e: &Episode,
@@ -117,6 +118,14 @@ fn extend(
     now: i64,
     out: &mut Vec<Transition>,
 ) {
+    let worse = match (e.value, a.value) {
+        (Some(new), Some(old)) => match rule.shape(params) {
+            Ok(s) if s.lowest => new < old,
+            _ => new > old,
+        },
+        (Some(_), None) => true,
+        _ => false,
+    };
     let mut changed = false;
     if e.end_us > a.episode_end_us {
         a.episode_end_us = e.end_us;
@@ -139,7 +148,11 @@ fn extend(
     }
     if e.resolved && a.status != Status::Resolved {
         a.status = Status::Resolved;
+        a.snoozed_until_us = None;
         out.push(a.transition(Event::Resolved, now));
+    } else if a.status == Status::Snoozed && worse {
+        // A worse reading breaks through a snooze.
+        out.push(a.unsnooze("worse_reading", now));
     }
 }
 
@@ -171,6 +184,8 @@ fn raise(
         escalation_level: 0,
         last_notified_us: now,
         acknowledged_by: None,
+        assignee: None,
+        snoozed_until_us: None,
     };
     out.push(a.transition(Event::Pending, e.start_us));
     a.status = Status::Firing;

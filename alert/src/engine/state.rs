@@ -45,12 +45,16 @@ pub struct Current {
     pub last_notified_us: i64,
     /// Who acknowledged it.
     pub acknowledged_by: Option<String>,
+    /// The person it is assigned to.
+    pub assignee: Option<String>,
+    /// While snoozed: until when, UTC µs.
+    pub snoozed_until_us: Option<i64>,
 }
 
 impl Current {
     pub(super) fn from_transition(t: &Transition, previous: Option<&Current>) -> Current {
         let last_notified_us = match t.event {
-            Event::Firing | Event::Escalated | Event::Reassigned => t.at_us,
+            Event::Firing | Event::Escalated | Event::Reassigned | Event::Unsnoozed => t.at_us,
             _ => previous.map_or(t.at_us, |p| p.last_notified_us),
         };
         Current {
@@ -68,6 +72,8 @@ impl Current {
             escalation_level: t.escalation_level,
             last_notified_us,
             acknowledged_by: t.acknowledged_by.clone(),
+            assignee: t.assignee.clone(),
+            snoozed_until_us: t.snoozed_until_us,
         }
     }
 
@@ -90,7 +96,28 @@ impl Current {
             escalation_level: self.escalation_level,
             acknowledged_by: self.acknowledged_by.clone(),
             previous_care_team: None,
+            assignee: self.assignee.clone(),
+            snoozed_until_us: self.snoozed_until_us,
+            note: None,
+            reason: None,
+            actor: None,
         }
+    }
+}
+
+impl Current {
+    /// Back from a snooze (`reason`: `expired`, `worse_reading`): acknowledged again if someone
+    /// had taken it, firing otherwise; the `unsnoozed` transition tells the team again.
+    pub(super) fn unsnooze(&mut self, reason: &str, now: i64) -> Transition {
+        self.status = if self.acknowledged_by.is_some() {
+            Status::Acknowledged
+        } else {
+            Status::Firing
+        };
+        self.snoozed_until_us = None;
+        let mut t = self.transition(Event::Unsnoozed, now);
+        t.reason = Some(reason.to_owned());
+        t
     }
 }
 

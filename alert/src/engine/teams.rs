@@ -15,7 +15,7 @@ use carewatch_auth::access;
 use carewatch_store::registry::{Principal, Registry, valid_team};
 
 use super::commit::Change;
-use super::{AckError, AlertEngine, Current, lock, now_us};
+use super::{AlertEngine, Current, lock};
 use crate::history::{Event, Status, Transition};
 
 /// The patient's care team now, if it is one.
@@ -31,8 +31,11 @@ pub fn may_see(who: &Principal, team: Option<&str>) -> bool {
 
 impl Current {
     /// The `reassigned` transition of an open alert whose patient's team is no longer its own.
-    fn moved(&self, team: Option<&str>, at_us: i64) -> Option<Transition> {
-        let open = matches!(self.status, Status::Firing | Status::Acknowledged);
+    pub(super) fn moved(&self, team: Option<&str>, at_us: i64) -> Option<Transition> {
+        let open = matches!(
+            self.status,
+            Status::Firing | Status::Acknowledged | Status::Snoozed
+        );
         if !open || self.care_team.as_deref() == team {
             return None;
         }
@@ -40,6 +43,7 @@ impl Current {
         n.care_team = team.map(str::to_owned);
         n.status = Status::Firing;
         n.acknowledged_by = None;
+        n.snoozed_until_us = None;
         n.escalation_level = 0;
         let mut t = n.transition(Event::Reassigned, at_us);
         t.previous_care_team = self.care_team.clone();
@@ -66,6 +70,7 @@ impl AlertEngine {
                 .into_iter()
                 .filter(|(_, t)| access::in_team(who, t))
                 .map(|(p, _)| p)
+                .chain(access::break_glass_patients(who).iter().cloned())
                 .collect(),
         )
     }
@@ -75,7 +80,9 @@ impl AlertEngine {
         for a in &mut v {
             a.care_team = self.team_of(&a.patient_id);
         }
-        v.retain(|a| may_see(who, a.care_team.as_deref()));
+        v.retain(|a| {
+            may_see(who, a.care_team.as_deref()) || access::by_break_glass(who, &a.patient_id)
+        });
         v.sort_by_key(|a| std::cmp::Reverse(a.episode_start_us));
         v
     }
@@ -121,61 +128,12 @@ impl AlertEngine {
                 escalation_level: 0,
                 last_notified_us: 0,
                 acknowledged_by: None,
+                assignee: None,
+                snoozed_until_us: None,
             });
         }
         drop(st);
         self.finish(who, v)
-    }
-
-    /// Acknowledges an alert for the caller. An alert whose patient moved is first reassigned
-    /// (in the same history append), so the acknowledgement is the new team's.
-    pub fn acknowledge(&self, id: &str, who: &Principal) -> Result<Current, AckError> {
-        let patient = lock(&self.inner.state)
-            .alerts
-            .get(id)
-            .map(|a| a.patient_id.clone())
-            .ok_or(AckError::NotFound)?;
-        let team = self.team_of(&patient);
-        if !may_see(who, team.as_deref()) {
-            return Err(AckError::NotFound);
-        }
-        let writer = self.writer();
-        let a = lock(&self.inner.state)
-            .alerts
-            .get(id)
-            .cloned()
-            .ok_or(AckError::NotFound)?;
-        let now = now_us();
-        let mut out = Vec::new();
-        let mut n = match a.moved(team.as_deref(), now) {
-            Some(t) => {
-                let n = Current::from_transition(&t, Some(&a));
-                out.push(t);
-                n
-            }
-            None => a,
-        };
-        match n.status {
-            Status::Resolved => return Err(AckError::Resolved),
-            Status::Acknowledged => return Ok(n),
-            _ => {}
-        }
-        n.status = Status::Acknowledged;
-        n.acknowledged_by = Some(who.actor());
-        out.push(n.transition(Event::Acknowledged, now));
-        let change = Change {
-            out,
-            ..Change::default()
-        };
-        let written = self.commit(&writer, change).map_err(|_| AckError::Io)?;
-        drop(writer);
-        let cur = lock(&self.inner.state)
-            .alerts
-            .get(id)
-            .cloned()
-            .ok_or(AckError::NotFound);
-        self.publish(written);
-        cur
     }
 
     /// Writes a `reassigned` transition for every open alert whose patient moved to another
@@ -184,7 +142,12 @@ impl AlertEngine {
         let open: Vec<(String, String)> = lock(&self.inner.state)
             .alerts
             .values()
-            .filter(|a| matches!(a.status, Status::Firing | Status::Acknowledged))
+            .filter(|a| {
+                matches!(
+                    a.status,
+                    Status::Firing | Status::Acknowledged | Status::Snoozed
+                )
+            })
             .map(|a| (a.alert_id.clone(), a.patient_id.clone()))
             .collect();
         if open.is_empty() {

@@ -76,7 +76,7 @@ pub fn payload(t: &Transition) -> Value {
     if t.escalation_level > 0 {
         facts.push(json!({"title": "Escalation", "value": t.escalation_level.to_string()}));
     }
-    json!({
+    let mut v = json!({
         "version": "1",
         "fingerprint": t.alert_id,
         "alert_id": t.alert_id,
@@ -111,7 +111,14 @@ pub fn payload(t: &Transition) -> Value {
                 ]
             }
         }]
-    })
+    });
+    // What people did (the care-manager actions), on every transition that has it.
+    v["assignee"] = json!(t.assignee);
+    v["snoozed_until"] = json!(t.snoozed_until_us.map(iso));
+    v["note"] = json!(t.note);
+    v["reason"] = json!(t.reason);
+    v["actor"] = json!(t.actor);
+    v
 }
 
 /// The body for live feeds (SSE, MQTT): [`payload`] without the Teams card.
