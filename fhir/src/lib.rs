@@ -10,10 +10,13 @@
 //! come back from `extra`, never overriding ours.
 //!
 //! API: [`observation`] (typed), [`observation_json`] (what is served), [`group`] (rows →
-//! Observations), [`bundle_json`] / [`bundle_json_at`] (collection or searchset).
+//! Observations), [`bundle_json`] / [`bundle_json_at`] (collection or searchset), [`search`]
+//! (the search parameters of `GET /fhir/Observation?…`, parsed without a query engine).
 //!
 //! What it must not do: I/O, clocks, or run on the ingest path (it is a read-side view). The
 //! received time and the server base URL are passed in.
+
+pub mod search;
 
 use fhir_model::r4b::codes::ObservationStatus;
 use fhir_model::r4b::resources::{

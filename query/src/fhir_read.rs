@@ -14,13 +14,14 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
-use datafusion::prelude::{DataFrame, col, lit};
+use datafusion::prelude::{DataFrame, Expr, col, lit};
 use serde_json::{Value, json};
 
+use carewatch_fhir::search::{DateCmp, Filter, SearchError};
 use carewatch_store::registry::{Principal, Role};
+use carewatch_transform::Reading;
 use carewatch_transform::catalogue;
 use carewatch_transform::schema::readings_from_batch;
-use carewatch_transform::{Reading, ZonePolicy};
 
 use crate::http::SqlState;
 
@@ -225,39 +226,32 @@ pub async fn read(
     }
 }
 
-fn params(raw: Option<String>) -> Vec<(String, String)> {
-    raw.unwrap_or_default()
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-                {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
+/// The DataFusion predicate of one search filter.
+fn filter_expr(f: &Filter) -> Expr {
+    match f {
+        Filter::Patient(id) => col("patient_id").eq(lit(id.clone())),
+        Filter::Codes(codes) => {
+            let codes: Vec<_> = codes.iter().map(|c| lit(c.clone())).collect();
+            col("code")
+                .in_list(codes.clone(), false)
+                .or(col("panel_code").in_list(codes, false))
         }
-        i += 1;
+        Filter::Device(id) => col("device_id").eq(lit(id.clone())),
+        Filter::Date(cmp, at) => {
+            let ts = lit(datafusion::common::ScalarValue::TimestampMicrosecond(
+                Some(*at),
+                Some("UTC".into()),
+            ));
+            let c = col("effective_time");
+            match cmp {
+                DateCmp::Ge => c.gt_eq(ts),
+                DateCmp::Gt => c.gt(ts),
+                DateCmp::Le => c.lt_eq(ts),
+                DateCmp::Lt => c.lt(ts),
+                DateCmp::Eq => c.eq(ts),
+            }
+        }
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `GET /fhir/Observation?…`
@@ -271,78 +265,22 @@ pub async fn search(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let ps = params(raw);
+    let search = match carewatch_fhir::search::parse(raw.as_deref()) {
+        Ok(q) => q,
+        Err(e) => {
+            let code = match e {
+                SearchError::BadDate => "invalid",
+                SearchError::NotSupported(_) => "not-supported",
+            };
+            return outcome(StatusCode::BAD_REQUEST, code, &e.to_string());
+        }
+    };
     let ctx = s.engine.context();
     let Ok(mut df) = ctx.table("observations").await else {
         return internal();
     };
-    let mut count: usize = 50;
-    let mut offset: usize = 0;
-    let mut echo: Vec<String> = Vec::new();
-    for (k, v) in &ps {
-        let filtered = match k.as_str() {
-            "patient" | "subject" => {
-                let id = v.rsplit('/').next().unwrap_or(v).to_owned();
-                df.filter(col("patient_id").eq(lit(id)))
-            }
-            "code" => {
-                let codes: Vec<_> = v
-                    .split(',')
-                    .map(|c| lit(c.rsplit('|').next().unwrap_or(c).to_owned()))
-                    .collect();
-                df.filter(
-                    col("code")
-                        .in_list(codes.clone(), false)
-                        .or(col("panel_code").in_list(codes, false)),
-                )
-            }
-            "device" => {
-                df.filter(col("device_id").eq(lit(v.rsplit('/').next().unwrap_or(v).to_owned())))
-            }
-            "date" => {
-                let (op, t) = match v.get(..2) {
-                    Some(pre @ ("ge" | "gt" | "le" | "lt" | "eq")) => (pre, &v[2..]),
-                    _ => ("eq", v.as_str()),
-                };
-                let Ok(at) = carewatch_transform::time::parse_str(t, "date", ZonePolicy::utc())
-                else {
-                    return outcome(
-                        StatusCode::BAD_REQUEST,
-                        "invalid",
-                        "date must be a FHIR dateTime with an optional ge/gt/le/lt prefix",
-                    );
-                };
-                let ts = lit(datafusion::common::ScalarValue::TimestampMicrosecond(
-                    Some(at.utc_us),
-                    Some("UTC".into()),
-                ));
-                let c = col("effective_time");
-                df.filter(match op {
-                    "ge" => c.gt_eq(ts),
-                    "gt" => c.gt(ts),
-                    "le" => c.lt_eq(ts),
-                    "lt" => c.lt(ts),
-                    _ => c.eq(ts),
-                })
-            }
-            "_count" => {
-                count = v.parse().unwrap_or(50).clamp(1, 1000);
-                continue;
-            }
-            "_offset" => {
-                offset = v.parse().unwrap_or(0);
-                continue;
-            }
-            _ => {
-                return outcome(
-                    StatusCode::BAD_REQUEST,
-                    "not-supported",
-                    &format!("search parameter {k:?} is not supported"),
-                );
-            }
-        };
-        echo.push(format!("{k}={v}"));
-        df = match filtered {
+    for f in &search.filters {
+        df = match df.filter(filter_expr(f)) {
             Ok(d) => d,
             Err(_) => return internal(),
         };
@@ -360,20 +298,23 @@ pub async fn search(
             key.sort(true, false),
             col("code").sort(true, false),
         ])
-        .and_then(|d| d.limit(0, Some((offset + count + 1) * 2)));
+        .and_then(|d| d.limit(0, Some(search.fetch_rows())));
     let Ok(df) = df else { return internal() };
     let Some(batches) = collect_bounded(&s, df).await else {
         return internal();
     };
     let rows = readings(&batches);
     let groups = carewatch_fhir::group(&rows);
-    let more = groups.len() > offset + count;
+    let (count, offset) = (search.count, search.offset);
+    let more = groups.len() > search.next_offset();
     s.engine.audit().record(
         &p,
         "fhir-read",
         &format!(
             "Observation?{}",
-            ps.iter()
+            search
+                .params
+                .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join("&")
@@ -394,17 +335,16 @@ pub async fn search(
     let Ok(mut bundle) = carewatch_fhir::bundle_json_at(&page, "searchset", base.as_deref()) else {
         return internal();
     };
-    let q = echo.join("&");
     let url = |off: usize| {
         format!(
-            "{}/Observation?{q}{}_count={count}&_offset={off}",
+            "{}/Observation?{}",
             base.clone().unwrap_or_default(),
-            if q.is_empty() { "" } else { "&" }
+            search.link_query(off)
         )
     };
     let mut links = vec![json!({"relation": "self", "url": url(offset)})];
     if more {
-        links.push(json!({"relation": "next", "url": url(offset + count)}));
+        links.push(json!({"relation": "next", "url": url(search.next_offset())}));
     }
     if offset > 0 {
         links.push(json!({"relation": "previous", "url": url(offset.saturating_sub(count))}));

@@ -9,8 +9,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"CWWAL\x00\x00\x01";
-const FRAME_HEADER: usize = 8;
+/// The first bytes of every segment.
+pub const MAGIC: &[u8; 8] = b"CWWAL\x00\x00\x01";
+/// Bytes before each frame's payload: length and checksum.
+pub const FRAME_HEADER: usize = 8;
 /// Frames larger than this are corrupt by definition. The writer never writes a larger one: a
 /// group commit beyond it is cut into several frames (one fsync for all of them).
 pub const MAX_FRAME: usize = 256 << 20;
@@ -70,25 +72,38 @@ pub fn read_segment_opts(
 ) -> io::Result<(Vec<Vec<u8>>, Option<Damage>)> {
     let path = segment_path(dir, id);
     let data = fs::read(&path)?;
-    let mut frames = Vec::new();
-    let damage = |offset: usize, what: String| Damage {
+    let (frames, found) = scan(&data);
+    let found = found.map(|(offset, what)| Damage {
         segment: id,
         offset: offset as u64,
         what,
-    };
-    if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+    });
+    if cut && !data.starts_with(MAGIC) {
+        truncate(&path, 0)?;
+    } else if let Some(d) = &found
+        && cut
+    {
+        truncate(&path, d.offset)?;
+    }
+    Ok((frames.into_iter().map(<[u8]>::to_vec).collect(), found))
+}
+
+/// The intact frames of a segment's bytes (magic included), and where and why the rest, if
+/// any, is damaged (byte offset, description). Pure: what [`read_segment`] reads a file with.
+/// Never allocates more than the frame list: a length field is checked against the bytes
+/// present (and [`MAX_FRAME`]) before anything is taken.
+pub fn scan(data: &[u8]) -> (Vec<&[u8]>, Option<(usize, String)>) {
+    let mut frames = Vec::new();
+    if !data.starts_with(MAGIC) {
         // A segment created but never written (crash right after creation) is empty, not damaged.
-        let d = (!data.is_empty()).then(|| damage(0, "bad segment header".to_owned()));
-        if cut {
-            truncate(&path, 0)?;
-        }
-        return Ok((frames, d));
+        let d = (!data.is_empty()).then(|| (0, "bad segment header".to_owned()));
+        return (frames, d);
     }
     let mut pos = MAGIC.len();
     let mut found = None;
     while pos < data.len() {
         if data.len() - pos < FRAME_HEADER {
-            found = Some(damage(
+            found = Some((
                 pos,
                 format!("torn frame header ({} bytes)", data.len() - pos),
             ));
@@ -98,7 +113,7 @@ pub fn read_segment_opts(
         let sum = u32::from_le_bytes([data[pos + 4], data[pos + 5], data[pos + 6], data[pos + 7]]);
         let start = pos + FRAME_HEADER;
         if len as usize > MAX_FRAME || start + len as usize > data.len() {
-            found = Some(damage(
+            found = Some((
                 pos,
                 format!(
                     "torn frame: {len} bytes declared, {} present",
@@ -109,18 +124,25 @@ pub fn read_segment_opts(
         }
         let payload = &data[start..start + len as usize];
         if crc(len, payload) != sum {
-            found = Some(damage(pos, "checksum mismatch".to_owned()));
+            found = Some((pos, "checksum mismatch".to_owned()));
             break;
         }
-        frames.push(payload.to_vec());
+        frames.push(payload);
         pos = start + len as usize;
     }
-    if let Some(d) = &found
-        && cut
-    {
-        truncate(&path, d.offset)?;
-    }
-    Ok((frames, found))
+    (frames, found)
+}
+
+/// The 8-byte header of a frame whose payload is the concatenation of `parts`
+/// (`[u32 len][u32 crc32(len ‖ payload)]`, little-endian). The caller checks `len` ≤ [`MAX_FRAME`].
+pub fn frame_header(len: u32, parts: &[&[u8]]) -> [u8; FRAME_HEADER] {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    parts.iter().for_each(|p| h.update(p));
+    let mut out = [0u8; FRAME_HEADER];
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out[4..].copy_from_slice(&h.finalize().to_le_bytes());
+    out
 }
 
 fn truncate(path: &Path, len: u64) -> io::Result<()> {
@@ -237,11 +259,7 @@ impl Wal {
     ) -> io::Result<()> {
         self.buf.clear();
         for (parts, &len) in frames.iter().zip(lens) {
-            let mut h = crc32fast::Hasher::new();
-            h.update(&len.to_le_bytes());
-            parts.iter().for_each(|p| h.update(p));
-            self.buf.extend_from_slice(&len.to_le_bytes());
-            self.buf.extend_from_slice(&h.finalize().to_le_bytes());
+            self.buf.extend_from_slice(&frame_header(len, parts));
             for p in parts {
                 if p.len() < COPY_BELOW {
                     self.buf.extend_from_slice(p);
