@@ -55,9 +55,12 @@ async fn server(dir: &std::path::Path) -> Server {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
+    // As `serve` wires it: the credential check every route's `Caller` uses.
+    let auth = carewatch_auth::Authenticator::new(pipeline.registry.clone());
     let app = router(HttpState {
         pipeline: pipeline.clone(),
-    });
+    })
+    .layer(axum::Extension(auth));
     tokio::spawn(async move { axum::serve(listener, app).await });
     Server {
         addr,
