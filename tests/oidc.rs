@@ -241,3 +241,60 @@ fn leaving_a_team_at_the_issuer_removes_access_with_the_next_token() {
     assert_eq!(patients(&srv, &none), Ok(vec![]));
     assert_eq!(srv.stop(), 0);
 }
+
+#[test]
+fn break_glass_opens_one_patient_with_a_reason_audited_and_seen_by_the_team() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (srv, idp) = start(tmp.path());
+    let url = format!("{}/v1/break-glass", srv.http);
+    let alice = idp.token("alice");
+    let south_vitals = format!("{}/v1/patients/p-south/vitals", srv.http);
+    assert_eq!(curl("GET", &south_vitals, &alice, "").0, 404);
+    let body = r#"{"patient_id":"p-south","reason":"Unresponsive in ED, own team unreachable","minutes":30}"#;
+    // A reason is required; a shared team token cannot break the glass (it names nobody).
+    let short = r#"{"patient_id":"p-south","reason":"because"}"#;
+    assert_eq!(curl("POST", &url, &alice, short).0, 400);
+    let team_token = srv.token("care_manager", Some("north"));
+    assert_eq!(curl("POST", &url, &team_token, body).0, 403);
+    let (s, b) = curl("POST", &url, &alice, body);
+    assert_eq!(s, 201, "{b}");
+    // Her own team's patient needs no glass.
+    let (s, b) = curl(
+        "POST",
+        &url,
+        &alice,
+        r#"{"patient_id":"p-north","reason":"checking the north patient"}"#,
+    );
+    assert_eq!((s, b.contains(r#""needed":false"#)), (200, true), "{b}");
+    // Opened: the chart and the patient list, with the same token.
+    assert_eq!(curl("GET", &south_vitals, &alice, "").0, 200);
+    let seen = patients(&srv, &alice).expect("patients");
+    assert!(seen.contains(&"p-south".to_owned()), "{seen:?}");
+    // The patient's team sees who broke the glass and why; another team does not.
+    idp.set_user(
+        "erin",
+        r#"{"name":"Erin Lead","roles":["care_manager"],"care_team":["south"]}"#,
+    );
+    let erin = idp.token("erin");
+    let (s, b) = curl("GET", &url, &erin, "");
+    assert_eq!(s, 200, "{b}");
+    assert!(
+        b.contains("Alice Nurse") && b.contains("own team unreachable"),
+        "{b}"
+    );
+    let (_, b) = curl("GET", &url, &team_token, "");
+    assert!(!b.contains("Alice Nurse"), "{b}");
+    // The audit trail, read as admin, has the grant with its reason and the person.
+    let pg = srv.pg_ready();
+    let (ok, out, err) = psql(
+        &pg,
+        srv.admin(),
+        "SELECT person_name, statement, outcome FROM audit_log WHERE channel = 'break-glass'",
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("Alice Nurse|break-glass patient=p-south minutes=30 reason=Unresponsive"),
+        "{out}"
+    );
+    assert_eq!(srv.stop(), 0);
+}

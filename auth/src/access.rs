@@ -42,10 +42,24 @@ pub fn team_of(p: &Principal) -> Option<&str> {
     teams(p).into_iter().next()
 }
 
+/// The patients a care manager holds break-glass access to now (outside their teams).
+pub fn break_glass_patients(p: &Principal) -> &[String] {
+    match (&p.person, p.role) {
+        (Some(person), Role::CareManager) => &person.break_glass,
+        _ => &[],
+    }
+}
+
+/// Whether a care manager holds break-glass access to `patient` now.
+pub fn by_break_glass(p: &Principal, patient: &str) -> bool {
+    break_glass_patients(p).iter().any(|x| x == patient)
+}
+
 /// Whether `p` may see `patient` now: everyone for admins and analysts; for a care manager,
-/// only while the patient's current care team is one of theirs; never for devices.
+/// only while the patient's current care team is one of theirs, or under a break-glass grant;
+/// never for devices.
 pub fn may_see_patient(registry: &Registry, p: &Principal, patient: &str) -> bool {
-    if sees_all_patients(p) {
+    if sees_all_patients(p) || by_break_glass(p, patient) {
         return true;
     }
     registry
@@ -100,6 +114,7 @@ mod tests {
             name: "Alice".into(),
             teams: vec!["north".into(), "south".into(), "unassigned".into()],
             expires_us: i64::MAX,
+            break_glass: Vec::new(),
         });
         assert!(may_see_patient(&r, &alice, "p1") && may_see_patient(&r, &alice, "p2"));
         assert!(!may_see_patient(&r, &alice, "p3"));

@@ -79,7 +79,8 @@ pub async fn authenticate(parts: &Parts) -> Result<(Principal, Authenticator, En
         return Err(AuthError::Forbidden("a CSRF token is required"));
     }
     let ended = Some(s.ended());
-    Ok((s.principal, auth, ended))
+    let p = auth.with_grants(s.principal);
+    Ok((p, auth, ended))
 }
 
 /// The end of a dashboard session (sign-out), when the caller came with one.

@@ -11,12 +11,14 @@
 //!
 //! Modules: [`limiter`] (failed-login buckets), [`http`] (the axum extractor and error body),
 //! [`access`] (role and care-team checks), [`oidc`] (issuer keys and JWT checks), [`session`]
-//! and [`signin`] (the dashboard's sign-in with the issuer: server-side sessions, CSRF).
+//! and [`signin`] (the dashboard's sign-in with the issuer: server-side sessions, CSRF),
+//! [`smart`] (SMART on FHIR discovery), [`glass`] (break-glass grants).
 //!
 //! Must not: log a secret, a patient id or a device id above debug; hold a lock across `.await`.
 
 pub mod access;
 mod exchange;
+pub mod glass;
 pub mod http;
 pub mod limiter;
 pub mod oidc;
@@ -95,6 +97,7 @@ pub struct Authenticator {
     limiter: Arc<limiter::Limiter>,
     oidc: Option<Arc<oidc::Oidc>>,
     sessions: Arc<session::Sessions>,
+    glass: Arc<glass::BreakGlass>,
 }
 
 impl Authenticator {
@@ -110,6 +113,7 @@ impl Authenticator {
             limiter: Arc::new(limiter::Limiter::new(limits)),
             oidc: None,
             sessions: Arc::default(),
+            glass: Arc::default(),
         }
     }
 
@@ -129,6 +133,19 @@ impl Authenticator {
         &self.sessions
     }
 
+    /// Break-glass grants.
+    pub fn break_glass(&self) -> &Arc<glass::BreakGlass> {
+        &self.glass
+    }
+
+    /// `p` with the break-glass grants its person holds now.
+    pub fn with_grants(&self, mut p: Principal) -> Principal {
+        if let Some(person) = p.person.as_mut() {
+            person.break_glass = self.glass.patients(&person.sub, now_us());
+        }
+        p
+    }
+
     /// The identity provider, when one is configured.
     pub fn oidc(&self) -> Option<&Arc<oidc::Oidc>> {
         self.oidc.as_ref()
@@ -144,7 +161,9 @@ impl Authenticator {
         }
         let secret = secret.trim();
         let res = match &self.oidc {
-            Some(o) if oidc::looks_like_jwt(secret) => o.verify(secret).await,
+            Some(o) if oidc::looks_like_jwt(secret) => {
+                o.verify(secret).await.map(|p| self.with_grants(p))
+            }
             _ => (!secret.is_empty())
                 .then(|| self.registry.authenticate(secret))
                 .flatten()

@@ -363,6 +363,7 @@ impl Oidc {
             name,
             teams,
             expires_us: exp.saturating_mul(1_000_000),
+            break_glass: Vec::new(),
         })
     }
 }

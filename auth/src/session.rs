@@ -213,6 +213,7 @@ mod tests {
                 name: "A".into(),
                 teams: vec!["north".into()],
                 expires_us,
+                break_glass: Vec::new(),
             }),
         }
     }

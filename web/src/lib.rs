@@ -10,8 +10,10 @@
 //!   otherwise by pasting a care-manager token.
 //! - [`metrics`]: `/metrics` in Prometheus text format, `/readyz`.
 //!
-//! A care manager sees only their care team's patients, in every feed, chart and stream.
+//! A care manager sees only their care teams' patients, in every feed, chart and stream — and a
+//! patient they opened by break-glass access ([`glass`]) while that lasts.
 
+mod glass;
 pub mod latest;
 pub mod metrics;
 
@@ -131,6 +133,7 @@ pub fn router(state: WebState) -> Router {
         .route("/v1/patients", get(patients))
         .route("/v1/patients/{id}/vitals", get(vitals))
         .route("/v1/stream", get(stream))
+        .route("/v1/break-glass", get(glass::list).post(glass::open))
         .route("/metrics", get(metrics::metrics))
         .route("/readyz", get(metrics::ready))
         .merge(carewatch_auth::signin::routes())
@@ -171,6 +174,11 @@ fn visible_patients(s: &WebState, who: &Principal) -> BTreeSet<String> {
             .into_iter()
             .filter(|(_, t)| carewatch_auth::in_team(who, t))
             .map(|(p, _)| p)
+            .chain(
+                carewatch_auth::access::break_glass_patients(who)
+                    .iter()
+                    .cloned(),
+            )
             .collect(),
         _ => {
             let mut all: BTreeSet<String> = teams.into_iter().map(|(p, _)| p).collect();

@@ -83,6 +83,9 @@ pub struct Person {
     pub teams: Vec<String>,
     /// When the token or session stops working, µs since the epoch.
     pub expires_us: i64,
+    /// Patients opened to them by break-glass access now (outside their teams, for a while).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub break_glass: Vec<String>,
 }
 
 impl Principal {

@@ -1,0 +1,145 @@
+//! Break-glass routes: `POST /v1/break-glass` `{"patient_id", "reason", "minutes"?}` opens one
+//! patient outside the caller's care teams for a while (a person signed in through the identity
+//! provider, care managers only; the reason and the grant go to the audit trail);
+//! `GET /v1/break-glass` lists the live grants — all for admins, those on their teams' patients
+//! for care managers, so a team sees who broke the glass into their patients and why.
+
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use carewatch_alert::http::error;
+use carewatch_auth::glass::{Grant, MAX_MINUTES, MIN_REASON};
+use carewatch_auth::{AuthError, Caller};
+use carewatch_store::registry::Role;
+
+use crate::WebState;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Request {
+    patient_id: String,
+    reason: String,
+    minutes: Option<u32>,
+}
+
+fn grant_json(g: &Grant) -> serde_json::Value {
+    json!({
+        "person": g.sub,
+        "name": g.name,
+        "patient_id": g.patient,
+        "reason": g.reason,
+        "granted": crate::iso(g.at_us),
+        "until": crate::iso(g.until_us),
+    })
+}
+
+/// Checks the request; the (patient, reason, minutes) or the error response.
+fn validate(r: Request) -> Result<(String, String, u32), Response> {
+    let bad = |m: &str| error(StatusCode::BAD_REQUEST, "invalid", m);
+    let patient = r.patient_id.trim().to_owned();
+    if patient.is_empty() || patient.len() > 128 {
+        return Err(bad("patient_id must be 1 to 128 characters"));
+    }
+    let reason = r.reason.trim().to_owned();
+    if reason.chars().count() < MIN_REASON || reason.len() > 1000 {
+        return Err(bad(
+            "a reason of at least 10 characters (at most 1000) is required",
+        ));
+    }
+    let minutes = r.minutes.unwrap_or(60);
+    if !(1..=MAX_MINUTES).contains(&minutes) {
+        return Err(bad("minutes must be between 1 and 240"));
+    }
+    Ok((patient, reason, minutes))
+}
+
+/// `POST /v1/break-glass`
+pub(crate) async fn open(
+    State(s): State<WebState>,
+    auth: Result<Caller, AuthError>,
+    body: Result<axum::Json<Request>, JsonRejection>,
+) -> Response {
+    let c = match auth {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let who = c.principal.clone();
+    if matches!(who.role, Role::Admin | Role::Analyst) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "not_needed",
+            "admins and analysts see every patient",
+        );
+    }
+    let Some(person) = who.person.clone().filter(|_| who.role == Role::CareManager) else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "break-glass access needs a care manager signed in through the identity provider",
+        );
+    };
+    let Ok(axum::Json(req)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "expected {\"patient_id\", \"reason\", \"minutes\"?}",
+        );
+    };
+    let (patient, reason, minutes) = match validate(req) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if carewatch_auth::may_see_patient(&s.registry, &who, &patient) {
+        return axum::Json(json!({"patient_id": patient, "needed": false})).into_response();
+    }
+    let known = s.registry.care_team(&patient).is_some() || s.latest.patients().contains(&patient);
+    if !known {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such patient");
+    }
+    let at_us = chrono::Utc::now().timestamp_micros();
+    let g = Grant {
+        sub: person.sub,
+        name: person.name,
+        patient: patient.clone(),
+        reason: reason.clone(),
+        at_us,
+        until_us: at_us + i64::from(minutes) * 60_000_000,
+    };
+    c.auth.break_glass().grant(g.clone());
+    let what = format!("break-glass patient={patient} minutes={minutes} reason={reason}");
+    s.query
+        .audit()
+        .record(&who, "break-glass", &what, None, "granted");
+    tracing::warn!(principal = %who.id, minutes, "break-glass access granted");
+    (StatusCode::CREATED, axum::Json(grant_json(&g))).into_response()
+}
+
+/// `GET /v1/break-glass`
+pub(crate) async fn list(State(s): State<WebState>, auth: Result<Caller, AuthError>) -> Response {
+    let (who, auth) = match auth {
+        Ok(c) => (c.principal, c.auth),
+        Err(e) => return e.into_response(),
+    };
+    let glass = auth.break_glass();
+    let now = chrono::Utc::now().timestamp_micros();
+    let grants = match who.role {
+        Role::Admin => glass.live(now, |_| true),
+        Role::CareManager => glass.live(now, |p| {
+            s.registry
+                .care_team(p)
+                .is_some_and(|t| carewatch_auth::in_team(&who, &t))
+        }),
+        _ => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "for admins and care managers",
+            );
+        }
+    };
+    let v: Vec<_> = grants.iter().map(grant_json).collect();
+    axum::Json(json!({"grants": v})).into_response()
+}
