@@ -116,13 +116,13 @@ impl Search {
         (self.offset + self.count + 1) * 2
     }
 
-    /// The query string of a paging link at `offset`: the filters as given, then `_count`
-    /// and `_offset`.
+    /// The query string of a paging link at `offset`: the filters as given (percent-encoded
+    /// again, so the link means the same search), then `_count` and `_offset`.
     pub fn link_query(&self, offset: usize) -> String {
         let q = self
             .echo
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
             .collect::<Vec<_>>()
             .join("&");
         format!(
@@ -159,6 +159,20 @@ pub fn pairs(raw: &str) -> Vec<(String, String)> {
             (decode(k), decode(v))
         })
         .collect()
+}
+
+/// Percent-encodes one query component: everything but unreserved characters and `:/|,`
+/// (which mean nothing to [`pairs`]) becomes `%XX`, so [`decode`] gives `s` back.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:/|,".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Percent-decodes one component; invalid UTF-8 becomes U+FFFD.
