@@ -256,8 +256,20 @@ fn break_glass_opens_one_patient_with_a_reason_audited_and_seen_by_the_team() {
     assert_eq!(curl("POST", &url, &alice, short).0, 400);
     let team_token = srv.token("care_manager", Some("north"));
     assert_eq!(curl("POST", &url, &team_token, body).0, 403);
+    // The patient's team lead is listening on their live stream.
+    idp.set_user(
+        "erin",
+        r#"{"name":"Erin Lead","roles":["care_manager"],"care_team":["south"]}"#,
+    );
+    let erin = idp.token("erin");
+    let mut lead = listen(&srv, &erin, "break_glass");
     let (s, b) = curl("POST", &url, &alice, body);
     assert_eq!(s, 201, "{b}");
+    let heard = lead.heard();
+    assert!(
+        heard.contains("Alice Nurse") && heard.contains("p-south"),
+        "{heard}"
+    );
     // Her own team's patient needs no glass.
     let (s, b) = curl(
         "POST",
@@ -271,11 +283,6 @@ fn break_glass_opens_one_patient_with_a_reason_audited_and_seen_by_the_team() {
     let seen = patients(&srv, &alice).expect("patients");
     assert!(seen.contains(&"p-south".to_owned()), "{seen:?}");
     // The patient's team sees who broke the glass and why; another team does not.
-    idp.set_user(
-        "erin",
-        r#"{"name":"Erin Lead","roles":["care_manager"],"care_team":["south"]}"#,
-    );
-    let erin = idp.token("erin");
     let (s, b) = curl("GET", &url, &erin, "");
     assert_eq!(s, 200, "{b}");
     assert!(
@@ -297,4 +304,62 @@ fn break_glass_opens_one_patient_with_a_reason_audited_and_seen_by_the_team() {
         "{out}"
     );
     assert_eq!(srv.stop(), 0);
+}
+
+/// A live stream (`GET /v1/stream`) read by a small Python client until an event of a kind.
+struct Listener {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+const LISTEN: &str = r#"
+import sys, urllib.request
+url, token, kind = sys.argv[1], sys.argv[2], sys.argv[3]
+r = urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": "Bearer " + token}), timeout=60)
+print("open", r.status, flush=True)
+event = None
+for raw in r:
+    line = raw.decode().strip()
+    if line.startswith("event:"):
+        event = line[6:].strip()
+    elif line.startswith("data:") and event == kind:
+        print(line[5:].strip(), flush=True)
+        break
+"#;
+
+/// Opens the stream and returns once it is open (so nothing sent after this is missed).
+fn listen(srv: &Server, token: &str, kind: &str) -> Listener {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(common::python())
+        .args([
+            "-c",
+            LISTEN,
+            &format!("{}/v1/stream", srv.http),
+            token,
+            kind,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    out.read_line(&mut first).expect("read");
+    assert_eq!(first.trim(), "open 200");
+    Listener { child, out }
+}
+
+impl Listener {
+    /// The event's data (waits for it; the client gives up after a minute).
+    fn heard(&mut self) -> String {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut self.out, &mut s).expect("read");
+        s
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

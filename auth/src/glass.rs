@@ -1,7 +1,7 @@
 //! Break-glass: a person's emergency access to one patient outside their care teams — with a
 //! reason, for a limited time (default 60 minutes, at most 4 hours), recorded in the audit trail
 //! by the route that grants it (`POST /v1/break-glass`, in `carewatch-web`) and listed for the
-//! patient's team (`GET /v1/break-glass`). Only people signed in through the identity provider
+//! patient's team (`GET /v1/break-glass`, and a `break_glass` event on their live streams). Only people signed in through the identity provider
 //! may break the glass: a shared team token cannot say who did.
 //!
 //! Grants live in memory (they end with the process, like dashboard sessions); the
@@ -28,10 +28,21 @@ pub struct Grant {
     pub until_us: i64,
 }
 
-/// Grants, by person.
-#[derive(Debug, Default)]
+/// Grants, by person; each new grant is also announced to subscribers (the patient's team's
+/// live dashboards).
+#[derive(Debug)]
 pub struct BreakGlass {
     grants: Mutex<HashMap<String, Vec<Grant>>>,
+    events: tokio::sync::broadcast::Sender<Grant>,
+}
+
+impl Default for BreakGlass {
+    fn default() -> Self {
+        BreakGlass {
+            grants: Mutex::default(),
+            events: tokio::sync::broadcast::channel(64).0,
+        }
+    }
 }
 
 /// Longest grant, minutes.
@@ -49,7 +60,14 @@ impl BreakGlass {
         let mut all = lock(&self.grants);
         let mine = all.entry(g.sub.clone()).or_default();
         mine.retain(|x| x.patient != g.patient && x.until_us > g.at_us);
-        mine.push(g);
+        mine.push(g.clone());
+        drop(all);
+        let _ = self.events.send(g); // nobody listening is fine
+    }
+
+    /// New grants as they are made.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Grant> {
+        self.events.subscribe()
     }
 
     /// The patients `sub` holds a live grant for at `now_us`.

@@ -2,7 +2,9 @@
 //! patient outside the caller's care teams for a while (a person signed in through the identity
 //! provider, care managers only; the reason and the grant go to the audit trail);
 //! `GET /v1/break-glass` lists the live grants — all for admins, those on their teams' patients
-//! for care managers, so a team sees who broke the glass into their patients and why.
+//! for care managers, so a team sees who broke the glass into their patients and why; each new
+//! grant is also a `break_glass` event on the live stream (`GET /v1/stream`) of the patient's
+//! team and of admins.
 
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
@@ -25,7 +27,7 @@ pub(crate) struct Request {
     minutes: Option<u32>,
 }
 
-fn grant_json(g: &Grant) -> serde_json::Value {
+pub(crate) fn grant_json(g: &Grant) -> serde_json::Value {
     json!({
         "person": g.sub,
         "name": g.name,
@@ -127,11 +129,7 @@ pub(crate) async fn list(State(s): State<WebState>, auth: Result<Caller, AuthErr
     let now = chrono::Utc::now().timestamp_micros();
     let grants = match who.role {
         Role::Admin => glass.live(now, |_| true),
-        Role::CareManager => glass.live(now, |p| {
-            s.registry
-                .care_team(p)
-                .is_some_and(|t| carewatch_auth::in_team(&who, &t))
-        }),
+        Role::CareManager => glass.live(now, |p| told(&s, &who, p)),
         _ => {
             return error(
                 StatusCode::FORBIDDEN,
@@ -142,4 +140,16 @@ pub(crate) async fn list(State(s): State<WebState>, auth: Result<Caller, AuthErr
     };
     let v: Vec<_> = grants.iter().map(grant_json).collect();
     axum::Json(json!({"grants": v})).into_response()
+}
+
+/// Whether `who` hears of a grant on `patient`: admins, and the patient's team.
+pub(crate) fn told(
+    s: &WebState,
+    who: &carewatch_store::registry::Principal,
+    patient: &str,
+) -> bool {
+    who.role == Role::Admin
+        || s.registry
+            .care_team(patient)
+            .is_some_and(|t| carewatch_auth::in_team(who, &t))
 }

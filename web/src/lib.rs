@@ -450,6 +450,7 @@ async fn stream(State(s): State<WebState>, auth: Result<Caller, AuthError>) -> R
         Err(e) => return e.into_response(),
     };
     audit(&s, &who, "GET /v1/stream", 0);
+    let (gs, gwho) = (s.clone(), who.clone());
     let alerts = carewatch_alert::http::alert_events(&s.alerts, who.clone());
     let vitals = carewatch_alert::http::broadcast_stream(s.updates.subscribe()).filter_map(
         move |sum| {
@@ -474,7 +475,18 @@ async fn stream(State(s): State<WebState>, auth: Result<Caller, AuthError>) -> R
             }
         },
     );
-    Sse::new(c.bound(futures::stream::select(vitals, alerts)))
+    let grants = carewatch_alert::http::broadcast_stream(c.auth.break_glass().subscribe())
+        .filter_map(move |g| {
+            let show = glass::told(&gs, &gwho, &g.patient);
+            let data = glass::grant_json(&g).to_string();
+            async move {
+                show.then(|| {
+                    Ok::<_, Infallible>(SseEvent::default().event("break_glass").data(data))
+                })
+            }
+        });
+    let events = futures::stream::select(futures::stream::select(vitals, alerts), grants);
+    Sse::new(c.bound(events))
         .keep_alive(KeepAlive::default())
         .into_response()
 }
