@@ -250,4 +250,15 @@ mod tests {
         link_means_the_same_search("patient=a%26b&device=c%3Dd&code=x%2Cy");
         link_means_the_same_search("patient=a%2Bb%20c%25d&_count=7&_offset=14");
     }
+
+    /// Found reading the code the fuzz target checks: `_offset=18446744073709551615` made the
+    /// page arithmetic overflow (a panic in debug builds, a wrapped row limit in release).
+    #[test]
+    fn a_huge_offset_is_an_empty_page_not_an_overflow() {
+        let s = parse(Some("_offset=18446744073709551615&_count=1000")).expect("search");
+        assert_eq!(s.offset, usize::MAX);
+        assert_eq!(s.next_offset(), usize::MAX);
+        assert_eq!(s.fetch_rows(), usize::MAX);
+        link_means_the_same_search("_offset=18446744073709551615");
+    }
 }
