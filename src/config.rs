@@ -58,6 +58,9 @@ pub struct FileConfig {
     /// The HTTP edge's limits.
     #[serde(default)]
     pub http: HttpConfig,
+    /// Per-patient baselines (`window_days`, `max_steps`).
+    #[serde(default)]
+    pub baselines: carewatch_alert::baselines::BaselineConfig,
 }
 
 /// `[http]`
@@ -224,6 +227,7 @@ pub struct ServeConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub rules_dir: Option<PathBuf>,
     pub alert_engine: carewatch_alert::Config,
+    pub baselines: carewatch_alert::baselines::BaselineConfig,
     pub alert_routes: carewatch_alert::notify::Routes,
     pub alerts_mqtt: bool,
     pub query_limits: carewatch_query::QueryLimits,
@@ -438,6 +442,10 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         alerts_mqtt,
         rules_dir,
         alert_engine,
+        baselines: {
+            file.baselines.validate().map_err(anyhow::Error::msg)?;
+            file.baselines
+        },
         alert_routes,
         tls,
         data_dir,

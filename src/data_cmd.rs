@@ -183,11 +183,22 @@ fn replay_summary(total: &carewatch_ingest::replay::ReplayReport) -> ExitCode {
     }
 }
 
-/// A read-only query session on a data directory (for `sql`, `rules`).
+/// A read-only query session on a data directory (for `sql`, `rules`), with the default
+/// baseline settings.
 async fn offline_engine(data_dir: &std::path::Path) -> Result<carewatch_query::QueryEngine> {
+    offline_engine_with(data_dir, Default::default()).await
+}
+
+/// [`offline_engine`] with these baseline settings (`rules backtest`).
+async fn offline_engine_with(
+    data_dir: &std::path::Path,
+    baselines: carewatch_alert::baselines::BaselineConfig,
+) -> Result<carewatch_query::QueryEngine> {
     let mut c = carewatch_store::Config::new(data_dir);
     c.read_only = true;
     let store = carewatch_store::Store::open(c).await?;
+    let baselines = carewatch_alert::baselines::Baselines::open(&store, Some(data_dir), baselines)
+        .map_err(anyhow::Error::msg)?;
     let registry = carewatch_store::registry::Registry::open_read_only(data_dir)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let q = carewatch_query::QueryEngine::new(
@@ -204,6 +215,7 @@ async fn offline_engine(data_dir: &std::path::Path) -> Result<carewatch_query::Q
         q.context(),
         std::sync::Arc::new(carewatch_alert::history::History::open(data_dir, true)?),
     )?;
+    carewatch_alert::baselines::register(q.context(), &baselines).map_err(anyhow::Error::msg)?;
     Ok(q)
 }
 
@@ -245,12 +257,80 @@ fn parse_instant(s: &str, what: &str) -> Result<i64> {
 }
 
 pub(crate) fn backtest(a: BacktestArgs) -> Result<ExitCode> {
-    use carewatch_alert::rules::{Param, load};
     let from = parse_instant(&a.from, "--from")?;
     let to = parse_instant(&a.to, "--to")?;
     if to <= from {
         anyhow::bail!("--to must be after --from");
     }
+    if !matches!(a.format.as_str(), "text" | "json" | "csv") {
+        anyhow::bail!("--format {:?}: use text, json or csv", a.format);
+    }
+    let baselines = carewatch_alert::baselines::BaselineConfig {
+        window_days: a.baseline_window_days,
+        max_steps: a.baseline_max_steps,
+    };
+    baselines.validate().map_err(anyhow::Error::msg)?;
+    let rules = backtest_rules(&a)?;
+    let sweep = sweep_plan(&a, &rules)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message("backtest (rule-days)");
+    let progress = |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let report = rt.block_on(async {
+        let q = offline_engine_with(&a.data_dir, baselines).await?;
+        carewatch_alert::rules::check(q.context(), &rules).await?;
+        let mut report =
+            carewatch_alert::backtest::backtest(q.context(), &rules, from, to, &progress)
+                .await
+                .map_err(anyhow::Error::msg)?;
+        if let Some((i, axes)) = &sweep {
+            bar.set_message("parameter sweep (cells)");
+            let rule = &rules[*i];
+            let reference: Vec<_> = report
+                .alerts
+                .iter()
+                .filter(|f| f.rule == rule.id)
+                .cloned()
+                .collect();
+            let grid = carewatch_alert::backtest::sweep::sweep(
+                q.context(),
+                rule,
+                axes,
+                (from, to),
+                report.patient_days,
+                &reference,
+                &progress,
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            report.sweep = Some(grid);
+        }
+        anyhow::Ok(report)
+    })?;
+    bar.finish_and_clear();
+    if let Some(path) = &a.report {
+        let command: Vec<String> = std::env::args().collect();
+        let page = carewatch_alert::backtest::report::html(&report, &command.join(" "));
+        std::fs::write(path, page)
+            .map_err(|e| anyhow::anyhow!("--report {}: {e}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    print_backtest(&a.format, &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The rules a backtest runs: the selected ones (all enabled by default), with `--param`s.
+fn backtest_rules(a: &BacktestArgs) -> Result<Vec<carewatch_alert::rules::Rule>> {
+    use carewatch_alert::rules::{Param, load};
     let mut rules = load(a.rules_dir.as_deref())?;
     if !a.rules.is_empty() {
         for r in &a.rules {
@@ -278,29 +358,51 @@ pub(crate) fn backtest(a: BacktestArgs) -> Result<ExitCode> {
             anyhow::bail!("--param {k}: none of the selected rules has that parameter");
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} rule-days {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message("backtest");
-    let report = rt.block_on(async {
-        let q = offline_engine(&a.data_dir).await?;
-        carewatch_alert::rules::check(q.context(), &rules).await?;
-        carewatch_alert::backtest::backtest(q.context(), &rules, from, to, &|done, total| {
-            bar.set_length(total);
-            bar.set_position(done);
-        })
-        .await
-        .map_err(anyhow::Error::msg)
-    })?;
-    bar.finish_and_clear();
-    match a.format.as_str() {
-        "json" => println!("{}", serde_json::to_string_pretty(&report)?),
-        "text" => {
+    Ok(rules)
+}
+
+/// Which rule to sweep and over what (index into `rules`), when a report or a sweep is asked.
+fn sweep_plan(
+    a: &BacktestArgs,
+    rules: &[carewatch_alert::rules::Rule],
+) -> Result<Option<(usize, Vec<carewatch_alert::backtest::sweep::Axis>)>> {
+    use carewatch_alert::backtest::sweep::{Axis, default_axes};
+    if a.report.is_none() && a.sweep.is_empty() && a.sweep_rule.is_none() {
+        return Ok(None);
+    }
+    if a.sweep.len() > 2 {
+        anyhow::bail!("--sweep: at most two axes");
+    }
+    let i = match &a.sweep_rule {
+        Some(id) => rules.iter().position(|r| &r.id == id).ok_or_else(|| {
+            anyhow::anyhow!("--sweep-rule {id:?} is not among the rules backtested")
+        })?,
+        None => match rules.iter().position(|r| r.id == "hr_high_at_rest") {
+            Some(i) => i,
+            None => match rules.iter().position(|r| !default_axes(r).is_empty()) {
+                Some(i) => i,
+                None if a.sweep.is_empty() => return Ok(None),
+                None => anyhow::bail!("--sweep needs --sweep-rule"),
+            },
+        },
+    };
+    let axes = if a.sweep.is_empty() {
+        default_axes(&rules[i])
+    } else {
+        a.sweep
+            .iter()
+            .map(|s| Axis::parse(&rules[i], s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?
+    };
+    Ok((!axes.is_empty()).then_some((i, axes)))
+}
+
+fn print_backtest(format: &str, report: &carewatch_alert::backtest::Report) -> Result<()> {
+    match format {
+        "json" => println!("{}", serde_json::to_string_pretty(report)?),
+        "csv" => print!("{}", carewatch_alert::backtest::report::csv(report)),
+        _ => {
             println!(
                 "backtest {} .. {}: {} patient-days with data",
                 report.from, report.to, report.patient_days
@@ -323,7 +425,6 @@ pub(crate) fn backtest(a: BacktestArgs) -> Result<ExitCode> {
                 );
             }
         }
-        other => anyhow::bail!("--format {other:?}: use text or json"),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

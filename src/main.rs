@@ -3,6 +3,7 @@
 mod config;
 mod data_cmd;
 mod devices_cmd;
+mod fhir_cmd;
 mod serve;
 mod token_cmd;
 
@@ -52,6 +53,9 @@ enum Command {
     /// Alert rules: check them, backtest them over history.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// FHIR interoperability: the destination's delivery status.
+    #[command(subcommand)]
+    Fhir(fhir_cmd::FhirCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +132,10 @@ struct ServeArgs {
     /// The audience (`aud`) tokens for carewatch carry (config `[auth.oidc] audience`).
     #[arg(long, env = "CAREWATCH_OIDC_AUDIENCE")]
     oidc_audience: Option<String>,
+    /// Deliver every stored reading to this FHIR R4 server as Observations (conditional
+    /// update on a stable identifier; config `[fhir.destination] url`, with auth and batching).
+    #[arg(long, env = "CAREWATCH_FHIR_DESTINATION")]
+    fhir_destination: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,9 +174,27 @@ struct BacktestArgs {
     /// Data directory (read-only; safe beside a running server).
     #[arg(long, env = "CAREWATCH_DATA_DIR", default_value = "carewatch-data")]
     data_dir: PathBuf,
-    /// Output: text or json.
+    /// Output on stdout: text, json, or csv (one line per alert).
     #[arg(long, default_value = "text")]
     format: String,
+    /// Also write the alarm-burden report, a self-contained HTML page, to this file (alerts per
+    /// patient-day per rule, the patients who produce most alerts, time of day, parameter sweep).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// The rule to sweep (default: hr_high_at_rest when backtested, else the first rule with a
+    /// threshold).
+    #[arg(long)]
+    sweep_rule: Option<String>,
+    /// A sweep axis, name=v1,v2,… (at most two; default: the threshold and for_minutes around
+    /// their values). Giving one runs the sweep even without --report.
+    #[arg(long = "sweep")]
+    sweep: Vec<String>,
+    /// Per-patient baselines: days of history before each day (as `[baselines] window_days`).
+    #[arg(long, default_value_t = 14)]
+    baseline_window_days: u32,
+    /// Per-patient baselines: a rest minute has at most this many steps (`[baselines] max_steps`).
+    #[arg(long, default_value_t = 0.0)]
+    baseline_max_steps: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -334,6 +360,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 webhook_url: a.webhook_url,
                 oidc_issuer: a.oidc_issuer,
                 oidc_audience: a.oidc_audience,
+                fhir_destination: a.fhir_destination,
                 config_dir: a
                     .config
                     .as_ref()
@@ -426,6 +453,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Token(t) => token_cmd::run(t),
         Command::Devices(d) => devices_cmd::run(d),
+        Command::Fhir(f) => fhir_cmd::run(f),
         Command::Template(TemplateCommand::Check {
             device_mapping,
             payload,

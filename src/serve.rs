@@ -154,11 +154,20 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     carewatch_alert::history::register(engine.context(), history.clone())
         .map_err(|e| anyhow::anyhow!("alerts table: {e}"))?;
     let rules = carewatch_alert::rules::load(c.rules_dir.as_deref())?;
+    // Per-patient baselines, learned per day from the days before; the same for the rules, the
+    // analysts' `baselines` table and `/v1/patients/{id}/baselines`.
+    let baselines =
+        carewatch_alert::baselines::Baselines::open(&store, Some(&c.data_dir), c.baselines)
+            .map_err(|e| anyhow::anyhow!("baselines: {e}"))?;
+    baselines.watch(&store);
+    carewatch_alert::baselines::register(engine.context(), &baselines)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     // The rules' own session and memory pool: analysts' queries cannot starve or change them.
-    let rules_ctx = carewatch_alert::engine::rules_context(
+    let rules_ctx = carewatch_alert::engine::rules_context_with(
         &store,
         pipeline.registry.clone(),
         c.alert_engine.memory_bytes,
+        &baselines,
     )
     .map_err(|e| anyhow::anyhow!("alert rules session: {e}"))?;
     carewatch_alert::rules::check(&rules_ctx, &rules).await?;
@@ -255,6 +264,12 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     .merge(carewatch_alert::http::router(
         carewatch_alert::http::AlertState {
             engine: alerts.clone(),
+            registry: pipeline.registry.clone(),
+        },
+    ))
+    .merge(carewatch_alert::baselines::http::router(
+        carewatch_alert::baselines::http::BaselineState {
+            baselines,
             registry: pipeline.registry.clone(),
         },
     ))

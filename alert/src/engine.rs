@@ -38,7 +38,7 @@ mod state;
 mod teams;
 pub use actions::{Action, RESOLVE_REASONS};
 pub use gather::RuleFailures;
-pub use session::rules_context;
+pub use session::{rules_context, rules_context_with};
 pub use state::{Current, fingerprint};
 use state::{Samples, State};
 pub use teams::may_see;

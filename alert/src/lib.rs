@@ -7,11 +7,14 @@
 //! - [`engine`]: live evaluation over the buckets that changed, alert state, escalation.
 //! - [`history`]: the durable transition log and the `alerts` table.
 //! - [`notify`]: webhook delivery with retries; [`http`]: list, acknowledge, SSE.
+//! - [`baselines`]: each patient's resting heart rate, SpO2 and temperature, learned per day
+//!   from the days before (no look-ahead), as the `baselines` table rules join.
 //! - [`backtest`]: the rules over stored history, with alarm burden.
 //!
 //! What it must not do: write observations, or hold its state lock across a query.
 
 pub mod backtest;
+pub mod baselines;
 pub mod engine;
 pub mod episodes;
 pub mod history;

@@ -37,6 +37,10 @@ pub const DEFAULTS: &[(&str, &str)] = &[
         "hr_high_at_rest.toml",
         include_str!("../rules/hr_high_at_rest.toml"),
     ),
+    (
+        "hr_above_baseline.toml",
+        include_str!("../rules/hr_above_baseline.toml"),
+    ),
     ("hr_low.toml", include_str!("../rules/hr_low.toml")),
     ("spo2_low.toml", include_str!("../rules/spo2_low.toml")),
     ("fever.toml", include_str!("../rules/fever.toml")),
@@ -531,7 +535,7 @@ mod tests {
     #[test]
     fn shipped_rules_parse() {
         let rules = load(None).expect("defaults");
-        assert_eq!(rules.len(), 7);
+        assert_eq!(rules.len(), 8);
         let hr = rules
             .iter()
             .find(|r| r.id == "hr_high_at_rest")

@@ -224,6 +224,12 @@ async fn world() -> World {
         Arc::new(carewatch_query::audit::AuditLog::open(&dir, false).expect("audit")),
     )
     .expect("engine");
+    // The rules relative to a patient's baseline read `baselines`, as in serve.
+    let baselines =
+        carewatch_alert::baselines::Baselines::open(&store, Some(&dir), Default::default())
+            .expect("baselines");
+    baselines.watch(&store);
+    carewatch_alert::baselines::register(q.context(), &baselines).expect("baselines table");
     World {
         _dir: tmp,
         dir,

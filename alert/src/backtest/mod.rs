@@ -1,7 +1,12 @@
 //! `carewatch rules backtest`: the same rules over stored history. Each rule's SQL runs day by
 //! day over the range; the samples feed the same [`crate::episodes::episodes`] as live
 //! evaluation, with every bucket in the range closed, so a backtest finds the episodes live
-//! evaluation raised over the same data.
+//! evaluation raised over the same data. Rules relative to a patient's baseline read the same
+//! `baselines` table as live evaluation, each day's learned from the days before it.
+//!
+//! Modules: [`burden`] (alarm burden: per rule, per patient, time of day), [`sweep`] (a
+//! parameter grid against the episodes of the rule as given), [`report`] (the self-contained
+//! HTML page and CSV).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -10,7 +15,14 @@ use serde::Serialize;
 
 use crate::engine::{run_rule_sql, scope_sql};
 use crate::episodes::{Sample, episodes};
-use crate::rules::Rule;
+use crate::rules::{Params, Rule};
+
+pub mod burden;
+pub mod report;
+pub mod sweep;
+
+pub use burden::{Burden, PatientBurden};
+pub use sweep::{Cell, Sweep};
 
 const DAY: i64 = 86_400_000_000;
 
@@ -33,6 +45,12 @@ pub struct Found {
     pub resolved: bool,
     /// Message as it would have been sent.
     pub message: String,
+    /// Episode start, UTC µs.
+    #[serde(skip)]
+    pub start_us: i64,
+    /// Episode end, UTC µs.
+    #[serde(skip)]
+    pub end_us: i64,
 }
 
 /// Alarm burden of one rule.
@@ -63,9 +81,91 @@ pub struct Report {
     pub per_patient_day: Vec<(String, String, usize)>,
     /// Every episode, by rule, patient, start.
     pub alerts: Vec<Found>,
+    /// Alerts per patient and per UTC hour of day.
+    pub burden: Burden,
+    /// The parameter sweep, when one was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<Sweep>,
 }
 
 pub use crate::iso;
+
+/// The range's UTC days, as `[start, end)` pieces.
+fn days_of(from_us: i64, to_us: i64) -> Vec<(i64, i64)> {
+    let mut v = Vec::new();
+    let mut d = from_us;
+    while d < to_us {
+        let e = ((d.div_euclid(DAY) + 1) * DAY).min(to_us);
+        v.push((d, e));
+        d = e;
+    }
+    v
+}
+
+/// Per patient: the rule's samples.
+pub(crate) type Series = HashMap<String, BTreeMap<i64, Sample>>;
+
+/// One day of one rule's samples under `params` (defaults) and each patient's overrides.
+async fn rule_day(
+    ctx: &SessionContext,
+    rule: &Rule,
+    params: &Params,
+    (a, z): (i64, i64),
+) -> Result<Vec<(String, i64, Sample)>, String> {
+    let sql = rule.render(params, &scope_sql(a, z, None))?;
+    let mut rows = run_rule_sql(ctx, &sql)
+        .await
+        .map_err(|e| format!("rule {}: {e}", rule.id))?;
+    for (p, o) in &rule.overrides {
+        rows.retain(|r| &r.0 != p);
+        let mut mine = params.clone();
+        mine.extend(o.iter().map(|(k, v)| (k.clone(), *v)));
+        let sql = rule.render(&mine, &scope_sql(a, z, Some(&[p.as_str()])))?;
+        rows.extend(
+            run_rule_sql(ctx, &sql)
+                .await
+                .map_err(|e| format!("rule {}: {e}", rule.id))?,
+        );
+    }
+    Ok(rows)
+}
+
+/// The episodes of `rule` (default parameters `params`) in `series`, closed at `to_us`.
+pub(crate) fn found_in(
+    rule: &Rule,
+    params: &Params,
+    series: &Series,
+    to_us: i64,
+) -> Result<Vec<Found>, String> {
+    let mut pats: Vec<_> = series.iter().collect();
+    pats.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = Vec::new();
+    for (p, samples) in pats {
+        let mut mine = params.clone();
+        if let Some(o) = rule.overrides.get(p) {
+            mine.extend(o.iter().map(|(k, v)| (k.clone(), *v)));
+        }
+        let shape = rule.shape(&mine)?;
+        for e in episodes(samples, &shape, to_us) {
+            if !e.qualified {
+                continue;
+            }
+            out.push(Found {
+                rule: rule.id.clone(),
+                patient_id: p.clone(),
+                start: iso(e.start_us),
+                end: iso(e.end_us),
+                minutes: e.minutes(),
+                value: e.value,
+                resolved: e.resolved,
+                message: rule.message_for(&mine, e.value, e.minutes()),
+                start_us: e.start_us,
+                end_us: e.end_us,
+            });
+        }
+    }
+    Ok(out)
+}
 
 /// Runs `rules` over `[from_us, to_us)`; `progress(done, total)` after each rule-day.
 pub async fn backtest(
@@ -75,68 +175,43 @@ pub async fn backtest(
     to_us: i64,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<Report, String> {
-    let days: Vec<(i64, i64)> = {
-        let mut v = Vec::new();
-        let mut d = from_us;
-        while d < to_us {
-            let e = ((d.div_euclid(DAY) + 1) * DAY).min(to_us);
-            v.push((d, e));
-            d = e;
-        }
-        v
-    };
+    prepare_baselines(ctx, rules, from_us, to_us).await;
+    let days = days_of(from_us, to_us);
     let total = (rules.len() * days.len()) as u64;
     let mut done = 0u64;
     let mut patient_days: BTreeSet<(String, i64)> = BTreeSet::new();
     let mut found = Vec::new();
     for rule in rules {
-        let mut series: HashMap<String, BTreeMap<i64, Sample>> = HashMap::new();
-        for &(a, z) in &days {
-            let sql = rule.render(&rule.params, &scope_sql(a, z, None))?;
-            let mut rows = run_rule_sql(ctx, &sql)
-                .await
-                .map_err(|e| format!("rule {}: {e}", rule.id))?;
-            for p in rule.overrides.keys() {
-                rows.retain(|r| &r.0 != p);
-                let sql = rule.render(
-                    &rule.params_for(Some(p)),
-                    &scope_sql(a, z, Some(&[p.as_str()])),
-                )?;
-                rows.extend(
-                    run_rule_sql(ctx, &sql)
-                        .await
-                        .map_err(|e| format!("rule {}: {e}", rule.id))?,
-                );
-            }
-            for (p, t, s) in rows {
+        let mut series: Series = HashMap::new();
+        for &day in &days {
+            for (p, t, s) in rule_day(ctx, rule, &rule.params, day).await? {
                 patient_days.insert((p.clone(), t.div_euclid(DAY)));
                 series.entry(p).or_default().insert(t, s);
             }
             done += 1;
             progress(done, total);
         }
-        let mut pats: Vec<_> = series.into_iter().collect();
-        pats.sort_by(|a, b| a.0.cmp(&b.0));
-        for (p, samples) in pats {
-            let params = rule.params_for(Some(&p));
-            let shape = rule.shape(&params)?;
-            for e in episodes(&samples, &shape, to_us) {
-                if !e.qualified {
-                    continue;
-                }
-                found.push(Found {
-                    rule: rule.id.clone(),
-                    patient_id: p.clone(),
-                    start: iso(e.start_us),
-                    end: iso(e.end_us),
-                    minutes: e.minutes(),
-                    value: e.value,
-                    resolved: e.resolved,
-                    message: rule.message_for(&params, e.value, e.minutes()),
-                });
-            }
-        }
+        found.extend(found_in(rule, &rule.params, &series, to_us)?);
     }
+    Ok(summarise(rules, from_us, to_us, &patient_days, found))
+}
+
+/// Asks the `baselines` table (if the session has one and a rule reads it) for the range.
+async fn prepare_baselines(ctx: &SessionContext, rules: &[Rule], from_us: i64, to_us: i64) {
+    if rules.iter().any(|r| r.sql.contains("baselines"))
+        && let Some(b) = crate::baselines::table::of(ctx).await
+    {
+        b.prepare(from_us, to_us);
+    }
+}
+
+fn summarise(
+    rules: &[Rule],
+    from_us: i64,
+    to_us: i64,
+    patient_days: &BTreeSet<(String, i64)>,
+    found: Vec<Found>,
+) -> Report {
     let pd = patient_days.len().max(1);
     let summaries = rules
         .iter()
@@ -156,12 +231,14 @@ pub async fn backtest(
         *ppd.entry((f.patient_id.clone(), f.start[..10].to_owned()))
             .or_default() += 1;
     }
-    Ok(Report {
+    Report {
         from: iso(from_us),
         to: iso(to_us),
         patient_days: patient_days.len(),
         rules: summaries,
         per_patient_day: ppd.into_iter().map(|((p, d), n)| (p, d, n)).collect(),
+        burden: Burden::of(rules, patient_days, &found),
         alerts: found,
-    })
+        sweep: None,
+    }
 }

@@ -1,6 +1,7 @@
 //! The rules' own DataFusion session: the same store and registry tables as the analysts'
 //! session, but a separate context with its own runtime and memory pool, so an analyst's
-//! heavy query (or a session setting) cannot starve or change alert evaluation.
+//! heavy query (or a session setting) cannot starve or change alert evaluation. Rules also see
+//! `baselines` (per-patient resting values, [`crate::baselines`]).
 
 use std::sync::Arc;
 
@@ -13,12 +14,28 @@ use carewatch_query::table::{ComputedTable, RegistryKind, RegistryTable, StoreTa
 use carewatch_store::registry::Registry;
 use carewatch_store::{Store, Table};
 
+use crate::baselines::{BaselineConfig, Baselines};
+
 /// A session for alert rules only: `observations`, `devices` and `care_teams` over `store` and
-/// `registry`, the FHIR UDFs, and a memory pool of `memory_bytes` shared by the rules alone.
+/// `registry`, `baselines` (learned from `store`, default settings, no overrides, following its
+/// appends), the FHIR UDFs, and a memory pool of `memory_bytes` shared by the rules alone.
 pub fn rules_context(
     store: &Store,
     registry: Arc<Registry>,
     memory_bytes: usize,
+) -> Result<SessionContext, String> {
+    let baselines = Baselines::open(store, None, BaselineConfig::default())?;
+    baselines.watch(store);
+    rules_context_with(store, registry, memory_bytes, &baselines)
+}
+
+/// [`rules_context`] with the given baselines as the `baselines` table (`serve` shares them
+/// with the analysts' session and the baseline API).
+pub fn rules_context_with(
+    store: &Store,
+    registry: Arc<Registry>,
+    memory_bytes: usize,
+    baselines: &Baselines,
 ) -> Result<SessionContext, String> {
     let config = SessionConfig::new()
         .with_information_schema(false)
@@ -55,5 +72,6 @@ pub fn rules_context(
         ctx.register_table(name, t)
             .map_err(|e| format!("rules table {name}: {e}"))?;
     }
+    crate::baselines::register(&ctx, baselines)?;
     Ok(ctx)
 }
