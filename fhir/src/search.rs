@@ -105,15 +105,15 @@ pub fn parse(raw: Option<&str>) -> Result<Search, SearchError> {
 }
 
 impl Search {
-    /// The offset of the next page.
+    /// The offset of the next page (saturating: an offset past every row is an empty page).
     pub fn next_offset(&self) -> usize {
-        self.offset + self.count
+        self.offset.saturating_add(self.count)
     }
 
     /// Rows to fetch for this page (one Observation is at most two rows), plus one
     /// Observation to tell whether there is a next page.
     pub fn fetch_rows(&self) -> usize {
-        (self.offset + self.count + 1) * 2
+        self.next_offset().saturating_add(1).saturating_mul(2)
     }
 
     /// The query string of a paging link at `offset`: the filters as given (percent-encoded
