@@ -52,3 +52,6 @@ echo "== DuckDB and pyarrow read carewatch's Parquet"
 
 echo "== deployment files: compose, Kubernetes manifests, systemd unit, Dockerfile"
 bash scripts/check-deploy.sh --self-test
+
+echo "== fuzzing: every cargo-fuzz target for 5 s (installs cargo-fuzz into ~/.cache on first use)"
+bash scripts/fuzz.sh 5
