@@ -237,3 +237,51 @@ async fn logout(auth: Option<Extension<Authenticator>>, headers: HeaderMap) -> R
     }
     no_store(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use carewatch_store::registry::Registry;
+
+    fn auth(redirect: Option<&str>) -> (Authenticator, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "cw-signin-{}-{}",
+            std::process::id(),
+            redirect.is_some()
+        ));
+        let (r, _) = Registry::open(&dir).expect("registry");
+        let mut cfg = crate::oidc::OidcConfig::new("https://idp.example", "carewatch");
+        cfg.redirect_url = redirect.map(str::to_owned);
+        let o = crate::oidc::Oidc::new(cfg).expect("oidc");
+        (Authenticator::new(std::sync::Arc::new(r)).with_oidc(o), dir)
+    }
+
+    fn host(h: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(header::HOST, HeaderValue::from_str(h).expect("header"));
+        m
+    }
+
+    #[test]
+    fn the_redirect_base_is_configured_or_from_a_plain_host() {
+        let (a, dir) = auth(None);
+        assert_eq!(
+            base_url(&a, &host("127.0.0.1:8080")).as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        assert_eq!(
+            base_url(&a, &host("carewatch.example-hospital.org")).as_deref(),
+            Some("https://carewatch.example-hospital.org"),
+            "https unless loopback"
+        );
+        assert_eq!(base_url(&a, &host("evil.example/x@y")), None);
+        assert_eq!(base_url(&a, &HeaderMap::new()), None);
+        let _ = std::fs::remove_dir_all(dir);
+        let (a, dir) = auth(Some("https://cw.example/auth/callback"));
+        assert_eq!(
+            base_url(&a, &host("other.example")).as_deref(),
+            Some("https://cw.example")
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

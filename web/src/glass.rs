@@ -38,22 +38,19 @@ pub(crate) fn grant_json(g: &Grant) -> serde_json::Value {
     })
 }
 
-/// Checks the request; the (patient, reason, minutes) or the error response.
-fn validate(r: Request) -> Result<(String, String, u32), Response> {
-    let bad = |m: &str| error(StatusCode::BAD_REQUEST, "invalid", m);
+/// Checks the request: the (patient, reason, minutes), or what is wrong with it.
+fn validate(r: Request) -> Result<(String, String, u32), &'static str> {
     let patient = r.patient_id.trim().to_owned();
     if patient.is_empty() || patient.len() > 128 {
-        return Err(bad("patient_id must be 1 to 128 characters"));
+        return Err("patient_id must be 1 to 128 characters");
     }
     let reason = r.reason.trim().to_owned();
     if reason.chars().count() < MIN_REASON || reason.len() > 1000 {
-        return Err(bad(
-            "a reason of at least 10 characters (at most 1000) is required",
-        ));
+        return Err("a reason of at least 10 characters (at most 1000) is required");
     }
     let minutes = r.minutes.unwrap_or(60);
     if !(1..=MAX_MINUTES).contains(&minutes) {
-        return Err(bad("minutes must be between 1 and 240"));
+        return Err("minutes must be between 1 and 240");
     }
     Ok((patient, reason, minutes))
 }
@@ -92,7 +89,7 @@ pub(crate) async fn open(
     };
     let (patient, reason, minutes) = match validate(req) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, "invalid", why),
     };
     if carewatch_auth::may_see_patient(&s.registry, &who, &patient) {
         return axum::Json(json!({"patient_id": patient, "needed": false})).into_response();
