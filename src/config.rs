@@ -125,6 +125,10 @@ pub struct AlertsConfig {
     pub team_webhooks: std::collections::BTreeMap<String, String>,
     /// How often rules run, seconds (default 1).
     pub interval_secs: Option<f64>,
+    /// Escalation chains and on-call rotas by care team (`[alerts.escalation.<team>]`); a team
+    /// with one escalates along it instead of `escalate_after_secs` / `max_escalations`.
+    #[serde(default)]
+    pub escalation: std::collections::BTreeMap<String, carewatch_alert::chain::ChainConfig>,
     /// Re-notify an unacknowledged firing alert after this many seconds (default 900).
     pub escalate_after_secs: Option<u64>,
     /// At most this many escalations (default 3).
@@ -258,6 +262,25 @@ pub struct Overrides {
     pub config_dir: Option<PathBuf>,
 }
 
+/// `[alerts.escalation.<team>]`, checked: each a valid team with a valid chain whose
+/// receivers are http(s) URLs.
+fn escalation_chains(a: &AlertsConfig) -> Result<std::sync::Arc<carewatch_alert::chain::Chains>> {
+    let mut chains = carewatch_alert::chain::Chains::new();
+    for (team, c) in &a.escalation {
+        if !carewatch_store::registry::valid_team(team) {
+            bail!("alerts.escalation.{team}: not a care team name");
+        }
+        let chain = c
+            .check()
+            .map_err(|e| anyhow::anyhow!("alerts.escalation.{team}: {e}"))?;
+        if let Some((_, u)) = chain.urls().into_iter().find(|(_, u)| !url_ok(u)) {
+            bail!("alerts.escalation.{team}: receiver URL {u:?} must be http:// or https://");
+        }
+        chains.insert(team.clone(), chain);
+    }
+    Ok(std::sync::Arc::new(chains))
+}
+
 /// An `[alerts]` duration in seconds (0.01 s to one hour).
 fn secs(v: Option<f64>, default: f64, what: &str) -> Result<Duration> {
     let s = v.unwrap_or(default);
@@ -371,6 +394,8 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         }
         alert_engine.rule_timeout = Duration::from_secs_f64(s);
     }
+    let chains = escalation_chains(a)?;
+    alert_engine.chains = chains.clone();
     let webhook_url = o.webhook_url.or(a.webhook_url.clone());
     for u in webhook_url
         .iter()
@@ -395,6 +420,7 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         failure_escalate_after: Duration::from_secs(
             a.receiver_failure_escalate_secs.unwrap_or(300).max(1),
         ),
+        chains,
     };
     if let Some(t) = a
         .team_webhook_secrets
@@ -487,7 +513,25 @@ mod tests {
         assert_eq!(c.persist_age, Some(Duration::from_secs(300)));
         assert_eq!(c.alert_engine.escalate_after, Duration::from_secs(900));
         assert_eq!(c.alert_routes.attempts, 8);
+        let north = c.alert_engine.chains.get("north").expect("north's chain");
+        assert_eq!(north.len(), 2);
+        assert!(std::sync::Arc::ptr_eq(&c.alert_engine.chains, &c.alert_routes.chains));
     }
+
+    #[test]
+    fn a_bad_escalation_chain_is_refused_with_its_team() {
+        let bad = |toml: &str| {
+            let f = parse_file(toml).expect("parse");
+            resolve(Overrides::default(), f).unwrap_err().to_string()
+        };
+        let e = bad("[alerts.escalation.north]\nsteps = [{ after_minutes = 5 }]");
+        assert!(e.contains("alerts.escalation.north") && e.contains("`url`"), "{e}");
+        let e = bad("[alerts.escalation.north]\nsteps = [{ after_minutes = 5, url = \"ftp://x\" }]");
+        assert!(e.contains("http://"), "{e}");
+        let e = bad("[alerts.escalation.unassigned]\nsteps = []");
+        assert!(e.contains("not a care team"), "{e}");
+    }
+
 
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {

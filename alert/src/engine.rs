@@ -61,6 +61,9 @@ pub struct Config {
     /// A resolved alert whose episode ended longer ago than this leaves memory (the history
     /// keeps it; its id is remembered so it is never reused).
     pub resolved_horizon: Duration,
+    /// Escalation chains by care team: a team with one escalates along its steps (their
+    /// delays, whoever is on call) instead of `escalate_after` / `max_escalations`.
+    pub chains: Arc<crate::chain::Chains>,
 }
 
 impl Default for Config {
@@ -72,6 +75,7 @@ impl Default for Config {
             rule_timeout: Duration::from_secs(10),
             memory_bytes: 1 << 30,
             resolved_horizon: Duration::from_secs(48 * 3600),
+            chains: Arc::default(),
         }
     }
 }

@@ -156,6 +156,10 @@ pub struct Transition {
     /// Who did it, for transitions a person made (acknowledge, assign, note, snooze, resolve).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// For `escalated` along a care team's chain: who the step told (a step name or the
+    /// person on call; `nobody on call` when the rota had a gap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notified: Option<String>,
 }
 
 /// The history file and its rows in memory.
@@ -324,6 +328,7 @@ impl AlertsTable {
             Field::new("note", DataType::Utf8, true),
             Field::new("reason", DataType::Utf8, true),
             Field::new("actor", DataType::Utf8, true),
+            Field::new("notified", DataType::Utf8, true),
         ]));
         AlertsTable { history, schema }
     }
@@ -343,6 +348,7 @@ impl carewatch_query::table::BatchSource for AlertsTable {
         let (mut id, mut rule, mut sev, mut pat, mut team, mut status, mut event, mut msg, mut ack) =
             (s(), s(), s(), s(), s(), s(), s(), s(), s());
         let (mut prev, mut assignee, mut note, mut reason, mut actor) = (s(), s(), s(), s(), s());
+        let mut notified = s();
         let mut until = ts();
         let mut value = Float64Builder::with_capacity(n);
         let mut level = UInt32Builder::with_capacity(n);
@@ -368,6 +374,7 @@ impl carewatch_query::table::BatchSource for AlertsTable {
             note.append_option(r.note.as_deref());
             reason.append_option(r.reason.as_deref());
             actor.append_option(r.actor.as_deref());
+            notified.append_option(r.notified.as_deref());
         }
         let cols: Vec<ArrayRef> = vec![
             Arc::new(seq.finish()),
@@ -391,6 +398,7 @@ impl carewatch_query::table::BatchSource for AlertsTable {
             Arc::new(note.finish()),
             Arc::new(reason.finish()),
             Arc::new(actor.finish()),
+            Arc::new(notified.finish()),
         ];
         Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
     }
@@ -438,6 +446,7 @@ mod torn_tests {
             note: None,
             reason: None,
             actor: None,
+            notified: None,
         }
     }
 

@@ -14,6 +14,7 @@
 //! What it must not do: write observations, or hold its state lock across a query.
 
 pub mod backtest;
+pub mod chain;
 pub mod baselines;
 pub mod engine;
 pub mod episodes;

@@ -123,9 +123,11 @@ impl AlertEngine {
                 .pending
                 .push(((rule.id.clone(), w.patient), o.pending));
         }
-        for mut a in due.into_iter().filter(|a| !seen.contains(&a.alert_id)) {
+        for (mut a, notified) in due.into_iter().filter(|d| !seen.contains(&d.0.alert_id)) {
             a.escalation_level += 1;
-            change.out.push(a.transition(Event::Escalated, now));
+            let mut t = a.transition(Event::Escalated, now);
+            t.notified = notified;
+            change.out.push(t);
         }
         // Snoozes that ran out (an alert this run touched is taken as the run left it).
         for a in awake {
@@ -142,19 +144,34 @@ impl AlertEngine {
     }
 
     /// Firing alerts nobody acknowledged since their last notification, past the escalation
-    /// delay and below the escalation cap.
-    fn due_for_escalation(&self, st: &State, now: i64) -> Vec<Current> {
+    /// delay — their team's next chain step's, or `escalate_after` below `max_escalations` for
+    /// a team without a chain — with who the step tells.
+    fn due_for_escalation(&self, st: &State, now: i64) -> Vec<(Current, Option<String>)> {
         let c = &self.inner.config;
         let esc = c.escalate_after.as_micros() as i64;
-        st.alerts
-            .values()
-            .filter(|a| {
-                a.status == Status::Firing
-                    && a.escalation_level < c.max_escalations
-                    && now - a.last_notified_us >= esc
-            })
-            .cloned()
-            .collect()
+        let mut due = Vec::new();
+        for a in st.alerts.values().filter(|a| a.status == Status::Firing) {
+            let since = now - a.last_notified_us;
+            let chain = a.care_team.as_ref().and_then(|t| c.chains.get(t));
+            match chain.filter(|ch| !ch.is_empty()) {
+                Some(ch) => {
+                    let next = a.escalation_level + 1;
+                    let Some(delay) = ch.delay(next) else {
+                        continue;
+                    };
+                    if since >= delay.as_micros() as i64 {
+                        let who = ch.contact(next, now).map(|c| c.who);
+                        let who = who.unwrap_or_else(|| "nobody on call".into());
+                        due.push((a.clone(), Some(who)));
+                    }
+                }
+                None if a.escalation_level < c.max_escalations && since >= esc => {
+                    due.push((a.clone(), None));
+                }
+                None => {}
+            }
+        }
+        due
     }
 }
 

@@ -101,6 +101,7 @@ impl Current {
             note: None,
             reason: None,
             actor: None,
+            notified: None,
         }
     }
 }

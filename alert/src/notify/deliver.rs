@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::gauges::{Counters, Gauge, ReceiverKind};
 use super::{Routes, payload, routed};
+use crate::chain::Chains;
 use crate::engine::AlertEngine;
 use crate::history::{Event, History, Status, Transition};
 
@@ -27,6 +28,8 @@ pub(super) struct Receiver {
     global: bool,
     teams: Vec<String>,
     pub(super) escalation: bool,
+    /// Escalation-chain steps it serves: (team, step number).
+    steps: Vec<(String, u32)>,
     secret: Option<String>,
 }
 
@@ -42,6 +45,7 @@ fn entry<'a>(
         global: false,
         teams: Vec::new(),
         escalation: false,
+        steps: Vec::new(),
         secret: None,
     });
     if r.secret.is_none() {
@@ -70,6 +74,14 @@ pub(super) fn receivers(routes: &Routes) -> Vec<Receiver> {
     if let Some(u) = &routes.escalation_url {
         let secret = routes.escalation_secret.as_ref();
         entry(&mut by_url, u, ReceiverKind::Escalation, secret).escalation = true;
+    }
+    for (team, chain) in routes.chains.iter() {
+        for (n, u) in chain.urls() {
+            let r = entry(&mut by_url, &u, ReceiverKind::Escalation, None);
+            if !r.steps.contains(&(team.clone(), n)) {
+                r.steps.push((team.clone(), n));
+            }
+        }
     }
     by_url.into_values().collect()
 }
@@ -116,7 +128,7 @@ pub(super) async fn receiver_loop(ctx: Ctx, r: Receiver, start: u64) {
         }
         for t in batch {
             pos = t.seq + 1;
-            let Some(t) = route(&ctx.engine, &r, &t) else {
+            let Some(t) = route(&ctx.engine, &ctx.routes.chains, &r, &t) else {
                 continue;
             };
             ctx.gauge
@@ -132,15 +144,35 @@ pub(super) async fn receiver_loop(ctx: Ctx, r: Receiver, start: u64) {
 }
 
 /// The transition as this receiver gets it, or None when it is not routed to it.
-fn route(engine: &AlertEngine, r: &Receiver, t: &Arc<Transition>) -> Option<Arc<Transition>> {
+fn route(
+    engine: &AlertEngine,
+    chains: &Chains,
+    r: &Receiver,
+    t: &Arc<Transition>,
+) -> Option<Arc<Transition>> {
     if t.event == Event::Pending {
         return None;
     }
     let team = engine.team_of(&t.patient_id);
-    let hit = r.global
+    routed_to(r, t, team.as_deref(), chains).then(|| routed(t, team))
+}
+
+/// Is `t` (of a patient whose team is `team` now) for receiver `r`? A chain step's receiver
+/// gets an alert's transitions from its step on (so it hears of the acknowledgement too); an
+/// on-call step's, only while that receiver's person is on call.
+fn routed_to(r: &Receiver, t: &Transition, team: Option<&str>, chains: &Chains) -> bool {
+    let step = |(st, n): &(String, u32)| {
+        team == Some(st.as_str())
+            && t.escalation_level >= *n
+            && chains
+                .get(st)
+                .and_then(|c| c.contact(*n, t.at_us))
+                .is_some_and(|c| c.url == r.url)
+    };
+    r.global
         || (r.escalation && t.event == Event::Escalated)
-        || team.as_ref().is_some_and(|c| r.teams.contains(c));
-    hit.then(|| routed(t, team))
+        || team.is_some_and(|c| r.teams.iter().any(|x| x == c))
+        || r.steps.iter().any(step)
 }
 
 /// True while the alert of `t` is not resolved (as of the newest transition in the history).
@@ -370,6 +402,68 @@ mod tests {
         // A receiver added to a running deployment starts at the end.
         std::fs::remove_file(offset_file(&h, &r[1])).expect("rm");
         assert_eq!(start_positions(&h, &r, 9), [7, 9], "added later");
+    }
+
+    #[test]
+    fn chain_steps_get_an_alert_from_their_step_on_and_on_call_only_while_on_call() {
+        let chain: crate::chain::ChainConfig = toml::from_str(
+            r#"steps = [{ after_minutes = 5, url = "http://backup/" }, { after_minutes = 5, oncall = true }]
+            oncall = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], from = "08:00", to = "20:00", person = "d", url = "http://day/" },
+                      { days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], from = "20:00", to = "08:00", person = "n", url = "http://night/" }]"#,
+        )
+        .expect("toml");
+        let routes = Routes {
+            chains: Arc::new([("north".to_owned(), chain.check().expect("chain"))].into()),
+            ..Routes::default()
+        };
+        let chains = routes.chains.clone();
+        let r = receivers(&routes);
+        let by = |u: &str| r.iter().find(|x| x.url == u).expect("receiver").clone();
+        let (backup, day, night) = (by("http://backup/"), by("http://day/"), by("http://night/"));
+        // 2026-11-30T10:00Z is day time (UTC rota).
+        let mut t = transition_at(1_796_032_800_000_000);
+        let gets = |r: &Receiver, t: &Transition, team| routed_to(r, t, team, &chains);
+        assert!(
+            !gets(&backup, &t, Some("north")),
+            "level 0: the team's own receiver only"
+        );
+        t.escalation_level = 1;
+        assert!(gets(&backup, &t, Some("north")));
+        assert!(!gets(&day, &t, Some("north")), "step 2 not reached");
+        t.escalation_level = 2;
+        assert!(gets(&backup, &t, Some("north")) && gets(&day, &t, Some("north")));
+        assert!(!gets(&night, &t, Some("north")), "not on call at 10:00");
+        assert!(!gets(&day, &t, Some("south")), "another team's alert");
+        t.at_us += 12 * 3_600_000_000;
+        assert!(gets(&night, &t, Some("north")) && !gets(&day, &t, Some("north")));
+    }
+
+    fn transition_at(at_us: i64) -> Transition {
+        Transition {
+            seq: 0,
+            at_us,
+            alert_id: "a".into(),
+            rule: "fever".into(),
+            title: "Fever".into(),
+            severity: crate::rules::Severity::High,
+            patient_id: "p".into(),
+            care_team: Some("north".into()),
+            status: Status::Firing,
+            event: Event::Escalated,
+            episode_start_us: 0,
+            episode_end_us: 0,
+            value: None,
+            message: String::new(),
+            escalation_level: 0,
+            acknowledged_by: None,
+            previous_care_team: None,
+            assignee: None,
+            snoozed_until_us: None,
+            note: None,
+            reason: None,
+            actor: None,
+            notified: None,
+        }
     }
 
     #[test]

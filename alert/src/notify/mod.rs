@@ -51,6 +51,8 @@ pub struct Routes {
     /// A receiver failing continuously for longer than this is reported to the escalation
     /// receiver (once per failure stretch) and on `/metrics`.
     pub failure_escalate_after: Duration,
+    /// Escalation chains by care team: each step's receivers get the alert from its step on.
+    pub chains: Arc<crate::chain::Chains>,
 }
 
 use crate::iso;
@@ -118,6 +120,7 @@ pub fn payload(t: &Transition) -> Value {
     v["note"] = json!(t.note);
     v["reason"] = json!(t.reason);
     v["actor"] = json!(t.actor);
+    v["notified"] = json!(t.notified);
     v
 }
 
