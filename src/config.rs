@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
+mod fhir;
 mod oidc;
 
 /// The TOML file. Every key is optional; unknown keys are an error.
@@ -58,6 +59,9 @@ pub struct FileConfig {
     /// The HTTP edge's limits.
     #[serde(default)]
     pub http: HttpConfig,
+    /// FHIR interoperability (`[fhir.destination]`).
+    #[serde(default)]
+    pub fhir: fhir::FhirFile,
     /// Per-patient baselines (`window_days`, `max_steps`).
     #[serde(default)]
     pub baselines: carewatch_alert::baselines::BaselineConfig,
@@ -240,6 +244,8 @@ pub struct ServeConfig {
     pub login_limits: carewatch_auth::limiter::Limits,
     /// Single sign-on (`None`: carewatch tokens only).
     pub oidc: Option<carewatch_auth::oidc::OidcConfig>,
+    /// Where stored readings are delivered as FHIR Observations (`None`: nowhere).
+    pub fhir_destination: Option<carewatch_deliver::Config>,
 }
 
 /// Flag/env values (each `None` when not given).
@@ -258,6 +264,7 @@ pub struct Overrides {
     pub webhook_url: Option<String>,
     pub oidc_issuer: Option<String>,
     pub oidc_audience: Option<String>,
+    pub fhir_destination: Option<String>,
     /// The directory of the config file (for its `rules/`).
     pub config_dir: Option<PathBuf>,
 }
@@ -449,6 +456,7 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         login_limits.refill = Duration::from_secs_f64(s);
     }
     let oidc = oidc::resolve(o.oidc_issuer, o.oidc_audience, file.auth.oidc)?;
+    let fhir_destination = fhir::resolve(o.fhir_destination, file.fhir.destination)?;
     let mut http_limits = carewatch_ingest::server::Limits::default();
     let h = &file.http;
     if let Some(n) = h.max_connections {
@@ -465,6 +473,7 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         metrics_require_token,
         login_limits,
         oidc,
+        fhir_destination,
         alerts_mqtt,
         rules_dir,
         alert_engine,

@@ -224,8 +224,30 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         notify_counters,
     )
     .await;
+    // The FHIR destination: every stored reading delivered as Observations (issue 14).
+    let destination = match c.fhir_destination.clone() {
+        Some(dc) => {
+            let (d, task) = carewatch_deliver::Destination::start(
+                dc,
+                &c.data_dir,
+                store.clone(),
+                engine.clone(),
+                shutdown.clone(),
+            )
+            .map_err(anyhow::Error::msg)?;
+            announce!("fhir destination {}", d.status().url);
+            Some((d, task))
+        }
+        None => None,
+    };
+    let mut extra_metrics: Vec<carewatch_web::ExtraMetrics> = Vec::new();
+    if let Some((d, _)) = &destination {
+        let d = d.clone();
+        extra_metrics.push(Arc::new(move |out: &mut String| d.write_metrics(out)));
+    }
     let web = carewatch_web::WebState {
         metrics_require_token: c.metrics_require_token,
+        extra_metrics,
         ..web
     };
     if let Some(dir) = c.rules_dir.clone() {
@@ -337,6 +359,17 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     let _ = mqtt_task.await;
     let _ = alert_task.await;
     notify_task.abort();
+    if let Some((_, task)) = destination {
+        // Its position is durable after every delivered batch; a send in flight is not waited
+        // for long (it is sent again after the restart).
+        let abort = task.abort_handle();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
     store.close().await.context("flushing the store")?;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -11,11 +11,13 @@
 //!
 //! API: [`observation`] (typed), [`observation_json`] (what is served), [`group`] (rows →
 //! Observations), [`bundle_json`] / [`bundle_json_at`] (collection or searchset), [`search`]
-//! (the search parameters of `GET /fhir/Observation?…`, parsed without a query engine).
+//! (the search parameters of `GET /fhir/Observation?…`, parsed without a query engine),
+//! [`capability`] (the CapabilityStatement of `GET /fhir/metadata`).
 //!
 //! What it must not do: I/O, clocks, or run on the ingest path (it is a read-side view). The
 //! received time and the server base URL are passed in.
 
+pub mod capability;
 pub mod search;
 
 use fhir_model::r4b::codes::ObservationStatus;

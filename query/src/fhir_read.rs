@@ -1,7 +1,8 @@
 //! FHIR read-back: `GET /fhir/Observation/{id}` and
 //! `GET /fhir/Observation?patient=&code=&date=ge…&date=lt…&_count=&_offset=`, answering with
 //! Observations rebuilt from the stored rows (a blood pressure with both components) and a
-//! `searchset` Bundle with paging links.
+//! `searchset` Bundle with paging links; `GET /fhir/metadata`, the CapabilityStatement
+//! (public, like the SMART discovery document: it names no data).
 //!
 //! Who sees what: analysts and admins everything; a care manager only the patients of their
 //! care team; devices nothing.
@@ -351,4 +352,32 @@ pub async fn search(
     }
     bundle["link"] = Value::Array(links);
     fhir_json(StatusCode::OK, bundle)
+}
+
+/// When this process started, the CapabilityStatement's `date` (what it describes cannot
+/// change while it runs).
+static STARTED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+});
+
+/// `GET /fhir/metadata`: the CapabilityStatement (no credential needed).
+pub async fn metadata(
+    headers: HeaderMap,
+    auth: Option<axum::Extension<carewatch_auth::Authenticator>>,
+) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("localhost");
+    let smart = auth.is_some_and(|a| a.oidc().is_some());
+    fhir_json(
+        StatusCode::OK,
+        carewatch_fhir::capability::capability_statement(
+            &format!("http://{host}/fhir"),
+            env!("CARGO_PKG_VERSION"),
+            &STARTED,
+            smart,
+        ),
+    )
 }

@@ -40,6 +40,10 @@ pub fn router(state: SqlState) -> Router {
             "/fhir/Observation",
             axum::routing::get(crate::fhir_read::search),
         )
+        .route(
+            "/fhir/metadata",
+            axum::routing::get(crate::fhir_read::metadata),
+        )
         .with_state(state)
 }
 

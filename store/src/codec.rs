@@ -45,6 +45,7 @@ pub fn source_byte(s: Source) -> u8 {
         Source::Mqtt => 2,
         Source::Replay => 3,
         Source::Cli => 4,
+        Source::Destination => 5,
     }
 }
 fn source_of(b: u8) -> Result<Source, DecodeError> {
@@ -53,6 +54,7 @@ fn source_of(b: u8) -> Result<Source, DecodeError> {
         2 => Source::Mqtt,
         3 => Source::Replay,
         4 => Source::Cli,
+        5 => Source::Destination,
         _ => return Err(DecodeError(format!("unknown source {b}"))),
     })
 }

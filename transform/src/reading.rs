@@ -15,6 +15,8 @@ pub enum Source {
     Replay,
     /// `carewatch template check` or other local tools.
     Cli,
+    /// The FHIR destination (a dead letter of a delivery the server refused).
+    Destination,
 }
 
 impl Source {
@@ -25,6 +27,7 @@ impl Source {
             Source::Mqtt => "mqtt",
             Source::Replay => "replay",
             Source::Cli => "cli",
+            Source::Destination => "fhir-destination",
         }
     }
 }

@@ -59,11 +59,14 @@ pub enum Reason {
     Unauthorized,
     /// The reading is dated further after its arrival than `--max-future-skew` allows.
     FutureTime,
+    /// A stored reading's Observation was refused by the FHIR destination (the dead letter
+    /// holds the server's OperationOutcome); decided by the delivery, not at ingest.
+    DestinationRejected,
 }
 
 impl Reason {
     /// All reasons, for metrics pre-registration and docs.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Reason::InvalidUtf8,
         Reason::InvalidJson,
         Reason::TooDeep,
@@ -89,6 +92,7 @@ impl Reason {
         Reason::WrongTopic,
         Reason::Unauthorized,
         Reason::FutureTime,
+        Reason::DestinationRejected,
     ];
 
     /// The stable code stored and returned for this reason.
@@ -119,6 +123,7 @@ impl Reason {
             Reason::WrongTopic => "wrong_topic",
             Reason::Unauthorized => "unauthorized",
             Reason::FutureTime => "future_time",
+            Reason::DestinationRejected => "destination_rejected",
         }
     }
 

@@ -62,7 +62,13 @@ pub struct WebState {
     pub webhooks: Arc<carewatch_alert::notify::Counters>,
     /// `/metrics` needs an admin or analyst credential (config `[auth] metrics_require_token`).
     pub metrics_require_token: bool,
+    /// More metric families written by other parts (the FHIR destination), appended to
+    /// `/metrics` in Prometheus text format.
+    pub extra_metrics: Vec<ExtraMetrics>,
 }
+
+/// A writer of metric families in Prometheus text format (labels without ids).
+pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 impl std::fmt::Debug for WebState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -120,6 +126,7 @@ impl WebState {
             updates,
             webhooks,
             metrics_require_token: false,
+            extra_metrics: Vec::new(),
         }
     }
 }

@@ -263,6 +263,9 @@ pub async fn metrics(
         s.webhooks.dropped.load(Relaxed) as f64,
     );
     webhook_receivers(&mut o, &s.webhooks);
+    for f in &s.extra_metrics {
+        f(&mut o.0);
+    }
     (
         [(
             header::CONTENT_TYPE,

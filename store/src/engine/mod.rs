@@ -82,6 +82,30 @@ struct Inner {
     local_root: Option<PathBuf>,
     observers: std::sync::RwLock<Vec<AppendObserver>>,
     health: Arc<Health>,
+    /// The earliest `received_us` of each append not yet answered (count per time): readers
+    /// that follow the table by received time stop short of it ([`Store::received_floor`]).
+    inflight: Mutex<std::collections::BTreeMap<i64, usize>>,
+}
+
+/// Removes an append's received time from the in-flight set when the append ends (durable
+/// and visible, or failed), however it ends.
+struct InFlight<'a>(&'a Inner, Option<i64>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let Some(t) = self.1 else { return };
+        let mut m = self
+            .0
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&t) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&t);
+            }
+        }
+    }
 }
 
 /// Whether the WAL writer can go on.
@@ -169,6 +193,17 @@ impl Store {
                 return Err(Error::Busy);
             }
         }
+        let first = rows.iter().map(|r| r.received_us).min();
+        if let Some(t) = first {
+            *self
+                .inner
+                .inflight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(t)
+                .or_default() += 1;
+        }
+        let _inflight = InFlight(&self.inner, first);
         // Hashed here, on the caller's task, rather than on the writer thread.
         for d in dead.iter_mut().filter(|d| d.raw_sha256.is_none()) {
             d.raw_sha256 = Some(crate::dead::digest(&d.raw));
@@ -218,6 +253,20 @@ impl Store {
     #[doc(hidden)]
     pub async fn inject_writer_failure(&self) {
         let _ = self.inner.tx.send(Cmd::InjectPanic).await;
+    }
+
+    /// The earliest received time of rows being appended right now (not yet durable and
+    /// visible), if any. Every row received before it that was stored at all is visible in
+    /// [`Store::snapshot`], so a reader following `observations` by received time may go up
+    /// to just before it (the FHIR destination does).
+    pub fn received_floor(&self) -> Option<i64> {
+        self.inner
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .next()
+            .copied()
     }
 
     /// Registers a function told about every durable append (see [`AppendObserver`]).

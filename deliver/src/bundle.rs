@@ -1,0 +1,199 @@
+//! Pure: the Bundles sent to the destination and the reading of its answers.
+//!
+//! Each Observation is the one carewatch serves at `GET /fhir/Observation/{id}`
+//! ([`carewatch_fhir::observation_json`], one code path), without its server-local `id` and with
+//! a business identifier `{system}|{observation id}` (the hash of the natural key) in front of
+//! any the sender gave. It is written with a conditional update, `PUT
+//! Observation?identifier={system}|{id}`, so sending it again updates the same resource.
+
+use serde_json::{Value, json};
+
+use carewatch_transform::Reading;
+
+/// The default identifier system of delivered Observations.
+pub const DEFAULT_IDENTIFIER_SYSTEM: &str = "urn:carewatch:observation";
+
+/// One Observation to deliver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The observation id (hash of the natural key), the identifier's value.
+    pub id: String,
+    /// The device (for the dead letter, never logged).
+    pub device_id: String,
+    /// The resource as sent.
+    pub resource: Value,
+}
+
+/// The Observation of one group of rows (one reading, or both blood-pressure rows) as the
+/// destination receives it. Errors name the group's problem without PHI.
+pub fn entry(rows: &[&Reading], system: &str) -> Result<Entry, String> {
+    let first = rows.first().ok_or("no rows")?;
+    let mut o = carewatch_fhir::observation_json(rows, None).map_err(|e| match e {
+        carewatch_fhir::Error::MissingPatient(_) => "reading without a patient".to_owned(),
+        other => other.to_string(),
+    })?;
+    let id = first.observation_id();
+    if let Some(obj) = o.as_object_mut() {
+        obj.remove("id");
+        let ours = json!({"system": system, "value": id});
+        let mut idents = vec![ours];
+        if let Some(Value::Array(theirs)) = obj.remove("identifier") {
+            idents.extend(
+                theirs
+                    .into_iter()
+                    .filter(|i| i.get("system") != Some(&json!(system))),
+            );
+        }
+        // `resourceType` first, then `identifier`, as FHIR's JSON examples order them.
+        let mut out = serde_json::Map::new();
+        if let Some(rt) = obj.remove("resourceType") {
+            out.insert("resourceType".into(), rt);
+        }
+        out.insert("identifier".into(), Value::Array(idents));
+        out.extend(std::mem::take(obj));
+        o = Value::Object(out);
+    }
+    Ok(Entry {
+        id,
+        device_id: first.device_id.clone(),
+        resource: o,
+    })
+}
+
+/// The conditional-update URL of an entry: `Observation?identifier={system}|{id}` with the
+/// system percent-encoded.
+pub fn conditional_url(system: &str, id: &str) -> String {
+    let sys: String = url::form_urlencoded::byte_serialize(system.as_bytes()).collect();
+    format!("Observation?identifier={sys}%7C{id}")
+}
+
+/// The kind of Bundle sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// Every entry on its own: one refused entry does not stop the others (default).
+    #[default]
+    Batch,
+    /// All or nothing; a refused Bundle is re-sent entry by entry to find the refused ones.
+    Transaction,
+}
+
+impl Kind {
+    /// The Bundle.type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Batch => "batch",
+            Kind::Transaction => "transaction",
+        }
+    }
+    /// Parses `batch` or `transaction`.
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "batch" => Some(Kind::Batch),
+            "transaction" => Some(Kind::Transaction),
+            _ => None,
+        }
+    }
+}
+
+/// The Bundle of `entries`.
+pub fn bundle(entries: &[Entry], kind: Kind, system: &str) -> Value {
+    let items: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            json!({
+                "fullUrl": format!("urn:uuid:{}", uuid_form(&e.id)),
+                "resource": e.resource,
+                "request": {"method": "PUT", "url": conditional_url(system, &e.id)},
+            })
+        })
+        .collect();
+    json!({"resourceType": "Bundle", "type": kind.as_str(), "entry": items})
+}
+
+/// The 32 hex digits of an observation id written as a UUID (8-4-4-4-12), for `fullUrl`.
+fn uuid_form(id: &str) -> String {
+    if id.len() != 32 {
+        return id.to_owned();
+    }
+    format!(
+        "{}-{}-{}-{}-{}",
+        &id[..8],
+        &id[8..12],
+        &id[12..16],
+        &id[16..20],
+        &id[20..]
+    )
+}
+
+/// What became of one entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Stored (2xx).
+    Stored,
+    /// Refused for good (a 4xx other than 408/429): a dead letter with the server's answer.
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The server's OperationOutcome (or a made-up one naming the status).
+        outcome: Value,
+    },
+    /// Failed for now (5xx, 408, 429, or no answer for the entry): send again later.
+    Retry(u16),
+}
+
+/// Whether an HTTP status refuses for good.
+pub fn refuses(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
+}
+
+fn status_code(s: &str) -> Option<u16> {
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// An OperationOutcome for a refusal the server gave without one.
+pub fn outcome_for(status: u16, text: &str) -> Value {
+    json!({"resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": "processing",
+        "diagnostics": format!("HTTP {status} {text}")
+    }]})
+}
+
+/// Reads a batch-response (or transaction-response) Bundle: one outcome per sent entry, in
+/// order. An answer that is not such a Bundle, or has fewer entries, makes the missing ones
+/// `Retry(0)`.
+pub fn outcomes(response: &Value, sent: usize) -> Vec<Outcome> {
+    let entries = response
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    (0..sent)
+        .map(|i| {
+            let Some(r) = entries.get(i).and_then(|e| e.get("response")) else {
+                return Outcome::Retry(0);
+            };
+            let Some(status) = r
+                .get("status")
+                .and_then(Value::as_str)
+                .and_then(status_code)
+            else {
+                return Outcome::Retry(0);
+            };
+            match status {
+                200..=299 => Outcome::Stored,
+                s if refuses(s) => Outcome::Refused {
+                    status: s,
+                    outcome: r
+                        .get("outcome")
+                        .filter(|o| o.get("resourceType") == Some(&json!("OperationOutcome")))
+                        .cloned()
+                        .unwrap_or_else(|| outcome_for(s, "refused")),
+                },
+                s => Outcome::Retry(s),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

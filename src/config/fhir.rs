@@ -1,0 +1,158 @@
+//! `[fhir.destination]`: deliver every stored reading to an external FHIR R4 server.
+//! `--fhir-destination URL` (`CAREWATCH_FHIR_DESTINATION`) wins over `url` in the file; the
+//! other settings come from the file only. Secrets may be given as `*_file` paths instead.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+
+/// `[fhir]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirFile {
+    /// The destination server.
+    #[serde(default)]
+    pub destination: DestinationFile,
+}
+
+/// `[fhir.destination]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationFile {
+    /// The server's base URL; Bundles are POSTed to it.
+    pub url: Option<String>,
+    /// A fixed bearer token (or `bearer_token_file`).
+    pub bearer_token: Option<String>,
+    /// A file holding the bearer token.
+    pub bearer_token_file: Option<PathBuf>,
+    /// OAuth2 client credentials: the token endpoint.
+    pub token_url: Option<String>,
+    /// OAuth2 client id.
+    pub client_id: Option<String>,
+    /// OAuth2 client secret (or `client_secret_file`).
+    pub client_secret: Option<String>,
+    /// A file holding the client secret.
+    pub client_secret_file: Option<PathBuf>,
+    /// OAuth2 scope, e.g. `system/Observation.write`.
+    pub scope: Option<String>,
+    /// Observations per Bundle (default 100, at most 1000).
+    pub batch_size: Option<usize>,
+    /// Seconds between looks for new readings when caught up (default 1).
+    pub interval_secs: Option<f64>,
+    /// `batch` (default) or `transaction`.
+    pub bundle: Option<String>,
+    /// The identifier system of delivered Observations (default `urn:carewatch:observation`).
+    pub identifier_system: Option<String>,
+    /// Longest wait between retries, seconds (default 60).
+    pub max_backoff_secs: Option<f64>,
+    /// Per-request timeout, seconds (default 30).
+    pub timeout_secs: Option<f64>,
+}
+
+fn secret(inline: Option<String>, file: Option<PathBuf>, what: &str) -> Result<Option<String>> {
+    match (inline, file) {
+        (Some(_), Some(_)) => bail!("fhir.destination: give {what} or {what}_file, not both"),
+        (Some(s), None) => Ok(Some(s)),
+        (None, Some(p)) => Ok(Some(
+            std::fs::read_to_string(&p)
+                .with_context(|| format!("reading fhir.destination.{what}_file"))?
+                .trim()
+                .to_owned(),
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+fn secs(v: Option<f64>, what: &str) -> Result<Option<Duration>> {
+    match v {
+        None => Ok(None),
+        Some(s) if (0.01..=86_400.0).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
+        Some(_) => bail!("fhir.destination.{what} must be between 0.01 and 86400"),
+    }
+}
+
+/// The resolved destination (`None`: no URL, nothing is delivered).
+pub fn resolve(
+    flag_url: Option<String>,
+    f: DestinationFile,
+) -> Result<Option<carewatch_deliver::Config>> {
+    let Some(url) = flag_url.or(f.url).filter(|s| !s.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let mut c = carewatch_deliver::Config::new(url.trim()).map_err(anyhow::Error::msg)?;
+    let bearer = secret(f.bearer_token, f.bearer_token_file, "bearer_token")?;
+    let client_secret = secret(f.client_secret, f.client_secret_file, "client_secret")?;
+    c.auth = match (bearer, f.token_url) {
+        (Some(_), Some(_)) => bail!("fhir.destination: give bearer_token or token_url, not both"),
+        (Some(t), None) => carewatch_deliver::Auth::Bearer(t),
+        (None, Some(t)) => {
+            let token_url = url::Url::parse(&t)
+                .map_err(|e| anyhow::anyhow!("fhir.destination.token_url: {e}"))?;
+            let (Some(client_id), Some(client_secret)) = (f.client_id, client_secret) else {
+                bail!("fhir.destination.token_url needs client_id and client_secret");
+            };
+            carewatch_deliver::Auth::ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope: f.scope,
+            }
+        }
+        (None, None) => carewatch_deliver::Auth::None,
+    };
+    if let Some(n) = f.batch_size {
+        c.batch_size = n;
+    }
+    if let Some(d) = secs(f.interval_secs, "interval_secs")? {
+        c.interval = d;
+    }
+    if let Some(d) = secs(f.max_backoff_secs, "max_backoff_secs")? {
+        c.max_backoff = d;
+    }
+    if let Some(d) = secs(f.timeout_secs, "timeout_secs")? {
+        c.timeout = d;
+    }
+    if let Some(k) = f.bundle {
+        c.kind = carewatch_deliver::Kind::parse(&k).ok_or_else(|| {
+            anyhow::anyhow!("fhir.destination.bundle must be batch or transaction")
+        })?;
+    }
+    if let Some(s) = f.identifier_system {
+        c.identifier_system = s;
+    }
+    c.validate().map_err(anyhow::Error::msg)?;
+    Ok(Some(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_wins_and_bad_values_are_named() {
+        let f: FhirFile = toml::from_str(
+            "[destination]\nurl = \"http://a/fhir\"\nbatch_size = 10\nbearer_token = \"t\"\n",
+        )
+        .unwrap();
+        let c = resolve(Some("http://b/fhir".into()), f.destination)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.url.as_str(), "http://b/fhir");
+        assert_eq!(c.batch_size, 10);
+        assert!(matches!(c.auth, carewatch_deliver::Auth::Bearer(_)));
+        assert!(resolve(None, DestinationFile::default()).unwrap().is_none());
+        let bad = |toml: &str| {
+            let f: FhirFile = toml::from_str(toml).unwrap();
+            resolve(None, f.destination).unwrap_err().to_string()
+        };
+        assert!(bad("[destination]\nurl = \"ftp://x\"").contains("http"));
+        assert!(bad("[destination]\nurl = \"http://x\"\nbatch_size = 0").contains("batch_size"));
+        assert!(bad("[destination]\nurl = \"http://x\"\nbundle = \"both\"").contains("bundle"));
+        assert!(
+            bad("[destination]\nurl = \"http://x\"\ntoken_url = \"http://t\"")
+                .contains("client_id")
+        );
+    }
+}
