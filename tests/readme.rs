@@ -237,7 +237,19 @@ fn every_readme_command_runs_as_printed_and_does_what_it_says() {
         ci.contains("scripts/test.sh"),
         ".ci/run runs the README's test command"
     );
-    for id in ["watch-1", "alice"] {
+    for id in [
+        "watch-1",
+        "alice",
+        "watch-2",
+        "bob",
+        "watch-3",
+        "carol",
+        "cuff-101",
+        "cuff-102",
+        "scale-201",
+        "maria",
+        "tomas",
+    ] {
         note_id("device", id);
         note_id("patient", id);
     }
@@ -265,7 +277,32 @@ fn every_readme_command_runs_as_printed_and_does_what_it_says() {
 /// What the README says each command does.
 fn check(sh: &mut Shell, cmd: &str, out: &str) {
     let has = |what: &str| assert!(out.contains(what), "{cmd}\nsaid: {out}\nexpected: {what}");
-    if cmd.contains("/v1/devices") {
+    if cmd.contains("/v1/devices") && cmd.contains("x-ndjson") {
+        let v: serde_json::Value = serde_json::from_str(out).expect("enrolment answer");
+        assert_eq!(v["enrolled"], 2, "{out}");
+        for r in v["results"].as_array().expect("results") {
+            note_id("token", r["secret"].as_str().expect("secret"));
+        }
+    } else if cmd.contains("/v1/devices?") {
+        let v: serde_json::Value = serde_json::from_str(out).expect("fleet page");
+        let ids: Vec<&str> = v["devices"]
+            .as_array()
+            .expect("devices")
+            .iter()
+            .filter_map(|d| d["device_id"].as_str())
+            .collect();
+        assert!(
+            ids.contains(&"cuff-101") && ids.contains(&"watch-2"),
+            "{out}"
+        );
+    } else if cmd.contains(" devices import ") {
+        let results = std::fs::read_to_string(sh.cwd.join("secrets.ndjson")).expect("--out file");
+        assert_eq!(results.matches("\"enrolled\"").count(), 3, "{results}");
+        for l in results.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).expect("result line");
+            note_id("token", v["secret"].as_str().expect("secret"));
+        }
+    } else if cmd.contains("/v1/devices") {
         let v: serde_json::Value = serde_json::from_str(out).expect("registration answer");
         assert_eq!(v["device_id"], "watch-1", "{out}");
         let secret = v["secret"].as_str().expect("secret").to_owned();

@@ -131,8 +131,14 @@ pub(crate) async fn post_devices(
     if !ndjson && first != Some(b'[') {
         return register_one(s, b).await;
     }
-    let items = items(&b, ndjson)?;
-    let (code, body) = blocking(&s, move |r| enrol(r, items)).await?;
+    // Parsing a batch of thousands of items is CPU work: off the async workers too.
+    let r = s.pipeline.registry.clone();
+    let (code, body) = tokio::task::spawn_blocking(move || {
+        let items = items(&b, ndjson)?;
+        enrol(&r, items).map_err(ApiError::from)
+    })
+    .await
+    .map_err(|_| ApiError::Unavailable)??;
     Ok((code, Json(body)).into_response())
 }
 

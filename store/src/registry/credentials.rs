@@ -75,7 +75,7 @@ impl Registry {
     /// Every credential, oldest first (never a secret).
     pub fn tokens(&self) -> Vec<CredentialInfo> {
         self.refresh_if_idle();
-        let used = lock(&self.last_used).clone();
+        let used = lock(&self.last_used).latest();
         let mut out: Vec<CredentialInfo> = self.read(|d| {
             d.credentials
                 .values()
@@ -123,7 +123,7 @@ impl Registry {
         }
         let now = now_us();
         let p = self.read(|d| d.usable(&h, now).map(|c| c.principal.clone()))?;
-        lock(&self.last_used).insert(p.id.clone(), now);
+        lock(&self.last_used).note(&p.id, now);
         Some(p)
     }
 }

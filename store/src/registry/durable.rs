@@ -1,18 +1,17 @@
 //! The registry's writes and the durable side: opening (and migrating), one change at a time
 //! through the [`Backend`], applying what other writers did, last uses, compaction.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 use super::persist::{Backend, Changes, Op, Tx};
-use super::{Data, Registry, Role, USAGE_GRAIN_US, lock, log, now_us};
+use super::{Data, Registry, Role, lock, log, marks::GRAIN_US, now_us};
 use crate::{Error, Result};
 
 /// `registry.json` of earlier versions, as transactions.
 fn legacy(bytes: &[u8]) -> Result<Vec<Tx>> {
     let d = Data::parse(bytes).map_err(|e| Error::Config(format!("{}: {e}", log::LEGACY)))?;
-    Ok(d.snapshot(&HashMap::new(), &HashMap::new()))
+    Ok(d.snapshot())
 }
 
 impl Registry {
@@ -86,7 +85,7 @@ impl Registry {
                 - self
                     .usage_written_us
                     .load(std::sync::atomic::Ordering::Relaxed)
-                >= USAGE_GRAIN_US
+                >= GRAIN_US
         {
             if let Err(e) = self.write(|_| Ok(((), Vec::new()))) {
                 tracing::warn!(error = %e, "registry: writing last uses failed");
@@ -110,37 +109,18 @@ impl Registry {
         }
     }
 
-    /// Last uses and sightings worth writing: new ones, or a grain later than written.
-    fn usage_ops(&self, d: &Data) -> Vec<Op> {
-        let due =
-            |live: i64, written: Option<i64>| written.is_none_or(|w| live >= w + USAGE_GRAIN_US);
-        let mut ops = Vec::new();
-        for (id, t) in lock(&self.last_used).iter() {
-            let written = d
-                .by_id
-                .get(id)
-                .and_then(|h| d.credentials.get(h))
-                .map(|c| c.last_used_us);
-            if let Some(w) = written
-                && due(*t, w)
-            {
-                ops.push(Op::LastUsed {
-                    id: id.clone(),
-                    at_us: *t,
-                });
-            }
-        }
-        for (dev, t) in lock(&self.seen).iter() {
-            if let Some(w) = d.devices.get(dev).map(|d| d.last_seen_us)
-                && due(*t, w)
-            {
-                ops.push(Op::Seen {
-                    device_id: dev.clone(),
-                    at_us: *t,
-                });
-            }
-        }
-        ops
+    /// Last uses and sightings due to be written (at most one per credential or device a
+    /// minute; taken from their queues in O(1) under their locks).
+    fn usage_ops(&self) -> Vec<Op> {
+        let used = lock(&self.last_used).take_due();
+        let seen = lock(&self.seen).take_due();
+        let used = used
+            .into_iter()
+            .map(|(id, at_us)| Op::LastUsed { id, at_us });
+        let seen = seen
+            .into_iter()
+            .map(|(device_id, at_us)| Op::Seen { device_id, at_us });
+        used.chain(seen).collect()
     }
 
     /// One change: waits for other writers and takes in what they did, lets `f` decide on
@@ -154,7 +134,7 @@ impl Registry {
         let staged = {
             let d = self.data.read().unwrap_or_else(PoisonError::into_inner);
             f(&d).map(|(out, mut txs)| {
-                let usage = self.usage_ops(&d);
+                let usage = self.usage_ops();
                 if !usage.is_empty() {
                     txs.insert(0, Tx::of(usage));
                 }
@@ -193,7 +173,7 @@ impl Registry {
             self.absorb(c);
             let state = {
                 let d = self.data.read().unwrap_or_else(PoisonError::into_inner);
-                d.snapshot(&lock(&self.last_used), &lock(&self.seen))
+                d.snapshot()
             };
             b.compact(&state)
         });

@@ -339,19 +339,14 @@ impl Registry {
     pub fn note_seen<'a>(&self, devices: impl IntoIterator<Item = &'a str>, at_us: i64) {
         let mut seen = lock(&self.seen);
         for d in devices {
-            match seen.get_mut(d) {
-                Some(t) => *t = (*t).max(at_us),
-                None => {
-                    seen.insert(d.to_owned(), at_us);
-                }
-            }
+            seen.note(d, at_us);
         }
     }
 
     /// When the device's readings were last stored.
     pub fn last_seen(&self, device_id: &str) -> Option<i64> {
         let written = self.read(|d| d.devices.get(device_id).and_then(|d| d.last_seen_us));
-        written.max(lock(&self.seen).get(device_id).copied())
+        written.max(lock(&self.seen).get(device_id))
     }
 
     /// One page of the fleet, in device id order, and the cursor of the next page if any.
@@ -361,14 +356,13 @@ impl Registry {
             .data
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let seen = lock(&self.seen);
         let start = f
             .after
             .as_ref()
             .map_or(Bound::Unbounded, |a| Bound::Excluded(a.clone()));
         let mut out = Vec::new();
         for dev in d.devices.range((start, Bound::Unbounded)).map(|(_, v)| v) {
-            let last_seen = dev.last_seen_us.max(seen.get(&dev.device_id).copied());
+            let last_seen = dev.last_seen_us.max(lock(&self.seen).get(&dev.device_id));
             let patient = current(dev, now).map(|a| a.patient_id.clone());
             let team = patient.as_ref().and_then(|p| d.care_teams.get(p).cloned());
             let keep = f

@@ -12,7 +12,7 @@
 //! device's token is its secret: on MQTT the device connects with its id as username and the
 //! token as password.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -244,20 +244,17 @@ impl Data {
         }
     }
 
-    /// The whole state as transactions (one entity each), with live last uses folded in.
-    fn snapshot(&self, used: &HashMap<String, i64>, seen: &HashMap<String, i64>) -> Vec<Tx> {
+    /// The whole state as transactions (one entity each). Live last uses newer than the last
+    /// write stay in memory, queued for the next one.
+    fn snapshot(&self) -> Vec<Tx> {
         let mut out = Vec::with_capacity(self.devices.len() + self.credentials.len());
         for d in self.devices.values() {
-            let mut d = d.clone();
-            d.last_seen_us = d.last_seen_us.max(seen.get(&d.device_id).copied());
-            out.push(Tx::of(vec![Op::Device(d)]));
+            out.push(Tx::of(vec![Op::Device(d.clone())]));
         }
         for (h, c) in &self.credentials {
-            let mut c = c.clone();
-            c.last_used_us = c.last_used_us.max(used.get(&c.principal.id).copied());
             out.push(Tx::of(vec![Op::Credential {
                 hash: h.clone(),
-                credential: c,
+                credential: c.clone(),
             }]));
         }
         for (p, t) in &self.care_teams {
@@ -299,24 +296,22 @@ pub enum Attribution {
     Unassigned,
 }
 
-/// Last uses and last sightings are written at most this often per credential or device.
-const USAGE_GRAIN_US: i64 = 60_000_000;
-
 /// The registry.
 #[derive(Debug)]
 pub struct Registry {
     /// The state, read under a brief lock; written only by the holder of `backend`, and only
     /// after the change is durable.
     data: RwLock<Data>,
-    /// The durable side. Lock order: `backend`, then `data`, then `last_used` / `seen`.
+    /// The durable side. Lock order: `backend`, then `data`, then `last_used` / `seen` (which
+    /// are only ever held briefly, never while the fleet is scanned).
     backend: Mutex<Box<dyn Backend>>,
     /// Opened read-only: never writes (not even last uses).
     read_only: bool,
     /// credential id -> last successful use (UTC micros), kept in memory and written with the
     /// next change (or the next [`Registry::refresh`] a minute later).
-    last_used: Mutex<HashMap<String, i64>>,
+    last_used: Mutex<marks::Marks>,
     /// device id -> when its readings were last stored (UTC micros), likewise.
-    seen: Mutex<HashMap<String, i64>>,
+    seen: Mutex<marks::Marks>,
     /// When usage was last written, UTC micros.
     usage_written_us: std::sync::atomic::AtomicI64,
     /// Bumped on every change (own writes and others'), for sessions that must end when their
@@ -413,9 +408,12 @@ impl Registry {
     /// All devices (for the `devices` table), with their live last sighting.
     pub fn devices(&self) -> Vec<Device> {
         let mut out: Vec<Device> = self.read(|d| d.devices.values().cloned().collect());
-        let seen = lock(&self.seen);
-        for d in &mut out {
-            d.last_seen_us = d.last_seen_us.max(seen.get(&d.device_id).copied());
+        // A thousand at a time: a stored reading notes its device under this lock.
+        for chunk in out.chunks_mut(1024) {
+            let seen = lock(&self.seen);
+            for d in chunk {
+                d.last_seen_us = d.last_seen_us.max(seen.get(&d.device_id));
+            }
         }
         out
     }
@@ -437,6 +435,7 @@ mod fleet;
 #[cfg(test)]
 mod fleet_tests;
 mod log;
+mod marks;
 mod persist;
 #[cfg(test)]
 mod tests;

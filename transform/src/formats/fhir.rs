@@ -520,4 +520,23 @@ mod tests {
         let o = normalise(br#"{"resourceType":"Patient","id":"x"}"#, &ctx());
         assert_eq!(o.rejections[0].reason, Reason::UnsupportedResource);
     }
+
+    /// Found by the `fhir_json` fuzz target: an `effectivePeriod` ending before its start was
+    /// accepted (FHIR's per-1 forbids it; carewatch JSON and Open mHealth already refuse it).
+    #[test]
+    fn a_period_ending_before_it_starts_is_rejected() {
+        let o = normalise(
+            br#"{"resourceType":"Observation","status":"final",
+            "category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}]}],
+            "code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},
+            "subject":{"reference":"Patient/pat-1"},"device":{"reference":"Device/watch-7"},
+            "effectivePeriod":{"start":"2024-05-01T10:15:00+02:00","end":"2024-05-01T10:01:00+02:00"},
+            "valueQuantity":{"value":72,"unit":"beats/minute","system":"http://unitsofmeasure.org","code":"/min"}}"#,
+            &ctx(),
+        );
+        assert_eq!(o.readings, vec![]);
+        assert_eq!(o.rejections.len(), 1);
+        assert_eq!(o.rejections[0].reason, Reason::UnparseableTime);
+        assert!(o.rejections[0].message.contains("effectivePeriod.end"));
+    }
 }
