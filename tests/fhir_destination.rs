@@ -1,0 +1,360 @@
+//! The FHIR destination (issue 14) against a FHIR server that validates everything it receives
+//! (tests/fhir_server/receiver.py: fhir.resources 6.4 strict R4 models and the official R4
+//! JSON schema; conditional update by identifier as R4 specifies it; its own search API).
+//!
+//! - readings in → Observations on the server, read back through the server's search, equal to
+//!   what carewatch serves at /fhir/Observation; a refused resource becomes a dead letter with
+//!   the server's OperationOutcome and the rest are delivered; a failing server is retried;
+//! - the same readings sent again → updates, no new resources;
+//! - carewatch SIGKILLed mid-delivery → after the restart nothing is missing or duplicated.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Server, curl, python, wait_until};
+use serde_json::{Value, json};
+
+const SYSTEM: &str = "urn:carewatch:observation";
+
+struct Receiver {
+    child: Child,
+    url: String,
+}
+
+impl Receiver {
+    fn start(args: &[&str]) -> Receiver {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fhir_server/receiver.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the FHIR receiver (scripts/setup-test-deps.sh installs its venv)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("receiver port");
+        let port = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("port line");
+        Receiver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+    fn get(&self, path: &str) -> Value {
+        let (s, body) = curl("GET", &format!("{}{path}", self.url), "", "");
+        assert_eq!(s, 200, "{body}");
+        serde_json::from_str(&body).expect("json")
+    }
+    fn stats(&self) -> Value {
+        self.get("/_stats")
+    }
+    fn by_identifier(&self, id: &str) -> Vec<Value> {
+        let v = self.get(&format!("/Observation?identifier={SYSTEM}%7C{id}"));
+        v["entry"]
+            .as_array()
+            .map(|a| a.iter().map(|e| e["resource"].clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(dir: &std::path::Path, url: &str, batch: usize) -> String {
+    let p = dir.join("carewatch.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[fhir.destination]\nurl = \"{url}\"\nbatch_size = {batch}\ninterval_secs = 0.2\nmax_backoff_secs = 0.5\n"
+        ),
+    )
+    .expect("config");
+    p.to_str().expect("utf8").to_owned()
+}
+
+fn post(srv: &Server, secret: &str, body: &str) {
+    let (s, b) = curl("POST", &format!("{}/v1/readings", srv.http), secret, body);
+    assert_eq!(s, 202, "{b}");
+}
+
+/// carewatch's own Observations (GET /fhir/Observation), by id.
+fn ours(srv: &Server) -> Vec<Value> {
+    let (s, body) = curl(
+        "GET",
+        &format!("{}/fhir/Observation?_count=1000", srv.http),
+        srv.admin(),
+        "",
+    );
+    assert_eq!(s, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    v["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["resource"].clone())
+        .collect()
+}
+
+fn sql(srv: &Server, q: &str) -> Vec<Value> {
+    let (s, body) = curl("POST", &format!("{}/v1/sql", srv.http), srv.admin(), q);
+    assert_eq!(s, 200, "{body}");
+    body.lines()
+        .filter(|l| !l.trim().is_empty())
+        .flat_map(|l| match serde_json::from_str::<Value>(l) {
+            Ok(Value::Array(a)) => a,
+            Ok(v) => vec![v],
+            Err(_) => vec![],
+        })
+        .collect()
+}
+
+/// What the server holds, without what a server adds (id, versionId) and our identifier.
+fn comparable(mut v: Value) -> Value {
+    let o = v.as_object_mut().expect("object");
+    o.remove("id");
+    o.remove("identifier");
+    if let Some(m) = o.get_mut("meta").and_then(Value::as_object_mut) {
+        m.remove("versionId");
+        m.remove("lastUpdated");
+        if m.is_empty() {
+            o.remove("meta");
+        }
+    }
+    v
+}
+
+#[test]
+fn readings_reach_the_fhir_server_once_equal_to_ours_and_refusals_are_dead_letters() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fhir = Receiver::start(&["--refuse-device", "fd-refused", "--fail-first", "1"]);
+    let cfg = config(tmp.path(), &fhir.url, 3);
+    let srv = Server::start(tmp.path(), &["--config", &cfg]);
+    let a = srv.register("fd-a", "fp-a");
+    let b = srv.register("fd-b", "fp-b");
+    let refused = srv.register("fd-refused", "fp-c");
+    let body = r#"[{"time":"2024-05-01T08:00:00+02:00","heart_rate":72,"blood_pressure":{"systolic":121,"diastolic":79}},
+        {"time":"2024-05-01T08:01:00+02:00","heart_rate":75},
+        {"time":"2024-05-01T08:02:00+02:00","heart_rate":77},
+        {"time":"2024-05-01T08:03:00+02:00","spo2":97}]"#;
+    post(&srv, &a, body);
+    post(
+        &srv,
+        &b,
+        r#"[{"time":"2024-05-01T09:00:00Z","heart_rate":61},{"time":"2024-05-01T09:05:00Z","body_temperature":37.1}]"#,
+    );
+    post(
+        &srv,
+        &refused,
+        r#"{"time":"2024-05-01T10:00:00Z","heart_rate":88}"#,
+    );
+    // 5 of fd-a (the BP is one Observation), 2 of fd-b; fd-refused's one is refused.
+    let expected = 7;
+    wait_until(
+        "the server holds every deliverable Observation",
+        Duration::from_secs(60),
+        || fhir.stats()["resources"] == expected,
+    );
+    wait_until(
+        "the refusal is a dead letter",
+        Duration::from_secs(30),
+        || {
+            !sql(
+                &srv,
+                "SELECT message FROM dead_letters WHERE reason = 'destination_rejected'",
+            )
+            .is_empty()
+        },
+    );
+    // Equal to ours, read back through the server's own search API.
+    let mine = ours(&srv);
+    assert_eq!(
+        mine.len(),
+        8,
+        "carewatch serves all 8, refused one included"
+    );
+    for o in &mine {
+        let id = o["id"].as_str().expect("id");
+        let held = fhir.by_identifier(id);
+        if o["device"]["reference"] == "Device/fd-refused" {
+            assert!(held.is_empty());
+            continue;
+        }
+        assert_eq!(held.len(), 1, "one resource per identifier");
+        assert_eq!(comparable(held[0].clone()), comparable(o.clone()));
+        assert_eq!(
+            held[0]["identifier"][0],
+            json!({"system": SYSTEM, "value": id})
+        );
+    }
+    let bp: Vec<_> = mine
+        .iter()
+        .filter(|o| o["code"]["coding"][0]["code"] == "85354-9")
+        .collect();
+    assert_eq!(bp.len(), 1);
+    assert_eq!(bp[0]["component"].as_array().map(Vec::len), Some(2));
+    // The dead letter holds the server's OperationOutcome and the resource.
+    let dl = sql(
+        &srv,
+        "SELECT device_id, source, message, CAST(raw AS VARCHAR) AS raw FROM dead_letters WHERE reason = 'destination_rejected'",
+    );
+    assert_eq!(dl.len(), 1, "{dl:?}");
+    assert_eq!(dl[0]["device_id"], "fd-refused");
+    assert_eq!(dl[0]["source"], "fhir-destination");
+    let raw: Value = serde_json::from_str(dl[0]["raw"].as_str().expect("raw")).expect("raw json");
+    assert_eq!(raw["status"], 422);
+    assert_eq!(raw["outcome"]["resourceType"], "OperationOutcome");
+    assert_eq!(raw["outcome"]["issue"][0]["code"], "business-rule");
+    assert_eq!(
+        raw["observation"]["device"]["reference"],
+        "Device/fd-refused"
+    );
+    // The same readings again: updates of the same resources, nothing new.
+    let before = fhir.stats();
+    post(&srv, &a, body);
+    wait_until("the resend is delivered", Duration::from_secs(60), || {
+        fhir.stats()["updates"].as_u64() >= Some(before["updates"].as_u64().unwrap_or(0) + 5)
+    });
+    let after = fhir.stats();
+    assert_eq!(after["resources"], expected);
+    assert_eq!(after["creates"], before["creates"]);
+    // Status and metrics.
+    wait_until(
+        "status says nothing is behind",
+        Duration::from_secs(30),
+        || {
+            let out = Command::new(env!("CARGO_BIN_EXE_carewatch"))
+                .args(["fhir", "status", "--format", "json", "--data-dir"])
+                .arg(&srv.dir)
+                .output()
+                .expect("status");
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v[0]["behind"] == 0 && v[0]["delivered"].as_u64() >= Some(12) && v[0]["failed"] == 1
+        },
+    );
+    let (_, m) = curl("GET", &format!("{}/metrics", srv.http), srv.admin(), "");
+    let port = fhir.url.rsplit(':').next().unwrap_or_default();
+    assert!(
+        m.contains(&format!(
+            "carewatch_fhir_destination_failed_total{{destination=\"127.0.0.1:{port}\"}} 1"
+        )),
+        "{m}"
+    );
+    assert!(m.contains("carewatch_fhir_destination_errors_total"), "{m}");
+    assert_eq!(srv.stop(), 0);
+}
+
+#[test]
+fn killed_mid_delivery_nothing_missing_nothing_duplicated() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fhir = Receiver::start(&["--delay-ms", "40"]);
+    let cfg = config(tmp.path(), &fhir.url, 4);
+    let mut srv = Server::start(tmp.path(), &["--config", &cfg]);
+    let admin = srv.admin().to_owned();
+    let secret = srv.register("fk-1", "fkp-1");
+    let items: Vec<String> = (0..240)
+        .map(|i| {
+            format!(
+                r#"{{"time":"2024-05-02T{:02}:{:02}:00Z","heart_rate":{}}}"#,
+                i / 60,
+                i % 60,
+                60 + i % 40
+            )
+        })
+        .collect();
+    post(&srv, &secret, &format!("[{}]", items.join(",")));
+    wait_until("delivery is under way", Duration::from_secs(60), || {
+        fhir.stats()["resources"].as_u64() >= Some(8)
+    });
+    let _ = srv.child.kill();
+    let _ = srv.child.wait();
+    let mid = fhir.stats()["resources"].as_u64().unwrap_or(0);
+    assert!(mid < 240, "killed mid-delivery ({mid} delivered)");
+    drop(srv);
+    let mut srv = Server::start(tmp.path(), &["--config", &cfg]);
+    srv.admin = Some(admin);
+    wait_until(
+        "every reading is on the server",
+        Duration::from_secs(120),
+        || fhir.stats()["resources"] == 240,
+    );
+    let mine = ours(&srv);
+    assert_eq!(mine.len(), 240);
+    for o in &mine {
+        assert_eq!(fhir.by_identifier(o["id"].as_str().expect("id")).len(), 1);
+    }
+    let s = fhir.stats();
+    assert_eq!(s["creates"], 240, "no resource created twice: {s}");
+    assert_eq!(srv.stop(), 0);
+}
+
+#[test]
+fn metadata_is_a_capability_statement_of_exactly_what_is_served() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = Server::start(tmp.path(), &[]);
+    // Public, like SMART discovery: it names no data.
+    let (s, body) = curl("GET", &format!("{}/fhir/metadata", srv.http), "", "");
+    assert_eq!(s, 200, "{body}");
+    let c: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(c["resourceType"], "CapabilityStatement");
+    assert_eq!(c["fhirVersion"], "4.0.1");
+    let r = &c["rest"][0]["resource"];
+    assert_eq!(r.as_array().map(Vec::len), Some(1));
+    assert_eq!(r[0]["type"], "Observation");
+    let params: Vec<&str> = r[0]["searchParam"]
+        .as_array()
+        .expect("params")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    // Each listed parameter is accepted by the search, and one not listed is refused.
+    for p in &params {
+        let q = if *p == "date" {
+            "ge2024-01-01T00:00:00Z"
+        } else {
+            "x"
+        };
+        let (s, b) = curl(
+            "GET",
+            &format!("{}/fhir/Observation?{p}={q}", srv.http),
+            srv.admin(),
+            "",
+        );
+        assert_eq!(s, 200, "{p}: {b}");
+    }
+    let (s, _) = curl(
+        "GET",
+        &format!("{}/fhir/Observation?category=vital-signs", srv.http),
+        srv.admin(),
+        "",
+    );
+    assert_eq!(s, 400);
+    let out_dir = std::env::var_os("CAREWATCH_FHIR_OUT").map(std::path::PathBuf::from);
+    let file = out_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf())
+        .join("capability-statement.json");
+    std::fs::write(&file, &body).expect("write");
+    // The external validator (scripts/test.sh runs it over $CAREWATCH_FHIR_OUT as well).
+    if std::path::Path::new(&python()).exists() {
+        let v = Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/fhir_validate.py"
+            ))
+            .arg(&file)
+            .output()
+            .expect("validator");
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    }
+    assert_eq!(srv.stop(), 0);
+}

@@ -1,0 +1,171 @@
+"""A small FHIR R4 server for the FHIR destination tests: it validates everything it receives
+with tools nobody on this project wrote (fhir.resources 6.4, the strict R4 models; the official
+R4 JSON schema for the Bundle envelope) and keeps what it accepts in memory.
+
+  POST /            a batch or transaction Bundle; each entry must be a conditional update
+                    `PUT Observation?identifier=system|value` (R4 3.1.0.4.3: no match -> create
+                    201, one match -> update 200, several -> 412). An invalid resource gets 400
+                    with an OperationOutcome; a resource whose device is in --refuse-device gets
+                    422 with an OperationOutcome (in a batch-response entry, or for the whole
+                    transaction). --fail-first N answers 503 to the first N Bundles.
+  GET /Observation  search: identifier=system|value, patient=, _count (searchset Bundle)
+  GET /_stats       {"creates", "updates", "bundles", "resources"} for the tests
+
+Usage: receiver.py [--refuse-device ID]... [--fail-first N] [--delay-ms MS (per Bundle)]; prints `listening on PORT`.
+"""
+import json
+import sys
+import time
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import jsonschema
+from fhir.resources import construct_fhir_element
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = json.loads((REPO / "fixtures/data/fhir-examples/fhir.r4.schema.json").read_text())
+SCHEMA.pop("oneOf", None)
+BUNDLE = jsonschema.Draft6Validator({**SCHEMA, "$ref": "#/definitions/Bundle"})
+
+LOCK = threading.Lock()
+STORE = {}  # id -> resource (with id and meta.versionId)
+STATS = {"creates": 0, "updates": 0, "bundles": 0}
+REFUSE = set()
+FAIL_FIRST = [0]
+DELAY = [0.0]
+
+
+def outcome(code, text):
+    return {"resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": code, "diagnostics": text}]}
+
+
+def matches(res, system, value):
+    return any(i.get("system") == system and i.get("value") == value for i in res.get("identifier", []))
+
+
+def put_conditional(entry):
+    """(status, outcome or None) for one entry; stores it when valid."""
+    req = entry.get("request", {})
+    url = req.get("url", "")
+    res = entry.get("resource")
+    if req.get("method") != "PUT" or not url.startswith("Observation?identifier="):
+        return "400 Bad Request", outcome("not-supported", "only conditional updates of Observation")
+    system, _, value = unquote(url.split("=", 1)[1]).partition("|")
+    try:
+        construct_fhir_element("Observation", res)
+    except Exception as e:  # noqa: BLE001 - the validator's words go back to the client
+        return "400 Bad Request", outcome("invalid", " ".join(str(e).split())[:300])
+    if not matches(res, system, value):
+        return "400 Bad Request", outcome("invalid", "the identifier in the URL is not the resource's")
+    device = res.get("device", {}).get("reference", "").removeprefix("Device/")
+    if device in REFUSE:
+        return "422 Unprocessable Entity", outcome("business-rule", "this server does not take readings of that device")
+    with LOCK:
+        found = [k for k, r in STORE.items() if matches(r, system, value)]
+        if len(found) > 1:
+            return "412 Precondition Failed", outcome("multiple-matches", "several resources match")
+        if found:
+            rid = found[0]
+            version = int(STORE[rid]["meta"]["versionId"]) + 1
+            STATS["updates"] += 1
+            status = "200 OK"
+        else:
+            rid = str(len(STORE) + 1)
+            version = 1
+            STATS["creates"] += 1
+            status = "201 Created"
+        STORE[rid] = {**res, "id": rid, "meta": {**res.get("meta", {}), "versionId": str(version)}}
+    return status, None
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if DELAY[0]:
+            time.sleep(DELAY[0])
+        with LOCK:
+            STATS["bundles"] += 1
+            if FAIL_FIRST[0] > 0:
+                FAIL_FIRST[0] -= 1
+                return self.reply(503, outcome("transient", "try again"))
+        try:
+            bundle = json.loads(body)
+        except ValueError:
+            return self.reply(400, outcome("structure", "not JSON"))
+        env = {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"} for e in bundle.get("entry", [])]}
+        errs = [e.message for e in BUNDLE.iter_errors(env)]
+        if errs or bundle.get("type") not in ("batch", "transaction"):
+            return self.reply(400, outcome("invalid", (errs or ["not a batch or transaction"])[0][:300]))
+        kind = bundle["type"]
+        if kind == "transaction":
+            # All or nothing: check every entry before storing any.
+            for e in bundle.get("entry", []):
+                device = e.get("resource", {}).get("device", {}).get("reference", "").removeprefix("Device/")
+                if device in REFUSE:
+                    return self.reply(422, outcome("business-rule", "this server does not take readings of that device"))
+        out = []
+        for e in bundle.get("entry", []):
+            status, oo = put_conditional(e)
+            r = {"status": status}
+            if oo:
+                r["outcome"] = oo
+            out.append({"response": r})
+        self.reply(200, {"resourceType": "Bundle", "type": f"{kind}-response", "entry": out})
+
+    def do_GET(self):
+        u = urlsplit(self.path)
+        q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+        if u.path == "/_stats":
+            with LOCK:
+                return self.reply(200, {**STATS, "resources": len(STORE)})
+        if u.path != "/Observation":
+            return self.reply(404, outcome("not-found", "no such path"))
+        with LOCK:
+            found = list(STORE.values())
+        if "identifier" in q:
+            system, _, value = q["identifier"].partition("|")
+            found = [r for r in found if matches(r, system, value)]
+        if "patient" in q:
+            found = [r for r in found if r.get("subject", {}).get("reference") == "Patient/" + q["patient"].removeprefix("Patient/")]
+        count = int(q.get("_count", "1000"))
+        self.reply(200, {"resourceType": "Bundle", "type": "searchset", "total": len(found),
+                         "entry": [{"resource": r, "search": {"mode": "match"}} for r in found[:count]]})
+
+
+def main(argv):
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--refuse-device":
+            REFUSE.add(argv[i + 1])
+            i += 2
+        elif argv[i] == "--delay-ms":
+            DELAY[0] = int(argv[i + 1]) / 1000
+            i += 2
+        elif argv[i] == "--fail-first":
+            FAIL_FIRST[0] = int(argv[i + 1])
+            i += 2
+        else:
+            sys.exit(f"unknown argument {argv[i]}")
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(f"listening on {srv.server_address[1]}", flush=True)
+    srv.serve_forever()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
