@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, Webhook, curl, note_id, wait_until};
+use common::{Server, Webhook, curl, note_id, wait_until, write_config};
 
 fn at(secs_ago: i64) -> String {
     (chrono::Utc::now() - chrono::Duration::seconds(secs_ago)).to_rfc3339()
@@ -24,16 +24,12 @@ fn events(hook: &Webhook) -> Vec<String> {
 fn a_care_manager_assigns_notes_snoozes_and_resolves_an_alert() {
     let tmp = tempfile::tempdir().expect("tmp");
     let hook = Webhook::start(0);
-    let cfg = tmp.path().join("carewatch.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[alerts]\nwebhook_url = \"{}\"\ninterval_secs = 0.5\n",
-            hook.url
-        ),
-    )
-    .expect("config");
-    let srv = Server::start(tmp.path(), &["--config", cfg.to_str().expect("utf8")]);
+    let alerts = format!(
+        "[alerts]\nwebhook_url = \"{}\"\ninterval_secs = 0.5\n",
+        hook.url
+    );
+    let cfg = write_config(tmp.path(), &alerts);
+    let srv = Server::start(tmp.path(), &["--config", &cfg]);
     note_id("patient", "p-actions");
     let secret = srv.register("d-actions", "p-actions");
     let (s, b) = curl(

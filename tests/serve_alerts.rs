@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Server, Webhook, curl, simulate, wait_until};
+use common::{BIN, Server, Webhook, curl, simulate, wait_until, write_config};
 
 fn firing(hook: &Webhook) -> BTreeMap<String, Vec<(String, String)>> {
     let mut m: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
@@ -264,16 +264,12 @@ fn minutes(start_ms: i64, minutes: i64, hr: f64) -> String {
 fn a_crash_in_the_middle_of_a_pending_episode_still_fires_once() {
     let tmp = tempfile::tempdir().expect("tmp");
     let hook = Webhook::start(0);
-    let cfg = tmp.path().join("carewatch.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[alerts]\nwebhook_url = \"{}\"\ninterval_secs = 0.5\n",
-            hook.url
-        ),
-    )
-    .expect("config");
-    let args = ["--config", cfg.to_str().expect("utf8")];
+    let alerts = format!(
+        "[alerts]\nwebhook_url = \"{}\"\ninterval_secs = 0.5\n",
+        hook.url
+    );
+    let cfg = write_config(tmp.path(), &alerts);
+    let args = ["--config", cfg.as_str()];
     let mut srv = Server::start(tmp.path(), &args);
     let admin = srv.admin().to_owned();
     let secret = srv.register("w9", "dave");

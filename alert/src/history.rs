@@ -418,36 +418,42 @@ pub fn register(
     Ok(())
 }
 
+/// A firing `fever` transition of patient `p1` for unit tests.
+#[cfg(test)]
+pub(crate) fn sample_transition(alert: &str, at_us: i64) -> Transition {
+    Transition {
+        seq: 0,
+        at_us,
+        alert_id: alert.into(),
+        rule: "fever".into(),
+        title: "Fever".into(),
+        severity: crate::rules::Severity::High,
+        patient_id: "p1".into(),
+        care_team: None,
+        status: Status::Firing,
+        event: Event::Firing,
+        episode_start_us: 1,
+        episode_end_us: 2,
+        value: Some(38.5),
+        message: "m".into(),
+        escalation_level: 0,
+        acknowledged_by: None,
+        previous_care_team: None,
+        assignee: None,
+        snoozed_until_us: None,
+        note: None,
+        reason: None,
+        actor: None,
+        notified: None,
+    }
+}
+
 #[cfg(test)]
 mod torn_tests {
     use super::*;
 
     fn transition(alert: &str) -> Transition {
-        Transition {
-            seq: 0,
-            at_us: 1,
-            alert_id: alert.into(),
-            rule: "fever".into(),
-            title: "Fever".into(),
-            severity: crate::rules::Severity::High,
-            patient_id: "p1".into(),
-            care_team: None,
-            status: Status::Firing,
-            event: Event::Firing,
-            episode_start_us: 1,
-            episode_end_us: 2,
-            value: Some(38.5),
-            message: "m".into(),
-            escalation_level: 0,
-            acknowledged_by: None,
-            previous_care_team: None,
-            assignee: None,
-            snoozed_until_us: None,
-            note: None,
-            reason: None,
-            actor: None,
-            notified: None,
-        }
+        sample_transition(alert, 1)
     }
 
     /// A damaged line in the middle cost every later transition (issue #12): the old reader

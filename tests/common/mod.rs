@@ -407,6 +407,13 @@ impl Webhook {
     }
 }
 
+/// Writes `text` as `dir/carewatch.toml` and returns its path (for `--config`).
+pub fn write_config(dir: &Path, text: &str) -> String {
+    let cfg = dir.join("carewatch.toml");
+    std::fs::write(&cfg, text).expect("config");
+    cfg.to_str().expect("utf8").to_owned()
+}
+
 /// `carewatch simulate` against a running server: `patients` patients, `minutes` simulated
 /// minutes ending now (minute-aligned), sent as fast as acknowledged over MQTT.
 pub fn simulate(srv: &Server, patients: usize, minutes: i64, extra: &[&str]) {

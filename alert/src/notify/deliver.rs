@@ -439,31 +439,10 @@ mod tests {
     }
 
     fn transition_at(at_us: i64) -> Transition {
-        Transition {
-            seq: 0,
-            at_us,
-            alert_id: "a".into(),
-            rule: "fever".into(),
-            title: "Fever".into(),
-            severity: crate::rules::Severity::High,
-            patient_id: "p".into(),
-            care_team: Some("north".into()),
-            status: Status::Firing,
-            event: Event::Escalated,
-            episode_start_us: 0,
-            episode_end_us: 0,
-            value: None,
-            message: String::new(),
-            escalation_level: 0,
-            acknowledged_by: None,
-            previous_care_team: None,
-            assignee: None,
-            snoozed_until_us: None,
-            note: None,
-            reason: None,
-            actor: None,
-            notified: None,
-        }
+        let mut t = crate::history::sample_transition("a", at_us);
+        t.care_team = Some("north".into());
+        t.event = Event::Escalated;
+        t
     }
 
     #[test]
