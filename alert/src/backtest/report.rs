@@ -293,8 +293,10 @@ fn grid(h: &mut String, s: &Sweep) {
     h.push_str("</tbody></table>");
 }
 
+/// Alerts per patient-day (x, square-root scale so the quiet cells spread out) against
+/// reference episodes caught (y); each point labelled with its values in axis order.
 fn scatter(h: &mut String, s: &Sweep) {
-    let (w, ht, pad) = (640.0, 320.0, 48.0);
+    let (w, ht, pad) = (720.0, 340.0, 48.0);
     let xmax = s
         .cells
         .iter()
@@ -302,26 +304,39 @@ fn scatter(h: &mut String, s: &Sweep) {
         .fold(0.0_f64, f64::max)
         .max(1e-9);
     let ymax = s.reference.max(1) as f64;
+    let names: Vec<&str> = s.axes.iter().map(|a| a.param.as_str()).collect();
     let _ = write!(
         h,
         "<svg role=\"img\" width=\"{w}\" height=\"{ht}\" viewBox=\"0 0 {w} {ht}\">\
          <line class=\"grid\" x1=\"{pad}\" x2=\"{pad}\" y1=\"8\" y2=\"{b}\"/><line class=\"grid\" x1=\"{pad}\" x2=\"{r}\" y1=\"{b}\" y2=\"{b}\"/>\
-         <text x=\"{pad}\" y=\"{xl}\">alerts per patient-day (0 – {xmax:.3})</text><text x=\"4\" y=\"14\">caught (of {ref_n})</text>",
+         <text x=\"{pad}\" y=\"{xl}\">alerts per patient-day (square-root scale, 0 – {xmax:.3}); points: {names}</text>\
+         <text x=\"4\" y=\"14\">episodes caught (of {ref_n})</text>",
         b = ht - pad,
         r = w - 8.0,
         xl = ht - 16.0,
         ref_n = s.reference,
+        names = esc(&names.join(" / ")),
     );
     for c in &s.cells {
-        let x = pad + c.alerts_per_patient_day / xmax * (w - pad - 20.0);
-        let y = (ht - pad) - c.caught as f64 / ymax * (ht - pad - 20.0);
-        let label: Vec<String> = c.params.values().map(|v| v.to_string()).collect();
+        let x = pad + (c.alerts_per_patient_day / xmax).sqrt() * (w - pad - 20.0);
+        let y = (ht - pad) - c.caught as f64 / ymax * (ht - pad - 24.0);
+        let label: Vec<String> = names
+            .iter()
+            .filter_map(|n| c.params.get(*n).map(|v| v.to_string()))
+            .collect();
+        let (tx, anchor) = if x > w * 0.8 {
+            (x - 6.0, "end")
+        } else {
+            (x + 6.0, "start")
+        };
         let _ = write!(
             h,
-            "<circle class=\"bar\" cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"4\"><title>{t}</title></circle><text x=\"{tx:.1}\" y=\"{ty:.1}\">{t}</text>",
+            "<circle class=\"bar\" cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"4\"><title>{t}: {a:.3} alerts per patient-day, {k} caught</title></circle>\
+             <text x=\"{tx:.1}\" y=\"{ty:.1}\" text-anchor=\"{anchor}\">{t}</text>",
             t = esc(&label.join("/")),
-            tx = x + 6.0,
-            ty = y - 4.0,
+            a = c.alerts_per_patient_day,
+            k = c.caught,
+            ty = y - 5.0,
         );
     }
     h.push_str("</svg>");
