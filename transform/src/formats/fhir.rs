@@ -221,6 +221,13 @@ fn effective(
             Some(e) => Some(time::parse_value(e, "effectivePeriod.end", ctx.tz)?),
             None => None,
         };
+        // FHIR's per-1: a period does not end before it starts.
+        if end.is_some_and(|e| e.utc_us < start.utc_us) {
+            return Err(Rejection::new(
+                Reason::UnparseableTime,
+                "field `effectivePeriod.end` is before `effectivePeriod.start`".to_owned(),
+            ));
+        }
         // A zero-length period (MedTech style) is an instant.
         let end = end.filter(|e| e.utc_us != start.utc_us);
         return Ok((start, end));
