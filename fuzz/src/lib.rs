@@ -218,7 +218,24 @@ pub fn fhir_round_trip(readings: &[Reading], ctx: &Context<'_>) {
                 r.offset_min,
             )
         };
-        let want: Vec<_> = group.iter().map(|r| key(r)).collect();
+        // The view keeps the first of duplicate rows (one Observation per code), as the store
+        // keeps one row per natural key.
+        let mut want: Vec<_> = Vec::new();
+        for r in &group {
+            if !want.iter().any(
+                |w: &(
+                    String,
+                    Option<String>,
+                    &str,
+                    u64,
+                    i64,
+                    Option<i64>,
+                    Option<i16>,
+                )| w.2 == r.code(),
+            ) {
+                want.push(key(r));
+            }
+        }
         let got: Vec<_> = again.readings.iter().map(key).collect();
         assert_eq!(got, want, "FHIR view re-ingested: {o}");
     }
