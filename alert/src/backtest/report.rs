@@ -341,3 +341,18 @@ fn scatter(h: &mut String, s: &Sweep) {
     }
     h.push_str("</svg>");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed_and_html_is_escaped() {
+        assert_eq!(field("plain"), "plain");
+        assert_eq!(field("a, \"b\""), "\"a, \"\"b\"\"\"");
+        assert_eq!(
+            esc("<p id=\"x\">&</p>"),
+            "&lt;p id=&quot;x&quot;&gt;&amp;&lt;/p&gt;"
+        );
+    }
+}

@@ -202,3 +202,82 @@ pub async fn sweep(
         cells: out,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule() -> Rule {
+        crate::rules::load(None)
+            .expect("rules")
+            .into_iter()
+            .find(|r| r.id == "hr_high_at_rest")
+            .expect("rule")
+    }
+
+    #[test]
+    fn default_grid_is_threshold_by_duration_around_the_rule() {
+        let axes = default_axes(&rule());
+        let show: Vec<(String, Vec<String>)> = axes
+            .iter()
+            .map(|a| {
+                (
+                    a.param.clone(),
+                    a.values.iter().map(|v| v.to_string()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            show,
+            vec![
+                (
+                    "threshold".into(),
+                    vec!["90", "100", "110", "120", "130"]
+                        .into_iter()
+                        .map(String::from)
+                        .collect()
+                ),
+                (
+                    "for_minutes".into(),
+                    vec!["5", "10", "15", "20"]
+                        .into_iter()
+                        .map(String::from)
+                        .collect()
+                ),
+            ]
+        );
+        assert_eq!(cells(&axes).len(), 20);
+    }
+
+    #[test]
+    fn axes_are_checked() {
+        let r = rule();
+        assert!(Axis::parse(&r, "threshold=90,100").is_ok());
+        assert!(Axis::parse(&r, "thresh=90").is_err());
+        assert!(Axis::parse(&r, "threshold=9x").is_err());
+        assert!(Axis::parse(&r, "threshold").is_err());
+    }
+
+    #[test]
+    fn caught_counts_reference_episodes_overlapped_by_the_same_patient() {
+        let f = |p: &str, a: i64, z: i64| Found {
+            rule: "r".into(),
+            patient_id: p.into(),
+            start: String::new(),
+            end: String::new(),
+            minutes: 0,
+            value: None,
+            resolved: true,
+            message: String::new(),
+            start_us: a,
+            end_us: z,
+        };
+        let reference = [f("p", 0, 10), f("p", 20, 30), f("q", 0, 10)];
+        assert_eq!(caught(&reference, &[f("p", 5, 25)]), 2);
+        assert_eq!(
+            caught(&reference, &[f("p", 10, 20)]),
+            0,
+            "touching is not overlapping"
+        );
+    }
+}

@@ -210,3 +210,33 @@ pub async fn data_days(ctx: &SessionContext) -> Result<Option<(i64, i64)>, Strin
         super::day_of(z.value(0)) + DAY,
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&mut []), None);
+        assert_eq!(median(&mut [70.0, 60.0, 80.0]), Some(70.0));
+        assert_eq!(median(&mut [60.0, 80.0, 70.0, 90.0]), Some(75.0));
+    }
+
+    #[test]
+    fn days_whose_windows_overlap_share_a_query() {
+        let w = 14 * DAY;
+        let days: BTreeSet<i64> = [0, DAY, 2 * DAY, 40 * DAY, 41 * DAY].into();
+        assert_eq!(
+            clusters(&days, w),
+            vec![vec![0, DAY, 2 * DAY], vec![40 * DAY, 41 * DAY]]
+        );
+    }
+
+    #[test]
+    fn rest_minutes_need_known_zero_steps_for_heart_rate_only() {
+        let sql = rest_minutes_sql(&BaselineConfig::default(), 0, DAY, Some(&["p'1"]));
+        assert!(sql.contains("WHEN m.code IN ('8867-4') THEN coalesce(st.steps <= 0.0, false)"));
+        assert!(sql.contains("ELSE coalesce(st.steps, 0) <= 0.0"));
+        assert!(sql.contains("patient_id IN ('p''1')"), "{sql}");
+    }
+}
