@@ -358,3 +358,54 @@ fn metadata_is_a_capability_statement_of_exactly_what_is_served() {
     }
     assert_eq!(srv.stop(), 0);
 }
+
+fn bp_half(patient: &str, systolic: Option<u32>, diastolic: Option<u32>) -> String {
+    let comp = |code: &str, v: Option<u32>| match v {
+        Some(v) => json!({"code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "valueQuantity": {"value": v, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}),
+        None => json!({"code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "dataAbsentReason": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "unknown"}]}}),
+    };
+    json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "effectiveDateTime": "2024-05-01T12:00:00Z",
+        "component": [comp("8480-6", systolic), comp("8462-4", diastolic)]})
+    .to_string()
+}
+
+#[test]
+fn blood_pressure_halves_from_two_messages_arrive_as_one_observation() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fhir = Receiver::start(&[]);
+    let cfg = config(tmp.path(), &fhir.url, 10);
+    let srv = Server::start(tmp.path(), &["--config", &cfg]);
+    let secret = srv.register("fs-1", "fp-s");
+    let send = |body: String| {
+        let (s, b) = curl(
+            "POST",
+            &format!("{}/fhir/Observation", srv.http),
+            &secret,
+            &body,
+        );
+        assert_eq!(s, 201, "{b}");
+    };
+    send(bp_half("fp-s", Some(131), None));
+    wait_until(
+        "the systolic half is delivered",
+        Duration::from_secs(60),
+        || fhir.stats()["resources"] == 1,
+    );
+    send(bp_half("fp-s", None, Some(85)));
+    wait_until(
+        "the diastolic half is delivered",
+        Duration::from_secs(60),
+        || fhir.stats()["updates"] == 1,
+    );
+    let held = fhir.get("/Observation?patient=fp-s");
+    assert_eq!(held["total"], 1);
+    let c = &held["entry"][0]["resource"]["component"];
+    assert_eq!(c[0]["valueQuantity"]["value"], 131, "{c}");
+    assert_eq!(c[1]["valueQuantity"]["value"], 85, "{c}");
+    assert_eq!(srv.stop(), 0);
+}

@@ -95,7 +95,8 @@ async fn cycle(d: &Inner) -> Result<bool, &'static str> {
         }
     }
     d.set_pending(rows.first().map(|r| r.received_us));
-    let readings = to_readings(rows);
+    let mut readings = to_readings(rows);
+    complete_blood_pressures(d, &mut readings).await?;
     let mut tally = Tally::default();
     let mut entries = Vec::new();
     for g in carewatch_fhir::group(&readings) {
@@ -147,6 +148,50 @@ async fn fetch(
         out.extend(readings_from_batch(b).map_err(|_| "store")?);
     }
     Ok(out)
+}
+
+/// A blood-pressure half whose other half came in another message: the other half is read
+/// from the store, so the Observation sent always carries every component stored so far (a
+/// later update never drops one).
+async fn complete_blood_pressures(
+    d: &Inner,
+    readings: &mut Vec<Reading>,
+) -> Result<(), &'static str> {
+    let has = |rs: &[Reading], dev: &str, t: i64, code: &str| {
+        rs.iter()
+            .any(|r| r.device_id == dev && r.effective_us == t && r.vital.code == code)
+    };
+    let mut missing: Vec<(String, i64)> = Vec::new();
+    for r in readings.iter().filter(|r| r.vital.is_bp_component()) {
+        let partner_missing = carewatch_fhir::BP_COMPONENTS
+            .iter()
+            .any(|c| !has(readings, &r.device_id, r.effective_us, c));
+        let key = (r.device_id.clone(), r.effective_us);
+        if partner_missing && !missing.contains(&key) {
+            missing.push(key);
+        }
+    }
+    for (dev, t) in missing {
+        let sql = format!(
+            "SELECT * FROM observations WHERE device_id = '{}' \
+             AND effective_time = to_timestamp_micros({t}) AND code IN ('{}', '{}') \
+             ORDER BY received_time",
+            dev.replace('\'', "''"),
+            carewatch_fhir::BP_COMPONENTS[0],
+            carewatch_fhir::BP_COMPONENTS[1],
+        );
+        let batches = d.engine.collect(&sql).await.map_err(|_| "store")?;
+        let mut rows = Vec::new();
+        for b in &batches {
+            rows.extend(readings_from_batch(b).map_err(|_| "store")?);
+        }
+        for r in to_readings(rows) {
+            if !has(readings, &r.device_id, r.effective_us, r.vital.code) {
+                readings.push(r);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn to_readings(rows: Vec<StoredRow>) -> Vec<Reading> {
