@@ -524,7 +524,10 @@ mod tests {
         assert_eq!(c.alert_routes.attempts, 8);
         let north = c.alert_engine.chains.get("north").expect("north's chain");
         assert_eq!(north.len(), 2);
-        assert!(std::sync::Arc::ptr_eq(&c.alert_engine.chains, &c.alert_routes.chains));
+        assert!(std::sync::Arc::ptr_eq(
+            &c.alert_engine.chains,
+            &c.alert_routes.chains
+        ));
     }
 
     #[test]
@@ -534,13 +537,16 @@ mod tests {
             resolve(Overrides::default(), f).unwrap_err().to_string()
         };
         let e = bad("[alerts.escalation.north]\nsteps = [{ after_minutes = 5 }]");
-        assert!(e.contains("alerts.escalation.north") && e.contains("`url`"), "{e}");
-        let e = bad("[alerts.escalation.north]\nsteps = [{ after_minutes = 5, url = \"ftp://x\" }]");
+        assert!(
+            e.contains("alerts.escalation.north") && e.contains("`url`"),
+            "{e}"
+        );
+        let e =
+            bad("[alerts.escalation.north]\nsteps = [{ after_minutes = 5, url = \"ftp://x\" }]");
         assert!(e.contains("http://"), "{e}");
         let e = bad("[alerts.escalation.unassigned]\nsteps = []");
         assert!(e.contains("not a care team"), "{e}");
     }
-
 
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {

@@ -14,8 +14,8 @@
 //! What it must not do: write observations, or hold its state lock across a query.
 
 pub mod backtest;
-pub mod chain;
 pub mod baselines;
+pub mod chain;
 pub mod engine;
 pub mod episodes;
 pub mod history;

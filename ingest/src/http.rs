@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use carewatch_store::registry::{Principal, Role};
 use carewatch_transform::{Format, Reason, Rejection, Source};
 
-use crate::{admin, fleet};
 use crate::pipeline::{Ingested, Origin, Pipeline};
+use crate::{admin, fleet};
 
 /// Everything the HTTP edge needs.
 #[derive(Debug, Clone)]
