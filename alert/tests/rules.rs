@@ -13,29 +13,10 @@ use carewatch_alert::rules::{self, Param, Rule};
 use carewatch_query::{QueryEngine, QueryLimits};
 use carewatch_store::registry::{Principal, Registry, Role};
 use carewatch_store::{Row, Store};
-use carewatch_transform::{Format, Reading, Source, catalogue};
 
-const M: i64 = 60_000_000;
-/// 2026-01-05T00:00:00Z
-const T0: i64 = 1_767_571_200_000_000;
+mod support;
 
-fn reading(p: &str, key: &str, value: f64, t: i64) -> Row {
-    Row {
-        reading: Reading {
-            device_id: format!("d-{p}"),
-            patient_id: Some(p.to_owned()),
-            vital: catalogue::by_key(key).expect("vital"),
-            value,
-            effective_us: t,
-            effective_end_us: None,
-            offset_min: Some(0),
-            extra: None,
-        },
-        received_us: t,
-        source: Source::Http,
-        format: Format::Carewatch,
-    }
-}
+use support::{M, T0, reading};
 
 /// Minute-by-minute plan for one patient: `(minutes, heart rate, steps per minute)`; heart rate
 /// every 10 s (`None`: no heart rate, `Some(None)` steps: no step record).

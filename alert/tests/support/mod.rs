@@ -17,13 +17,13 @@ pub const M: i64 = 60_000_000;
 /// 2026-01-05T00:00:00Z
 pub const T0: i64 = 1_767_571_200_000_000;
 
-/// A body temperature reading of patient `p` (device `d-{p}`) at `t`.
-pub fn temperature(p: &str, value: f64, t: i64) -> Row {
+/// A reading of vital `key` of patient `p` (device `d-{p}`) at `t`, received at `t`.
+pub fn reading(p: &str, key: &str, value: f64, t: i64) -> Row {
     Row {
         reading: Reading {
             device_id: format!("d-{p}"),
             patient_id: Some(p.to_owned()),
-            vital: catalogue::by_key("body_temperature").expect("vital"),
+            vital: catalogue::by_key(key).expect("vital"),
             value,
             effective_us: t,
             effective_end_us: None,
@@ -34,6 +34,11 @@ pub fn temperature(p: &str, value: f64, t: i64) -> Row {
         source: Source::Http,
         format: Format::Carewatch,
     }
+}
+
+/// A body temperature reading of patient `p` (device `d-{p}`) at `t`.
+pub fn temperature(p: &str, value: f64, t: i64) -> Row {
+    reading(p, "body_temperature", value, t)
 }
 
 /// The engine and what it runs on.
