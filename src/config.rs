@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
+mod alerts;
 mod fhir;
 mod oidc;
 
@@ -49,7 +50,7 @@ pub struct FileConfig {
     pub log: LogConfig,
     /// Alert rules and delivery.
     #[serde(default)]
-    pub alerts: AlertsConfig,
+    pub alerts: alerts::AlertsConfig,
     /// Per-query limits for SQL on every wire.
     #[serde(default)]
     pub query: QueryConfig,
@@ -111,55 +112,6 @@ pub struct QueryConfig {
     pub analyst_concurrency: Option<usize>,
     /// Admin queries running at once (default 2).
     pub admin_concurrency: Option<usize>,
-}
-
-/// `[alerts]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlertsConfig {
-    /// Rule files (`*.toml`). Default: `rules/` beside the config file when it exists, else
-    /// the shipped rules.
-    pub rules_dir: Option<PathBuf>,
-    /// Receives every alert transition (JSON POST).
-    pub webhook_url: Option<String>,
-    /// Receives escalations (the second contact).
-    pub escalation_webhook_url: Option<String>,
-    /// Per care team receivers: `team = "https://…"`.
-    #[serde(default)]
-    pub team_webhooks: std::collections::BTreeMap<String, String>,
-    /// How often rules run, seconds (default 1).
-    pub interval_secs: Option<f64>,
-    /// Escalation chains and on-call rotas by care team (`[alerts.escalation.<team>]`); a team
-    /// with one escalates along it instead of `escalate_after_secs` / `max_escalations`.
-    #[serde(default)]
-    pub escalation: std::collections::BTreeMap<String, carewatch_alert::chain::ChainConfig>,
-    /// Re-notify an unacknowledged firing alert after this many seconds (default 900).
-    pub escalate_after_secs: Option<u64>,
-    /// At most this many escalations (default 3).
-    pub max_escalations: Option<u32>,
-    /// One rule's queries in one evaluation run may take this long, seconds (default 10);
-    /// past it they are cancelled, counted, and the rule's ranges retried at the next run.
-    pub rule_timeout_secs: Option<f64>,
-    /// Attempts after which a webhook delivery of a *resolved* alert's transition is given up
-    /// (default 8); an open alert's transitions are retried for as long as it takes.
-    pub webhook_attempts: Option<u32>,
-    /// First webhook retry delay, seconds (default 0.5; doubles up to `webhook_backoff_cap_secs`).
-    pub webhook_backoff_secs: Option<f64>,
-    /// Longest webhook retry delay, seconds (default 60).
-    pub webhook_backoff_cap_secs: Option<f64>,
-    /// HMAC-SHA256 secret signing bodies to `webhook_url` (`X-Carewatch-Signature`).
-    pub webhook_secret: Option<String>,
-    /// HMAC-SHA256 secret signing bodies to `escalation_webhook_url`.
-    pub escalation_webhook_secret: Option<String>,
-    /// HMAC-SHA256 secrets of the care-team receivers: `team = "…"`.
-    #[serde(default)]
-    pub team_webhook_secrets: std::collections::BTreeMap<String, String>,
-    /// A webhook receiver failing continuously for longer than this many seconds is reported
-    /// to the escalation receiver and on `/metrics` (default 300).
-    pub receiver_failure_escalate_secs: Option<u64>,
-    /// Publish alert transitions to `carewatch/alerts/{care_team}`: on the external broker
-    /// (`mqtt_url`), or to subscribed care managers on the embedded listener. Default false.
-    pub mqtt_publish: Option<bool>,
 }
 
 /// `[templates]`
@@ -269,40 +221,12 @@ pub struct Overrides {
     pub config_dir: Option<PathBuf>,
 }
 
-/// `[alerts.escalation.<team>]`, checked: each a valid team with a valid chain whose
-/// receivers are http(s) URLs.
-fn escalation_chains(a: &AlertsConfig) -> Result<std::sync::Arc<carewatch_alert::chain::Chains>> {
-    let mut chains = carewatch_alert::chain::Chains::new();
-    for (team, c) in &a.escalation {
-        if !carewatch_store::registry::valid_team(team) {
-            bail!("alerts.escalation.{team}: not a care team name");
-        }
-        let chain = c
-            .check()
-            .map_err(|e| anyhow::anyhow!("alerts.escalation.{team}: {e}"))?;
-        if let Some((_, u)) = chain.urls().into_iter().find(|(_, u)| !url_ok(u)) {
-            bail!("alerts.escalation.{team}: receiver URL {u:?} must be http:// or https://");
-        }
-        chains.insert(team.clone(), chain);
-    }
-    Ok(std::sync::Arc::new(chains))
-}
-
-/// An `[alerts]` duration in seconds (0.01 s to one hour).
-fn secs(v: Option<f64>, default: f64, what: &str) -> Result<Duration> {
-    let s = v.unwrap_or(default);
-    if !(0.01..=3600.0).contains(&s) {
-        bail!("alerts.{what} must be between 0.01 and 3600");
-    }
-    Ok(Duration::from_secs_f64(s))
-}
-
 fn addr(s: &str, what: &str) -> Result<SocketAddr> {
     s.parse()
         .with_context(|| format!("{what} {s:?} is not an address like 127.0.0.1:8080"))
 }
 
-fn url_ok(u: &str) -> bool {
+pub(crate) fn url_ok(u: &str) -> bool {
     u.starts_with("http://") || u.starts_with("https://")
 }
 
@@ -382,60 +306,7 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         .or(file.alerts.rules_dir.clone())
         .or_else(|| o.config_dir.map(|d| d.join("rules")).filter(|d| d.is_dir()));
     let a = &file.alerts;
-    let mut alert_engine = carewatch_alert::Config::default();
-    if let Some(s) = a.interval_secs {
-        if !(0.05..=3600.0).contains(&s) {
-            bail!("alerts.interval_secs must be between 0.05 and 3600");
-        }
-        alert_engine.interval = Duration::from_secs_f64(s);
-    }
-    if let Some(s) = a.escalate_after_secs {
-        alert_engine.escalate_after = Duration::from_secs(s.max(1));
-    }
-    if let Some(n) = a.max_escalations {
-        alert_engine.max_escalations = n;
-    }
-    if let Some(s) = a.rule_timeout_secs {
-        if !(0.1..=3600.0).contains(&s) {
-            bail!("alerts.rule_timeout_secs must be between 0.1 and 3600");
-        }
-        alert_engine.rule_timeout = Duration::from_secs_f64(s);
-    }
-    let chains = escalation_chains(a)?;
-    alert_engine.chains = chains.clone();
-    let webhook_url = o.webhook_url.or(a.webhook_url.clone());
-    for u in webhook_url
-        .iter()
-        .chain(a.escalation_webhook_url.iter())
-        .chain(a.team_webhooks.values())
-    {
-        let ok = url_ok(u);
-        if !ok {
-            bail!("webhook URL {u:?} must be http:// or https://");
-        }
-    }
-    let alert_routes = carewatch_alert::notify::Routes {
-        webhook_url,
-        team_webhooks: a.team_webhooks.clone(),
-        escalation_url: a.escalation_webhook_url.clone(),
-        attempts: a.webhook_attempts.unwrap_or(8),
-        backoff: secs(a.webhook_backoff_secs, 0.5, "webhook_backoff_secs")?,
-        backoff_cap: secs(a.webhook_backoff_cap_secs, 60.0, "webhook_backoff_cap_secs")?,
-        webhook_secret: a.webhook_secret.clone(),
-        team_webhook_secrets: a.team_webhook_secrets.clone(),
-        escalation_secret: a.escalation_webhook_secret.clone(),
-        failure_escalate_after: Duration::from_secs(
-            a.receiver_failure_escalate_secs.unwrap_or(300).max(1),
-        ),
-        chains,
-    };
-    if let Some(t) = a
-        .team_webhook_secrets
-        .keys()
-        .find(|t| !a.team_webhooks.contains_key(*t))
-    {
-        bail!("alerts.team_webhook_secrets.{t} has no alerts.team_webhooks entry");
-    }
+    let (alert_engine, alert_routes) = alerts::resolve(a, o.webhook_url)?;
     let alerts_mqtt = a.mqtt_publish.unwrap_or(false);
     let query_limits = query_limits(&file.query)?;
     let metrics_require_token = file
