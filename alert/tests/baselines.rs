@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use carewatch_alert::baselines::{Baselines, DAY};
 use carewatch_alert::engine::{AlertEngine, Config};
@@ -115,20 +114,13 @@ struct World {
 }
 
 async fn world() -> World {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().to_path_buf();
-    let mut c = carewatch_store::Config::new(&dir);
-    c.tick = Duration::from_secs(3600);
-    let store = Store::open(c).await.expect("store");
-    let registry = Arc::new(Registry::open(&dir).expect("registry").0);
-    let audit = carewatch_query::audit::AuditLog::open(&dir, false).expect("audit");
-    let q = QueryEngine::new(
-        store.clone(),
-        registry.clone(),
-        QueryLimits::default(),
-        Arc::new(audit),
-    )
-    .expect("engine");
+    let support::Base {
+        tmp,
+        dir,
+        store,
+        registry,
+        q,
+    } = support::base().await;
     let baselines = Baselines::open(&store, Some(&dir), Default::default()).expect("baselines");
     baselines.watch(&store);
     carewatch_alert::baselines::register(q.context(), &baselines).expect("table");

@@ -17,10 +17,11 @@ use carewatch_alert::engine::{AlertEngine, Config};
 use carewatch_alert::history::{History, Status};
 use carewatch_alert::rules::{self, Rule};
 use carewatch_query::table::StoreTable;
-use carewatch_query::{QueryEngine, QueryLimits};
-use carewatch_store::registry::{Principal, Registry, Role};
+use carewatch_store::registry::{Principal, Role};
 use carewatch_store::{Row, Store, Table};
 use carewatch_transform::{Format, Reading, Source, catalogue};
+
+mod support;
 
 const M: i64 = 60_000_000;
 /// 2026-01-05T00:00:00Z
@@ -93,20 +94,13 @@ struct World {
 
 /// The shipped fever rule twice: as shipped, and `fever_switched` reading the switched table.
 async fn world(config: Config) -> World {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().to_path_buf();
-    let mut c = carewatch_store::Config::new(&dir);
-    c.tick = Duration::from_secs(3600);
-    let store = Store::open(c).await.expect("store");
-    let registry = Arc::new(Registry::open(&dir).expect("registry").0);
-    let audit = carewatch_query::audit::AuditLog::open(&dir, false).expect("audit");
-    let q = QueryEngine::new(
-        store.clone(),
-        registry.clone(),
-        QueryLimits::default(),
-        Arc::new(audit),
-    )
-    .expect("query engine");
+    let support::Base {
+        tmp,
+        dir,
+        store,
+        registry,
+        q,
+    } = support::base().await;
     let mode = Arc::new(AtomicU8::new(PASS));
     let switched = Switched {
         inner: Arc::new(StoreTable::new(store.clone(), Table::Observations)),

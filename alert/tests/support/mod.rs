@@ -50,8 +50,17 @@ pub struct World {
     pub engine: AlertEngine,
 }
 
-/// The shipped `fever` rule on a fresh data directory (no background persist).
-pub async fn fever_world(config: Config) -> World {
+/// A fresh data directory with its store (no background persist), registry and query engine.
+pub struct Base {
+    pub tmp: tempfile::TempDir,
+    pub dir: std::path::PathBuf,
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub q: QueryEngine,
+}
+
+/// See [`Base`].
+pub async fn base() -> Base {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().to_path_buf();
     let mut c = carewatch_store::Config::new(&dir);
@@ -66,6 +75,24 @@ pub async fn fever_world(config: Config) -> World {
         Arc::new(audit),
     )
     .expect("query engine");
+    Base {
+        tmp,
+        dir,
+        store,
+        registry,
+        q,
+    }
+}
+
+/// The shipped `fever` rule on a fresh data directory (no background persist).
+pub async fn fever_world(config: Config) -> World {
+    let Base {
+        tmp,
+        dir,
+        store,
+        registry,
+        q,
+    } = base().await;
     let rule = rules::load(None)
         .expect("rules")
         .into_iter()
