@@ -42,6 +42,9 @@ try {
   await page.click(`.alert[data-id="${alertId}"] button.ack`);
   await page.waitForSelector(`.alert[data-id="${alertId}"].acknowledged`);
   await page.screenshot({ path: path.join(outDir, 'dashboard-acknowledged.png'), fullPage: true });
+  // A deep link opens that patient's view (the token is kept for the tab).
+  await page.goto(`${base}/?patient=${encodeURIComponent(patient)}`);
+  await page.waitForSelector(`#patient-view[data-patient="${patient}"] svg.chart[data-code="8867-4"]:not([data-points="0"])`);
   console.log(JSON.stringify({ alert_id: alertId, sparklines: spark }));
 } catch (e) {
   fail(e.message);

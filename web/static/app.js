@@ -18,7 +18,10 @@ function authHeaders(method) {
   return { Authorization: 'Bearer ' + token };
 }
 let patients = [];
-let selected = null;
+// A deep link `/?patient=<id>` opens that patient's view (kept across single sign-on).
+const wanted = new URLSearchParams(window.location.search).get('patient') || sessionStorage.getItem('carewatch-open-patient');
+sessionStorage.removeItem('carewatch-open-patient');
+let selected = wanted || null;
 let hours = 1;
 let streamAbort = null;
 let refreshTimer = null;
@@ -72,7 +75,7 @@ async function refresh() {
   patients = data.patients;
   renderAlerts();
   renderPatients();
-  if (selected) await loadCharts(selected);
+  if (selected) await loadCharts(selected).catch((e) => { if (e.message === 'unauthorized') throw e; $('#detail-title').textContent = e.message; });
 }
 
 function scheduleRefresh() {
@@ -168,6 +171,7 @@ async function loadCharts(id) {
   const data = await api(`/v1/patients/${encodeURIComponent(id)}/vitals?${q}`);
   if (id !== selected) return;
   $('#detail-title').textContent = id;
+  $('#patient-view').dataset.patient = id;
   $('#charts').innerHTML = CHARTS.map((def) => `<div class="chart-box"><h3>${esc(def.title)}</h3>${chartSvg(def, data.series, data.alerts, from, to)}</div>`).join('');
 }
 
@@ -218,6 +222,7 @@ function onVitals(items) {
   }
 }
 
+$('#sso-signin').onclick = () => { if (selected) sessionStorage.setItem('carewatch-open-patient', selected); };
 $('#signin-form').onsubmit = (e) => { e.preventDefault(); signIn($('#token').value); };
 $('#signout').onclick = () => (sso ? ssoSignOut() : signOut(''));
 document.querySelectorAll('#range button').forEach((b) => {
