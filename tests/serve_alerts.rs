@@ -96,6 +96,15 @@ fn simulated_episodes_alert_once_each_escalate_and_stop_when_acknowledged() {
         "application/vnd.microsoft.card.adaptive"
     );
     assert_eq!(first["care_team"], "north");
+    // Each transition carries its level: the rule's default from its severity.
+    for v in hook.all() {
+        let want = if v["rule"] == "fever" {
+            "warning"
+        } else {
+            "urgent"
+        };
+        assert_eq!(v["level"], want, "{v}");
+    }
 
     // Care-team scoping.
     let north = srv.token("care_manager", Some("north"));
@@ -120,6 +129,15 @@ fn simulated_episodes_alert_once_each_escalate_and_stop_when_acknowledged() {
     assert!(
         mine.iter()
             .any(|a| a["rule"] == "hr_high_at_rest" && a["status"] == "resolved"),
+        "{mine:#?}"
+    );
+    assert!(
+        mine.iter().all(|a| a["level"]
+            == if a["rule"] == "fever" {
+                "warning"
+            } else {
+                "urgent"
+            }),
         "{mine:#?}"
     );
     let open_alert = mine
@@ -169,6 +187,7 @@ fn simulated_episodes_alert_once_each_escalate_and_stop_when_acknowledged() {
     let sse = sse.wait_with_output().expect("sse");
     let sse = String::from_utf8_lossy(&sse.stdout);
     assert!(sse.contains("event: alert"), "{sse}");
+    assert!(sse.contains("\"level\":\"warning\""), "{sse}");
     assert!(
         sse.lines()
             .any(|l| l.contains("\"acknowledged\"") && l.contains(&open_alert)),
@@ -198,7 +217,7 @@ fn simulated_episodes_alert_once_each_escalate_and_stop_when_acknowledged() {
         "POST",
         &format!("{}/v1/sql", srv.http),
         srv.admin(),
-        "SELECT rule, event, acknowledged_by IS NOT NULL AS by FROM alerts WHERE event IN ('firing', 'acknowledged') ORDER BY rule, event",
+        "SELECT rule, event, acknowledged_by IS NOT NULL AS by, level FROM alerts WHERE event IN ('firing', 'acknowledged') ORDER BY rule, event",
     );
     assert_eq!(s, 200, "{b}");
     let rows: Vec<serde_json::Value> = serde_json::from_str(&b).expect("json");
@@ -206,6 +225,11 @@ fn simulated_episodes_alert_once_each_escalate_and_stop_when_acknowledged() {
     assert_eq!(rows[1]["event"], "firing");
     assert_eq!(rows[0]["event"], "acknowledged");
     assert_eq!(rows[0]["by"], true);
+    assert_eq!(
+        (&rows[0]["level"], &rows[3]["level"]),
+        (&"warning".into(), &"urgent".into()),
+        "{b}"
+    );
     assert_eq!(srv.stop(), 0);
 }
 

@@ -13,7 +13,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
-use crate::rules::Severity;
+use crate::rules::{Level, Severity};
 
 /// Where an alert is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -118,6 +118,10 @@ pub struct Transition {
     pub title: String,
     /// Severity.
     pub severity: Severity,
+    /// Level (urgent, warning, info): the rule's, or the patient's for the rule. History
+    /// written before levels existed reads as the severity's default level.
+    #[serde(default = "unset_level")]
+    pub level: Level,
     /// Patient.
     pub patient_id: String,
     /// The patient's care team when the transition was written (`None`: no team).
@@ -162,6 +166,20 @@ pub struct Transition {
     pub notified: Option<String>,
 }
 
+fn unset_level() -> Level {
+    Level::Warning
+}
+
+/// Parses one history line; a line from before levels existed gets its severity's level.
+fn parse_line(line: &[u8]) -> Option<Transition> {
+    let mut t: Transition = serde_json::from_slice(line).ok()?;
+    // `"level":` cannot occur inside a JSON string (its quotes would be escaped).
+    if !line.windows(8).any(|w| w == b"\"level\":") {
+        t.level = Level::of_severity(t.severity);
+    }
+    Some(t)
+}
+
 /// The history file and its rows in memory.
 #[derive(Debug)]
 pub struct History {
@@ -190,9 +208,9 @@ impl History {
                 if n == 0 || line.last() != Some(&b'\n') {
                     break;
                 }
-                match serde_json::from_slice::<Transition>(&line) {
-                    Ok(t) => rows.push(Arc::new(t)),
-                    Err(_) => damaged += 1,
+                match parse_line(&line) {
+                    Some(t) => rows.push(Arc::new(t)),
+                    None => damaged += 1,
                 }
                 good_len += n as u64;
             }
@@ -329,6 +347,7 @@ impl AlertsTable {
             Field::new("reason", DataType::Utf8, true),
             Field::new("actor", DataType::Utf8, true),
             Field::new("notified", DataType::Utf8, true),
+            Field::new("level", DataType::Utf8, false),
         ]));
         AlertsTable { history, schema }
     }
@@ -348,7 +367,7 @@ impl carewatch_query::table::BatchSource for AlertsTable {
         let (mut id, mut rule, mut sev, mut pat, mut team, mut status, mut event, mut msg, mut ack) =
             (s(), s(), s(), s(), s(), s(), s(), s(), s());
         let (mut prev, mut assignee, mut note, mut reason, mut actor) = (s(), s(), s(), s(), s());
-        let mut notified = s();
+        let (mut notified, mut lvl) = (s(), s());
         let mut until = ts();
         let mut value = Float64Builder::with_capacity(n);
         let mut level = UInt32Builder::with_capacity(n);
@@ -375,6 +394,7 @@ impl carewatch_query::table::BatchSource for AlertsTable {
             reason.append_option(r.reason.as_deref());
             actor.append_option(r.actor.as_deref());
             notified.append_option(r.notified.as_deref());
+            lvl.append_value(r.level.as_str());
         }
         let cols: Vec<ArrayRef> = vec![
             Arc::new(seq.finish()),
@@ -399,6 +419,7 @@ impl carewatch_query::table::BatchSource for AlertsTable {
             Arc::new(reason.finish()),
             Arc::new(actor.finish()),
             Arc::new(notified.finish()),
+            Arc::new(lvl.finish()),
         ];
         Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
     }
@@ -428,6 +449,7 @@ pub(crate) fn sample_transition(alert: &str, at_us: i64) -> Transition {
         rule: "fever".into(),
         title: "Fever".into(),
         severity: crate::rules::Severity::High,
+        level: Level::Urgent,
         patient_id: "p1".into(),
         care_team: None,
         status: Status::Firing,
@@ -483,5 +505,17 @@ mod torn_tests {
             "torn tail cut"
         );
         assert!(after.contains(lines[2]), "nothing after the damage was cut");
+    }
+
+    #[test]
+    fn history_from_before_levels_reads_the_severity_level() {
+        let mut t = transition("a");
+        t.severity = Severity::Warning;
+        t.level = Level::Info;
+        let line = serde_json::to_string(&t).expect("json");
+        assert_eq!(parse_line(line.as_bytes()).expect("t").level, Level::Info);
+        let old = line.replace(",\"level\":\"info\"", "");
+        assert!(!old.contains("\"level\""), "{old}");
+        assert_eq!(parse_line(old.as_bytes()).expect("t").level, Level::Warning);
     }
 }

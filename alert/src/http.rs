@@ -20,6 +20,7 @@ use carewatch_store::registry::{Principal, Registry, Role};
 use crate::engine::{Action, ActionError, AlertEngine, Current};
 use crate::history::Status;
 use crate::iso;
+use crate::rules::Level;
 
 /// State for the alert routes.
 #[derive(Debug, Clone)]
@@ -64,6 +65,7 @@ pub fn alert_json(a: &Current) -> serde_json::Value {
         "rule": a.rule,
         "title": a.title,
         "severity": a.severity.as_str(),
+        "level": a.level.as_str(),
         "patient_id": a.patient_id,
         "care_team": a.care_team,
         "status": a.status.as_str(),
@@ -83,6 +85,7 @@ struct ListQuery {
     status: Option<String>,
     patient: Option<String>,
     rule: Option<String>,
+    level: Option<String>,
 }
 
 async fn list(
@@ -120,6 +123,17 @@ async fn list(
             }
         },
     };
+    let level = match q.level.as_deref().map(Level::parse) {
+        None => None,
+        Some(Some(l)) => Some(l),
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "level is urgent, warning or info",
+            );
+        }
+    };
     let mut all = state.engine.current(&who);
     if want.contains(&Status::Pending) {
         all.extend(state.engine.pending(&who));
@@ -129,6 +143,7 @@ async fn list(
         .filter(|a| want.contains(&a.status))
         .filter(|a| q.patient.as_deref().is_none_or(|p| p == a.patient_id))
         .filter(|a| q.rule.as_deref().is_none_or(|r| r == a.rule))
+        .filter(|a| level.is_none_or(|l| l == a.level))
         .map(alert_json)
         .collect();
     axum::Json(json!({"alerts": items})).into_response()

@@ -93,6 +93,50 @@ impl Severity {
     }
 }
 
+/// How urgently people are told: `urgent` (now, day or night), `warning` (soon), `info` (for
+/// the record). Per rule (`level = "…"`, default from the severity: critical and high are
+/// urgent, warning is warning, info is info) and per patient (`level` in `[overrides.<patient>]`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// For the record: shown, not pushed again.
+    Info,
+    /// Look soon.
+    Warning,
+    /// Look now.
+    Urgent,
+}
+
+impl Level {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Info => "info",
+            Level::Warning => "warning",
+            Level::Urgent => "urgent",
+        }
+    }
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Level> {
+        match s {
+            "info" => Some(Level::Info),
+            "warning" => Some(Level::Warning),
+            "urgent" => Some(Level::Urgent),
+            _ => None,
+        }
+    }
+    /// The level a rule of this severity has unless it says otherwise.
+    pub fn of_severity(s: Severity) -> Level {
+        match s {
+            Severity::Critical | Severity::High => Level::Urgent,
+            Severity::Warning => Level::Warning,
+            Severity::Info => Level::Info,
+        }
+    }
+}
+
 /// A parameter value: numbers and booleans only, so a value can never change a rule's SQL
 /// beyond the literal it stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
@@ -154,6 +198,7 @@ struct RuleFile {
     id: Option<String>,
     title: String,
     severity: Severity,
+    level: Option<Level>,
     message: String,
     #[serde(default = "default_bucket")]
     bucket: String,
@@ -169,7 +214,15 @@ struct RuleFile {
     #[serde(default)]
     params: Params,
     #[serde(default)]
-    overrides: BTreeMap<String, Params>,
+    overrides: BTreeMap<String, OverrideFile>,
+}
+
+/// `[overrides.<patient>]`: the patient's level and parameters.
+#[derive(Debug, Deserialize)]
+struct OverrideFile {
+    level: Option<Level>,
+    #[serde(flatten)]
+    params: Params,
 }
 
 fn default_bucket() -> String {
@@ -192,6 +245,10 @@ pub struct Rule {
     pub title: String,
     /// Severity.
     pub severity: Severity,
+    /// Level (see [`Level`]); [`Rule::level_for`] gives a patient's.
+    pub level: Level,
+    /// Per-patient levels (`level` in `[overrides.<patient>]`).
+    pub patient_levels: BTreeMap<String, Level>,
     /// Message template.
     pub message: String,
     /// Bucket length, microseconds.
@@ -281,12 +338,19 @@ impl Rule {
                 ),
             )
         })?;
+        let patient_levels = f
+            .overrides
+            .iter()
+            .filter_map(|(p, o)| o.level.map(|l| (p.clone(), l)))
+            .collect();
         let rule = Rule {
             id,
             file: file.to_owned(),
             sql_line: key_line(text, "sql"),
             title: f.title,
+            level: f.level.unwrap_or(Level::of_severity(f.severity)),
             severity: f.severity,
+            patient_levels,
             message: f.message,
             bucket_us,
             contiguous: f.contiguous,
@@ -295,7 +359,11 @@ impl Rule {
             enabled: f.enabled,
             sql: f.sql,
             params: f.params,
-            overrides: f.overrides,
+            overrides: f
+                .overrides
+                .into_iter()
+                .map(|(p, o)| (p, o.params))
+                .collect(),
         };
         if !rule.sql.contains("{scope}") {
             return Err(err(
@@ -321,6 +389,14 @@ impl Rule {
                 .map_err(|m| err(key_line(text, "params"), m))?;
         }
         Ok(rule)
+    }
+
+    /// The level of this rule's alerts for a patient.
+    pub fn level_for(&self, patient: &str) -> Level {
+        self.patient_levels
+            .get(patient)
+            .copied()
+            .unwrap_or(self.level)
     }
 
     /// The parameters for a patient (defaults with that patient's overrides).
@@ -581,5 +657,27 @@ mod tests {
         let e = Rule::parse("x.toml", &bad).expect_err("unknown override");
         assert_eq!(e.line, 9, "{e}");
         assert_eq!(Param::parse("1; DROP"), None);
+    }
+
+    #[test]
+    fn levels_default_from_severity_and_are_set_per_rule_and_patient() {
+        let rules = load(None).expect("defaults");
+        let level = |id: &str| rules.iter().find(|r| r.id == id).expect("rule").level;
+        assert_eq!(level("spo2_low"), Level::Urgent, "critical");
+        assert_eq!(level("hr_high_at_rest"), Level::Urgent, "high");
+        assert_eq!(level("fever"), Level::Warning, "warning");
+        assert_eq!(level("device_silent"), Level::Info, "info");
+        let text = "title = \"x\"\nseverity = \"high\"\nlevel = \"warning\"\nmessage = \"m\"\nsql = \"SELECT {threshold} WHERE {scope}\"\n[params]\nthreshold = 100\n[overrides.p1]\nlevel = \"info\"\nthreshold = 120\n[overrides.p2]\nlevel = \"urgent\"\n";
+        let r = Rule::parse("x.toml", text).expect("ok");
+        assert_eq!(
+            (r.level_for("p0"), r.level_for("p1"), r.level_for("p2")),
+            (Level::Warning, Level::Info, Level::Urgent)
+        );
+        assert_eq!(r.params_for(Some("p1"))["threshold"], Param::Int(120));
+        let e = Rule::parse("x.toml", &text.replace("\"info\"", "\"loud\"")).expect_err("bad");
+        assert!(
+            e.message.contains("loud") || e.message.contains("variant"),
+            "{e}"
+        );
     }
 }

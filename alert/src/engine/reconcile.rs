@@ -174,6 +174,7 @@ fn raise(
         rule: rule.id.clone(),
         title: rule.title.clone(),
         severity: rule.severity,
+        level: rule.level_for(patient),
         patient_id: patient.to_owned(),
         care_team: team,
         status: Status::Pending,

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::episodes::{Episode, Sample};
 use crate::history::{Event, Status, Transition};
-use crate::rules::Severity;
+use crate::rules::{Level, Severity};
 
 /// An alert as it stands now.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -24,6 +24,8 @@ pub struct Current {
     pub title: String,
     /// Severity.
     pub severity: Severity,
+    /// Level (urgent, warning, info).
+    pub level: Level,
     /// Patient.
     pub patient_id: String,
     /// The care team the alert belongs to (the patient's team now, in API answers; in the
@@ -62,6 +64,7 @@ impl Current {
             rule: t.rule.clone(),
             title: t.title.clone(),
             severity: t.severity,
+            level: t.level,
             patient_id: t.patient_id.clone(),
             care_team: t.care_team.clone(),
             status: t.status,
@@ -85,6 +88,7 @@ impl Current {
             rule: self.rule.clone(),
             title: self.title.clone(),
             severity: self.severity,
+            level: self.level,
             patient_id: self.patient_id.clone(),
             care_team: self.care_team.clone(),
             status: self.status,

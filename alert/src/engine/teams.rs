@@ -118,6 +118,7 @@ impl AlertEngine {
                 rule: rule.clone(),
                 title: r.title.clone(),
                 severity: r.severity,
+                level: r.level_for(patient),
                 patient_id: patient.clone(),
                 care_team: None,
                 status: Status::Pending,

@@ -88,6 +88,7 @@ pub fn payload(t: &Transition) -> Value {
         "rule": t.rule,
         "title": t.title,
         "severity": t.severity.as_str(),
+        "level": t.level.as_str(),
         "patient_id": t.patient_id,
         "care_team": t.care_team,
         "message": t.message,
