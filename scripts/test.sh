@@ -9,6 +9,8 @@
 #      emits, and DuckDB + pyarrow on the Parquet files it writes;
 #   4. validates the deployment files (compose, Kubernetes, systemd, Dockerfile) with real
 #      parsers, and proves each check can fail (scripts/check-deploy.sh --self-test).
+#   5. builds the README's run command's binary (release) and holds it to its size budget
+#      (scripts/size-budget.sh --self-test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,6 +54,9 @@ echo "== DuckDB and pyarrow read carewatch's Parquet"
 
 echo "== deployment files: compose, Kubernetes manifests, systemd unit, Dockerfile"
 bash scripts/check-deploy.sh --self-test
+
+echo "== the binary the README builds: size budget, no DWARF, symbol table kept (issue 17)"
+bash scripts/size-budget.sh --self-test
 
 echo "== fuzzing: every cargo-fuzz target for 5 s (installs cargo-fuzz into ~/.cache on first use)"
 bash scripts/fuzz.sh 5
