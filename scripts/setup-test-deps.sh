@@ -47,6 +47,17 @@ else
     && npm install --silent --no-audit --no-fund playwright-core@1 oidc-provider@9 >/dev/null)
 fi
 
+# axe-core (Deque's accessibility engine) checks the triage dashboard in Chromium
+# (tests/dashboard/triage.mjs).
+if [ -f "$node_dir/node_modules/axe-core/axe.min.js" ]; then
+  echo "setup: axe-core present in $node_dir"
+else
+  echo "setup: npm install axe-core into $node_dir"
+  mkdir -p "$node_dir"
+  (cd "$node_dir" && { [ -f package.json ] || npm init -y >/dev/null; } \
+    && npm install --silent --no-audit --no-fund axe-core@4 >/dev/null)
+fi
+
 # ---- Python venv -----------------------------------------------------------------------------
 # fhir.resources 6.4.0 is the last release whose default models are plain R4 (4.0.1); it needs
 # pydantic 1, and co-installs with the rest in one venv (pip check is clean).

@@ -1,12 +1,8 @@
-// carewatch care-manager dashboard: our own small script, no third-party code.
+// carewatch care-manager dashboard: our own small script, no third-party code, no build step.
+// This file: sign-in, the API, the triage list, the open-alert list and the live stream; the
+// patient view (charts, actions, timeline) is in view.js.
 'use strict';
 const $ = (s) => document.querySelector(s);
-const CHARTS = [
-  { title: 'Heart rate (/min)', codes: ['8867-4'] },
-  { title: 'SpO2 (%)', codes: ['2708-6'] },
-  { title: 'Steps (per bucket)', codes: ['55423-8'], sum: true },
-  { title: 'Blood pressure (mmHg)', codes: ['8480-6', '8462-4'] },
-];
 let token = sessionStorage.getItem('carewatch-token') || '';
 // With single sign-on the browser holds a session cookie (HttpOnly) and the page a CSRF token
 // for state-changing calls; without it, a pasted token is sent as a bearer token.
@@ -18,11 +14,11 @@ function authHeaders(method) {
   return { Authorization: 'Bearer ' + token };
 }
 let patients = [];
+let you = null;
 // A deep link `/?patient=<id>` opens that patient's view (kept across single sign-on).
 const wanted = new URLSearchParams(window.location.search).get('patient') || sessionStorage.getItem('carewatch-open-patient');
 sessionStorage.removeItem('carewatch-open-patient');
 let selected = wanted || null;
-let hours = 1;
 let streamAbort = null;
 let refreshTimer = null;
 
@@ -36,6 +32,19 @@ async function api(path, opts = {}) {
 function esc(s) {
   return String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
 }
+
+function announce(msg) { $('#announce').textContent = msg; }
+
+function ago(iso) {
+  if (!iso) return 'never';
+  const m = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 60000));
+  if (m < 1) return 'just now';
+  if (m < 120) return `${m} min ago`;
+  if (m < 2880) return `${Math.round(m / 60)} h ago`;
+  return `${Math.round(m / 1440)} d ago`;
+}
+
+function clock(iso) { return iso ? new Date(iso).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : ''; }
 
 function signOut(msg) {
   token = ''; csrf = ''; sessionStorage.removeItem('carewatch-token');
@@ -52,9 +61,9 @@ async function ssoSignOut() {
   window.location.assign(to || '/');
 }
 
-async function showApp(who) {
+function showApp(name) {
   $('#signin-panel').hidden = true; $('#app').hidden = false; $('#signout').hidden = false;
-  $('#who').textContent = who;
+  $('#who').textContent = name;
   live();
 }
 
@@ -67,35 +76,49 @@ async function signIn(t) {
     return;
   }
   sessionStorage.setItem('carewatch-token', token);
-  showApp('signed in');
+  showApp(you ? you.name : 'signed in');
 }
 
 async function refresh() {
-  const data = await api('/v1/patients');
+  const data = await api('/v1/triage');
   patients = data.patients;
+  you = data.you || null;
   renderAlerts();
   renderPatients();
-  if (selected) await loadCharts(selected).catch((e) => { if (e.message === 'unauthorized') throw e; $('#detail-title').textContent = e.message; });
+  if (selected) {
+    await openPatient(selected, { quiet: true }).catch((e) => {
+      if (e.message === 'unauthorized') throw e;
+      $('#detail-title').textContent = e.message;
+    });
+  }
 }
 
 function scheduleRefresh() {
   if (refreshTimer) return;
-  refreshTimer = setTimeout(() => { refreshTimer = null; refresh().catch(() => {}); }, 500);
+  refreshTimer = setTimeout(() => { refreshTimer = null; refresh().catch(() => {}); }, 300);
+}
+
+function alertStatus(a) {
+  if (a.status === 'snoozed' && a.snoozed_until) return `snoozed until ${clock(a.snoozed_until)}`;
+  return a.status;
 }
 
 function renderAlerts() {
   const list = $('#alerts');
-  const alerts = patients.flatMap((p) => p.open_alerts);
-  alerts.sort((a, b) => (a.status === 'firing' ? 0 : 1) - (b.status === 'firing' ? 0 : 1));
+  const alerts = patients.flatMap((p) => p.open_alerts.filter((a) => a.status !== 'pending'));
+  const rank = (a) => (a.status === 'firing' ? 0 : 1) * 10 + (3 - levelRank(a.level));
+  alerts.sort((a, b) => rank(a) - rank(b));
   list.innerHTML = alerts.length ? '' : '<li class="none">No open alerts.</li>';
   for (const a of alerts) {
     const li = document.createElement('li');
-    li.className = `alert ${a.severity} ${a.status}`;
+    li.className = `alert ${a.severity} ${a.status} level-${a.level}`;
     li.dataset.id = a.alert_id;
     li.dataset.patient = a.patient_id;
-    li.innerHTML = `<strong>${esc(a.title)}</strong><span class="patient">${esc(a.patient_id)}</span>
-      <span class="msg">${esc(a.message)}</span><span class="since">since ${esc(a.episode_start)}</span>
-      <span class="status">${esc(a.status)}</span>`;
+    li.innerHTML = `<span class="badge level-${esc(a.level)}">${esc(a.level)}</span><strong>${esc(a.title)}</strong>
+      <a class="patient" href="/?patient=${encodeURIComponent(a.patient_id)}">${esc(a.patient_id)}</a>
+      <span class="msg">${esc(a.message)}</span><span class="since">since ${esc(clock(a.episode_start))}</span>
+      <span class="status">${esc(alertStatus(a))}</span>`;
+    li.querySelector('a.patient').onclick = (e) => { e.preventDefault(); openPatient(a.patient_id, { focus: true }); };
     const b = document.createElement('button');
     b.className = 'ack'; b.textContent = a.status === 'acknowledged' ? 'Acknowledged' : 'Acknowledge';
     b.disabled = a.status !== 'firing';
@@ -109,70 +132,44 @@ function renderAlerts() {
   }
 }
 
+function levelRank(l) { return { urgent: 3, warning: 2, info: 1 }[l] || 0; }
+
 function spark(values) {
   if (!values || values.length < 2) return '';
   const lo = Math.min(...values), hi = Math.max(...values), span = hi - lo || 1;
   const pts = values.map((v, i) => `${(i / (values.length - 1) * 118 + 1).toFixed(1)},${(22 - (v - lo) / span * 20).toFixed(1)}`).join(' ');
-  return `<svg class="spark" viewBox="0 0 120 24"><polyline points="${pts}"/></svg>`;
+  return `<svg class="spark" viewBox="0 0 120 24" role="img" aria-label="heart rate trend"><polyline points="${pts}"/></svg>`;
 }
 
-function fmt(v, digits = 0) { return v === undefined ? '–' : Number(v.value).toFixed(digits); }
+function news2Cell(n) {
+  if (!n) return '<span class="muted">–</span>';
+  const title = n.parts.map((p) => `${p.vital} ${p.value}: ${p.points}`).join(', ') + (n.partial ? `; missing ${n.missing.join(', ')}` : '');
+  return `<span class="news2 band-${esc(n.band)}" title="${esc(title)}">${n.score}</span>${n.partial ? ' <span class="muted">partial</span>' : ''}`;
+}
 
 function renderPatients() {
   const body = $('#patients tbody');
+  // Keep keyboard focus on the same patient's link across a re-render.
+  const focused = document.activeElement && document.activeElement.closest && document.activeElement.closest('#patients tr.patient');
+  const keep = focused ? focused.dataset.id : null;
   body.innerHTML = '';
-  for (const p of patients) {
+  patients.forEach((p, i) => {
     const tr = document.createElement('tr');
-    tr.className = 'patient' + (p.open_alerts.length ? ' has-alert' : '') + (p.patient_id === selected ? ' selected' : '');
+    tr.className = 'patient' + (p.level ? ` has-alert level-${p.level}` : '') + (p.patient_id === selected ? ' selected' : '');
     tr.dataset.id = p.patient_id;
-    const v = p.vitals;
-    tr.innerHTML = `<td>${esc(p.patient_id)}</td><td class="hr">${fmt(v.heart_rate)}</td><td class="spo2">${fmt(v.spo2)}</td>
-      <td>${fmt(v.steps)}</td><td>${spark(v.heart_rate && v.heart_rate.spark)}</td>`;
-    tr.onclick = () => { selected = p.patient_id; renderPatients(); loadCharts(selected); };
+    tr.dataset.rank = i + 1;
+    if (p.patient_id === selected) tr.setAttribute('aria-current', 'true');
+    const top = p.open_alerts.find((a) => a.status !== 'pending');
+    const alert = top ? `<span class="badge level-${esc(top.level)}">${esc(top.level)}</span> ${esc(top.title)} <span class="muted">${esc(alertStatus(top))}</span>` : '<span class="muted">none</span>';
+    const silent = p.silent ? ' <span class="badge silent">silent</span>' : '';
+    tr.innerHTML = `<th scope="row"><a class="open" href="/?patient=${encodeURIComponent(p.patient_id)}">${esc(p.patient_id)}</a></th>
+      <td class="alert-cell">${alert}</td><td class="news2-cell">${news2Cell(p.news2)}</td>
+      <td class="last">${esc(ago(p.last_data))}${silent}</td><td class="trend">${spark(p.vitals.heart_rate && p.vitals.heart_rate.spark)}</td>`;
+    tr.querySelector('a.open').onclick = (e) => { e.preventDefault(); e.stopPropagation(); openPatient(p.patient_id, { focus: true }); };
+    tr.onclick = () => openPatient(p.patient_id, { focus: true });
     body.appendChild(tr);
-  }
-}
-
-function chartSvg(def, series, alerts, from, to) {
-  const W = 600, H = 140, L = 34, B = 16;
-  const lines = def.codes.map((c) => series.find((s) => s.code === c)).filter(Boolean);
-  const all = lines.flatMap((s) => s.points.flatMap((p) => def.sum ? [p.avg * p.n] : [p.min, p.max]));
-  if (!all.length) return `<svg class="chart" data-code="${def.codes[0]}" data-points="0" viewBox="0 0 ${W} ${H}"><text x="${L}" y="70">no data</text></svg>`;
-  let lo = Math.min(...all), hi = Math.max(...all);
-  if (hi - lo < 1) { hi += 1; lo -= 1; }
-  const x = (t) => L + (Date.parse(t) - from) / (to - from) * (W - L - 4);
-  const y = (v) => 4 + (hi - v) / (hi - lo) * (H - B - 8);
-  let out = '';
-  for (const a of alerts) {
-    const x0 = Math.max(L, x(a.episode_start)), x1 = Math.min(W - 4, Math.max(x(a.episode_end), x0 + 2));
-    out += `<rect class="episode" data-alert="${esc(a.alert_id)}" x="${x0.toFixed(1)}" y="2" width="${(x1 - x0).toFixed(1)}" height="${H - B - 4}"><title>${esc(a.title)}</title></rect>`;
-  }
-  lines.forEach((s, i) => {
-    if (!def.sum) {
-      const up = s.points.map((p) => `${x(p.t).toFixed(1)},${y(p.max).toFixed(1)}`);
-      const down = s.points.slice().reverse().map((p) => `${x(p.t).toFixed(1)},${y(p.min).toFixed(1)}`);
-      out += `<polygon class="band" points="${up.concat(down).join(' ')}"/>`;
-    }
-    const pts = s.points.map((p) => `${x(p.t).toFixed(1)},${y(def.sum ? p.avg * p.n : p.avg).toFixed(1)}`).join(' ');
-    out += `<polyline class="${i ? 'line2' : 'line'}" points="${pts}"/>`;
-    if (s.points.length < 3) {
-      for (const p of s.points) out += `<circle cx="${x(p.t).toFixed(1)}" cy="${y(def.sum ? p.avg * p.n : p.avg).toFixed(1)}" r="3"/>`;
-    }
+    if (p.patient_id === keep) tr.querySelector('a.open').focus();
   });
-  out += `<text x="2" y="12">${hi.toFixed(0)}</text><text x="2" y="${H - B}">${lo.toFixed(0)}</text>`;
-  out += `<text x="${L}" y="${H - 2}">${new Date(from).toLocaleTimeString()}</text><text x="${W - 60}" y="${H - 2}">${new Date(to).toLocaleTimeString()}</text>`;
-  const n = lines.reduce((k, s) => k + s.points.length, 0);
-  return `<svg class="chart" data-code="${def.codes[0]}" data-points="${n}" viewBox="0 0 ${W} ${H}">${out}</svg>`;
-}
-
-async function loadCharts(id) {
-  const to = Date.now(), from = to - hours * 3600e3;
-  const q = new URLSearchParams({ from: new Date(from).toISOString(), to: new Date(to).toISOString(), bucket: hours > 6 ? '5m' : '1m' });
-  const data = await api(`/v1/patients/${encodeURIComponent(id)}/vitals?${q}`);
-  if (id !== selected) return;
-  $('#detail-title').textContent = id;
-  $('#patient-view').dataset.patient = id;
-  $('#charts').innerHTML = CHARTS.map((def) => `<div class="chart-box"><h3>${esc(def.title)}</h3>${chartSvg(def, data.series, data.alerts, from, to)}</div>`).join('');
 }
 
 async function live() {
@@ -210,27 +207,28 @@ async function live() {
 
 let vitalsDirty = false;
 function onVitals(items) {
+  let mine = false;
   for (const it of items) {
     const p = patients.find((x) => x.patient_id === it.patient_id);
     if (!p) continue;
     const v = p.vitals[it.vital] || (p.vitals[it.vital] = { code: it.code, spark: [] });
     v.value = it.value; v.time = it.time;
+    if (!p.last_data || it.time > p.last_data) p.last_data = it.time;
+    if (it.patient_id === selected) mine = true;
   }
   if (!vitalsDirty) {
     vitalsDirty = true;
-    setTimeout(() => { vitalsDirty = false; renderPatients(); }, 1000);
+    // New readings can change the order (NEWS2, silence): fetch the list again, at most every 2 s.
+    setTimeout(() => { vitalsDirty = false; refresh().catch(() => {}); }, mine ? 1000 : 2000);
   }
 }
 
-$('#sso-signin').onclick = () => { if (selected) sessionStorage.setItem('carewatch-open-patient', selected); };
 $('#signin-form').onsubmit = (e) => { e.preventDefault(); signIn($('#token').value); };
+$('#sso-signin').onclick = () => { if (selected) sessionStorage.setItem('carewatch-open-patient', selected); };
 $('#signout').onclick = () => (sso ? ssoSignOut() : signOut(''));
-document.querySelectorAll('#range button').forEach((b) => {
-  b.onclick = () => {
-    hours = Number(b.dataset.hours);
-    document.querySelectorAll('#range button').forEach((x) => x.classList.toggle('on', x === b));
-    if (selected) loadCharts(selected);
-  };
+window.addEventListener('popstate', () => {
+  const p = new URLSearchParams(window.location.search).get('patient');
+  if (p && p !== selected) openPatient(p, { push: false });
 });
 async function start() {
   const cfg = await fetch('/auth/config').then((r) => r.json()).catch(() => ({ sso: false }));
