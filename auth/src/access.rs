@@ -67,6 +67,37 @@ pub fn may_see_patient(registry: &Registry, p: &Principal, patient: &str) -> boo
         .is_some_and(|team| in_team(p, &team))
 }
 
+/// The patients `p` may see now when that is not everyone (`None`: admins and analysts): a
+/// care manager's teams' current patients and the patients of their live break-glass grants;
+/// nobody for devices. FHIR search filters by this.
+pub fn patients_in_scope(registry: &Registry, p: &Principal) -> Option<Vec<String>> {
+    if sees_all_patients(p) {
+        return None;
+    }
+    let mut v: Vec<String> = registry
+        .care_teams()
+        .into_iter()
+        .filter(|(_, t)| in_team(p, t))
+        .map(|(patient, _)| patient)
+        .chain(break_glass_patients(p).iter().cloned())
+        .collect();
+    v.sort();
+    v.dedup();
+    Some(v)
+}
+
+/// Whether a care manager may follow the alert feed of `team` (the MQTT topic
+/// `carewatch/alerts/{team}`): one of their teams, or the current team of a patient they hold
+/// break-glass access to — then they receive that patient's alerts only (each message is
+/// checked with [`may_see_patient`]).
+pub fn may_follow_team(registry: &Registry, p: &Principal, team: &str) -> bool {
+    valid_team(team)
+        && (in_team(p, team)
+            || break_glass_patients(p)
+                .iter()
+                .any(|x| registry.care_team(x).as_deref() == Some(team)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +155,25 @@ mod tests {
             "unassigned is not a team"
         );
         assert!(!in_team(&alice, "unassigned"));
+        assert_eq!(
+            patients_in_scope(&r, &alice),
+            Some(vec!["p1".to_owned(), "p2".to_owned()])
+        );
+        assert!(!may_follow_team(&r, &alice, "east"));
+        // Break-glass on p3: p3 (and only p3 of east) joins her scope.
+        r.set_care_team("p4", "east").expect("team");
+        if let Some(person) = alice.person.as_mut() {
+            person.break_glass = vec!["p3".into()];
+        }
+        assert!(may_see_patient(&r, &alice, "p3") && !may_see_patient(&r, &alice, "p4"));
+        assert_eq!(patients_in_scope(&r, &alice).map(|v| v.len()), Some(3));
+        assert!(may_follow_team(&r, &alice, "east"));
+        assert!(!may_follow_team(&r, &alice, "west"));
+        assert_eq!(patients_in_scope(&r, &who(Role::Analyst, None)), None);
+        assert_eq!(
+            patients_in_scope(&r, &who(Role::Device, Some("w"))),
+            Some(vec![])
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

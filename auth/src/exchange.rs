@@ -1,28 +1,35 @@
-//! The back-channel half of the dashboard sign-in: the authorization code for tokens at the
-//! issuer's token endpoint, the ID token verified, a session opened.
+//! The back-channel half of a sign-in (the dashboard's, and a SMART launch's): the
+//! authorization code for tokens at a token endpoint, the ID token verified, a session opened.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use carewatch_store::registry::Principal;
+
 use crate::session::Pending;
 use crate::{AuthError, Authenticator};
 
+/// What carewatch reads of a token response.
 #[derive(Deserialize)]
-struct TokenAnswer {
-    id_token: Option<String>,
+pub(crate) struct TokenAnswer {
+    /// The ID token (the person).
+    pub id_token: Option<String>,
+    /// SMART launch context: the patient in context.
+    #[serde(default)]
+    pub patient: Option<String>,
 }
 
-/// Exchanges `code`, verifies the ID token (audience = the dashboard's client id, the nonce
-/// of this sign-in) and opens a session: its cookie value and lifetime in seconds.
-pub(crate) async fn complete(
+/// Exchanges `code` at `token_endpoint` (client secret when configured, always the PKCE
+/// verifier).
+pub(crate) async fn redeem(
     auth: &Authenticator,
+    token_endpoint: &str,
     code: &str,
     pending: &Pending,
-) -> Result<(String, u64), AuthError> {
+) -> Result<TokenAnswer, AuthError> {
     let oidc = auth.oidc().ok_or(AuthError::Missing)?;
     let c = oidc.config();
-    let d = oidc.discovery().await?;
     let form = [
         ("grant_type", "authorization_code"),
         ("code", code),
@@ -30,7 +37,7 @@ pub(crate) async fn complete(
         ("code_verifier", pending.verifier.as_str()),
         ("client_id", c.client_id.as_str()),
     ];
-    let mut req = oidc.http().post(&d.token_endpoint).form(&form);
+    let mut req = oidc.http().post(token_endpoint).form(&form);
     if let Some(secret) = &c.client_secret {
         req = req.basic_auth(&c.client_id, Some(secret));
     }
@@ -46,9 +53,19 @@ pub(crate) async fn complete(
         );
         return Err(AuthError::Invalid);
     }
-    let answer: TokenAnswer = resp.json().await.map_err(|_| unavailable.clone())?;
-    let id_token = answer.id_token.ok_or(unavailable)?;
-    let claims = oidc.verify_claims(&id_token, &c.client_id).await?;
+    resp.json().await.map_err(|_| unavailable)
+}
+
+/// Verifies the ID token (audience = the dashboard's client id, the nonce of this sign-in) and
+/// maps it to a person whose session lasts the configured lifetime.
+pub(crate) async fn person(
+    auth: &Authenticator,
+    id_token: &str,
+    pending: &Pending,
+) -> Result<Principal, AuthError> {
+    let oidc = auth.oidc().ok_or(AuthError::Missing)?;
+    let c = oidc.config();
+    let claims = oidc.verify_claims(id_token, &c.client_id).await?;
     let nonce_ok = claims["nonce"]
         .as_str()
         .is_some_and(|n| crate::session::same_secret(n, &pending.nonce));
@@ -57,17 +74,51 @@ pub(crate) async fn complete(
         return Err(AuthError::Invalid);
     }
     let mut principal = oidc.principal(&claims)?;
-    let lifetime: Duration = c.session_lifetime;
     let expires = chrono::Utc::now().timestamp_micros()
-        + i64::try_from(lifetime.as_micros()).unwrap_or(i64::MAX / 2);
+        + i64::try_from(c.session_lifetime.as_micros()).unwrap_or(i64::MAX / 2);
     if let Some(p) = principal.person.as_mut() {
         p.expires_us = expires;
     }
+    Ok(principal)
+}
+
+/// The session lifetime (cookie `Max-Age`).
+pub(crate) fn lifetime(auth: &Authenticator) -> Duration {
+    auth.oidc()
+        .map_or(Duration::ZERO, |o| o.config().session_lifetime)
+}
+
+/// Opens a session for `principal` (with the patient a SMART launch put in context): its
+/// cookie value.
+pub(crate) fn open(
+    auth: &Authenticator,
+    principal: Principal,
+    id_token: String,
+    patient: Option<String>,
+) -> Result<String, AuthError> {
     let id = principal.id.clone();
     let (cookie, _) = auth
         .sessions()
-        .open(principal, id_token)
+        .open_in_context(principal, id_token, patient)
         .ok_or(AuthError::Unavailable("no randomness"))?;
     tracing::info!(principal = %id, "dashboard sign-in");
-    Ok((cookie, lifetime.as_secs()))
+    Ok(cookie)
+}
+
+/// The dashboard's sign-in: exchanges `code` at the issuer, verifies the ID token, opens a
+/// session: its cookie value and lifetime in seconds.
+pub(crate) async fn complete(
+    auth: &Authenticator,
+    code: &str,
+    pending: &Pending,
+) -> Result<(String, u64), AuthError> {
+    let oidc = auth.oidc().ok_or(AuthError::Missing)?;
+    let d = oidc.discovery().await?;
+    let answer = redeem(auth, &d.token_endpoint, code, pending).await?;
+    let id_token = answer.id_token.ok_or(AuthError::Unavailable(
+        "the identity provider did not complete the sign-in",
+    ))?;
+    let principal = person(auth, &id_token, pending).await?;
+    let cookie = open(auth, principal, id_token, None)?;
+    Ok((cookie, lifetime(auth).as_secs()))
 }

@@ -12,7 +12,8 @@
 //! Modules: [`limiter`] (failed-login buckets), [`http`] (the axum extractor and error body),
 //! [`access`] (role and care-team checks), [`oidc`] (issuer keys and JWT checks), [`session`]
 //! and [`signin`] (the dashboard's sign-in with the issuer: server-side sessions, CSRF),
-//! [`smart`] (SMART on FHIR discovery), [`glass`] (break-glass grants).
+//! [`smart`] (SMART on FHIR discovery), [`launch`] (SMART App Launch), [`glass`] (break-glass
+//! grants).
 //!
 //! Must not: log a secret, a patient id or a device id above debug; hold a lock across `.await`.
 
@@ -20,6 +21,7 @@ pub mod access;
 mod exchange;
 pub mod glass;
 pub mod http;
+pub mod launch;
 pub mod limiter;
 pub mod oidc;
 pub mod session;

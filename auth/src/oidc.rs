@@ -49,6 +49,9 @@ pub struct OidcConfig {
     pub scopes: String,
     /// The dashboard's redirect URI (`…/auth/callback`); default: from the request's host.
     pub redirect_url: Option<String>,
+    /// The FHIR base URL a SMART launch's `iss` must be (the EHR's FHIR server); default:
+    /// carewatch's own `/fhir`.
+    pub smart_fhir_base: Option<String>,
     /// The longest a dashboard session lasts (default 8 hours).
     pub session_lifetime: Duration,
     /// Unknown key ids refetch the JWKS at most this often (default 10 s).
@@ -71,6 +74,7 @@ impl OidcConfig {
             client_secret: None,
             scopes: "openid profile".into(),
             redirect_url: None,
+            smart_fhir_base: None,
             session_lifetime: Duration::from_secs(8 * 3600),
             min_refetch: Duration::from_secs(10),
             max_key_age: Duration::from_secs(15 * 60),

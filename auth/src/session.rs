@@ -33,6 +33,8 @@ pub struct Session {
     pub csrf: String,
     /// The ID token, for the sign-out at the issuer (`id_token_hint`).
     pub id_token: String,
+    /// The patient a SMART launch put in context (the page opens it, or offers break-glass).
+    pub patient: Option<String>,
     /// Flips to true when the session ends (sign-out).
     ended: tokio::sync::watch::Sender<bool>,
 }
@@ -53,6 +55,8 @@ pub struct Pending {
     pub nonce: String,
     /// The redirect URI used (the token request repeats it).
     pub redirect_uri: String,
+    /// A SMART launch: the token endpoint of the launching FHIR server's authorization server.
+    pub smart_token_endpoint: Option<String>,
     created_us: i64,
 }
 
@@ -102,6 +106,17 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 impl Sessions {
     /// Starts a sign-in: its `state`.
     pub fn begin(&self, verifier: String, nonce: String, redirect_uri: String) -> Option<String> {
+        self.begin_launch(verifier, nonce, redirect_uri, None)
+    }
+
+    /// Starts a sign-in whose code is redeemed at `smart_token_endpoint` (a SMART launch).
+    pub fn begin_launch(
+        &self,
+        verifier: String,
+        nonce: String,
+        redirect_uri: String,
+        smart_token_endpoint: Option<String>,
+    ) -> Option<String> {
         let state = random().ok()?;
         let now = now_us();
         let mut p = lock(&self.pending);
@@ -119,6 +134,7 @@ impl Sessions {
             verifier,
             nonce,
             redirect_uri,
+            smart_token_endpoint,
             created_us: now,
         };
         p.insert(state.clone(), pending);
@@ -133,12 +149,23 @@ impl Sessions {
 
     /// Opens a session: the cookie value and the session.
     pub fn open(&self, principal: Principal, id_token: String) -> Option<(String, Session)> {
+        self.open_in_context(principal, id_token, None)
+    }
+
+    /// Opens a session with a patient in context (a SMART launch).
+    pub fn open_in_context(
+        &self,
+        principal: Principal,
+        id_token: String,
+        patient: Option<String>,
+    ) -> Option<(String, Session)> {
         let (cookie, csrf) = (random().ok()?, random().ok()?);
         let (ended, _) = tokio::sync::watch::channel(false);
         let s = Session {
             principal,
             csrf,
             id_token,
+            patient,
             ended,
         };
         let now = now_us();

@@ -12,6 +12,7 @@
 //! - `POST /auth/logout` (CSRF token required): ends the session; answers where to send the
 //!   browser for the issuer's sign-out.
 //! - `GET /.well-known/smart-configuration` (also under `/fhir/`): [`crate::smart`].
+//! - `GET /smart/launch`, `GET /smart/callback`: SMART App Launch ([`crate::launch`]).
 //!
 //! The redirect URI is `[auth.oidc] redirect_url`, else built from the request's `Host`
 //! (http on loopback, https elsewhere); the issuer accepts only registered redirect URIs.
@@ -35,6 +36,8 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/auth/callback", get(callback))
         .route("/auth/session", get(current))
         .route("/auth/logout", post(logout))
+        .route("/smart/launch", get(crate::launch::launch))
+        .route("/smart/callback", get(crate::launch::callback))
         .route(
             "/.well-known/smart-configuration",
             get(crate::smart::configuration),
@@ -45,7 +48,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         )
 }
 
-fn page(status: StatusCode, text: &str) -> Response {
+pub(crate) fn page(status: StatusCode, text: &str) -> Response {
     let body = format!(
         "<!doctype html><meta charset=utf-8><title>carewatch</title><p id=error>{text}</p><p><a href=\"/\">Back to carewatch</a></p>"
     );
@@ -57,7 +60,7 @@ fn page(status: StatusCode, text: &str) -> Response {
         .into_response()
 }
 
-fn no_store(mut r: Response) -> Response {
+pub(crate) fn no_store(mut r: Response) -> Response {
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
@@ -69,7 +72,7 @@ async fn config(auth: Option<Extension<Authenticator>>) -> Response {
 }
 
 /// The dashboard's base URL (no trailing slash).
-fn base_url(auth: &Authenticator, headers: &HeaderMap) -> Option<String> {
+pub(crate) fn base_url(auth: &Authenticator, headers: &HeaderMap) -> Option<String> {
     if let Some(r) = auth.oidc().and_then(|o| o.config().redirect_url.clone()) {
         return r.strip_suffix("/auth/callback").map(str::to_owned);
     }
@@ -131,10 +134,66 @@ async fn login(auth: Option<Extension<Authenticator>>, headers: HeaderMap) -> Re
 }
 
 #[derive(Debug, Deserialize)]
-struct CallbackQuery {
+pub(crate) struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
+}
+
+/// The code and the sign-in in flight a callback answers (checked: no error from the issuer, a
+/// state that is live and bound to this browser by the login cookie), or the page to show.
+pub(crate) fn answered(
+    auth: &Authenticator,
+    headers: &HeaderMap,
+    q: &CallbackQuery,
+) -> Result<(String, session::Pending), Response> {
+    if q.error.is_some() {
+        tracing::info!("OIDC sign-in: the issuer answered with an error");
+        return Err(page(
+            StatusCode::UNAUTHORIZED,
+            "The sign-in was not completed.",
+        ));
+    }
+    let (Some(code), Some(state)) = (q.code.as_deref(), q.state.as_deref()) else {
+        return Err(page(
+            StatusCode::BAD_REQUEST,
+            "The sign-in answer is incomplete.",
+        ));
+    };
+    let bound = cookie(headers, LOGIN_COOKIE).is_some_and(|c| session::same_secret(c, state));
+    let pending = auth.sessions().take_pending(state);
+    let Some(pending) = pending.filter(|_| bound) else {
+        tracing::info!("OIDC sign-in refused: unknown, expired or unbound state");
+        return Err(page(
+            StatusCode::BAD_REQUEST,
+            "This sign-in has expired; please sign in again.",
+        ));
+    };
+    Ok((code.to_owned(), pending))
+}
+
+/// `r` with the new session's cookie set and the login cookie cleared, never cached.
+pub(crate) fn signed_in(mut r: Response, cookie_value: &str, max_age: u64) -> Response {
+    for c in [
+        set_cookie(COOKIE, cookie_value, max_age),
+        set_cookie(LOGIN_COOKIE, "", 0),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    no_store(r)
+}
+
+/// The page for a sign-in that failed with `e`.
+pub(crate) fn refused(e: &AuthError) -> Response {
+    match e {
+        AuthError::Forbidden(why) => page(StatusCode::FORBIDDEN, why),
+        e => page(
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+            e.message(),
+        ),
+    }
 }
 
 async fn callback(
@@ -145,40 +204,22 @@ async fn callback(
     let Some(Extension(auth)) = auth else {
         return page(StatusCode::NOT_FOUND, "Single sign-on is not configured.");
     };
-    if q.error.is_some() {
-        tracing::info!("OIDC sign-in: the issuer answered with an error");
-        return page(StatusCode::UNAUTHORIZED, "The sign-in was not completed.");
-    }
-    let (Some(code), Some(state)) = (q.code.as_deref(), q.state.as_deref()) else {
-        return page(StatusCode::BAD_REQUEST, "The sign-in answer is incomplete.");
+    let (code, pending) = match answered(&auth, &headers, &q) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    let bound = cookie(&headers, LOGIN_COOKIE).is_some_and(|c| session::same_secret(c, state));
-    let pending = auth.sessions().take_pending(state);
-    let Some(pending) = pending.filter(|_| bound) else {
-        tracing::info!("OIDC sign-in refused: unknown, expired or unbound state");
+    if pending.smart_token_endpoint.is_some() {
         return page(
             StatusCode::BAD_REQUEST,
             "This sign-in has expired; please sign in again.",
         );
-    };
-    match crate::exchange::complete(&auth, code, &pending).await {
+    }
+    match crate::exchange::complete(&auth, &code, &pending).await {
         Ok((cookie_value, max_age)) => {
-            let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
-            for c in [
-                set_cookie(COOKIE, &cookie_value, max_age),
-                set_cookie(LOGIN_COOKIE, "", 0),
-            ] {
-                if let Ok(v) = HeaderValue::from_str(&c) {
-                    r.headers_mut().append(header::SET_COOKIE, v);
-                }
-            }
-            no_store(r)
+            let r = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
+            signed_in(r, &cookie_value, max_age)
         }
-        Err(AuthError::Forbidden(why)) => page(StatusCode::FORBIDDEN, why),
-        Err(e) => page(
-            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
-            e.message(),
-        ),
+        Err(e) => refused(&e),
     }
 }
 
@@ -198,6 +239,7 @@ async fn current(auth: Option<Extension<Authenticator>>, headers: HeaderMap) -> 
             "teams": person.map(|x| &x.teams),
             "expires": person.map(|x| crate::iso(x.expires_us)),
             "csrf": s.csrf,
+            "patient": s.patient,
         }))
         .into_response(),
     )

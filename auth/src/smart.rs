@@ -1,7 +1,8 @@
 //! `/.well-known/smart-configuration` (SMART App Launch 2, and the same under `/fhir/`): where
 //! a SMART app finds the authorization server whose tokens carewatch's FHIR API accepts — the
 //! configured OpenID Connect issuer. Public, like the issuer's own discovery document; 404
-//! when no issuer is configured.
+//! when no issuer is configured. The capabilities are what carewatch's own launch
+//! ([`crate::launch`]) does: EHR and standalone launch with a patient in context.
 
 use axum::extract::Extension;
 use axum::http::{StatusCode, header};
@@ -20,9 +21,13 @@ pub fn document(d: &Discovery) -> Value {
         "token_endpoint": d.token_endpoint,
         "grant_types_supported": ["authorization_code", "client_credentials"],
         "response_types_supported": ["code"],
-        "scopes_supported": ["openid", "profile"],
+        "scopes_supported": ["openid", "profile", "fhirUser", "launch", "launch/patient", "patient/*.read"],
         "code_challenge_methods_supported": ["S256"],
-        "capabilities": ["sso-openid-connect", "client-public", "client-confidential-symmetric"],
+        "capabilities": [
+            "launch-ehr", "launch-standalone", "context-ehr-patient",
+            "context-standalone-patient", "permission-patient", "sso-openid-connect",
+            "client-public", "client-confidential-symmetric",
+        ],
     });
     if let Some(end) = &d.end_session_endpoint {
         v["end_session_endpoint"] = json!(end);
@@ -64,5 +69,9 @@ mod tests {
         assert_eq!(v["authorization_endpoint"], "https://idp/auth");
         assert_eq!(v["code_challenge_methods_supported"], json!(["S256"]));
         assert!(v.get("end_session_endpoint").is_none());
+        let caps = v["capabilities"].as_array().expect("capabilities");
+        for c in ["launch-ehr", "launch-standalone", "context-ehr-patient"] {
+            assert!(caps.iter().any(|x| x == c), "{c}");
+        }
     }
 }

@@ -30,6 +30,9 @@ pub struct OidcFile {
     /// The dashboard's redirect URI as registered at the issuer (`https://host/auth/callback`);
     /// default: built from the request's host.
     pub redirect_url: Option<String>,
+    /// The FHIR server (base URL) whose SMART launches carewatch accepts: a launch's `iss`
+    /// must be this (default: carewatch's own `/fhir`).
+    pub smart_fhir_base: Option<String>,
     /// Longest dashboard session, minutes (default 480).
     pub session_minutes: Option<u64>,
     /// Unknown key ids refetch the issuer's keys at most this often, seconds (default 10).
@@ -80,6 +83,14 @@ pub fn resolve(
             bail!("auth.oidc.redirect_url must be a URL ending in /auth/callback");
         }
         c.redirect_url = Some(r);
+    }
+    if let Some(b) = f.smart_fhir_base {
+        let u = url::Url::parse(&b)
+            .map_err(|e| anyhow::anyhow!("auth.oidc.smart_fhir_base {b:?}: {e}"))?;
+        if !matches!(u.scheme(), "http" | "https") || u.query().is_some() {
+            bail!("auth.oidc.smart_fhir_base must be an http(s) URL without a query");
+        }
+        c.smart_fhir_base = Some(b.trim_end_matches('/').to_owned());
     }
     if let Some(m) = f.session_minutes {
         if !(1..=7 * 24 * 60).contains(&m) {

@@ -13,6 +13,15 @@
 //   POST /test/forge       {"user": id, "kind": "expired"|"wrong_key"|"none"|"hs256"}  a bad
 //                          token for the refusal tests (the issuer's own key for "expired")
 //   POST /test/rotate      a new signing key (the old one stays published)
+//   POST /test/launch      {"patient"}  an EHR launch id with that patient in context
+//   GET  /test/seen        the paths requested so far (to show a request was never made)
+//
+// It also plays the EHR of the SMART App Launch tests (no real EHR can run here): its FHIR base
+// is `<issuer>/fhir`, whose `/.well-known/smart-configuration` names this provider's
+// endpoints; the authorization endpoint takes SMART's `launch` (a known launch id; required
+// with the `launch` scope) and `aud` (must be the FHIR base), and the token response carries
+// the `patient` in context: the launch's, or for a standalone launch (`launch/patient`) the
+// person's `patient` (POST /test/users/<id> {"patient"}), as if picked in the EHR's chooser.
 import { createRequire } from 'node:module';
 import http from 'node:http';
 import crypto from 'node:crypto';
@@ -25,6 +34,11 @@ const { default: Provider, errors } = await import(require.resolve('oidc-provide
 const jose = await import(require.resolve('jose'));
 
 const issuer = `http://127.0.0.1:${port}`;
+const fhirBase = `${issuer}/fhir`;
+const launches = new Map(); // launch id -> { patient }
+const contextOfState = new Map(); // state -> { patient } | { standalone: true }
+const contextOfCode = new Map(); // authorization code -> the same
+const seen = [];
 const users = {
   alice: { name: 'Alice Nurse', roles: ['care_manager'], care_team: ['north', 'east'] },
   bob: { name: 'Bob Analyst', roles: ['analyst'], care_team: [] },
@@ -49,7 +63,7 @@ function configuration() {
         client_secret: DASHBOARD.secret,
         grant_types: ['authorization_code'],
         response_types: ['code'],
-        redirect_uris: [`${carewatch}/auth/callback`],
+        redirect_uris: [`${carewatch}/auth/callback`, `${carewatch}/smart/callback`],
         post_logout_redirect_uris: [`${carewatch}/`],
         token_endpoint_auth_method: 'client_secret_basic',
       },
@@ -64,9 +78,21 @@ function configuration() {
     jwks: { keys },
     findAccount: async (_ctx, id) => users[id] && {
       accountId: id,
-      claims: async () => ({ sub: id, name: users[id].name, roles: users[id].roles, care_team: users[id].care_team }),
+      claims: async () => ({ sub: id, name: users[id].name, roles: users[id].roles, care_team: users[id].care_team, fhirUser: `${fhirBase}/Practitioner/${id}` }),
     },
-    claims: { openid: ['sub'], profile: ['name', 'roles', 'care_team'] },
+    claims: { openid: ['sub'], profile: ['name', 'roles', 'care_team'], fhirUser: ['fhirUser'] },
+    scopes: ['openid', 'offline_access', 'launch', 'launch/patient', 'patient/*.read'],
+    extraParams: {
+      async launch(ctx, value) {
+        const scopes = (ctx.oidc.params.scope || '').split(' ');
+        if (scopes.includes('launch') && !value) throw new errors.InvalidRequest('launch is required with the launch scope');
+        if (value !== undefined && !launches.has(value)) throw new errors.InvalidRequest('unknown launch');
+      },
+      async aud(ctx, value) {
+        const smart = (ctx.oidc.params.scope || '').split(' ').some((s) => s === 'launch' || s === 'launch/patient');
+        if ((smart || value !== undefined) && value !== fhirBase) throw new errors.InvalidRequest('aud is not this EHR\'s FHIR server');
+      },
+    },
     conformIdTokenClaims: false,
     pkce: { required: () => true },
     ttl: { AccessToken: 300, AuthorizationCode: 60, IdToken: 300, Interaction: 600, Session: 3600, Grant: 3600, ClientCredentials: 300 },
@@ -101,6 +127,37 @@ let provider;
 function start() {
   provider = new Provider(issuer, configuration());
   provider.proxy = false;
+  provider.use(smartContext);
+}
+
+// The EHR's launch context: remembered by `state` at the authorization request, by code when
+// the code goes back to the app, and put in the token response as `patient`.
+async function smartContext(ctx, next) {
+  if (ctx.path === '/auth' && ctx.method === 'GET' && ctx.query.state) {
+    const scopes = String(ctx.query.scope || '').split(' ');
+    if (ctx.query.launch && launches.has(ctx.query.launch)) {
+      contextOfState.set(ctx.query.state, { patient: launches.get(ctx.query.launch).patient });
+    } else if (scopes.includes('launch/patient')) {
+      contextOfState.set(ctx.query.state, { standalone: true });
+    }
+  }
+  await next();
+  const loc = ctx.response.get('location');
+  if (loc && loc.startsWith(`${carewatch}/smart/callback`)) {
+    const q = new URL(loc).searchParams;
+    const c = contextOfState.get(q.get('state'));
+    if (c && q.get('code')) contextOfCode.set(q.get('code'), c);
+  }
+  if (ctx.path === '/token' && ctx.status === 200 && ctx.body && ctx.body.access_token) {
+    const code = ctx.oidc && ctx.oidc.params && ctx.oidc.params.code;
+    const c = code && contextOfCode.get(code);
+    if (c) {
+      contextOfCode.delete(code);
+      const account = ctx.oidc.entities.AuthorizationCode && ctx.oidc.entities.AuthorizationCode.accountId;
+      const patient = c.standalone ? users[account] && users[account].patient : c.patient;
+      if (patient) ctx.body = { ...ctx.body, patient };
+    }
+  }
 }
 start();
 
@@ -201,6 +258,15 @@ async function body(req) {
 const send = (res, status, obj) => { res.writeHead(status, { 'content-type': 'application/json' }); res.end(JSON.stringify(obj)); };
 
 const server = http.createServer(async (req, res) => {
+  seen.push(req.url.split('?')[0]);
+  if (req.url === '/fhir/.well-known/smart-configuration') {
+    return send(res, 200, {
+      issuer, authorization_endpoint: `${issuer}/auth`, token_endpoint: `${issuer}/token`, jwks_uri: `${issuer}/jwks`,
+      response_types_supported: ['code'], code_challenge_methods_supported: ['S256'],
+      scopes_supported: ['openid', 'profile', 'fhirUser', 'launch', 'launch/patient', 'patient/*.read'],
+      capabilities: ['launch-ehr', 'launch-standalone', 'context-ehr-patient', 'context-standalone-patient', 'sso-openid-connect', 'client-confidential-symmetric'],
+    });
+  }
   if (!req.url.startsWith('/test/')) return provider.callback()(req, res);
   try {
     const b = req.method === 'POST' ? await body(req) : {};
@@ -211,6 +277,12 @@ const server = http.createServer(async (req, res) => {
     }
     if (req.url === '/test/token') return send(res, 200, { token: await userToken(b.user, b.resource) });
     if (req.url === '/test/forge') return send(res, 200, { token: await forge(b.user, b.kind) });
+    if (req.url === '/test/launch') {
+      const id = crypto.randomBytes(16).toString('base64url');
+      launches.set(id, { patient: b.patient });
+      return send(res, 200, { launch: id });
+    }
+    if (req.url === '/test/seen') return send(res, 200, { paths: seen });
     if (req.url === '/test/rotate') {
       keys = [await newKey(), ...keys];
       start();

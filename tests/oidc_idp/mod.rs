@@ -88,6 +88,32 @@ impl Idp {
         self.post(&format!("/test/users/{user}"), fields);
     }
 
+    /// The FHIR base of the simulated EHR (the provider plays it).
+    pub fn fhir_base(&self) -> String {
+        format!("{}/fhir", self.issuer)
+    }
+
+    /// An EHR launch id with `patient` in context.
+    pub fn launch(&self, patient: &str) -> String {
+        let v = self.post("/test/launch", &format!(r#"{{"patient":"{patient}"}}"#));
+        let id = v["launch"].as_str().expect("launch").to_owned();
+        note_id("token", &id);
+        id
+    }
+
+    /// The paths requested from the provider so far.
+    pub fn seen(&self) -> Vec<String> {
+        let (s, b) = curl("GET", &format!("{}/test/seen", self.issuer), "", "");
+        assert_eq!(s, 200, "{b}");
+        let v: serde_json::Value = serde_json::from_str(&b).expect("json");
+        v["paths"]
+            .as_array()
+            .expect("paths")
+            .iter()
+            .filter_map(|p| p.as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// A new signing key at the issuer.
     pub fn rotate(&self) {
         self.post("/test/rotate", "{}");
