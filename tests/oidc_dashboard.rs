@@ -116,7 +116,7 @@ fn a_person_signs_in_through_the_provider_acknowledges_and_signs_out_in_chromium
          AND person_name = 'Alice Nurse' ORDER BY 1",
     );
     assert!(ok, "{err}");
-    for read in ["GET /v1/patients", "GET /v1/stream"] {
+    for read in ["GET /v1/triage", "GET /v1/stream"] {
         assert!(out.lines().any(|l| l == read), "{read} not audited: {out}");
     }
     // The history (alerts table) records who acknowledged.
