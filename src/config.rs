@@ -198,6 +198,8 @@ pub struct ServeConfig {
     pub oidc: Option<carewatch_auth::oidc::OidcConfig>,
     /// Where stored readings are delivered as FHIR Observations (`None`: nowhere).
     pub fhir_destination: Option<carewatch_deliver::Config>,
+    /// Where device identity comes from (`[fhir.identity]`).
+    pub fhir_identity: fhir::Identity,
 }
 
 /// Flag/env values (each `None` when not given).
@@ -328,6 +330,7 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
     }
     let oidc = oidc::resolve(o.oidc_issuer, o.oidc_audience, file.auth.oidc)?;
     let fhir_destination = fhir::resolve(o.fhir_destination, file.fhir.destination)?;
+    let fhir_identity = fhir::resolve_identity(file.fhir.identity, fhir_destination.as_ref())?;
     let mut http_limits = carewatch_ingest::server::Limits::default();
     let h = &file.http;
     if let Some(n) = h.max_connections {
@@ -345,6 +348,7 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         login_limits,
         oidc,
         fhir_destination,
+        fhir_identity,
         alerts_mqtt,
         rules_dir,
         alert_engine,

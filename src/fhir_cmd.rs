@@ -29,7 +29,7 @@ fn when(us: Option<i64>) -> String {
         })
 }
 
-async fn engine(data_dir: &std::path::Path) -> Result<carewatch_query::QueryEngine> {
+pub(crate) async fn engine(data_dir: &std::path::Path) -> Result<carewatch_query::QueryEngine> {
     let mut c = carewatch_store::Config::new(data_dir);
     c.read_only = true;
     let store = carewatch_store::Store::open(c).await?;

@@ -6,6 +6,7 @@ mod devices_cmd;
 mod fhir_cmd;
 mod serve;
 mod token_cmd;
+mod trace_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,9 @@ enum Command {
     /// FHIR interoperability: the destination's delivery status.
     #[command(subcommand)]
     Fhir(fhir_cmd::FhirCommand),
+    /// Each message of a device and what became of it: received, normalised or rejected (and
+    /// why), stored, delivered to the FHIR destination (with the server's answer).
+    Trace(trace_cmd::TraceArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -454,6 +458,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Token(t) => token_cmd::run(t),
         Command::Devices(d) => devices_cmd::run(d),
         Command::Fhir(f) => fhir_cmd::run(f),
+        Command::Trace(t) => trace_cmd::run(t),
         Command::Template(TemplateCommand::Check {
             device_mapping,
             payload,

@@ -240,6 +240,22 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         }
         None => None,
     };
+    // Identity lookup: unknown devices looked up on the destination (`[fhir.identity]`).
+    let lookup_task = match (&destination, c.fhir_identity.lookup) {
+        (Some((d, _)), Some(recheck)) => Some(
+            d.start_lookup(
+                carewatch_deliver::lookup::LookupConfig {
+                    model: c.fhir_identity.model.clone(),
+                    recheck,
+                },
+                pipeline.clone(),
+                &c.data_dir,
+                shutdown.clone(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        ),
+        _ => None,
+    };
     let mut extra_metrics: Vec<carewatch_web::ExtraMetrics> = Vec::new();
     if let Some((d, _)) = &destination {
         let d = d.clone();
@@ -277,6 +293,21 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     let app = router(HttpState {
         pipeline: pipeline.clone(),
     })
+    .merge(carewatch_deliver::http::router(
+        carewatch_deliver::http::TraceState {
+            engine: engine.clone(),
+            registry: pipeline.registry.clone(),
+            data_dir: c.data_dir.clone(),
+        },
+    ))
+    .merge(carewatch_ingest::identity::router(
+        carewatch_ingest::identity::IdentityState {
+            http: HttpState {
+                pipeline: pipeline.clone(),
+            },
+            model: c.fhir_identity.model.clone(),
+        },
+    ))
     .merge(carewatch_query::http::router(
         carewatch_query::http::SqlState {
             engine,
@@ -359,6 +390,11 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     let _ = mqtt_task.await;
     let _ = alert_task.await;
     notify_task.abort();
+    if let Some(t) = lookup_task {
+        // A replay cut short is finished after the restart (rows already stored are skipped).
+        t.abort();
+        let _ = t.await;
+    }
     if let Some((_, task)) = destination {
         // Its position is durable after every delivered batch; a send in flight is not waited
         // for long (it is sent again after the restart).

@@ -125,11 +125,44 @@ fn uuid_form(id: &str) -> String {
     )
 }
 
+/// The server's answer to one stored entry (`Bundle.entry.response`), kept as the delivery's
+/// receipt.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Answer {
+    /// `response.status`, e.g. `201 Created`.
+    pub status: String,
+    /// `response.location`, e.g. `Observation/123/_history/1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// `response.etag`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// `response.lastModified`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+}
+
+impl Answer {
+    fn of(r: &Value) -> Answer {
+        let s = |k: &str| {
+            r.get(k)
+                .and_then(Value::as_str)
+                .map(|v| v.chars().take(300).collect())
+        };
+        Answer {
+            status: s("status").unwrap_or_default(),
+            location: s("location"),
+            etag: s("etag"),
+            last_modified: s("lastModified"),
+        }
+    }
+}
+
 /// What became of one entry.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Stored (2xx).
-    Stored,
+    /// Stored (2xx), with the server's answer.
+    Stored(Answer),
     /// Refused for good (a 4xx other than 408/429): a dead letter with the server's answer.
     Refused {
         /// The HTTP status.
@@ -180,7 +213,7 @@ pub fn outcomes(response: &Value, sent: usize) -> Vec<Outcome> {
                 return Outcome::Retry(0);
             };
             match status {
-                200..=299 => Outcome::Stored,
+                200..=299 => Outcome::Stored(Answer::of(r)),
                 s if refuses(s) => Outcome::Refused {
                     status: s,
                     outcome: r

@@ -140,6 +140,37 @@ impl Client {
         *self.token.lock().await = None;
     }
 
+    /// GETs `path` (relative to the base URL, e.g. `Device`) with `query` pairs: the JSON of a
+    /// 2xx answer. Same credential handling as [`Client::post_bundle`]; a 4xx is `Refused`.
+    pub async fn get_json(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, SendError> {
+        let mut u = self.base.clone();
+        let p = format!("{}/{path}", self.base.path().trim_end_matches('/'));
+        u.set_path(&p);
+        u.set_query(None);
+        u.query_pairs_mut().extend_pairs(query);
+        for attempt in 0..2 {
+            let mut req = self
+                .http
+                .get(u.clone())
+                .header("accept", "application/fhir+json");
+            if let Some(t) = self.bearer().await? {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.map_err(|e| classify(&e))?;
+            match resp.status().as_u16() {
+                200..=299 => return resp.json().await.map_err(|_| SendError::Network),
+                401 if attempt == 0 && matches!(self.auth, Auth::ClientCredentials { .. }) => {
+                    self.forget_token().await;
+                }
+                401 | 403 => return Err(SendError::Auth),
+                408 | 429 => return Err(SendError::Throttled),
+                s @ 400..=499 => return Err(SendError::Refused(s, None)),
+                _ => return Err(SendError::Server),
+            }
+        }
+        Err(SendError::Auth)
+    }
+
     /// POSTs one Bundle to the base URL; the response Bundle on 2xx. A 401 with a fetched token
     /// fetches a new one and tries once more.
     pub async fn post_bundle(&self, bundle: &Value) -> Result<Value, SendError> {

@@ -10,14 +10,21 @@
 //! never blocks the rest.
 //!
 //! Modules: [`bundle`] (pure: entries, Bundles, reading the answers), [`client`] (HTTP and
-//! credentials), [`state`] (the durable position and status), `run` (the loop).
+//! credentials), [`state`] (the durable position and status), `run` (the loop), [`lookup`]
+//! (identity lookup: unknown devices found on the destination, their dead letters stored),
+//! [`receipts`] (the server's answer per Observation), [`trace`] and [`http`] (per-message trace,
+//! `GET /v1/trace`).
 //!
 //! What it must not do: log PHI or server answers above debug, put ids in metric labels, or
 //! block an async worker on a file (state writes run on the blocking pool).
 
 pub mod bundle;
 pub mod client;
+pub mod http;
+pub mod lookup;
+pub mod receipts;
 pub mod state;
+pub mod trace;
 
 mod run;
 
@@ -136,6 +143,8 @@ struct Inner {
     store: Store,
     engine: QueryEngine,
     path: PathBuf,
+    /// Where the server's answers are kept ([`receipts`]).
+    receipts: PathBuf,
     public_url: String,
     /// `host[:port]`: the metrics label (no path, no credentials).
     label: String,
@@ -276,6 +285,7 @@ impl Destination {
             client,
             store,
             engine,
+            receipts: receipts::path(&path),
             path,
             public_url,
             label,

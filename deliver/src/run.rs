@@ -22,8 +22,9 @@ use carewatch_store::DeadLetter;
 use carewatch_transform::schema::{StoredRow, readings_from_batch};
 use carewatch_transform::{Reading, Reason, Source, catalogue};
 
-use crate::bundle::{self, Entry, Kind, Outcome};
+use crate::bundle::{self, Answer, Entry, Kind, Outcome};
 use crate::client::SendError;
+use crate::receipts::{self, Receipt};
 use crate::{Inner, now_us};
 
 /// What one cycle did.
@@ -31,6 +32,10 @@ use crate::{Inner, now_us};
 struct Tally {
     delivered: u64,
     dead: Vec<DeadLetter>,
+    /// The server's answer per entry (kept for `carewatch trace`).
+    receipts: Vec<Receipt>,
+    /// Observation id -> received time of its rows (the latest).
+    received: std::collections::HashMap<String, i64>,
 }
 
 /// Runs until shutdown.
@@ -95,9 +100,13 @@ async fn cycle(d: &Inner) -> Result<bool, &'static str> {
         }
     }
     d.set_pending(rows.first().map(|r| r.received_us));
+    let mut tally = Tally::default();
+    for r in &rows {
+        let t = tally.received.entry(r.observation_id()).or_default();
+        *t = (*t).max(r.received_us);
+    }
     let mut readings = to_readings(rows);
     complete_blood_pressures(d, &mut readings).await?;
-    let mut tally = Tally::default();
     let mut entries = Vec::new();
     for g in carewatch_fhir::group(&readings) {
         match bundle::entry(&g, &d.config.identifier_system) {
@@ -113,6 +122,11 @@ async fn cycle(d: &Inner) -> Result<bool, &'static str> {
         send(d, chunk, &mut tally).await.map_err(|e| e.class())?;
     }
     let failed = tally.dead.len() as u64;
+    let (path, rs) = (d.receipts.clone(), std::mem::take(&mut tally.receipts));
+    match tokio::task::spawn_blocking(move || receipts::append(&path, &rs)).await {
+        Ok(Ok(())) => {}
+        _ => return Err("store"),
+    }
     if !tally.dead.is_empty() {
         d.store
             .append(Vec::new(), std::mem::take(&mut tally.dead))
@@ -224,7 +238,11 @@ async fn send(d: &Inner, chunk: &[Entry], tally: &mut Tally) -> Result<(), SendE
     {
         Ok(resp) => {
             let outs = if kind == Kind::Transaction && resp.get("entry").is_none() {
-                vec![Outcome::Stored; chunk.len()]
+                let ok = Answer {
+                    status: "200 OK".into(),
+                    ..Answer::default()
+                };
+                vec![Outcome::Stored(ok); chunk.len()]
             } else {
                 bundle::outcomes(&resp, chunk.len())
             };
@@ -262,7 +280,10 @@ fn apply(
     let mut retry = false;
     for (e, o) in chunk.iter().zip(outs) {
         match o {
-            Outcome::Stored => tally.delivered += 1,
+            Outcome::Stored(answer) => {
+                tally.delivered += 1;
+                tally.receipt(e, answer, false);
+            }
             Outcome::Refused { status, outcome } => refused(d, e, status, Some(outcome), tally),
             Outcome::Retry(_) => retry = true,
         }
@@ -276,6 +297,11 @@ fn apply(
 
 fn refused(d: &Inner, e: &Entry, status: u16, outcome: Option<Value>, tally: &mut Tally) {
     let outcome = outcome.unwrap_or_else(|| bundle::outcome_for(status, "refused"));
+    let answer = Answer {
+        status: status.to_string(),
+        ..Answer::default()
+    };
+    tally.receipt(e, answer, true);
     let what = outcome
         .pointer("/issue/0/diagnostics")
         .or_else(|| outcome.pointer("/issue/0/details/text"))
@@ -296,6 +322,19 @@ fn refused(d: &Inner, e: &Entry, status: u16, outcome: Option<Value>, tally: &mu
     tally
         .dead
         .push(d.dead_letter(Some(e.device_id.clone()), message, raw));
+}
+
+impl Tally {
+    fn receipt(&mut self, e: &Entry, answer: Answer, refused: bool) {
+        self.receipts.push(Receipt {
+            observation: e.id.clone(),
+            device: e.device_id.clone(),
+            received_us: self.received.get(&e.id).copied().unwrap_or_default(),
+            at_us: now_us(),
+            answer,
+            refused,
+        });
+    }
 }
 
 impl Inner {

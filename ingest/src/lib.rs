@@ -6,6 +6,7 @@
 //!   (`/v1/devices`, `/v1/patients/{id}/care-team`, `/v1/tokens`) and `/healthz`.
 //! - [`fleet`]: `POST /v1/devices` with one registration or a batch (array or NDJSON, one
 //!   result per item), `GET /v1/devices` with filters and paging.
+//! - [`identity`]: the registry written as FHIR `Device`, `CareTeam` and `Patient` resources.
 //! - [`mqtt_server`]: the embedded MQTT 3.1.1 listener for devices; QoS 1 PUBACK only after
 //!   the readings are durable.
 //! - [`mqtt_client`]: subscriber to an external broker (Mosquitto, EMQX, HiveMQ) with
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod device_file;
 pub mod fleet;
 pub mod http;
+pub mod identity;
 pub mod mqtt_client;
 pub mod mqtt_server;
 pub mod pipeline;

@@ -132,6 +132,71 @@ fn now_us() -> i64 {
 }
 
 impl Pipeline {
+    /// Names the reading's patient from the registry (the device's assignment at the reading's
+    /// effective time), or why it cannot be stored.
+    fn attribute(&self, r: &mut carewatch_transform::Reading) -> Result<(), Rejection> {
+        match self.registry.attribute(&r.device_id, r.effective_us) {
+            Attribution::Patient(p) => match &r.patient_id {
+                Some(claimed) if *claimed != p => Err(Rejection::new(
+                    Reason::PatientMismatch,
+                    "the payload names another patient than the device is assigned to",
+                )),
+                _ => {
+                    r.patient_id = Some(p);
+                    Ok(())
+                }
+            },
+            Attribution::UnknownDevice => Err(Rejection::new(
+                Reason::UnknownDevice,
+                "device is not registered",
+            )),
+            Attribution::Revoked => Err(Rejection::new(Reason::RevokedDevice, "device is revoked")),
+            Attribution::Unassigned => Err(Rejection::new(
+                Reason::UnassignedDevice,
+                "device is assigned to no patient at the reading's effective time",
+            )),
+        }
+    }
+
+    /// Identity lookup: the rows a dead-lettered message (received at `received_us`) holds for
+    /// `device`, now that the registry knows the device — normalised again from the raw payload
+    /// and attributed, to be stored as received at `now_us`. Nothing is rejected twice: items
+    /// of other devices, or that still cannot be stored, are left out (they are dead letters
+    /// already). Pure apart from the registry read.
+    pub fn rows_for_device(
+        &self,
+        bytes: &[u8],
+        origin: &Origin,
+        device: &str,
+        received_us: i64,
+        now_us: i64,
+    ) -> Vec<Row> {
+        let templates = self.templates.get();
+        let ctx = Context {
+            tz: self.tz,
+            device: origin.device.as_deref(),
+            format: origin.format,
+            templates: templates.as_deref(),
+            max_bytes: self.max_bytes,
+        };
+        let out = normalise(bytes, &ctx);
+        let format = out.formats.first().copied().unwrap_or(Format::Carewatch);
+        let latest_us = received_us.saturating_add(self.max_future_skew_us);
+        out.readings
+            .into_iter()
+            .filter(|r| r.device_id == device && r.effective_us <= latest_us)
+            .filter_map(|mut r| {
+                self.attribute(&mut r).ok()?;
+                Some(Row {
+                    reading: r,
+                    received_us: now_us,
+                    source: origin.source.unwrap_or(Source::Http),
+                    format,
+                })
+            })
+            .collect()
+    }
+
     /// Normalises, attributes and durably stores one payload. Returns only when rows and dead
     /// letters are in the WAL; a store error means nothing of it was acknowledged.
     pub async fn ingest(
@@ -165,29 +230,7 @@ impl Pipeline {
                 );
                 continue;
             }
-            let verdict = match self.registry.attribute(&r.device_id, r.effective_us) {
-                Attribution::Patient(p) => match &r.patient_id {
-                    Some(claimed) if *claimed != p => Err(Rejection::new(
-                        Reason::PatientMismatch,
-                        "the payload names another patient than the device is assigned to",
-                    )),
-                    _ => {
-                        r.patient_id = Some(p);
-                        Ok(())
-                    }
-                },
-                Attribution::UnknownDevice => Err(Rejection::new(
-                    Reason::UnknownDevice,
-                    "device is not registered",
-                )),
-                Attribution::Revoked => {
-                    Err(Rejection::new(Reason::RevokedDevice, "device is revoked"))
-                }
-                Attribution::Unassigned => Err(Rejection::new(
-                    Reason::UnassignedDevice,
-                    "device is assigned to no patient at the reading's effective time",
-                )),
-            };
+            let verdict = self.attribute(&mut r);
             match verdict {
                 Ok(()) => rows.push(Row {
                     reading: r,

@@ -15,6 +15,68 @@ pub struct FhirFile {
     /// The destination server.
     #[serde(default)]
     pub destination: DestinationFile,
+    /// Where device and patient identity comes from.
+    #[serde(default)]
+    pub identity: IdentityFile,
+}
+
+/// `[fhir.identity]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFile {
+    /// `registry` (default): devices are enrolled in carewatch (`POST /v1/devices`, or FHIR
+    /// `Device` resources written to `/fhir/Device`). `lookup`: a reading of a device carewatch
+    /// does not know is a dead letter (`unknown_device`) until the device is found on the FHIR
+    /// destination (`GET Device?identifier=…`, with `Device.patient`); then it is enrolled and
+    /// its dead letters are stored (MedTech's Lookup mode). Needs `[fhir.destination]`.
+    pub mode: Option<String>,
+    /// The `Device.identifier` system whose value is the device id. Unset: a Device must carry
+    /// exactly one identifier (several are refused, never guessed between).
+    pub device_identifier_system: Option<String>,
+    /// Lookup mode: how often devices not found are looked up again, seconds (default 10).
+    pub recheck_secs: Option<f64>,
+}
+
+/// The identity model, validated.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// How Device resources name their device.
+    pub model: carewatch_ingest::identity::IdentityModel,
+    /// Lookup mode: the re-check interval (`None`: registry mode).
+    pub lookup: Option<Duration>,
+}
+
+/// Validates `[fhir.identity]` against the destination: lookup mode needs one.
+pub fn resolve_identity(
+    f: IdentityFile,
+    destination: Option<&carewatch_deliver::Config>,
+) -> Result<Identity> {
+    if let Some(s) = &f.device_identifier_system
+        && url::Url::parse(s).is_err()
+    {
+        bail!("fhir.identity.device_identifier_system must be a URI");
+    }
+    let model = carewatch_ingest::identity::IdentityModel {
+        device_identifier_system: f.device_identifier_system,
+    };
+    let lookup = match f.mode.as_deref().unwrap_or("registry") {
+        "registry" => {
+            if f.recheck_secs.is_some() {
+                bail!("fhir.identity.recheck_secs applies to mode = \"lookup\" only");
+            }
+            None
+        }
+        "lookup" => {
+            if destination.is_none() {
+                bail!(
+                    "fhir.identity.mode = \"lookup\" looks devices up on the FHIR destination: set [fhir.destination] url (or --fhir-destination)"
+                );
+            }
+            Some(secs(f.recheck_secs, "identity.recheck_secs")?.unwrap_or(Duration::from_secs(10)))
+        }
+        _ => bail!("fhir.identity.mode must be \"registry\" or \"lookup\""),
+    };
+    Ok(Identity { model, lookup })
 }
 
 /// `[fhir.destination]`
@@ -69,7 +131,7 @@ fn secs(v: Option<f64>, what: &str) -> Result<Option<Duration>> {
     match v {
         None => Ok(None),
         Some(s) if (0.01..=86_400.0).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
-        Some(_) => bail!("fhir.destination.{what} must be between 0.01 and 86400"),
+        Some(_) => bail!("fhir.{what} must be between 0.01 and 86400"),
     }
 }
 
@@ -82,6 +144,7 @@ pub fn resolve(
         return Ok(None);
     };
     let mut c = carewatch_deliver::Config::new(url.trim()).map_err(anyhow::Error::msg)?;
+    let secs = |v, what: &str| secs(v, &format!("destination.{what}"));
     let bearer = secret(f.bearer_token, f.bearer_token_file, "bearer_token")?;
     let client_secret = secret(f.client_secret, f.client_secret_file, "client_secret")?;
     c.auth = match (bearer, f.token_url) {
@@ -154,5 +217,23 @@ mod tests {
             bad("[destination]\nurl = \"http://x\"\ntoken_url = \"http://t\"")
                 .contains("client_id")
         );
+    }
+
+    #[test]
+    fn lookup_needs_a_destination_and_modes_are_named() {
+        let id = |toml: &str| toml::from_str::<FhirFile>(toml).unwrap().identity;
+        let dest = carewatch_deliver::Config::new("http://fhir.example/r4").unwrap();
+        let e = resolve_identity(id("[identity]\nmode = \"lookup\""), None).unwrap_err();
+        assert!(e.to_string().contains("[fhir.destination]"), "{e}");
+        let ok = resolve_identity(id("[identity]\nmode = \"lookup\""), Some(&dest)).unwrap();
+        assert_eq!(ok.lookup, Some(Duration::from_secs(10)));
+        assert!(resolve_identity(id(""), None).unwrap().lookup.is_none());
+        let e = resolve_identity(id("[identity]\nmode = \"guess\""), Some(&dest)).unwrap_err();
+        assert!(e.to_string().contains("registry"), "{e}");
+        let e = resolve_identity(
+            id("[identity]\ndevice_identifier_system = \"no uri\""),
+            None,
+        );
+        assert!(e.unwrap_err().to_string().contains("URI"));
     }
 }

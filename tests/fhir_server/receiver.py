@@ -9,7 +9,9 @@ R4 JSON schema for the Bundle envelope) and keeps what it accepts in memory.
                     422 with an OperationOutcome (in a batch-response entry, or for the whole
                     transaction). --fail-first N answers 503 to the first N Bundles.
   GET /Observation  search: identifier=system|value, patient=, _count (searchset Bundle)
-  GET /_stats       {"creates", "updates", "bundles", "resources"} for the tests
+  PUT /Device/{id}  create or update a Device (validated like the rest); GET /Device/{id}
+  GET /Device       search: identifier=[system|]value (searchset Bundle) — for Lookup mode
+  GET /_stats       {"creates", "updates", "bundles", "device_searches", "resources"} for the tests
 
 Usage: receiver.py [--refuse-device ID]... [--fail-first N] [--delay-ms MS (per Bundle)]; prints `listening on PORT`.
 """
@@ -31,7 +33,8 @@ BUNDLE = jsonschema.Draft6Validator({**SCHEMA, "$ref": "#/definitions/Bundle"})
 
 LOCK = threading.Lock()
 STORE = {}  # id -> resource (with id and meta.versionId)
-STATS = {"creates": 0, "updates": 0, "bundles": 0}
+DEVICES = {}  # id -> Device
+STATS = {"creates": 0, "updates": 0, "bundles": 0, "device_searches": 0}
 REFUSE = set()
 FAIL_FIRST = [0]
 DELAY = [0.0]
@@ -52,21 +55,21 @@ def put_conditional(entry):
     url = req.get("url", "")
     res = entry.get("resource")
     if req.get("method") != "PUT" or not url.startswith("Observation?identifier="):
-        return "400 Bad Request", outcome("not-supported", "only conditional updates of Observation")
+        return "400 Bad Request", outcome("not-supported", "only conditional updates of Observation"), None
     system, _, value = unquote(url.split("=", 1)[1]).partition("|")
     try:
         construct_fhir_element("Observation", res)
     except Exception as e:  # noqa: BLE001 - the validator's words go back to the client
-        return "400 Bad Request", outcome("invalid", " ".join(str(e).split())[:300])
+        return "400 Bad Request", outcome("invalid", " ".join(str(e).split())[:300]), None
     if not matches(res, system, value):
-        return "400 Bad Request", outcome("invalid", "the identifier in the URL is not the resource's")
+        return "400 Bad Request", outcome("invalid", "the identifier in the URL is not the resource's"), None
     device = res.get("device", {}).get("reference", "").removeprefix("Device/")
     if device in REFUSE:
-        return "422 Unprocessable Entity", outcome("business-rule", "this server does not take readings of that device")
+        return "422 Unprocessable Entity", outcome("business-rule", "this server does not take readings of that device"), None
     with LOCK:
         found = [k for k, r in STORE.items() if matches(r, system, value)]
         if len(found) > 1:
-            return "412 Precondition Failed", outcome("multiple-matches", "several resources match")
+            return "412 Precondition Failed", outcome("multiple-matches", "several resources match"), None
         if found:
             rid = found[0]
             version = int(STORE[rid]["meta"]["versionId"]) + 1
@@ -78,7 +81,7 @@ def put_conditional(entry):
             STATS["creates"] += 1
             status = "201 Created"
         STORE[rid] = {**res, "id": rid, "meta": {**res.get("meta", {}), "versionId": str(version)}}
-    return status, None
+    return status, None, f"Observation/{rid}/_history/{version}"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -121,12 +124,51 @@ class Handler(BaseHTTPRequestHandler):
                     return self.reply(422, outcome("business-rule", "this server does not take readings of that device"))
         out = []
         for e in bundle.get("entry", []):
-            status, oo = put_conditional(e)
+            status, oo, location = put_conditional(e)
             r = {"status": status}
             if oo:
                 r["outcome"] = oo
+            if location:
+                r["location"] = location
+                r["etag"] = 'W/"' + location.rsplit("/", 1)[1] + '"'
             out.append({"response": r})
         self.reply(200, {"resourceType": "Bundle", "type": f"{kind}-response", "entry": out})
+
+    def do_PUT(self):
+        u = urlsplit(self.path)
+        parts = u.path.strip("/").split("/")
+        if len(parts) != 2 or parts[0] != "Device":
+            return self.reply(404, outcome("not-found", "only PUT /Device/{id}"))
+        try:
+            res = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            construct_fhir_element("Device", res)
+        except Exception as e:  # noqa: BLE001
+            return self.reply(400, outcome("invalid", " ".join(str(e).split())[:300]))
+        if res.get("id") != parts[1]:
+            return self.reply(400, outcome("invalid", "Device.id differs from the URL"))
+        with LOCK:
+            created = parts[1] not in DEVICES
+            DEVICES[parts[1]] = res
+        self.reply(201 if created else 200, res)
+
+    def devices(self, u, q):
+        parts = u.path.strip("/").split("/")
+        if len(parts) == 2:
+            with LOCK:
+                d = DEVICES.get(parts[1])
+            return self.reply(200, d) if d else self.reply(404, outcome("not-found", "no such Device"))
+        with LOCK:
+            found = list(DEVICES.values())
+            STATS["device_searches"] += 1
+        if "identifier" in q:
+            want = q["identifier"]
+            system, bar, value = want.partition("|")
+            if not bar:
+                system, value = None, want
+            found = [d for d in found if any(i.get("value") == value and (system is None or i.get("system") == system)
+                                             for i in d.get("identifier", []))]
+        self.reply(200, {"resourceType": "Bundle", "type": "searchset", "total": len(found),
+                         "entry": [{"resource": d, "search": {"mode": "match"}} for d in found]})
 
     def do_GET(self):
         u = urlsplit(self.path)
@@ -134,6 +176,8 @@ class Handler(BaseHTTPRequestHandler):
         if u.path == "/_stats":
             with LOCK:
                 return self.reply(200, {**STATS, "resources": len(STORE)})
+        if u.path == "/Device" or u.path.startswith("/Device/"):
+            return self.devices(u, q)
         if u.path != "/Observation":
             return self.reply(404, outcome("not-found", "no such path"))
         with LOCK:

@@ -74,13 +74,20 @@ fn a_reading_without_patient_is_an_error_without_ids() {
 fn outcomes_per_entry() {
     let oo = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]});
     let resp = json!({"resourceType": "Bundle", "type": "batch-response", "entry": [
-        {"response": {"status": "201 Created"}},
+        {"response": {"status": "201 Created", "location": "Observation/9/_history/1"}},
         {"response": {"status": "422 Unprocessable Entity", "outcome": oo}},
         {"response": {"status": "503"}},
         {"response": {"status": "400"}},
     ]});
     let o = outcomes(&resp, 5);
-    assert_eq!(o[0], Outcome::Stored);
+    assert_eq!(
+        o[0],
+        Outcome::Stored(Answer {
+            status: "201 Created".into(),
+            location: Some("Observation/9/_history/1".into()),
+            ..Answer::default()
+        })
+    );
     assert_eq!(
         o[1],
         Outcome::Refused {
