@@ -129,7 +129,7 @@ fn row(
     alerts: Vec<Value>,
     devices: &[DeviceView],
     now: i64,
-) -> (Value, (u8, i64, i64)) {
+) -> (Value, Need) {
     let latest = s.latest.patient(patient);
     let mut vitals = serde_json::Map::new();
     let mut last_us: Option<i64> = None;
@@ -181,6 +181,15 @@ fn row(
     (v, key)
 }
 
+/// A patient's need: the rank of their highest ranking open alert (0: none), their NEWS2 score
+/// (-1: none), µs since their last reading (`i64::MAX`: never).
+pub(crate) type Need = (u8, i64, i64);
+
+/// Need order: alert level, then NEWS2, then silence, each highest first; then by patient id.
+pub(crate) fn by_need(a: (&str, Need), b: (&str, Need)) -> std::cmp::Ordering {
+    b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0))
+}
+
 /// `GET /v1/triage`
 pub(crate) async fn triage(State(s): State<WebState>, auth: Result<Caller, AuthError>) -> Response {
     let who = match caller(auth) {
@@ -201,7 +210,7 @@ pub(crate) async fn triage(State(s): State<WebState>, auth: Result<Caller, AuthE
             devices.entry(p).or_default().push(d);
         }
     }
-    let mut rows: Vec<(Value, (u8, i64, i64))> = patients
+    let mut rows: Vec<(Value, Need)> = patients
         .iter()
         .map(|p| {
             let alerts = open.remove(p).unwrap_or_default();
@@ -209,10 +218,11 @@ pub(crate) async fn triage(State(s): State<WebState>, auth: Result<Caller, AuthE
             row(&s, p, alerts, &devs, now)
         })
         .collect();
-    // Need first: level, NEWS2, silence (all descending); then by id (stable).
     rows.sort_by(|(a, ka), (b, kb)| {
-        kb.cmp(ka)
-            .then_with(|| a["patient_id"].as_str().cmp(&b["patient_id"].as_str()))
+        by_need(
+            (a["patient_id"].as_str().unwrap_or_default(), *ka),
+            (b["patient_id"].as_str().unwrap_or_default(), *kb),
+        )
     });
     let out: Vec<Value> = rows.into_iter().map(|(v, _)| v).collect();
     audit(&s, &who, "GET /v1/triage", out.len());
@@ -276,4 +286,55 @@ pub(crate) async fn timeline(
         items.len(),
     );
     axum::Json(json!({"patient_id": id, "events": items})).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn need_orders_level_then_news2_then_silence_then_id() {
+        const NEVER: i64 = i64::MAX;
+        let min = |m: i64| m * MINUTE_US;
+        let mut v = vec![
+            ("calm", (0, 0, min(2))),
+            ("never", (0, -1, NEVER)),
+            ("quiet", (0, 0, min(50))),
+            ("news", (0, 4, min(2))),
+            ("info-alert", (1, 0, min(1))),
+            ("urgent", (3, 1, min(1))),
+            ("warning-high-news", (2, 9, min(1))),
+            ("warning", (2, 2, min(3))),
+            ("b-twin", (0, 0, min(2))),
+            ("no-news-silent", (0, -1, min(300))),
+        ];
+        v.sort_by(|a, b| by_need(*a, *b));
+        let order: Vec<&str> = v.iter().map(|x| x.0).collect();
+        assert_eq!(
+            order,
+            [
+                "urgent",
+                "warning-high-news",
+                "warning",
+                "info-alert",
+                "news",
+                "quiet",
+                "b-twin",
+                "calm",
+                "never",
+                "no-news-silent",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_alert_without_a_level_ranks_by_its_severity() {
+        let rank = |v: Value| level_rank(&v);
+        assert_eq!(rank(json!({"level": "urgent", "severity": "info"})), 3);
+        assert_eq!(rank(json!({"severity": "critical"})), 3);
+        assert_eq!(rank(json!({"severity": "high"})), 3);
+        assert_eq!(rank(json!({"severity": "warning"})), 2);
+        assert_eq!(rank(json!({"severity": "info"})), 1);
+        assert_eq!(level_name(0), None);
+    }
 }
