@@ -43,6 +43,21 @@ pub struct ChainConfig {
     /// Overrides of the rota (take precedence while they last).
     #[serde(default)]
     pub overrides: Vec<OverrideConfig>,
+    /// The team's lead: told when someone outside the team breaks the glass into one of its
+    /// patients (`lead = { person = "…", url = "https://…", secret = "…" }`).
+    pub lead: Option<LeadConfig>,
+}
+
+/// A team lead's receiver as configured.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeadConfig {
+    /// Who the lead is (shown in the audit trail).
+    pub person: String,
+    /// Their receiver (a JSON POST, like alert webhooks).
+    pub url: String,
+    /// HMAC-SHA256 secret signing the bodies (`X-Carewatch-Signature`).
+    pub secret: Option<String>,
 }
 
 /// One step as configured.
@@ -127,6 +142,7 @@ pub struct Chain {
     steps: Vec<Step>,
     rota: Vec<Slot>,
     overrides: Vec<(i64, i64, Contact)>,
+    lead: Option<LeadConfig>,
 }
 
 /// The chains by care team.
@@ -206,16 +222,28 @@ impl ChainConfig {
         if oncall_steps && rota.is_empty() && overrides.is_empty() {
             return Err("an `oncall` step needs an `oncall` rota or `overrides`".into());
         }
+        if let Some(l) = &self.lead {
+            let http = l.url.starts_with("http://") || l.url.starts_with("https://");
+            if !http || l.person.trim().is_empty() {
+                return Err("lead needs a `person` and an http(s) `url`".into());
+            }
+        }
         Ok(Chain {
             tz,
             steps,
             rota,
             overrides,
+            lead: self.lead.clone(),
         })
     }
 }
 
 impl Chain {
+    /// The team's lead (told of break-glass access to the team's patients).
+    pub fn lead(&self) -> Option<&LeadConfig> {
+        self.lead.as_ref()
+    }
+
     /// Steps after the team's own receiver.
     pub fn len(&self) -> usize {
         self.steps.len()

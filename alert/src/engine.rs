@@ -318,6 +318,12 @@ impl AlertEngine {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// The lead of care team `team`, when its chain names one (`[alerts.escalation.<team>]
+    /// lead`).
+    pub fn team_lead(&self, team: &str) -> Option<crate::chain::LeadConfig> {
+        self.inner.config.chains.get(team)?.lead().cloned()
+    }
+
     /// The history.
     pub fn history(&self) -> &Arc<History> {
         &self.inner.history

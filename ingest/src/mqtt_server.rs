@@ -19,8 +19,10 @@
 //!
 //! Care managers and admins log in with their token — or, with an issuer configured, their
 //! JWT — as the password (any username) and may subscribe to alert topics, when alert
-//! publishing is enabled: a care manager to `carewatch/alerts/{one of their care teams}` only, an admin to any `carewatch/alerts/…` filter. Alert
-//! messages are delivered at QoS 0 (a live feed: the durable record is the alert history and
+//! publishing is enabled: a care manager to `carewatch/alerts/{one of their care teams}` only
+//! (or the team of a patient they hold break-glass access to: then that patient's messages
+//! only, while the grant lasts — every message is checked with `may_see_patient`), an admin to
+//! any `carewatch/alerts/…` filter. Alert messages are delivered at QoS 0 (a live feed: the durable record is the alert history and
 //! the webhook); such sessions may not publish.
 
 use std::collections::HashSet;
@@ -38,7 +40,7 @@ use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use carewatch_store::registry::{Principal, Registry, Role, valid_team};
+use carewatch_store::registry::{Principal, Role, valid_team};
 use carewatch_transform::{Reason, Rejection, Source};
 
 /// Messages the listener offers to subscribers: (topic, payload).
@@ -206,8 +208,7 @@ async fn connection<S>(
     match who {
         Login::Device(who) => device_session(framed, pipeline, who, keep_alive, shutdown).await,
         Login::Subscriber(who, rx) => {
-            let registry = pipeline.registry.clone();
-            subscriber_session(framed, registry, who, rx, keep_alive, shutdown).await;
+            subscriber_session(framed, edge.auth, who, rx, keep_alive, shutdown).await;
         }
     }
 }
@@ -371,7 +372,7 @@ async fn device_session<S>(
 /// A care manager's or admin's session: alert topics only, QoS 0. Ends when the token does.
 async fn subscriber_session<S>(
     mut framed: Framed<S, Codec>,
-    registry: Arc<Registry>,
+    auth: carewatch_auth::Authenticator,
     who: Principal,
     mut rx: tokio::sync::broadcast::Receiver<(String, bytes::Bytes)>,
     keep_alive: Duration,
@@ -380,6 +381,7 @@ async fn subscriber_session<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut filters: Vec<String> = Vec::new();
+    let registry = auth.registry().clone();
     let gone = carewatch_auth::until_invalid(&registry, &who);
     tokio::pin!(gone);
     loop {
@@ -392,7 +394,7 @@ async fn subscriber_session<S>(
             () = shutdown.cancelled() => return,
             msg = rx.recv() => match msg {
                 Ok((topic, payload)) => {
-                    if filters.iter().any(|f| topic_matches(f, &topic)) {
+                    if filters.iter().any(|f| topic_matches(f, &topic)) && delivers(&auth, &who, &payload) {
                         let p = Publish::from_bytes(topic, QoS::AtMostOnce, payload);
                         if framed.send(Packet::Publish(p)).await.is_err() { return; }
                     }
@@ -407,7 +409,7 @@ async fn subscriber_session<S>(
                     Ok(Some(Ok(p))) => p,
                     _ => return,
                 };
-                if !subscriber_packet(&mut framed, &who, &mut filters, packet).await {
+                if !subscriber_packet(&mut framed, &auth, &who, &mut filters, packet).await {
                     return;
                 }
             }
@@ -415,9 +417,41 @@ async fn subscriber_session<S>(
     }
 }
 
+/// Whether an alert message goes to this subscriber: admins get every message of their
+/// filters; a care manager only those about a patient they may see now (their teams', or one
+/// they hold a live break-glass grant for — the grant's end stops the messages).
+fn delivers(auth: &carewatch_auth::Authenticator, who: &Principal, payload: &[u8]) -> bool {
+    if carewatch_auth::sees_all_patients(who) {
+        return true;
+    }
+    let v: Option<serde_json::Value> = serde_json::from_slice(payload).ok();
+    v.as_ref()
+        .and_then(|v| v["patient_id"].as_str())
+        .is_some_and(|p| {
+            carewatch_auth::may_see_patient(auth.registry(), &auth.with_grants(who.clone()), p)
+        })
+}
+
+/// May this subscriber follow `filter` now: [`may_subscribe`], or a care manager's topic of
+/// the team of a patient they hold break-glass access to (that patient's messages only).
+fn may_follow(auth: &carewatch_auth::Authenticator, who: &Principal, filter: &str) -> bool {
+    if may_subscribe(who, filter) {
+        return true;
+    }
+    let now = auth.with_grants(who.clone());
+    now.role == Role::CareManager
+        && filter
+            .strip_prefix("carewatch/alerts/")
+            .is_some_and(|team| {
+                !team.contains(['+', '#'])
+                    && carewatch_auth::access::may_follow_team(auth.registry(), &now, team)
+            })
+}
+
 /// Handles one packet of a subscriber session; false: close it.
 async fn subscriber_packet<S>(
     framed: &mut Framed<S, Codec>,
+    auth: &carewatch_auth::Authenticator,
     who: &Principal,
     filters: &mut Vec<String>,
     packet: Packet,
@@ -429,7 +463,7 @@ where
         Packet::Subscribe(s) => {
             let mut codes = Vec::with_capacity(s.filters.len());
             for f in &s.filters {
-                if may_subscribe(who, &f.path) {
+                if may_follow(auth, who, &f.path) {
                     filters.push(f.path.clone());
                     codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
                 } else {

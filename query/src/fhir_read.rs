@@ -93,12 +93,11 @@ fn scope(s: &SqlState, p: &Principal, df: DataFrame) -> Result<DataFrame, Respon
     match p.role {
         Role::Analyst | Role::Admin => Ok(df),
         Role::CareManager => {
-            let patients: Vec<_> = s
-                .registry
-                .care_teams()
+            // Their teams' patients and their live break-glass grants (auth::access).
+            let patients: Vec<_> = carewatch_auth::access::patients_in_scope(&s.registry, p)
+                .unwrap_or_default()
                 .into_iter()
-                .filter(|(_, t)| carewatch_auth::in_team(p, t))
-                .map(|(p, _)| lit(p))
+                .map(lit)
                 .collect();
             if patients.is_empty() {
                 return df.filter(lit(false)).map_err(|_| internal());

@@ -4,7 +4,8 @@
 //! `GET /v1/break-glass` lists the live grants — all for admins, those on their teams' patients
 //! for care managers, so a team sees who broke the glass into their patients and why; each new
 //! grant is also a `break_glass` event on the live stream (`GET /v1/stream`) of the patient's
-//! team and of admins.
+//! team and of admins, and a webhook notice to the team's lead when its escalation chain names
+//! one (`[alerts.escalation.<team>] lead`).
 
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
@@ -108,12 +109,34 @@ pub(crate) async fn open(
         until_us: at_us + i64::from(minutes) * 60_000_000,
     };
     c.auth.break_glass().grant(g.clone());
-    let what = format!("break-glass patient={patient} minutes={minutes} reason={reason}");
+    let mut what = format!("break-glass patient={patient} minutes={minutes} reason={reason}");
+    if let Some(lead) = tell_lead(&s, &g) {
+        what.push_str(&format!(" lead={lead}"));
+    }
     s.query
         .audit()
         .record(&who, "break-glass", &what, None, "granted");
     tracing::warn!(principal = %who.id, minutes, "break-glass access granted");
     (StatusCode::CREATED, axum::Json(grant_json(&g))).into_response()
+}
+
+/// Tells the lead of the patient's care team (`[alerts.escalation.<team>] lead`), through the
+/// webhook notifier; the lead's name, when there is one.
+fn tell_lead(s: &WebState, g: &Grant) -> Option<String> {
+    let team = s.registry.care_team(&g.patient)?;
+    let lead = s.alerts.team_lead(&team)?;
+    let mut body = grant_json(g);
+    body["event"] = json!("break_glass");
+    body["care_team"] = json!(team);
+    body["lead"] = json!(lead.person);
+    body["text"] = json!(format!(
+        "Break-glass: {} opened a patient of care team {team} until {}: {}",
+        g.name,
+        crate::iso(g.until_us),
+        g.reason
+    ));
+    carewatch_alert::notify::notify_lead(&lead, &body);
+    Some(lead.person)
 }
 
 /// `GET /v1/break-glass`

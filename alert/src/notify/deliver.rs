@@ -308,6 +308,26 @@ async fn post(client: &reqwest::Client, r: &Receiver, body: &[u8]) -> Result<(),
     }
 }
 
+/// One POST of a notice that is not a transition (a break-glass notice to a team's lead),
+/// timestamped and signed exactly like transitions.
+pub(super) async fn post_notice(
+    client: &reqwest::Client,
+    url: &str,
+    secret: Option<&str>,
+    body: &[u8],
+) -> Result<(), String> {
+    let r = Receiver {
+        url: url.to_owned(),
+        kind: ReceiverKind::Team,
+        global: false,
+        teams: Vec::new(),
+        escalation: false,
+        steps: Vec::new(),
+        secret: secret.map(str::to_owned),
+    };
+    post(client, &r, body).await
+}
+
 /// `alerts/webhook.<kind>-<hash of the URL>.offset` (no URL or team name in the name).
 fn offset_file(history: &Path, r: &Receiver) -> PathBuf {
     let h = hex(&Sha256::digest(r.url.as_bytes()));

@@ -23,6 +23,9 @@ use std::collections::BTreeMap;
 
 mod deliver;
 mod gauges;
+mod notice;
+
+pub use notice::notify_lead;
 
 pub use gauges::{Counters, ReceiverKind};
 
