@@ -240,13 +240,25 @@ fn delivery_steps(ds: &[Deliveries], ids: &[String], received_us: i64) -> Vec<Va
     steps
 }
 
-/// The trace as JSON: `{device, since, until, messages: [{received, source, outcome, steps}]}`.
-pub async fn trace(q: &QueryEngine, data_dir: &Path, t: &TraceQuery) -> Result<Value, String> {
-    let dead: Vec<Dead> = dead_letters(q, t)
-        .await?
-        .into_iter()
-        .filter(|d| d.reason != "destination_rejected")
-        .collect();
+/// Everything known about the device's messages in the window.
+struct Known {
+    /// Rejection steps by received time.
+    rejected: BTreeMap<i64, Vec<Value>>,
+    /// Transport by received time (of dead-lettered messages).
+    sources: BTreeMap<i64, String>,
+    /// Readings understood but rejected after normalising, by received time.
+    normalised: BTreeMap<i64, usize>,
+    /// Stored rows by received time: (transport, observation ids).
+    rows: BTreeMap<i64, (String, Vec<String>)>,
+    /// Dead-lettered messages stored later (identity journal).
+    resolutions: Vec<lookup::Resolution>,
+    /// Received times of rows a resolution stored (part of the dead-lettered message).
+    replayed: Vec<i64>,
+    deliveries: Vec<Deliveries>,
+}
+
+async fn gather(q: &QueryEngine, data_dir: &Path, t: &TraceQuery) -> Result<Known, String> {
+    let dead = dead_letters(q, t).await?;
     let resolutions: Vec<lookup::Resolution> = lookup::load(data_dir)
         .map_err(|_| "reading the identity journal failed")?
         .into_iter()
@@ -257,82 +269,105 @@ pub async fn trace(q: &QueryEngine, data_dir: &Path, t: &TraceQuery) -> Result<V
         })
         .collect();
     let later: Vec<i64> = resolutions.iter().map(|r| r.stored_received_us).collect();
-    // Rows a resolution stored are part of the dead-lettered message, not messages of their own.
-    let replayed: Vec<i64> = resolutions
+    let replayed = resolutions
         .iter()
         .filter(|r| r.stored > 0)
         .map(|r| r.stored_received_us)
         .collect();
-    let mut rows = stored(q, &t.device, (t.since_us, t.until_us), &later).await?;
-    let ds = deliveries(q, data_dir, &t.device).await?;
-    // Messages by receipt: received time (+ digest for rejected ones).
-    let mut msgs: BTreeMap<i64, Vec<Value>> = BTreeMap::new();
-    let mut sources: BTreeMap<i64, String> = BTreeMap::new();
-    let mut normalised: BTreeMap<i64, usize> = BTreeMap::new();
-    for d in &dead {
-        sources
+    let rows = stored(q, &t.device, (t.since_us, t.until_us), &later).await?;
+    let mut k = Known {
+        rejected: BTreeMap::new(),
+        sources: BTreeMap::new(),
+        normalised: BTreeMap::new(),
+        rows,
+        resolutions,
+        replayed,
+        deliveries: deliveries(q, data_dir, &t.device).await?,
+    };
+    for d in dead.iter().filter(|d| d.reason != "destination_rejected") {
+        k.sources
             .entry(d.received_us)
             .or_insert_with(|| d.source.clone());
         if AFTER_NORMALISING.contains(&d.reason.as_str()) {
-            *normalised.entry(d.received_us).or_default() += 1;
+            *k.normalised.entry(d.received_us).or_default() += 1;
         }
-        msgs.entry(d.received_us).or_default().push(json!({
+        k.rejected.entry(d.received_us).or_default().push(json!({
             "step": "rejected", "reason": d.reason, "message": d.message, "item": d.index,
         }));
     }
-    let mut out = Vec::new();
-    let mut times: Vec<i64> = msgs.keys().copied().collect();
+    Ok(k)
+}
+
+/// The journey of the message received at `at`.
+fn message(k: &mut Known, at: i64, own: Option<(String, Vec<String>)>) -> Value {
+    let source = own
+        .as_ref()
+        .map(|o| o.0.clone())
+        .or_else(|| k.sources.get(&at).cloned())
+        .unwrap_or_default();
+    let rejected = k.rejected.remove(&at).unwrap_or_default();
+    let n_ids = own.as_ref().map_or(0, |o| o.1.len());
+    let mut steps = vec![json!({"step": "received", "at": iso(at), "source": source})];
+    let understood = k.normalised.get(&at).copied().unwrap_or(0) + n_ids;
+    if understood > 0 {
+        steps.push(json!({"step": "normalised", "readings": understood}));
+    }
+    steps.extend(rejected.iter().cloned());
+    if let Some((_, ids)) = &own {
+        steps.push(json!({"step": "stored", "at": iso(at), "observations": ids}));
+        steps.extend(delivery_steps(&k.deliveries, ids, at));
+    }
+    let mut resolved = false;
+    for r in k.resolutions.iter().filter(|r| r.dead_received_us == at) {
+        resolved = true;
+        let ids = k
+            .rows
+            .get(&r.stored_received_us)
+            .map(|x| x.1.clone())
+            .unwrap_or_default();
+        let why = if r.via == "lookup" {
+            "the device was found on the FHIR destination"
+        } else {
+            "the device was enrolled"
+        };
+        steps.push(
+            json!({"step": "stored", "at": iso(r.stored_received_us), "observations": ids,
+            "after": why, "stored_now": r.stored, "already_stored": r.rows - r.stored}),
+        );
+        steps.extend(delivery_steps(&k.deliveries, &ids, r.stored_received_us));
+    }
+    let outcome = match (own.is_some(), resolved, rejected.is_empty()) {
+        (_, true, _) => "rejected, then stored",
+        (true, false, true) => "stored",
+        (true, false, false) => "partly stored",
+        (false, false, _) => "rejected",
+    };
+    json!({"received": iso(at), "source": source, "outcome": outcome, "steps": steps})
+}
+
+/// The trace as JSON: `{device, since, until, messages: [{received, source, outcome, steps}],
+/// truncated}`.
+pub async fn trace(q: &QueryEngine, data_dir: &Path, t: &TraceQuery) -> Result<Value, String> {
+    let mut k = gather(q, data_dir, t).await?;
+    let in_window = |at: i64| at >= t.since_us && at < t.until_us;
+    let mut times: Vec<i64> = k.rejected.keys().copied().collect();
     times.extend(
-        rows.keys()
+        k.rows
+            .keys()
             .copied()
-            .filter(|k| *k >= t.since_us && *k < t.until_us && !replayed.contains(k)),
+            .filter(|at| in_window(*at) && !k.replayed.contains(at)),
     );
     times.sort_unstable();
     times.dedup();
     let truncated = times.len() > MAX_MESSAGES;
+    let mut out = Vec::new();
     for at in times.into_iter().take(MAX_MESSAGES) {
-        let own = if at >= t.since_us && at < t.until_us && !replayed.contains(&at) {
-            rows.remove(&at)
+        let own = if in_window(at) && !k.replayed.contains(&at) {
+            k.rows.remove(&at)
         } else {
             None
         };
-        let source = own
-            .as_ref()
-            .map(|o| o.0.clone())
-            .or_else(|| sources.get(&at).cloned())
-            .unwrap_or_default();
-        let rejected = msgs.remove(&at).unwrap_or_default();
-        let n_ids = own.as_ref().map_or(0, |o| o.1.len());
-        let mut steps = vec![json!({"step": "received", "at": iso(at), "source": source})];
-        let understood = normalised.get(&at).copied().unwrap_or(0) + n_ids;
-        if understood > 0 {
-            steps.push(json!({"step": "normalised", "readings": understood}));
-        }
-        steps.extend(rejected.iter().cloned());
-        if let Some((_, ids)) = &own {
-            steps.push(json!({"step": "stored", "at": iso(at), "observations": ids}));
-            steps.extend(delivery_steps(&ds, ids, at));
-        }
-        for r in resolutions.iter().filter(|r| r.dead_received_us == at) {
-            let ids = rows
-                .get(&r.stored_received_us)
-                .map(|x| x.1.clone())
-                .unwrap_or_default();
-            steps.push(json!({"step": "stored", "at": iso(r.stored_received_us), "observations": ids,
-                "after": if r.via == "lookup" { "the device was found on the FHIR destination" } else { "the device was enrolled" },
-                "stored_now": r.stored, "already_stored": r.rows - r.stored}));
-            steps.extend(delivery_steps(&ds, &ids, r.stored_received_us));
-        }
-        let resolved = resolutions.iter().any(|r| r.dead_received_us == at);
-        let outcome = match (own.is_some(), resolved, rejected.is_empty()) {
-            (_, true, _) => "rejected, then stored",
-            (true, false, true) => "stored",
-            (true, false, false) => "partly stored",
-            (false, false, _) => "rejected",
-        };
-        out.push(
-            json!({"received": iso(at), "source": source, "outcome": outcome, "steps": steps}),
-        );
+        out.push(message(&mut k, at, own));
     }
     Ok(json!({
         "device": t.device, "since": iso(t.since_us), "until": iso(t.until_us),

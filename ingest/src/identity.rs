@@ -180,38 +180,59 @@ fn device_resource(device: &str, patient: &str, active: bool, given: &Value) -> 
     })
 }
 
-async fn device(s: IdentityState, b: Bytes, path_id: Option<String>) -> Response {
-    let v = match resource(&b, "Device", path_id.as_deref()) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let dev = match s.model.device_id(&v) {
-        Ok(d) => d,
-        Err(m) => return unprocessable(&m),
-    };
-    if path_id.as_deref().is_some_and(|p| p != dev) {
-        return outcome(
+/// A Device written: its device id, patient id, and whether it retires the device.
+struct DeviceWrite {
+    device: String,
+    patient: String,
+    retire: bool,
+    resource: Value,
+}
+
+/// Reads and checks a Device body (the answer to send back when it is wrong).
+fn read_device(
+    model: &IdentityModel,
+    b: &Bytes,
+    path_id: Option<&str>,
+) -> Result<DeviceWrite, Response> {
+    let v = resource(b, "Device", path_id)?;
+    let dev = model.device_id(&v).map_err(|m| unprocessable(&m))?;
+    if path_id.is_some_and(|p| p != dev) {
+        return Err(outcome(
             StatusCode::BAD_REQUEST,
             "invalid",
             "the id in the URL must be the device id (Device.identifier.value)",
-        );
+        ));
     }
-    let patient = match patient_ref(v.get("patient"), "Device.patient") {
-        Ok(p) => p,
-        Err(m) => return unprocessable(&m),
-    };
+    let patient = patient_ref(v.get("patient"), "Device.patient").map_err(|m| unprocessable(&m))?;
     let status = v.get("status").and_then(Value::as_str).unwrap_or("active");
-    let retire = matches!(status, "inactive" | "entered-in-error");
     if !matches!(
         status,
         "active" | "inactive" | "entered-in-error" | "unknown"
     ) {
-        return outcome(
+        return Err(outcome(
             StatusCode::BAD_REQUEST,
             "value",
             "Device.status must be active, inactive, entered-in-error or unknown",
-        );
+        ));
     }
+    Ok(DeviceWrite {
+        device: dev,
+        patient,
+        retire: matches!(status, "inactive" | "entered-in-error"),
+        resource: v,
+    })
+}
+
+async fn device(s: IdentityState, b: Bytes, path_id: Option<String>) -> Response {
+    let DeviceWrite {
+        device: dev,
+        patient,
+        retire,
+        resource: v,
+    } = match read_device(&s.model, &b, path_id.as_deref()) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
     let e = Enrolment {
         device_id: dev.clone(),
         patient_id: patient.clone(),

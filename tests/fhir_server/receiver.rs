@@ -1,5 +1,7 @@
 //! The validating FHIR server of `receiver.py`, started for a test (shared by FHIR tests).
 
+#![allow(dead_code)] // each test file uses part of it
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
