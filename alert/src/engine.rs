@@ -30,6 +30,7 @@ use crate::rules::{Params, Rule};
 mod actions;
 mod commit;
 mod gather;
+mod plan;
 mod reconcile;
 mod runtime;
 mod samples;
@@ -38,9 +39,12 @@ mod state;
 mod teams;
 pub use actions::{Action, RESOLVE_REASONS};
 pub use gather::RuleFailures;
+pub(crate) use plan::plan;
+pub(crate) use samples::Work;
 pub use session::{rules_context, rules_context_with};
+use state::Samples;
+pub(crate) use state::State;
 pub use state::{Current, fingerprint};
-use state::{Samples, State};
 pub use teams::may_see;
 
 /// Engine settings.
@@ -64,6 +68,8 @@ pub struct Config {
     /// Escalation chains by care team: a team with one escalates along its steps (their
     /// delays, whoever is on call) instead of `escalate_after` / `max_escalations`.
     pub chains: Arc<crate::chain::Chains>,
+    /// Repeat intervals per level.
+    pub levels: crate::policy::Levels,
 }
 
 impl Default for Config {
@@ -76,6 +82,7 @@ impl Default for Config {
             memory_bytes: 1 << 30,
             resolved_horizon: Duration::from_secs(48 * 3600),
             chains: Arc::default(),
+            levels: crate::policy::Levels::default(),
         }
     }
 }
@@ -215,7 +222,7 @@ pub async fn run_rule_sql(
 }
 
 /// How far back a rule must look to see a whole episode around new data.
-fn lookback_us(rule: &Rule, params: &Params) -> i64 {
+pub(crate) fn lookback_us(rule: &Rule, params: &Params) -> i64 {
     let s = rule.shape(params).unwrap_or(crate::episodes::Shape {
         bucket_us: rule.bucket_us,
         for_us: 0,

@@ -83,6 +83,11 @@ pub enum Event {
     /// Back from a snooze: it ran out (`reason` `expired`) or a worse reading broke through
     /// (`worse_reading`). Told again.
     Unsnoozed,
+    /// Still firing, nobody acknowledged or snoozed it: told again at its level's interval.
+    Repeated,
+    /// Raised while held (`reason` `quiet` or `realert_gap`) and still firing when the hold
+    /// ended: told now.
+    Released,
 }
 
 impl Event {
@@ -99,6 +104,8 @@ impl Event {
             Event::Noted => "noted",
             Event::Snoozed => "snoozed",
             Event::Unsnoozed => "unsnoozed",
+            Event::Repeated => "repeated",
+            Event::Released => "released",
         }
     }
 }
@@ -160,6 +167,14 @@ pub struct Transition {
     /// Who did it, for transitions a person made (acknowledge, assign, note, snooze, resolve).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// Why the alert is held — recorded, shown, but not pushed to receivers: `quiet` (the
+    /// patient's quiet period), `realert_gap` (too soon after the last episode resolved),
+    /// `expected` (a known condition; never told).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+    /// Until when it is held (`None` with `held`: for good), UTC µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until_us: Option<i64>,
     /// For `escalated` along a care team's chain: who the step told (a step name or the
     /// person on call; `nobody on call` when the rota had a gap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -348,6 +363,8 @@ impl AlertsTable {
             Field::new("actor", DataType::Utf8, true),
             Field::new("notified", DataType::Utf8, true),
             Field::new("level", DataType::Utf8, false),
+            Field::new("held", DataType::Utf8, true),
+            Field::new("held_until", ts_type(), true),
         ]));
         AlertsTable { history, schema }
     }
@@ -367,8 +384,8 @@ impl carewatch_query::table::BatchSource for AlertsTable {
         let (mut id, mut rule, mut sev, mut pat, mut team, mut status, mut event, mut msg, mut ack) =
             (s(), s(), s(), s(), s(), s(), s(), s(), s());
         let (mut prev, mut assignee, mut note, mut reason, mut actor) = (s(), s(), s(), s(), s());
-        let (mut notified, mut lvl) = (s(), s());
-        let mut until = ts();
+        let (mut notified, mut lvl, mut held) = (s(), s(), s());
+        let (mut until, mut held_until) = (ts(), ts());
         let mut value = Float64Builder::with_capacity(n);
         let mut level = UInt32Builder::with_capacity(n);
         for r in &rows {
@@ -395,6 +412,8 @@ impl carewatch_query::table::BatchSource for AlertsTable {
             actor.append_option(r.actor.as_deref());
             notified.append_option(r.notified.as_deref());
             lvl.append_value(r.level.as_str());
+            held.append_option(r.held.as_deref());
+            held_until.append_option(r.held_until_us);
         }
         let cols: Vec<ArrayRef> = vec![
             Arc::new(seq.finish()),
@@ -420,6 +439,8 @@ impl carewatch_query::table::BatchSource for AlertsTable {
             Arc::new(actor.finish()),
             Arc::new(notified.finish()),
             Arc::new(lvl.finish()),
+            Arc::new(held.finish()),
+            Arc::new(held_until.finish()),
         ];
         Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
     }
@@ -467,6 +488,8 @@ pub(crate) fn sample_transition(alert: &str, at_us: i64) -> Transition {
         reason: None,
         actor: None,
         notified: None,
+        held: None,
+        held_until_us: None,
     }
 }
 

@@ -77,6 +77,8 @@ pub fn alert_json(a: &Current) -> serde_json::Value {
         "acknowledged_by": a.acknowledged_by,
         "assignee": a.assignee,
         "snoozed_until": a.snoozed_until_us.map(iso),
+        "held": a.held,
+        "held_until": a.held_until_us.map(iso),
     })
 }
 

@@ -9,7 +9,9 @@
 //! - [`notify`]: webhook delivery with retries; [`http`]: list, acknowledge, SSE.
 //! - [`baselines`]: each patient's resting heart rate, SpO2 and temperature, learned per day
 //!   from the days before (no look-ahead), as the `baselines` table rules join.
-//! - [`backtest`]: the rules over stored history, with alarm burden.
+//! - [`policy`]: burden controls — repeat intervals per level, quiet periods.
+//! - [`backtest`]: the rules over stored history, with alarm burden, and the replay of the
+//!   alert lifecycle over it.
 //!
 //! What it must not do: write observations, or hold its state lock across a query.
 
@@ -21,6 +23,7 @@ pub mod episodes;
 pub mod history;
 pub mod http;
 pub mod notify;
+pub mod policy;
 pub mod rules;
 
 pub use datafusion::prelude::SessionContext;

@@ -93,49 +93,7 @@ impl Severity {
     }
 }
 
-/// How urgently people are told: `urgent` (now, day or night), `warning` (soon), `info` (for
-/// the record). Per rule (`level = "…"`, default from the severity: critical and high are
-/// urgent, warning is warning, info is info) and per patient (`level` in `[overrides.<patient>]`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    /// For the record: shown, not pushed again.
-    Info,
-    /// Look soon.
-    Warning,
-    /// Look now.
-    Urgent,
-}
-
-impl Level {
-    /// Lower-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Info => "info",
-            Level::Warning => "warning",
-            Level::Urgent => "urgent",
-        }
-    }
-    /// Parses a name.
-    pub fn parse(s: &str) -> Option<Level> {
-        match s {
-            "info" => Some(Level::Info),
-            "warning" => Some(Level::Warning),
-            "urgent" => Some(Level::Urgent),
-            _ => None,
-        }
-    }
-    /// The level a rule of this severity has unless it says otherwise.
-    pub fn of_severity(s: Severity) -> Level {
-        match s {
-            Severity::Critical | Severity::High => Level::Urgent,
-            Severity::Warning => Level::Warning,
-            Severity::Info => Level::Info,
-        }
-    }
-}
+pub use crate::policy::Level;
 
 /// A parameter value: numbers and booleans only, so a value can never change a rule's SQL
 /// beyond the literal it stands for.
@@ -171,7 +129,7 @@ impl Param {
             Param::Float(f) => format!("{f:?}"),
         }
     }
-    fn as_f64(&self) -> Option<f64> {
+    pub(crate) fn as_f64(&self) -> Option<f64> {
         match self {
             Param::Bool(_) => None,
             Param::Int(i) => Some(*i as f64),
@@ -217,13 +175,18 @@ struct RuleFile {
     overrides: BTreeMap<String, OverrideFile>,
 }
 
-/// `[overrides.<patient>]`: the patient's level and parameters.
+/// `[overrides.<patient>]`: the patient's level, quiet periods and parameters.
 #[derive(Debug, Deserialize)]
 struct OverrideFile {
     level: Option<Level>,
+    quiet: Option<Vec<String>>,
+    timezone: Option<String>,
     #[serde(flatten)]
     params: Params,
 }
+
+pub use crate::policy::RESERVED;
+use crate::policy::burden;
 
 fn default_bucket() -> String {
     "1m".into()
@@ -249,6 +212,8 @@ pub struct Rule {
     pub level: Level,
     /// Per-patient levels (`level` in `[overrides.<patient>]`).
     pub patient_levels: BTreeMap<String, Level>,
+    /// Per-patient quiet periods (`quiet`, `timezone` in `[overrides.<patient>]`).
+    pub quiet: BTreeMap<String, crate::policy::Quiet>,
     /// Message template.
     pub message: String,
     /// Bucket length, microseconds.
@@ -343,6 +308,18 @@ impl Rule {
             .iter()
             .filter_map(|(p, o)| o.level.map(|l| (p.clone(), l)))
             .collect();
+        let mut quiet = BTreeMap::new();
+        for (p, o) in &f.overrides {
+            if o.quiet.is_none() && o.timezone.is_none() {
+                continue;
+            }
+            let q = crate::policy::Quiet::parse(
+                o.quiet.as_deref().unwrap_or_default(),
+                o.timezone.as_deref(),
+            )
+            .map_err(|m| err(key_line(text, "quiet").max(key_line(text, "timezone")), m))?;
+            quiet.insert(p.clone(), q);
+        }
         let rule = Rule {
             id,
             file: file.to_owned(),
@@ -351,6 +328,7 @@ impl Rule {
             level: f.level.unwrap_or(Level::of_severity(f.severity)),
             severity: f.severity,
             patient_levels,
+            quiet,
             message: f.message,
             bucket_us,
             contiguous: f.contiguous,
@@ -375,7 +353,8 @@ impl Rule {
             .chain(rule.overrides.iter().map(|(k, v)| (Some(k), v)))
         {
             for k in p.keys() {
-                if who.is_some() && !rule.params.contains_key(k) {
+                if who.is_some() && !rule.params.contains_key(k) && !RESERVED.contains(&k.as_str())
+                {
                     return Err(err(
                         key_line(text, k),
                         format!("override of unknown parameter {k:?}"),
@@ -387,6 +366,7 @@ impl Rule {
                 .map_err(|m| err(rule.sql_line, m))?;
             rule.shape(&merged)
                 .map_err(|m| err(key_line(text, "params"), m))?;
+            burden(&merged).map_err(|m| err(key_line(text, "params"), m))?;
         }
         Ok(rule)
     }
@@ -415,8 +395,25 @@ impl Rule {
                 *v = value;
                 Ok(())
             }
+            None if RESERVED.contains(&name) => {
+                let mut p = self.params.clone();
+                p.insert(name.to_owned(), value);
+                burden(&p)?;
+                self.params = p;
+                Ok(())
+            }
             None => Err(format!("rule {} has no parameter {name:?}", self.id)),
         }
+    }
+
+    /// The burden controls for a patient: (re-alert gap µs, expected).
+    pub fn burden_for(&self, patient: &str) -> (i64, bool) {
+        burden(&self.params_for(Some(patient))).unwrap_or((0, false))
+    }
+
+    /// The patient's quiet periods for this rule.
+    pub fn quiet_for(&self, patient: &str) -> Option<&crate::policy::Quiet> {
+        self.quiet.get(patient)
     }
 
     /// The SQL with parameters and scope filled in.
@@ -605,79 +602,4 @@ fn first_line(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shipped_rules_parse() {
-        let rules = load(None).expect("defaults");
-        assert_eq!(rules.len(), 8);
-        let hr = rules
-            .iter()
-            .find(|r| r.id == "hr_high_at_rest")
-            .expect("hr");
-        assert_eq!(hr.params["threshold"], Param::Int(100));
-        assert_eq!(hr.params["for_minutes"], Param::Int(10));
-    }
-
-    #[test]
-    fn bad_files_name_their_line() {
-        let e = Rule::parse("r.toml", "title = \"x\"\nseverity = \"loud\"\n").expect_err("bad");
-        assert_eq!(e.line, 2, "{e}");
-        assert!(e.to_string().starts_with("r.toml:2:"), "{e}");
-        let text = "title = \"x\"\nseverity = \"high\"\nmessage = \"m\"\n\nsql = \"SELECT {nope} FROM observations WHERE {scope}\"\n";
-        let e = Rule::parse("r.toml", text).expect_err("bad");
-        assert_eq!((e.line, e.message.contains("nope")), (5, true), "{e}");
-        let text = "title = \"x\"\nseverity = \"high\"\nmessage = \"m\"\nsql = \"SELECT 1\"\n";
-        let e = Rule::parse("r.toml", text).expect_err("bad");
-        assert!(e.message.contains("{scope}"), "{e}");
-    }
-
-    #[test]
-    fn overrides_and_params() {
-        let text = "title = \"x\"\nseverity = \"high\"\nmessage = \"above {threshold} for {minutes} min, peak {value}\"\nsql = \"SELECT {threshold} WHERE {scope}\"\n[params]\nthreshold = 100\nfor_minutes = 10\n[overrides.p1]\nthreshold = 130.5\n";
-        let mut r = Rule::parse("x.toml", text).expect("ok");
-        assert_eq!(
-            r.render(&r.params_for(Some("p1")), "s").expect("sql"),
-            "SELECT 130.5 WHERE (s)"
-        );
-        assert_eq!(
-            r.render(&r.params_for(Some("p2")), "s").expect("sql"),
-            "SELECT 100 WHERE (s)"
-        );
-        assert_eq!(
-            r.message_for(&r.params_for(None), Some(121.04), 12),
-            "above 100 for 12 min, peak 121"
-        );
-        assert!(r.set_param("nope", Param::Int(1)).is_err());
-        r.set_param("threshold", Param::parse("120").expect("p"))
-            .expect("set");
-        assert_eq!(r.shape(&r.params).expect("shape").for_us, 600_000_000);
-        let bad = text.replace("[overrides.p1]\nthreshold", "[overrides.p1]\nthreshhold");
-        let e = Rule::parse("x.toml", &bad).expect_err("unknown override");
-        assert_eq!(e.line, 9, "{e}");
-        assert_eq!(Param::parse("1; DROP"), None);
-    }
-
-    #[test]
-    fn levels_default_from_severity_and_are_set_per_rule_and_patient() {
-        let rules = load(None).expect("defaults");
-        let level = |id: &str| rules.iter().find(|r| r.id == id).expect("rule").level;
-        assert_eq!(level("spo2_low"), Level::Urgent, "critical");
-        assert_eq!(level("hr_high_at_rest"), Level::Urgent, "high");
-        assert_eq!(level("fever"), Level::Warning, "warning");
-        assert_eq!(level("device_silent"), Level::Info, "info");
-        let text = "title = \"x\"\nseverity = \"high\"\nlevel = \"warning\"\nmessage = \"m\"\nsql = \"SELECT {threshold} WHERE {scope}\"\n[params]\nthreshold = 100\n[overrides.p1]\nlevel = \"info\"\nthreshold = 120\n[overrides.p2]\nlevel = \"urgent\"\n";
-        let r = Rule::parse("x.toml", text).expect("ok");
-        assert_eq!(
-            (r.level_for("p0"), r.level_for("p1"), r.level_for("p2")),
-            (Level::Warning, Level::Info, Level::Urgent)
-        );
-        assert_eq!(r.params_for(Some("p1"))["threshold"], Param::Int(120));
-        let e = Rule::parse("x.toml", &text.replace("\"info\"", "\"loud\"")).expect_err("bad");
-        assert!(
-            e.message.contains("loud") || e.message.contains("variant"),
-            "{e}"
-        );
-    }
-}
+mod tests;

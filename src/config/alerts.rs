@@ -35,6 +35,10 @@ pub struct AlertsConfig {
     pub escalate_after_secs: Option<u64>,
     /// At most this many escalations (default 3).
     pub max_escalations: Option<u32>,
+    /// Per level (`[alerts.levels.urgent]`, `warning`, `info`): how often an open alert nobody
+    /// acknowledged or snoozed is told again.
+    #[serde(default)]
+    pub levels: BTreeMap<String, LevelConfig>,
     /// One rule's queries in one evaluation run may take this long, seconds (default 10);
     /// past it they are cancelled, counted, and the rule's ranges retried at the next run.
     pub rule_timeout_secs: Option<f64>,
@@ -58,6 +62,34 @@ pub struct AlertsConfig {
     /// Publish alert transitions to `carewatch/alerts/{care_team}`: on the external broker
     /// (`mqtt_url`), or to subscribed care managers on the embedded listener. Default false.
     pub mqtt_publish: Option<bool>,
+}
+
+/// `[alerts.levels.<level>]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LevelConfig {
+    /// Minutes between repeats (0: never; defaults urgent 15, warning 60, info 0).
+    pub repeat_minutes: Option<u32>,
+}
+
+/// `[alerts.levels]`, checked, over the defaults.
+fn levels(a: &AlertsConfig) -> Result<carewatch_alert::policy::Levels> {
+    let mut l = carewatch_alert::policy::Levels::default();
+    for (name, c) in &a.levels {
+        let slot = match name.as_str() {
+            "urgent" => &mut l.urgent,
+            "warning" => &mut l.warning,
+            "info" => &mut l.info,
+            _ => bail!("alerts.levels.{name}: the levels are urgent, warning and info"),
+        };
+        if let Some(m) = c.repeat_minutes {
+            if m > 7 * 24 * 60 {
+                bail!("alerts.levels.{name}.repeat_minutes must be at most a week (10080)");
+            }
+            *slot = (m > 0).then(|| Duration::from_secs(u64::from(m) * 60));
+        }
+    }
+    Ok(l)
 }
 
 /// The engine's settings and the receivers, checked.
@@ -84,6 +116,7 @@ pub(super) fn resolve(
         }
         alert_engine.rule_timeout = Duration::from_secs_f64(s);
     }
+    alert_engine.levels = levels(a)?;
     let chains = escalation_chains(a)?;
     alert_engine.chains = chains.clone();
     let webhook_url = webhook_flag.or(a.webhook_url.clone());

@@ -6,7 +6,8 @@
 //!
 //! Modules: [`burden`] (alarm burden: per rule, per patient, time of day), [`sweep`] (a
 //! parameter grid against the episodes of the rule as given), [`report`] (the self-contained
-//! HTML page and CSV).
+//! HTML page and CSV), [`replay`] (the alert lifecycle — levels, holds, repeats, escalations —
+//! through the live engine's own decisions, counted per rule in [`Lifecycle`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -18,8 +19,13 @@ use crate::episodes::{Sample, episodes};
 use crate::rules::{Params, Rule};
 
 pub mod burden;
+pub mod lifecycle;
+pub mod replay;
 pub mod report;
 pub mod sweep;
+
+pub use lifecycle::Lifecycle;
+pub use replay::Scripted;
 
 pub use burden::{Burden, PatientBurden};
 pub use sweep::{Cell, Sweep};
@@ -86,6 +92,33 @@ pub struct Report {
     /// The parameter sweep, when one was asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sweep: Option<Sweep>,
+    /// Per rule: what the alerts' lifecycle told people, repeated, escalated and held.
+    pub lifecycle: Vec<Lifecycle>,
+    /// Every transition the replay wrote, in order.
+    #[serde(skip)]
+    pub transitions: Vec<crate::history::Transition>,
+}
+
+/// How the lifecycle is replayed: the engine settings (repeat intervals per level, escalation
+/// chains), the patients' care teams, and people's actions.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// Engine settings (`levels`, `chains`, `escalate_after`, `max_escalations`).
+    pub config: crate::engine::Config,
+    /// The patients' care teams (none when `None`).
+    pub teams: Option<replay::Teams<'a>>,
+    /// People's actions.
+    pub script: Vec<Scripted>,
+}
+
+impl std::fmt::Debug for Options<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("config", &self.config)
+            .field("teams", &self.teams.is_some())
+            .field("script", &self.script)
+            .finish()
+    }
 }
 
 pub use crate::iso;
@@ -167,12 +200,24 @@ pub(crate) fn found_in(
     Ok(out)
 }
 
-/// Runs `rules` over `[from_us, to_us)`; `progress(done, total)` after each rule-day.
+/// Runs `rules` over `[from_us, to_us)`; `progress(done, total)` after each rule-day. The
+/// lifecycle is replayed with the default engine settings, no care teams and no actions.
 pub async fn backtest(
     ctx: &SessionContext,
     rules: &[Rule],
     from_us: i64,
     to_us: i64,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<Report, String> {
+    backtest_with(ctx, rules, (from_us, to_us), &Options::default(), progress).await
+}
+
+/// [`backtest`] with the lifecycle replayed under `opts`.
+pub async fn backtest_with(
+    ctx: &SessionContext,
+    rules: &[Rule],
+    (from_us, to_us): (i64, i64),
+    opts: &Options<'_>,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<Report, String> {
     prepare_baselines(ctx, rules, from_us, to_us).await;
@@ -181,6 +226,7 @@ pub async fn backtest(
     let mut done = 0u64;
     let mut patient_days: BTreeSet<(String, i64)> = BTreeSet::new();
     let mut found = Vec::new();
+    let mut all = Vec::with_capacity(rules.len());
     for rule in rules {
         let mut series: Series = HashMap::new();
         for &day in &days {
@@ -192,8 +238,30 @@ pub async fn backtest(
             progress(done, total);
         }
         found.extend(found_in(rule, &rule.params, &series, to_us)?);
+        all.push(series);
     }
-    Ok(summarise(rules, from_us, to_us, &patient_days, found))
+    let mut readings = HashMap::new();
+    for &day in &days {
+        lifecycle::reading_minutes(ctx, day, &mut readings).await?;
+    }
+    let data = replay::Data {
+        series: all,
+        readings,
+    };
+    let no_teams = |_: &str| None;
+    let teams = opts.teams.unwrap_or(&no_teams);
+    let transitions = replay::replay(
+        rules,
+        &opts.config,
+        &data,
+        (from_us, to_us),
+        teams,
+        &opts.script,
+    );
+    let mut report = summarise(rules, from_us, to_us, &patient_days, found);
+    report.lifecycle = Lifecycle::of(rules, &transitions);
+    report.transitions = transitions;
+    Ok(report)
 }
 
 /// Asks the `baselines` table (if the session has one and a rule reads it) for the range.
@@ -240,5 +308,7 @@ fn summarise(
         burden: Burden::of(rules, patient_days, &found),
         alerts: found,
         sweep: None,
+        lifecycle: Vec::new(),
+        transitions: Vec::new(),
     }
 }

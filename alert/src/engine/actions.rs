@@ -48,7 +48,7 @@ pub enum Action {
 
 impl Action {
     /// Checks the action's own input.
-    fn validate(&self) -> Result<(), ActionError> {
+    pub(crate) fn validate(&self) -> Result<(), ActionError> {
         let printable = |s: &str| !s.trim().is_empty() && !s.chars().any(char::is_control);
         match self {
             Action::Assign(Some(to)) if !printable(to) || to.len() > MAX_NAME => Err(
@@ -71,7 +71,7 @@ impl Action {
 
     /// The transition this action makes of alert `a` (after any re-routing), or `None` when
     /// it changes nothing (acknowledging an acknowledged alert).
-    fn apply(
+    pub(crate) fn apply(
         &self,
         a: &Current,
         who: &Principal,
@@ -126,6 +126,18 @@ impl AlertEngine {
     /// whose patient moved is first reassigned (in the same history append), so the action is
     /// the new team's. Blocking (it writes the history): call from a blocking thread.
     pub fn act(&self, id: &str, who: &Principal, action: &Action) -> Result<Current, ActionError> {
+        self.act_at(id, who, action, now_us())
+    }
+
+    /// [`AlertEngine::act`] at engine time `now` (UTC µs): what tests and scripted actions use
+    /// with the clock they evaluate at.
+    pub fn act_at(
+        &self,
+        id: &str,
+        who: &Principal,
+        action: &Action,
+        now: i64,
+    ) -> Result<Current, ActionError> {
         action.validate()?;
         let patient = lock(&self.inner.state)
             .alerts
@@ -143,7 +155,6 @@ impl AlertEngine {
             .get(id)
             .cloned()
             .ok_or(ActionError::NotFound)?;
-        let now = now_us();
         let mut out = Vec::new();
         let n = match a.moved(team.as_deref(), now) {
             Some(t) => {

@@ -3,6 +3,11 @@
 //! `fingerprint(rule, patient, first start)` and `pending` + `firing` transitions. Retired ids
 //! are never raised again.
 //!
+//! A new alert may be raised *held* (recorded and shown, not pushed): `expected` for the
+//! patient (level info, for good), `realert_gap` (it starts within `realert_gap_minutes` of
+//! the end of the key's last resolved alert: held until the gap has passed), or `quiet` (a
+//! warning or info alert in the patient's quiet period: held until it ends).
+//!
 //! A pure function: everything it needs comes in [`Input`], everything it decides goes out in
 //! [`Outcome`]; nothing is locked, read from elsewhere or written. The commit phase
 //! ([`super::commit`]) writes and applies the outcome.
@@ -11,7 +16,7 @@ use std::collections::HashSet;
 
 use crate::episodes::Episode;
 use crate::history::{Event, Status, Transition};
-use crate::rules::{Params, Rule};
+use crate::rules::{Level, Params, Rule};
 
 use super::state::{Current, fingerprint};
 
@@ -75,12 +80,12 @@ pub(super) fn reconcile(input: Input<'_>) -> Outcome {
                 if retired.contains(&id) || alerts.iter().any(|a| a.alert_id == id) {
                     continue;
                 }
+                let hold = hold_for(rule, patient, &e, &alerts, now);
                 let a = raise(
                     id,
                     &e,
-                    rule,
-                    &params,
-                    patient,
+                    (rule, &params, patient),
+                    hold,
                     team.clone(),
                     now,
                     &mut outcome.out,
@@ -156,15 +161,64 @@ fn extend(
     }
 }
 
+/// How a new alert is raised: its level, and why and until when it is held.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Hold {
+    pub(super) level: Level,
+    pub(super) held: Option<String>,
+    pub(super) until: Option<i64>,
+}
+
+/// The level and hold of a new alert of `rule` for `patient` for episode `e` at `now`, given
+/// the key's alerts as they stand.
+pub(super) fn hold_for(
+    rule: &Rule,
+    patient: &str,
+    e: &Episode,
+    alerts: &[Current],
+    now: i64,
+) -> Hold {
+    let (gap, expected) = rule.burden_for(patient);
+    let level = rule.level_for(patient);
+    let hold = |level, why: &str, until| Hold {
+        level,
+        held: Some(why.to_owned()),
+        until,
+    };
+    if expected {
+        return hold(Level::Info, "expected", None);
+    }
+    let last_end = alerts
+        .iter()
+        .filter(|a| a.status == Status::Resolved && a.episode_end_us <= e.start_us)
+        .map(|a| a.episode_end_us)
+        .max();
+    if let Some(end) = last_end
+        && gap > 0
+        && e.start_us - end < gap
+        && end + gap > now
+    {
+        return hold(level, "realert_gap", Some(end + gap));
+    }
+    if level != Level::Urgent
+        && let Some(until) = rule.quiet_for(patient).and_then(|q| q.end_of(now))
+    {
+        return hold(level, "quiet", Some(until));
+    }
+    Hold {
+        level,
+        held: None,
+        until: None,
+    }
+}
+
 /// A new episode: a new alert, `pending` at its start and `firing` now (resolved at once if
 /// the episode is already over).
-#[allow(clippy::too_many_arguments)]
 fn raise(
     id: String,
     e: &Episode,
-    rule: &Rule,
-    params: &Params,
-    patient: &str,
+    (rule, params, patient): (&Rule, &Params, &str),
+    hold: Hold,
     team: Option<String>,
     now: i64,
     out: &mut Vec<Transition>,
@@ -174,7 +228,7 @@ fn raise(
         rule: rule.id.clone(),
         title: rule.title.clone(),
         severity: rule.severity,
-        level: rule.level_for(patient),
+        level: hold.level,
         patient_id: patient.to_owned(),
         care_team: team,
         status: Status::Pending,
@@ -187,6 +241,9 @@ fn raise(
         acknowledged_by: None,
         assignee: None,
         snoozed_until_us: None,
+        held: hold.held,
+        held_until_us: hold.until,
+        last_repeated_us: 0,
     };
     out.push(a.transition(Event::Pending, e.start_us));
     a.status = Status::Firing;

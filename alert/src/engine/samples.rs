@@ -14,11 +14,11 @@ use super::{AlertEngine, lock, lookback_us, monitored};
 
 /// One (rule, patient) to reconcile and its episodes as of this run.
 #[derive(Debug)]
-pub(super) struct Work {
+pub(crate) struct Work {
     /// Index of the rule in the run's rules.
-    pub(super) rule: usize,
-    pub(super) patient: String,
-    pub(super) episodes: Vec<Episode>,
+    pub(crate) rule: usize,
+    pub(crate) patient: String,
+    pub(crate) episodes: Vec<Episode>,
 }
 
 impl AlertEngine {

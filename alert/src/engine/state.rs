@@ -51,13 +51,28 @@ pub struct Current {
     pub assignee: Option<String>,
     /// While snoozed: until when, UTC µs.
     pub snoozed_until_us: Option<i64>,
+    /// Why it is held (not pushed): `quiet`, `realert_gap`, `expected`.
+    pub held: Option<String>,
+    /// Until when it is held (`None` with `held`: for good), UTC µs.
+    pub held_until_us: Option<i64>,
+    /// Last `repeated` transition, UTC µs (0: none).
+    #[serde(skip)]
+    pub last_repeated_us: i64,
 }
 
 impl Current {
     pub(super) fn from_transition(t: &Transition, previous: Option<&Current>) -> Current {
         let last_notified_us = match t.event {
-            Event::Firing | Event::Escalated | Event::Reassigned | Event::Unsnoozed => t.at_us,
+            Event::Firing
+            | Event::Escalated
+            | Event::Reassigned
+            | Event::Unsnoozed
+            | Event::Released => t.at_us,
             _ => previous.map_or(t.at_us, |p| p.last_notified_us),
+        };
+        let last_repeated_us = match t.event {
+            Event::Repeated => t.at_us,
+            _ => previous.map_or(0, |p| p.last_repeated_us),
         };
         Current {
             alert_id: t.alert_id.clone(),
@@ -77,6 +92,9 @@ impl Current {
             acknowledged_by: t.acknowledged_by.clone(),
             assignee: t.assignee.clone(),
             snoozed_until_us: t.snoozed_until_us,
+            held: t.held.clone(),
+            held_until_us: t.held_until_us,
+            last_repeated_us,
         }
     }
 
@@ -106,6 +124,8 @@ impl Current {
             reason: None,
             actor: None,
             notified: None,
+            held: self.held.clone(),
+            held_until_us: self.held_until_us,
         }
     }
 }
@@ -139,7 +159,7 @@ pub fn fingerprint(rule: &str, patient: &str, start_us: i64) -> String {
 }
 
 /// A (rule, patient) pair.
-pub(super) type Key = (String, String);
+pub(crate) type Key = (String, String);
 
 /// One (rule, patient)'s samples.
 #[derive(Debug, Default)]
@@ -159,8 +179,8 @@ pub(super) struct Samples {
 
 /// The alerts as they stand.
 #[derive(Debug, Default)]
-pub(super) struct State {
-    pub(super) alerts: HashMap<String, Current>,
+pub(crate) struct State {
+    pub(crate) alerts: HashMap<String, Current>,
     pub(super) by_key: HashMap<Key, Vec<String>>,
     pub(super) pending: HashMap<Key, (Episode, String)>,
     /// Ids of resolved alerts that left memory (never reused).
@@ -172,7 +192,7 @@ pub(super) struct State {
 
 impl State {
     /// The alerts of one (rule, patient), as they stand.
-    pub(super) fn of_key(&self, key: &Key) -> Vec<Current> {
+    pub(crate) fn of_key(&self, key: &Key) -> Vec<Current> {
         self.by_key
             .get(key)
             .into_iter()
@@ -181,7 +201,7 @@ impl State {
             .collect()
     }
 
-    pub(super) fn apply(&mut self, t: &Transition) {
+    pub(crate) fn apply(&mut self, t: &Transition) {
         if t.status == Status::Resolved {
             self.resolved_at
                 .entry(t.alert_id.clone())
@@ -198,6 +218,37 @@ impl State {
                 .push(t.alert_id.clone());
         }
         self.alerts.insert(t.alert_id.clone(), cur);
+    }
+
+    /// Applies a written change: episode fields first, then the transitions, the pending
+    /// episodes and the horizon.
+    pub(crate) fn apply_change(
+        &mut self,
+        updated: Vec<Current>,
+        written: &[std::sync::Arc<Transition>],
+        pending: Vec<(Key, Option<(Episode, String)>)>,
+        retire_before: Option<i64>,
+    ) {
+        for a in updated {
+            if let Some(cur) = self.alerts.get_mut(&a.alert_id) {
+                cur.episode_end_us = a.episode_end_us;
+                cur.episode_start_us = a.episode_start_us;
+                cur.value = a.value;
+                cur.message = a.message;
+            }
+        }
+        for t in written {
+            self.apply(t);
+        }
+        for (key, p) in pending {
+            match p {
+                Some(p) => self.pending.insert(key, p),
+                None => self.pending.remove(&key),
+            };
+        }
+        if let Some(before) = retire_before {
+            self.retire(before);
+        }
     }
 
     /// Alerts resolved (wall clock) before `before_us` leave memory.

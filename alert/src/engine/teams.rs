@@ -131,6 +131,9 @@ impl AlertEngine {
                 acknowledged_by: None,
                 assignee: None,
                 snoozed_until_us: None,
+                held: None,
+                held_until_us: None,
+                last_repeated_us: 0,
             });
         }
         drop(st);

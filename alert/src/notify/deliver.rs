@@ -150,7 +150,8 @@ fn route(
     r: &Receiver,
     t: &Arc<Transition>,
 ) -> Option<Arc<Transition>> {
-    if t.event == Event::Pending {
+    // Pending records and held alerts' transitions are recorded, not pushed.
+    if t.event == Event::Pending || t.held.is_some() {
         return None;
     }
     let team = engine.team_of(&t.patient_id);

@@ -125,6 +125,8 @@ pub fn payload(t: &Transition) -> Value {
     v["reason"] = json!(t.reason);
     v["actor"] = json!(t.actor);
     v["notified"] = json!(t.notified);
+    v["held"] = json!(t.held);
+    v["held_until"] = json!(t.held_until_us.map(iso));
     v
 }
 
@@ -150,11 +152,12 @@ pub fn routed(t: &Arc<Transition>, team: Option<String>) -> Arc<Transition> {
 }
 
 /// The MQTT message of a transition: `carewatch/alerts/{team}` for the patient's care team now
-/// and the [`feed_payload`]. None for a patient without a team (`unassigned` is not a team:
+/// and the [`feed_payload`]. None for a held alert's transitions (see
+/// [`crate::engine::Current::held`]), for a patient without a team (`unassigned` is not a team:
 /// such alerts reach admins through the API and the global webhook only), for `pending`
 /// records, and for a team name that cannot be a topic level (`+`, `#`, NUL).
 pub fn mqtt_message(engine: &AlertEngine, t: &Arc<Transition>) -> Option<(String, String)> {
-    if t.event == Event::Pending {
+    if t.event == Event::Pending || t.held.is_some() {
         return None;
     }
     let team = engine.team_of(&t.patient_id)?;

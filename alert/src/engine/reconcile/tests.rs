@@ -170,3 +170,61 @@ fn the_same_input_gives_the_same_outcome() {
     };
     assert_eq!(run(), run());
 }
+
+fn with(extra: &str) -> Rule {
+    let text = include_str!("../../../rules/fever.toml");
+    Rule::parse("fever.toml", &format!("{text}\n{extra}")).expect("rule")
+}
+
+#[test]
+fn an_expected_condition_is_raised_at_level_info_and_held_for_good() {
+    let rule = with("[overrides.p1]\nexpected = true\n");
+    let o = reconcile(input(&rule, vec![ep(0, 10, 38.6, true, false)], vec![]));
+    assert!(o.out.iter().all(|t| t.held.as_deref() == Some("expected")
+        && t.held_until_us.is_none()
+        && t.level == Level::Info));
+}
+
+#[test]
+fn a_new_episode_inside_the_realert_gap_is_held_until_the_gap_ends() {
+    let rule = with("[overrides.p1]\nrealert_gap_minutes = 30\n");
+    let old = raised(&rule, ep(-20, -10, 38.9, true, true));
+    assert_eq!(old.held, None, "the first episode is told");
+    let mut soon = input(&rule, vec![ep(0, 5, 38.6, true, false)], vec![old.clone()]);
+    soon.now = NOW + 6 * M;
+    let o = reconcile(soon);
+    let a = &o
+        .touched
+        .iter()
+        .find(|a| a.alert_id != old.alert_id)
+        .expect("new");
+    assert_eq!(
+        (a.held.as_deref(), a.held_until_us),
+        (Some("realert_gap"), Some(NOW + 20 * M))
+    );
+    // Outside the gap (or once it has passed by the clock), told at once.
+    let mut late = input(&rule, vec![ep(0, 5, 38.6, true, false)], vec![old]);
+    late.now = NOW + 20 * M;
+    let o = reconcile(late);
+    assert!(o.out.iter().all(|t| t.held.is_none()));
+}
+
+#[test]
+fn quiet_periods_hold_warnings_but_not_urgent_alerts() {
+    // NOW + 60 min is 01:00 UTC.
+    let q = "quiet = [\"00:30-06:00\"]\n";
+    let rule = with(&format!("[overrides.p1]\n{q}"));
+    let o = reconcile(input(&rule, vec![ep(0, 10, 38.6, true, false)], vec![]));
+    let f = &o.out[1];
+    assert_eq!(
+        (f.held.as_deref(), f.held_until_us),
+        (Some("quiet"), Some(NOW + 6 * 60 * M))
+    );
+    let urgent = with(&format!("[overrides.p1]\n{q}level = \"urgent\"\n"));
+    let o = reconcile(input(&urgent, vec![ep(0, 10, 38.6, true, false)], vec![]));
+    assert!(
+        o.out
+            .iter()
+            .all(|t| t.held.is_none() && t.level == Level::Urgent)
+    );
+}
