@@ -3,6 +3,9 @@
 Usage: fhir_validate.py [--expect-invalid] PATH...
 Each PATH is a JSON file or a directory of *.json: an Observation, a Bundle of them, or an array.
 A CapabilityStatement gets the structural checks and its invariants (cpb-1, -2, -9, -12, -14).
+The other resources carewatch emits (Patient, Device, Communication, Subscription, Parameters
+such as a SubscriptionStatus, OperationOutcome), alone or as Bundle entries, get the structural
+checks (schema, fhirkit, fhir.resources).
 Every Observation is checked by
   - schema:         the official R4 JSON schema (fixtures/data/fhir-examples/fhir.r4.schema.json);
   - fhirkit:        fhirkit-rs, which also catches value[x] exclusivity;
@@ -30,8 +33,9 @@ from fhirpathpy.models import models
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "fixtures/data/fhir-examples/fhir.r4.schema.json").read_text())
 SCHEMA.pop("oneOf", None)
+OTHER = ("Patient", "Device", "Communication", "Subscription", "Parameters", "OperationOutcome")
 VALIDATORS = {t: jsonschema.Draft6Validator({**SCHEMA, "$ref": f"#/definitions/{t}"})
-              for t in ("Observation", "Bundle", "CapabilityStatement")}
+              for t in ("Observation", "Bundle", "CapabilityStatement") + OTHER}
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
@@ -176,13 +180,17 @@ def resources(name, doc):
     if isinstance(doc, list):
         for i, d in enumerate(doc):
             yield f"{name}[{i}]", "Observation", d
-    elif isinstance(doc, dict) and doc.get("resourceType") == "CapabilityStatement":
-        yield name, "CapabilityStatement", doc
+    elif isinstance(doc, dict) and doc.get("resourceType") in ("CapabilityStatement",) + OTHER:
+        yield name, doc["resourceType"], doc
     elif isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
         env = {**doc, "entry": [{k: v for k, v in e.items() if k != "resource"} for e in doc.get("entry", [])]}
         yield f"{name} (Bundle)", "Bundle", env
         for i, e in enumerate(doc.get("entry", [])):
-            yield f"{name} entry[{i}]", "Observation", e.get("resource")
+            if "resource" not in e and doc.get("type") == "history":
+                continue  # a notification entry of an id-only or empty Subscription payload
+            res = e.get("resource")
+            kind = res.get("resourceType") if isinstance(res, dict) else None
+            yield f"{name} entry[{i}]", kind if kind in OTHER else "Observation", res
     else:
         yield name, "Observation", doc
 
@@ -205,6 +213,10 @@ def main(argv):
                 if expect_invalid:  # the envelope is not what the invalid cases are about
                     continue
                 errs = structural(res, "Bundle")
+            elif rtype in OTHER:
+                if expect_invalid:
+                    continue
+                errs = structural(res, rtype)
             elif rtype == "CapabilityStatement":
                 if expect_invalid:
                     continue

@@ -4,6 +4,7 @@ mod config;
 mod data_cmd;
 mod devices_cmd;
 mod fhir_cmd;
+mod fhir_feed;
 mod serve;
 mod token_cmd;
 mod trace_cmd;

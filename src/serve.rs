@@ -290,6 +290,23 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         auth.clone(),
         tls.clone(),
     ));
+    // FHIR topic-based subscriptions (issue 14): kept in the data directory, fed by alert
+    // transitions and stored vital signs.
+    let fhir_subs = carewatch_query::subscriptions::Subscriptions::open(
+        &c.data_dir,
+        pipeline.registry.clone(),
+        shutdown.clone(),
+        std::time::Duration::from_millis(500),
+    )
+    .context("opening FHIR subscriptions")?;
+    crate::fhir_feed::spawn(
+        fhir_subs.clone(),
+        &alerts,
+        &store,
+        engine.clone(),
+        pipeline.registry.clone(),
+        shutdown.clone(),
+    );
     let app = router(HttpState {
         pipeline: pipeline.clone(),
     })
@@ -306,6 +323,12 @@ pub async fn run(c: ServeConfig) -> Result<()> {
                 pipeline: pipeline.clone(),
             },
             model: c.fhir_identity.model.clone(),
+        },
+    ))
+    .merge(carewatch_query::fhir_subscription::router(
+        carewatch_query::fhir_subscription::SubState {
+            subs: fhir_subs,
+            registry: pipeline.registry.clone(),
         },
     ))
     .merge(carewatch_query::http::router(

@@ -18,6 +18,8 @@
 //! received time and the server base URL are passed in.
 
 pub mod capability;
+pub mod communication;
+pub mod subscription;
 pub mod search;
 
 use fhir_model::r4b::codes::ObservationStatus;

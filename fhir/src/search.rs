@@ -4,7 +4,11 @@
 //!
 //! Supported: `patient`/`subject` (`Patient/` prefix optional), `code` (comma-separated, each
 //! optionally `system|code`), `device`, `date` (a FHIR dateTime with an optional
-//! `ge`/`gt`/`le`/`lt`/`eq` prefix, repeatable), `_count` (1–1000, default 50), `_offset`.
+//! `ge`/`gt`/`le`/`lt`/`eq` prefix, repeatable), `category` (observation-category codes,
+//! comma-separated), `_lastUpdated` (when carewatch received it; prefixes as `date`), `_sort`
+//! (`date`, `-date`, `_lastUpdated`, `-_lastUpdated`), `_summary` (`count`: the total only, or
+//! `false`), `_count` (1–1000, default 50), `_offset`. [`parse_lastn`] adds `max` for
+//! `Observation/$lastn`.
 
 use carewatch_transform::time::{ZonePolicy, parse_str};
 
@@ -39,7 +43,28 @@ pub enum Filter {
     Device(String),
     /// `effective_time` compared with UTC microseconds.
     Date(DateCmp, i64),
+    /// The Observation's category is one of these (observation-category codes).
+    Category(Vec<String>),
+    /// `received_time` (the Observation's `meta.lastUpdated`) compared with UTC microseconds.
+    LastUpdated(DateCmp, i64),
 }
+
+/// The order of a searchset (`_sort`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sort {
+    /// `date`: effective time, oldest first (the default).
+    #[default]
+    Date,
+    /// `-date`: newest first.
+    DateDesc,
+    /// `_lastUpdated`: received time, oldest first.
+    LastUpdated,
+    /// `-_lastUpdated`: most recently received first.
+    LastUpdatedDesc,
+}
+
+/// The `_sort` values accepted, in [`Sort`] order.
+pub const SORTS: [&str; 4] = ["date", "-date", "_lastUpdated", "-_lastUpdated"];
 
 /// A parsed search.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +79,10 @@ pub struct Search {
     pub count: usize,
     /// Observations to skip.
     pub offset: usize,
+    /// The order.
+    pub sort: Sort,
+    /// `_summary=count`: answer the total only.
+    pub count_only: bool,
 }
 
 /// A search the server refuses (HTTP 400).
@@ -65,6 +94,18 @@ pub enum SearchError {
     /// A parameter this server does not support.
     #[error("search parameter {0:?} is not supported")]
     NotSupported(String),
+    /// A `_lastUpdated` that is not a FHIR dateTime.
+    #[error("_lastUpdated must be a FHIR dateTime with an optional ge/gt/le/lt prefix")]
+    BadLastUpdated,
+    /// A `_sort` other than those in [`SORTS`].
+    #[error("_sort must be one of date, -date, _lastUpdated, -_lastUpdated")]
+    BadSort,
+    /// A `_summary` other than `count` or `false`.
+    #[error("_summary must be count or false")]
+    BadSummary,
+    /// `$lastn` without a patient, or with a `max` that is not a positive number.
+    #[error("$lastn needs patient (or subject) and an optional max from 1 to 1000")]
+    BadLastn,
 }
 
 /// Parses a raw query string (without `?`; `None` when the URL has none).
@@ -76,17 +117,43 @@ pub fn parse(raw: Option<&str>) -> Result<Search, SearchError> {
         echo: Vec::new(),
         count: DEFAULT_COUNT,
         offset: 0,
+        sort: Sort::Date,
+        count_only: false,
     };
     for (k, v) in &params {
         let f = match k.as_str() {
             "patient" | "subject" => Filter::Patient(last_segment(v)),
-            "code" => Filter::Codes(
-                v.split(',')
-                    .map(|c| c.rsplit('|').next().unwrap_or(c).to_owned())
-                    .collect(),
-            ),
+            "code" => Filter::Codes(tokens(v)),
+            "category" => Filter::Category(tokens(v)),
             "device" => Filter::Device(last_segment(v)),
-            "date" => date(v)?,
+            "date" => {
+                let (cmp, at) = prefixed_date(v).ok_or(SearchError::BadDate)?;
+                Filter::Date(cmp, at)
+            }
+            "_lastUpdated" => {
+                let (cmp, at) = prefixed_date(v).ok_or(SearchError::BadLastUpdated)?;
+                Filter::LastUpdated(cmp, at)
+            }
+            "_sort" => {
+                s.sort = match SORTS.iter().position(|x| x == v) {
+                    Some(0) => Sort::Date,
+                    Some(1) => Sort::DateDesc,
+                    Some(2) => Sort::LastUpdated,
+                    Some(3) => Sort::LastUpdatedDesc,
+                    _ => return Err(SearchError::BadSort),
+                };
+                s.echo.push((k.clone(), v.clone()));
+                continue;
+            }
+            "_summary" => {
+                s.count_only = match v.as_str() {
+                    "count" => true,
+                    "false" => false,
+                    _ => return Err(SearchError::BadSummary),
+                };
+                s.echo.push((k.clone(), v.clone()));
+                continue;
+            }
             "_count" => {
                 s.count = v.parse().unwrap_or(DEFAULT_COUNT).clamp(1, MAX_COUNT);
                 continue;
@@ -133,11 +200,51 @@ impl Search {
     }
 }
 
+/// The largest `max` of `$lastn`.
+pub const MAX_LASTN: usize = 1000;
+
+/// The parameters of `GET /fhir/Observation/$lastn`: those of [`parse`] plus `max` (how many
+/// Observations per code, default 1). A patient is required (FHIR's `$lastn` is per subject).
+pub fn parse_lastn(raw: Option<&str>) -> Result<(Search, usize), SearchError> {
+    let mut max = 1;
+    let mut rest = Vec::new();
+    for kv in raw
+        .unwrap_or_default()
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+    {
+        match kv.split_once('=') {
+            Some(("max", v)) => {
+                max = decode(v)
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|m| (1..=MAX_LASTN).contains(m))
+                    .ok_or(SearchError::BadLastn)?;
+            }
+            _ => rest.push(kv),
+        }
+    }
+    let s = parse(Some(&rest.join("&")))?;
+    if !s.filters.iter().any(|f| matches!(f, Filter::Patient(_))) {
+        return Err(SearchError::BadLastn);
+    }
+    Ok((s, max))
+}
+
 fn last_segment(v: &str) -> String {
     v.rsplit('/').next().unwrap_or(v).to_owned()
 }
 
-fn date(v: &str) -> Result<Filter, SearchError> {
+/// Comma-separated tokens, each optionally `system|code` (the code is kept).
+fn tokens(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(|c| c.rsplit('|').next().unwrap_or(c).to_owned())
+        .collect()
+}
+
+/// A date parameter's value: an optional `eq`/`ge`/`gt`/`le`/`lt` prefix and a FHIR dateTime
+/// (UTC when it has no offset), as UTC microseconds.
+pub fn prefixed_date(v: &str) -> Option<(DateCmp, i64)> {
     let (cmp, t) = match v.get(..2) {
         Some("ge") => (DateCmp::Ge, &v[2..]),
         Some("gt") => (DateCmp::Gt, &v[2..]),
@@ -146,8 +253,8 @@ fn date(v: &str) -> Result<Filter, SearchError> {
         Some("eq") => (DateCmp::Eq, &v[2..]),
         _ => (DateCmp::Eq, v),
     };
-    let at = parse_str(t, "date", ZonePolicy::utc()).map_err(|_| SearchError::BadDate)?;
-    Ok(Filter::Date(cmp, at.utc_us))
+    let at = parse_str(t, "date", ZonePolicy::utc()).ok()?;
+    Some((cmp, at.utc_us))
 }
 
 /// Splits a query string into decoded `(key, value)` pairs (`+` is a space, `%XX` a byte).
@@ -249,6 +356,61 @@ mod tests {
         link_means_the_same_search("date=ge2024-05-01T08:00:00%2B02:00");
         link_means_the_same_search("patient=a%26b&device=c%3Dd&code=x%2Cy");
         link_means_the_same_search("patient=a%2Bb%20c%25d&_count=7&_offset=14");
+    }
+
+    #[test]
+    fn category_last_updated_sort_and_summary() {
+        let s = parse(Some(
+            "category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs,activity&_lastUpdated=gt2024-05-01&_sort=-date&_summary=count",
+        ))
+        .expect("search");
+        assert_eq!(
+            s.filters,
+            [
+                Filter::Category(vec!["vital-signs".into(), "activity".into()]),
+                Filter::LastUpdated(DateCmp::Gt, 1_714_521_600_000_000),
+            ]
+        );
+        assert_eq!((s.sort, s.count_only), (Sort::DateDesc, true));
+        assert_eq!(parse(Some("_sort=value")), Err(SearchError::BadSort));
+        assert_eq!(parse(Some("_summary=text")), Err(SearchError::BadSummary));
+        assert_eq!(
+            parse(Some("_lastUpdated=yesterday")),
+            Err(SearchError::BadLastUpdated)
+        );
+        for (i, v) in SORTS.iter().enumerate() {
+            let s = parse(Some(&format!("_sort={}", encode(v)))).expect("sort");
+            assert_eq!(SORTS[i], *v);
+            link_means_the_same_search(&format!("_sort={v}&patient=p"));
+            assert_ne!(s.sort == Sort::Date, i != 0);
+        }
+        link_means_the_same_search("_summary=count&category=vital-signs");
+    }
+
+    #[test]
+    fn lastn_needs_a_patient_and_a_sane_max() {
+        let (s, max) = parse_lastn(Some("patient=p1&max=3&code=8867-4")).expect("lastn");
+        assert_eq!(max, 3);
+        assert_eq!(
+            s.filters,
+            [
+                Filter::Patient("p1".into()),
+                Filter::Codes(vec!["8867-4".into()])
+            ]
+        );
+        assert_eq!(parse_lastn(Some("subject=Patient/p1")).expect("lastn").1, 1);
+        for bad in [
+            "code=8867-4",
+            "patient=p&max=0",
+            "patient=p&max=x",
+            "patient=p&max=1001",
+        ] {
+            assert_eq!(parse_lastn(Some(bad)), Err(SearchError::BadLastn), "{bad}");
+        }
+        assert_eq!(
+            parse_lastn(Some("patient=p&name=x")),
+            Err(SearchError::NotSupported("name".into()))
+        );
     }
 
     /// Found reading the code the fuzz target checks: `_offset=18446744073709551615` made the

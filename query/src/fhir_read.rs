@@ -1,8 +1,9 @@
-//! FHIR read-back: `GET /fhir/Observation/{id}` and
-//! `GET /fhir/Observation?patient=&code=&date=ge…&date=lt…&_count=&_offset=`, answering with
-//! Observations rebuilt from the stored rows (a blood pressure with both components) and a
-//! `searchset` Bundle with paging links; `GET /fhir/metadata`, the CapabilityStatement
-//! (public, like the SMART discovery document: it names no data).
+//! FHIR read-back: `GET /fhir/Observation/{id}`, answering with an Observation rebuilt from
+//! the stored rows (a blood pressure with both components); `GET /fhir/metadata`, the
+//! CapabilityStatement (public, like the SMART discovery document: it names no data); and the
+//! helpers the other FHIR reads share (the one authorization path, [`scope`], the bounded
+//! query, OperationOutcomes). Searches and `$lastn` are in [`crate::fhir_search`], Patient
+//! and Device reads in [`crate::fhir_registry`].
 //!
 //! Who sees what: analysts and admins everything; a care manager only the patients of their
 //! care team; devices nothing.
@@ -11,14 +12,13 @@ use std::sync::Arc;
 
 use arrow_array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow_schema::DataType;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
-use datafusion::prelude::{DataFrame, Expr, col, lit};
+use datafusion::prelude::{DataFrame, col, lit};
 use serde_json::{Value, json};
 
-use carewatch_fhir::search::{DateCmp, Filter, SearchError};
 use carewatch_store::registry::{Principal, Role};
 use carewatch_transform::Reading;
 use carewatch_transform::catalogue;
@@ -63,7 +63,7 @@ pub fn register_udfs(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udf(f);
 }
 
-fn outcome(status: StatusCode, code: &str, msg: &str) -> Response {
+pub(crate) fn outcome(status: StatusCode, code: &str, msg: &str) -> Response {
     let body = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": msg}]});
     let mut r = (status, axum::Json(body)).into_response();
     r.headers_mut().insert(
@@ -73,7 +73,7 @@ fn outcome(status: StatusCode, code: &str, msg: &str) -> Response {
     r
 }
 
-fn caller(
+pub(crate) fn caller(
     auth: Result<carewatch_auth::Caller, carewatch_auth::AuthError>,
 ) -> Result<Principal, Response> {
     let c = auth.map_err(|e| {
@@ -89,7 +89,7 @@ fn caller(
 }
 
 /// Restricts a frame to what the caller may see.
-fn scope(s: &SqlState, p: &Principal, df: DataFrame) -> Result<DataFrame, Response> {
+pub(crate) fn scope(s: &SqlState, p: &Principal, df: DataFrame) -> Result<DataFrame, Response> {
     match p.role {
         Role::Analyst | Role::Admin => Ok(df),
         Role::CareManager => {
@@ -115,7 +115,10 @@ fn scope(s: &SqlState, p: &Principal, df: DataFrame) -> Result<DataFrame, Respon
 
 /// Runs a FHIR read under the same time limit as SQL: past it the plan is dropped (its
 /// operators stop) and the caller gets an error.
-async fn collect_bounded(s: &SqlState, df: DataFrame) -> Option<Vec<arrow_array::RecordBatch>> {
+pub(crate) async fn collect_bounded(
+    s: &SqlState,
+    df: DataFrame,
+) -> Option<Vec<arrow_array::RecordBatch>> {
     match tokio::time::timeout(s.engine.limits().timeout, df.collect()).await {
         Ok(Ok(b)) => Some(b),
         Ok(Err(e)) => {
@@ -129,7 +132,7 @@ async fn collect_bounded(s: &SqlState, df: DataFrame) -> Option<Vec<arrow_array:
     }
 }
 
-fn internal() -> Response {
+pub(crate) fn internal() -> Response {
     outcome(
         StatusCode::INTERNAL_SERVER_ERROR,
         "exception",
@@ -137,7 +140,15 @@ fn internal() -> Response {
     )
 }
 
-fn readings(batches: &[RecordBatch]) -> Vec<Reading> {
+pub(crate) fn readings(batches: &[RecordBatch]) -> Vec<Reading> {
+    received_readings(batches)
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect()
+}
+
+/// The rows as readings, each with when it was received (UTC µs).
+pub(crate) fn received_readings(batches: &[RecordBatch]) -> Vec<(Reading, i64)> {
     let mut out = Vec::new();
     for b in batches {
         let Ok(rows) = readings_from_batch(b) else {
@@ -147,7 +158,7 @@ fn readings(batches: &[RecordBatch]) -> Vec<Reading> {
             let Some(vital) = catalogue::by_code(&r.code).filter(|v| v.code == r.code) else {
                 continue;
             };
-            out.push(Reading {
+            let reading = Reading {
                 device_id: r.device_id,
                 patient_id: r.patient_id,
                 vital,
@@ -156,13 +167,14 @@ fn readings(batches: &[RecordBatch]) -> Vec<Reading> {
                 effective_end_us: r.effective_end_us,
                 offset_min: r.tz_offset_min,
                 extra: r.extra,
-            });
+            };
+            out.push((reading, r.received_us));
         }
     }
     out
 }
 
-fn fhir_json(status: StatusCode, v: Value) -> Response {
+pub(crate) fn fhir_json(status: StatusCode, v: Value) -> Response {
     let mut r = (status, axum::Json(v)).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -224,133 +236,6 @@ pub async fn read(
             Err(_) => internal(),
         },
     }
-}
-
-/// The DataFusion predicate of one search filter.
-fn filter_expr(f: &Filter) -> Expr {
-    match f {
-        Filter::Patient(id) => col("patient_id").eq(lit(id.clone())),
-        Filter::Codes(codes) => {
-            let codes: Vec<_> = codes.iter().map(|c| lit(c.clone())).collect();
-            col("code")
-                .in_list(codes.clone(), false)
-                .or(col("panel_code").in_list(codes, false))
-        }
-        Filter::Device(id) => col("device_id").eq(lit(id.clone())),
-        Filter::Date(cmp, at) => {
-            let ts = lit(datafusion::common::ScalarValue::TimestampMicrosecond(
-                Some(*at),
-                Some("UTC".into()),
-            ));
-            let c = col("effective_time");
-            match cmp {
-                DateCmp::Ge => c.gt_eq(ts),
-                DateCmp::Gt => c.gt(ts),
-                DateCmp::Le => c.lt_eq(ts),
-                DateCmp::Lt => c.lt(ts),
-                DateCmp::Eq => c.eq(ts),
-            }
-        }
-    }
-}
-
-/// `GET /fhir/Observation?…`
-pub async fn search(
-    State(s): State<SqlState>,
-    headers: HeaderMap,
-    auth: Result<carewatch_auth::Caller, carewatch_auth::AuthError>,
-    RawQuery(raw): RawQuery,
-) -> Response {
-    let p = match caller(auth) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let search = match carewatch_fhir::search::parse(raw.as_deref()) {
-        Ok(q) => q,
-        Err(e) => {
-            let code = match e {
-                SearchError::BadDate => "invalid",
-                SearchError::NotSupported(_) => "not-supported",
-            };
-            return outcome(StatusCode::BAD_REQUEST, code, &e.to_string());
-        }
-    };
-    let ctx = s.engine.context();
-    let Ok(mut df) = ctx.table("observations").await else {
-        return internal();
-    };
-    for f in &search.filters {
-        df = match df.filter(filter_expr(f)) {
-            Ok(d) => d,
-            Err(_) => return internal(),
-        };
-    }
-    let df = match scope(&s, &p, df) {
-        Ok(df) => df,
-        Err(r) => return r,
-    };
-    // Rows of one Observation are adjacent in this order; fetch enough rows for the page.
-    let key = datafusion::functions::expr_fn::coalesce(vec![col("panel_code"), col("code")]);
-    let df = df
-        .sort(vec![
-            col("effective_time").sort(true, false),
-            col("device_id").sort(true, false),
-            key.sort(true, false),
-            col("code").sort(true, false),
-        ])
-        .and_then(|d| d.limit(0, Some(search.fetch_rows())));
-    let Ok(df) = df else { return internal() };
-    let Some(batches) = collect_bounded(&s, df).await else {
-        return internal();
-    };
-    let rows = readings(&batches);
-    let groups = carewatch_fhir::group(&rows);
-    let (count, offset) = (search.count, search.offset);
-    let more = groups.len() > search.next_offset();
-    s.engine.audit().record(
-        &p,
-        "fhir-read",
-        &format!(
-            "Observation?{}",
-            search
-                .params
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("&")
-        ),
-        Some(groups.len().saturating_sub(offset).min(count) as u64),
-        "ok",
-    );
-    let page: Vec<Reading> = groups
-        .iter()
-        .skip(offset)
-        .take(count)
-        .flat_map(|g| g.iter().map(|r| (*r).clone()))
-        .collect();
-    let base = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(|h| format!("http://{h}/fhir"));
-    let Ok(mut bundle) = carewatch_fhir::bundle_json_at(&page, "searchset", base.as_deref()) else {
-        return internal();
-    };
-    let url = |off: usize| {
-        format!(
-            "{}/Observation?{}",
-            base.clone().unwrap_or_default(),
-            search.link_query(off)
-        )
-    };
-    let mut links = vec![json!({"relation": "self", "url": url(offset)})];
-    if more {
-        links.push(json!({"relation": "next", "url": url(search.next_offset())}));
-    }
-    if offset > 0 {
-        links.push(json!({"relation": "previous", "url": url(offset.saturating_sub(count))}));
-    }
-    bundle["link"] = Value::Array(links);
-    fhir_json(StatusCode::OK, bundle)
 }
 
 /// When this process started, the CapabilityStatement's `date` (what it describes cannot

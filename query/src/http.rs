@@ -38,7 +38,27 @@ pub fn router(state: SqlState) -> Router {
         )
         .route(
             "/fhir/Observation",
-            axum::routing::get(crate::fhir_read::search),
+            axum::routing::get(crate::fhir_search::search),
+        )
+        .route(
+            "/fhir/Observation/$lastn",
+            axum::routing::get(crate::fhir_search::lastn),
+        )
+        .route(
+            "/fhir/Patient/{id}",
+            axum::routing::get(crate::fhir_registry::read_patient),
+        )
+        .route(
+            "/fhir/Device/{id}",
+            axum::routing::get(crate::fhir_registry::read_device),
+        )
+        .route(
+            "/fhir/Communication",
+            axum::routing::get(crate::fhir_communication::search),
+        )
+        .route(
+            "/fhir/Communication/{id}",
+            axum::routing::get(crate::fhir_communication::read),
         )
         .route(
             "/fhir/metadata",

@@ -18,11 +18,16 @@
 pub mod audit;
 pub mod engine;
 mod errors;
+pub mod fhir_communication;
 pub mod fhir_read;
+pub mod fhir_registry;
+pub mod fhir_search;
+pub mod fhir_subscription;
 pub mod gate;
 pub mod http;
 pub mod pgwire;
 pub mod run;
+pub mod subscriptions;
 pub mod table;
 
 pub use engine::{QueryEngine, QueryError, QueryLimits};

@@ -1,0 +1,468 @@
+//! Alerts as FHIR and topic-based subscriptions (issue 14) through a real `carewatch serve`,
+//! curl and a real HTTP subscriber (tests/common's webhook receiver):
+//!
+//! - alerts read back as `Communication`s (search by patient, status, date; care-team scoped);
+//! - `POST /fhir/Subscription` (Backport IG R4 form) gets a handshake, then one notification
+//!   per alert transition, numbered by `events-since-subscription-start`;
+//! - the subscriber is down during three alerts, sees the numbers jump at the next
+//!   notification, and recovers exactly the missed events with `$events`;
+//! - a restart forgets nothing and numbers go on; a care manager of another team neither sees
+//!   the subscription nor may subscribe to this team's patients.
+//!
+//! Everything emitted is saved into `$CAREWATCH_FHIR_OUT` for the external validator.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{Server, Webhook, curl, python, wait_until, write_config};
+use serde_json::{Value, json};
+
+const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition";
+const ALERT_TOPIC: &str = "urn:carewatch:SubscriptionTopic:alert-transition";
+
+fn get(http: &str, token: &str, path: &str) -> (u16, Value) {
+    let (s, b) = curl("GET", &format!("{http}/fhir/{path}"), token, "");
+    (s, serde_json::from_str(&b).unwrap_or(Value::Null))
+}
+
+fn validate(name: &str, v: &Value) {
+    let dir = std::env::var_os("CAREWATCH_FHIR_OUT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let file = dir.join(format!("subscriptions-{name}-{}.json", std::process::id()));
+    std::fs::write(&file, v.to_string()).expect("write");
+    if std::path::Path::new(&python()).exists() {
+        let out = Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/fhir_validate.py"
+            ))
+            .arg(&file)
+            .output()
+            .expect("validator");
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+fn param<'a>(status: &'a Value, name: &str) -> Vec<&'a Value> {
+    status["parameter"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == name)
+        .collect()
+}
+
+/// (type, events-since-subscription-start, event numbers) of a notification Bundle.
+fn shape(b: &Value) -> (String, u64, Vec<u64>) {
+    let st = &b["entry"][0]["resource"];
+    let n = |v: &Value| v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let numbers = param(st, "notification-event")
+        .iter()
+        .map(|e| n(&e["part"][0]["valueString"]))
+        .collect();
+    (
+        param(st, "type")[0]["valueCode"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
+        n(&param(st, "events-since-subscription-start")[0]["valueString"]),
+        numbers,
+    )
+}
+
+fn fever(http: &str, secret: &str, minute: u32) {
+    let body = format!(r#"{{"time":"2024-05-01T08:{minute:02}:00Z","body_temperature":39.2}}"#);
+    let (s, b) = curl("POST", &format!("{http}/v1/readings"), secret, &body);
+    assert_eq!(s, 202, "{b}");
+}
+
+fn subscription(endpoint: &str, filter: &str) -> String {
+    json!({
+        "resourceType": "Subscription",
+        "meta": {"profile": [format!("{BACKPORT}/backport-subscription")]},
+        "status": "requested",
+        "reason": "alerts of the north team",
+        "criteria": ALERT_TOPIC,
+        "_criteria": {"extension": [{"url": format!("{BACKPORT}/backport-filter-criteria"), "valueString": filter}]},
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": endpoint,
+            "payload": "application/fhir+json",
+            "_payload": {"extension": [{"url": format!("{BACKPORT}/backport-payload-content"), "valueCode": "full-resource"}]},
+            "extension": [{"url": format!("{BACKPORT}/backport-heartbeat-period"), "valueUnsignedInt": 2}]
+        }
+    })
+    .to_string()
+}
+
+/// `carewatch serve` with the shipped fever rule only (a temperature of 38 °C or more fires at
+/// once), evaluated every 0.2 s.
+fn start(dir: &std::path::Path) -> Server {
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules).expect("rules dir");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/alert/rules/fever.toml"),
+        rules.join("fever.toml"),
+    )
+    .expect("fever rule");
+    let cfg = write_config(dir, "[alerts]\ninterval_secs = 0.2\n");
+    Server::start(
+        dir,
+        &[
+            "--config",
+            &cfg,
+            "--rules-dir",
+            rules.to_str().expect("utf8"),
+        ],
+    )
+}
+
+fn notifications(hook: &Webhook) -> Vec<Value> {
+    hook.all()
+        .into_iter()
+        .filter(|v| v["type"] == "history")
+        .collect()
+}
+
+fn events_seen(hook: &Webhook) -> Vec<(u64, Value)> {
+    let mut out = Vec::new();
+    for b in notifications(hook) {
+        let (kind, _, numbers) = shape(&b);
+        if kind == "event-notification" {
+            out.push((numbers[0], b["entry"][1]["resource"].clone()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_subscriber_down_during_three_alerts_detects_the_gap_and_recovers_with_events() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = start(tmp.path());
+    let admin = srv.admin().to_owned();
+    let mut secrets = Vec::new();
+    for i in 1..=7 {
+        let p = format!("p{i}");
+        secrets.push(srv.register(&format!("w{i}"), &p));
+        let team = if i == 5 { "south" } else { "north" };
+        let (s, _) = curl(
+            "PUT",
+            &format!("{}/v1/patients/{p}/care-team", srv.http),
+            &admin,
+            &format!(r#"{{"team":"{team}"}}"#),
+        );
+        assert_eq!(s, 204);
+    }
+    let north = srv.token("care_manager", Some("north"));
+    let south = srv.token("care_manager", Some("south"));
+    let hook = Webhook::start(0);
+
+    // Refused: another team's patient, another topic, a channel we do not have.
+    let post = |tok: &str, body: &str| {
+        let (s, b) = curl(
+            "POST",
+            &format!("{}/fhir/Subscription", srv.http),
+            tok,
+            body,
+        );
+        (s, serde_json::from_str::<Value>(&b).unwrap_or(Value::Null))
+    };
+    assert_eq!(
+        post(&south, &subscription(&hook.url, "Communication?patient=p1")).0,
+        403
+    );
+    assert_eq!(
+        post(
+            &south,
+            &subscription(&hook.url, "Communication?care-team=north")
+        )
+        .0,
+        403
+    );
+    let (s, oo) = post(&north, &subscription(&hook.url, "Observation?patient=p1"));
+    assert_eq!(
+        (s, oo["resourceType"].as_str()),
+        (400, Some("OperationOutcome"))
+    );
+
+    // Subscribe: a handshake first, then the subscription is active.
+    let (s, sub) = post(
+        &north,
+        &subscription(&hook.url, "Communication?care-team=north"),
+    );
+    assert_eq!(s, 201, "{sub}");
+    let id = sub["id"].as_str().expect("id").to_owned();
+    wait_until("the handshake", Duration::from_secs(20), || {
+        notifications(&hook)
+            .iter()
+            .any(|b| shape(b).0 == "handshake")
+    });
+    let hs = notifications(&hook)
+        .into_iter()
+        .find(|b| shape(b).0 == "handshake")
+        .expect("hs");
+    assert_eq!(
+        param(&hs["entry"][0]["resource"], "status")[0]["valueCode"],
+        "requested"
+    );
+    validate("handshake", &hs);
+    wait_until("active", Duration::from_secs(10), || {
+        get(&srv.http, &north, &format!("Subscription/{id}")).1["status"] == "active"
+    });
+    validate(
+        "subscription",
+        &get(&srv.http, &north, &format!("Subscription/{id}")).1,
+    );
+
+    // One alert while the subscriber is up.
+    fever(&srv.http, &secrets[0], 0);
+    wait_until(
+        "the first alert's notification",
+        Duration::from_secs(30),
+        || {
+            events_seen(&hook)
+                .iter()
+                .any(|(_, c)| c["status"] == "in-progress")
+        },
+    );
+    let last_seen = events_seen(&hook)
+        .iter()
+        .map(|(n, _)| *n)
+        .max()
+        .expect("seen");
+    validate(
+        "event-notification",
+        &notifications(&hook)
+            .into_iter()
+            .find(|b| shape(b).0 == "event-notification")
+            .expect("one"),
+    );
+
+    // Down during three alerts (p2, p3, p4); p5 is south's and never reaches this subscription.
+    hook.failures.store(usize::MAX, Ordering::SeqCst);
+    for i in [1, 2, 3, 4] {
+        fever(&srv.http, &secrets[i], 0);
+    }
+    let count = |http: &str| {
+        let (_, b) = get(http, &north, &format!("Subscription/{id}/$status"));
+        let st = &b["entry"][0]["resource"];
+        param(st, "events-since-subscription-start")
+            .first()
+            .and_then(|p| p["valueString"].as_str())
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Kept while the subscriber is down: every transition of the three alerts.
+    let since_down = |http: &str| {
+        let q = format!(
+            "Subscription/{id}/$events?eventsSinceNumber={}",
+            last_seen + 1
+        );
+        get(http, &north, &q).1
+    };
+    let firing = |b: &Value| -> Vec<String> {
+        let mut p: Vec<String> = b["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["resource"]["resourceType"] == "Communication")
+            .filter(|e| e["resource"]["status"] == "in-progress")
+            .filter_map(|e| {
+                e["resource"]["subject"]["reference"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        p.sort();
+        p.dedup();
+        p
+    };
+    let want = ["Patient/p2", "Patient/p3", "Patient/p4"];
+    wait_until("three alerts kept", Duration::from_secs(30), || {
+        firing(&since_down(&srv.http)) == want
+    });
+    let kept = count(&srv.http);
+    // Each delivery is tried three times (0.5 s, then 1 s apart) and then given up.
+    let tried = hook.requests.load(Ordering::SeqCst);
+    let owed = 3 * usize::try_from(kept - last_seen).expect("small");
+    wait_until(
+        "the deliveries to be given up",
+        Duration::from_secs(60),
+        || hook.requests.load(Ordering::SeqCst) >= tried + owed,
+    );
+    let (_, st) = get(&srv.http, &north, &format!("Subscription/{id}/$status"));
+    validate("status", &st);
+
+    // Back up; the next alert's number is past the gap: the client asks $events for the
+    // numbers it never received.
+    hook.failures.store(0, Ordering::SeqCst);
+    fever(&srv.http, &secrets[5], 0);
+    wait_until(
+        "the notification after the gap",
+        Duration::from_secs(30),
+        || {
+            events_seen(&hook)
+                .iter()
+                .any(|(n, c)| *n > kept && c["subject"]["reference"] == "Patient/p6")
+        },
+    );
+    let seen: Vec<(u64, Value)> = events_seen(&hook);
+    let max = seen.iter().map(|(n, _)| *n).max().expect("seen");
+    let missing: Vec<u64> = (last_seen + 1..=max)
+        .filter(|n| !seen.iter().any(|(m, _)| m == n))
+        .collect();
+    assert!(!missing.is_empty(), "the numbers show a gap");
+    let (lo, hi) = (missing[0], missing[missing.len() - 1]);
+    let (s, missed) = get(
+        &srv.http,
+        &north,
+        &format!("Subscription/{id}/$events?eventsSinceNumber={lo}&eventsUntilNumber={hi}"),
+    );
+    assert_eq!(s, 200, "{missed}");
+    let (kind, _, numbers) = shape(&missed);
+    assert_eq!(kind, "query-event");
+    assert_eq!(
+        numbers,
+        (lo..=hi).collect::<Vec<_>>(),
+        "exactly the asked range"
+    );
+    // What was missed and recovered, with what did arrive, is every transition: all three
+    // alerts, and nothing of south's patient p5.
+    let mut recovered = firing(&missed);
+    for (n, c) in &seen {
+        if *n > last_seen && c["status"] == "in-progress" {
+            recovered.extend(c["subject"]["reference"].as_str().map(str::to_owned));
+        }
+    }
+    recovered.sort();
+    recovered.dedup();
+    assert_eq!(
+        recovered,
+        ["Patient/p2", "Patient/p3", "Patient/p4", "Patient/p6"]
+    );
+    validate("events", &missed);
+
+    // Another team sees neither the subscription nor its events.
+    assert_eq!(get(&srv.http, &south, &format!("Subscription/{id}")).0, 404);
+    assert_eq!(
+        get(&srv.http, &south, &format!("Subscription/{id}/$events")).0,
+        404
+    );
+
+    // A heartbeat comes while nothing happens (period 2 s).
+    wait_until("a heartbeat", Duration::from_secs(20), || {
+        notifications(&hook)
+            .iter()
+            .any(|b| shape(b).0 == "heartbeat")
+    });
+
+    // A restart forgets nothing; numbers go on.
+    let before = count(&srv.http);
+    assert_eq!(srv.stop(), 0);
+    let srv = start(tmp.path());
+    assert_eq!(count(&srv.http), before);
+    assert_eq!(
+        get(&srv.http, &north, &format!("Subscription/{id}")).1["status"],
+        "active"
+    );
+    fever(&srv.http, &secrets[6], 0);
+    wait_until(
+        "a notification after the restart",
+        Duration::from_secs(30),
+        || events_seen(&hook).iter().any(|(n, _)| *n > before),
+    );
+    let mut all: Vec<u64> = events_seen(&hook).iter().map(|(n, _)| *n).collect();
+    let len = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), len, "no event number sent twice");
+    assert_eq!(srv.stop(), 0);
+}
+
+#[test]
+fn alerts_read_as_communications() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = start(tmp.path());
+    let w1 = srv.register("w1", "p1");
+    let (s, _) = curl(
+        "PUT",
+        &format!("{}/v1/patients/p1/care-team", srv.http),
+        srv.admin(),
+        r#"{"team":"north"}"#,
+    );
+    assert_eq!(s, 204);
+    fever(&srv.http, &w1, 7);
+    let analyst = srv.token("analyst", None);
+    wait_until("the alert", Duration::from_secs(30), || {
+        get(&srv.http, &analyst, "Communication?patient=p1").1["entry"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    });
+    let (s, b) = get(
+        &srv.http,
+        &analyst,
+        "Communication?patient=Patient/p1&status=in-progress&sent=ge2024-05-01",
+    );
+    assert_eq!(s, 200, "{b}");
+    let c = &b["entry"][0]["resource"];
+    assert_eq!(c["resourceType"], "Communication");
+    assert_eq!(c["category"][0]["coding"][0]["code"], "alert");
+    assert_eq!(c["subject"]["reference"], "Patient/p1");
+    assert_eq!(c["recipient"][0]["reference"], "CareTeam/north");
+    assert_eq!(c["about"][0]["identifier"]["value"], "fever");
+    assert_eq!(c["priority"], "urgent", "fever is a warning");
+    assert_eq!(c["sent"], "2024-05-01T08:07:00Z");
+    let obs = c["reasonReference"][0]["reference"]
+        .as_str()
+        .expect("the triggering reading");
+    let (s, o) = get(&srv.http, &analyst, obs);
+    assert_eq!((s, &o["valueQuantity"]["value"]), (200, &json!(39.2)));
+    validate("communication-search", &b);
+    let id = c["id"].as_str().expect("id");
+    let (s, one) = get(&srv.http, &analyst, &format!("Communication/{id}"));
+    assert_eq!((s, &one["id"]), (200, &json!(id)));
+    validate("communication", &one);
+    // Other statuses and dates find nothing; a bad parameter is a 400.
+    for q in ["status=completed", "sent=lt2024-05-01", "patient=p9"] {
+        let (_, b) = get(&srv.http, &analyst, &format!("Communication?{q}"));
+        assert_eq!(b["entry"].as_array().map(Vec::len), Some(0), "{q}");
+    }
+    assert_eq!(
+        get(&srv.http, &analyst, "Communication?priority=stat").0,
+        400
+    );
+    // Care-team scoping.
+    let north = srv.token("care_manager", Some("north"));
+    let south = srv.token("care_manager", Some("south"));
+    assert_eq!(
+        get(&srv.http, &north, &format!("Communication/{id}")).0,
+        200
+    );
+    assert_eq!(
+        get(&srv.http, &south, &format!("Communication/{id}")).0,
+        404
+    );
+    let (_, none) = get(&srv.http, &south, "Communication?patient=p1");
+    assert_eq!(none["entry"].as_array().map(Vec::len), Some(0));
+    assert_eq!(get(&srv.http, &w1, "Communication?patient=p1").0, 403);
+    // Acknowledged is still in progress; resolved is completed (through the alert API).
+    let (s, b) = curl(
+        "POST",
+        &format!("{}/v1/alerts/{id}/resolve", srv.http),
+        srv.admin(),
+        r#"{"reason":"condition_resolved"}"#,
+    );
+    assert!(s == 200 || s == 204, "resolve: {s} {b}");
+    wait_until("completed", Duration::from_secs(10), || {
+        get(&srv.http, &analyst, &format!("Communication/{id}")).1["status"] == "completed"
+    });
+    assert_eq!(srv.stop(), 0);
+}
