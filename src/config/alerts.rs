@@ -182,3 +182,33 @@ fn secs(v: Option<f64>, default: f64, what: &str) -> Result<Duration> {
     }
     Ok(Duration::from_secs_f64(s))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(text: &str) -> Result<carewatch_alert::Config> {
+        let a: AlertsConfig = toml::from_str(text)?;
+        Ok(resolve(&a, None)?.0)
+    }
+
+    #[test]
+    fn levels_repeat_intervals_override_the_defaults_and_bad_ones_are_refused() {
+        let c =
+            engine("[levels.urgent]\nrepeat_minutes = 5\n[levels.warning]\nrepeat_minutes = 0\n")
+                .expect("config");
+        assert_eq!(c.levels.urgent, Some(Duration::from_secs(300)));
+        assert_eq!(c.levels.warning, None, "0 = never");
+        assert_eq!(c.levels.info, None, "default: never");
+        let d = engine("").expect("defaults");
+        assert_eq!(d.levels, carewatch_alert::policy::Levels::default());
+        let e = engine("[levels.loud]\nrepeat_minutes = 5\n").expect_err("bad level");
+        assert!(e.to_string().contains("alerts.levels.loud"), "{e}");
+        let e = engine("[levels.info]\nrepeat_minutes = 20000\n").expect_err("too long");
+        assert!(e.to_string().contains("repeat_minutes"), "{e}");
+        assert!(
+            engine("[levels.info]\nrepeat_every = 5\n").is_err(),
+            "unknown key"
+        );
+    }
+}
