@@ -466,3 +466,67 @@ fn alerts_read_as_communications() {
     });
     assert_eq!(srv.stop(), 0);
 }
+
+#[test]
+fn new_vital_sign_observations_reach_a_subscription_filtered_by_patient_and_code() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let srv = start(tmp.path());
+    let w1 = srv.register("w1", "p1");
+    let w2 = srv.register("w2", "p2");
+    let hook = Webhook::start(0);
+    let analyst = srv.token("analyst", None);
+    let body = subscription(
+        &hook.url,
+        "Observation?patient=p1&code=http://loinc.org|8867-4",
+    )
+    .replace(
+        ALERT_TOPIC,
+        "urn:carewatch:SubscriptionTopic:vital-sign-observation",
+    )
+    .replace("full-resource", "id-only");
+    let (s, sub) = curl(
+        "POST",
+        &format!("{}/fhir/Subscription", srv.http),
+        &analyst,
+        &body,
+    );
+    assert_eq!(s, 201, "{sub}");
+    wait_until("the handshake", Duration::from_secs(20), || {
+        notifications(&hook)
+            .iter()
+            .any(|b| shape(b).0 == "handshake")
+    });
+    for (secret, body) in [
+        (&w2, r#"{"time":"2024-05-01T08:00:00Z","heart_rate":90}"#),
+        (&w1, r#"{"time":"2024-05-01T08:00:00Z","spo2":97}"#),
+        (&w1, r#"{"time":"2024-05-01T08:01:00Z","heart_rate":71}"#),
+    ] {
+        let (s, b) = curl("POST", &format!("{}/v1/readings", srv.http), secret, body);
+        assert_eq!(s, 202, "{b}");
+    }
+    let events = || -> Vec<Value> {
+        notifications(&hook)
+            .into_iter()
+            .filter(|b| shape(b).0 == "event-notification")
+            .collect()
+    };
+    wait_until("p1's heart rate", Duration::from_secs(30), || {
+        !events().is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let got = events();
+    assert_eq!(got.len(), 1, "only p1's heart rate: {got:?}");
+    let (_, n, numbers) = shape(&got[0]);
+    assert_eq!((n, numbers), (1, vec![1]));
+    let st = &got[0]["entry"][0]["resource"];
+    let focus = param(st, "notification-event")[0]["part"][2]["valueReference"]["reference"]
+        .as_str()
+        .expect("focus")
+        .to_owned();
+    assert_eq!(got[0]["entry"].as_array().map(Vec::len), Some(1), "id-only");
+    validate("observation-notification", &got[0]);
+    let path = focus.split("/fhir/").nth(1).expect("fhir path");
+    let (s, o) = get(&srv.http, &analyst, path);
+    assert_eq!((s, &o["valueQuantity"]["value"]), (200, &json!(71)));
+    assert_eq!(srv.stop(), 0);
+}
