@@ -207,6 +207,25 @@ async fn backtest(ctx: &carewatch_alert::SessionContext, rule: &Rule) -> Vec<Str
         .map(|f| fmt(&f.patient_id, t(&f.start), t(&f.end)))
         .collect();
     v.sort();
+    // The replayed lifecycle raised one alert per episode, with the ids live evaluation gives.
+    let mut fired: Vec<String> = r
+        .transitions
+        .iter()
+        .filter(|t| t.event == Event::Firing)
+        .map(|t| {
+            fmt(
+                &t.patient_id,
+                t.episode_start_us,
+                t.episode_end_us.max(t.episode_start_us),
+            )
+        })
+        .collect();
+    fired.sort();
+    assert_eq!(
+        fired.len(),
+        v.len(),
+        "replay: one alert per episode: {fired:?} vs {v:?}"
+    );
     v
 }
 
