@@ -226,7 +226,7 @@ pub(crate) async fn callback(
     };
     let (code, pending) = match answered(&auth, &headers, &q) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(token_endpoint) = pending.smart_token_endpoint.clone() else {
         return page(

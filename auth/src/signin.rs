@@ -146,28 +146,28 @@ pub(crate) fn answered(
     auth: &Authenticator,
     headers: &HeaderMap,
     q: &CallbackQuery,
-) -> Result<(String, session::Pending), Response> {
+) -> Result<(String, session::Pending), Box<Response>> {
     if q.error.is_some() {
         tracing::info!("OIDC sign-in: the issuer answered with an error");
-        return Err(page(
+        return Err(Box::new(page(
             StatusCode::UNAUTHORIZED,
             "The sign-in was not completed.",
-        ));
+        )));
     }
     let (Some(code), Some(state)) = (q.code.as_deref(), q.state.as_deref()) else {
-        return Err(page(
+        return Err(Box::new(page(
             StatusCode::BAD_REQUEST,
             "The sign-in answer is incomplete.",
-        ));
+        )));
     };
     let bound = cookie(headers, LOGIN_COOKIE).is_some_and(|c| session::same_secret(c, state));
     let pending = auth.sessions().take_pending(state);
     let Some(pending) = pending.filter(|_| bound) else {
         tracing::info!("OIDC sign-in refused: unknown, expired or unbound state");
-        return Err(page(
+        return Err(Box::new(page(
             StatusCode::BAD_REQUEST,
             "This sign-in has expired; please sign in again.",
-        ));
+        )));
     };
     Ok((code.to_owned(), pending))
 }
@@ -206,7 +206,7 @@ async fn callback(
     };
     let (code, pending) = match answered(&auth, &headers, &q) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if pending.smart_token_endpoint.is_some() {
         return page(
