@@ -32,7 +32,7 @@ mkdir -p "$target"
 logs="$(mktemp -d "$target/test-logs.run.XXXXXX")"
 echo "== cargo test"
 CAREWATCH_FHIR_OUT="$out/fhir" CAREWATCH_PARQUET_OUT="$out/parquet" CAREWATCH_TEST_LOGS="$logs" \
-  cargo test --workspace --locked
+  cargo test --workspace --locked --no-fail-fast
 
 echo "== no patient id, device id or token in any log line at INFO or above"
 "$py" scripts/check_logs_phi.py --self-test

@@ -152,10 +152,8 @@ fn lookup_mode_stores_dead_lettered_readings_once_their_device_appears_on_the_fh
     trace(&srv, &analyst, "lk-dev-1", 403);
 
     // Two Devices on the server carry one device id: neither is chosen, the readings wait.
-    post_admin(
-        &srv,
-        r#"{"device_id":"lk-dev-3","time":"2024-05-01T10:00:00Z","heart_rate":80}"#,
-    );
+    // Both exist before the reading arrives (a lookup between the two PUTs would rightly find
+    // exactly one and enrol it).
     for (id, patient) in [("srv-dev-3a", "lk-pat-1"), ("srv-dev-3b", "lk-pat-2")] {
         fhir.put(
             &format!("/Device/{id}"),
@@ -164,6 +162,10 @@ fn lookup_mode_stores_dead_lettered_readings_once_their_device_appears_on_the_fh
                     "patient": {"reference": format!("Patient/{patient}")}}),
         );
     }
+    post_admin(
+        &srv,
+        r#"{"device_id":"lk-dev-3","time":"2024-05-01T10:00:00Z","heart_rate":80}"#,
+    );
     let before = device_searches(&fhir);
     wait_until("lk-dev-3 looked up twice", Duration::from_secs(30), || {
         device_searches(&fhir) >= before + 2
