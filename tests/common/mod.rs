@@ -70,7 +70,9 @@ impl Server {
             }
         });
         let (mut http, mut mqtt, mut admin, mut pg) = (None, None, None, None);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: a debug build starting on a 2-core machine that is also compiling (CI's
+        // size-budget build, other test binaries) once took over 30 s to reach its last port.
+        let deadline = Instant::now() + Duration::from_secs(90);
         while http.is_none() || (mqtt.is_none() && !extra.contains(&"--mqtt-url")) {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
