@@ -19,8 +19,8 @@
 
 pub mod capability;
 pub mod communication;
-pub mod subscription;
 pub mod search;
+pub mod subscription;
 
 use fhir_model::r4b::codes::ObservationStatus;
 use fhir_model::r4b::resources::{
