@@ -9,65 +9,24 @@
 //! - carewatch SIGKILLed mid-delivery → after the restart nothing is missing or duplicated.
 
 mod common;
+#[path = "fhir_server/receiver.rs"]
+mod receiver;
+#[path = "fhir_server/sql.rs"]
+mod sql;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{Server, curl, python, wait_until};
+use common::{Server, curl, wait_until};
+use receiver::Receiver;
 use serde_json::{Value, json};
+use sql::sql;
 
 const SYSTEM: &str = "urn:carewatch:observation";
 
-struct Receiver {
-    child: Child,
-    url: String,
-}
-
-impl Receiver {
-    fn start(args: &[&str]) -> Receiver {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fhir_server/receiver.py");
-        let mut child = Command::new(python())
-            .arg(script)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn the FHIR receiver (scripts/setup-test-deps.sh installs its venv)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("receiver port");
-        let port = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect("port line");
-        Receiver {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-    fn get(&self, path: &str) -> Value {
-        let (s, body) = curl("GET", &format!("{}{path}", self.url), "", "");
-        assert_eq!(s, 200, "{body}");
-        serde_json::from_str(&body).expect("json")
-    }
-    fn stats(&self) -> Value {
-        self.get("/_stats")
-    }
-    fn by_identifier(&self, id: &str) -> Vec<Value> {
-        let v = self.get(&format!("/Observation?identifier={SYSTEM}%7C{id}"));
-        v["entry"]
-            .as_array()
-            .map(|a| a.iter().map(|e| e["resource"].clone()).collect())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The server's copies of one Observation, by carewatch's identifier.
+fn by_identifier(fhir: &Receiver, id: &str) -> Vec<Value> {
+    fhir.search(&format!("/Observation?identifier={SYSTEM}%7C{id}"))
 }
 
 fn config(dir: &std::path::Path, url: &str, batch: usize) -> String {
@@ -102,19 +61,6 @@ fn ours(srv: &Server) -> Vec<Value> {
         .expect("entries")
         .iter()
         .map(|e| e["resource"].clone())
-        .collect()
-}
-
-fn sql(srv: &Server, q: &str) -> Vec<Value> {
-    let (s, body) = curl("POST", &format!("{}/v1/sql", srv.http), srv.admin(), q);
-    assert_eq!(s, 200, "{body}");
-    body.lines()
-        .filter(|l| !l.trim().is_empty())
-        .flat_map(|l| match serde_json::from_str::<Value>(l) {
-            Ok(Value::Array(a)) => a,
-            Ok(v) => vec![v],
-            Err(_) => vec![],
-        })
         .collect()
 }
 
@@ -162,7 +108,7 @@ fn readings_reach_the_fhir_server_once_equal_to_ours_and_refusals_are_dead_lette
     wait_until(
         "the server holds every deliverable Observation",
         Duration::from_secs(60),
-        || fhir.stats()["resources"] == expected,
+        || fhir.get("/_stats")["resources"] == expected,
     );
     wait_until(
         "the refusal is a dead letter",
@@ -184,7 +130,7 @@ fn readings_reach_the_fhir_server_once_equal_to_ours_and_refusals_are_dead_lette
     );
     for o in &mine {
         let id = o["id"].as_str().expect("id");
-        let held = fhir.by_identifier(id);
+        let held = by_identifier(&fhir, id);
         if o["device"]["reference"] == "Device/fd-refused" {
             assert!(held.is_empty());
             continue;
@@ -219,12 +165,12 @@ fn readings_reach_the_fhir_server_once_equal_to_ours_and_refusals_are_dead_lette
         "Device/fd-refused"
     );
     // The same readings again: updates of the same resources, nothing new.
-    let before = fhir.stats();
+    let before = fhir.get("/_stats");
     post(&srv, &a, body);
     wait_until("the resend is delivered", Duration::from_secs(60), || {
-        fhir.stats()["updates"].as_u64() >= Some(before["updates"].as_u64().unwrap_or(0) + 5)
+        fhir.get("/_stats")["updates"].as_u64() >= Some(before["updates"].as_u64().unwrap_or(0) + 5)
     });
-    let after = fhir.stats();
+    let after = fhir.get("/_stats");
     assert_eq!(after["resources"], expected);
     assert_eq!(after["creates"], before["creates"]);
     // Status and metrics.
@@ -273,11 +219,11 @@ fn killed_mid_delivery_nothing_missing_nothing_duplicated() {
         .collect();
     post(&srv, &secret, &format!("[{}]", items.join(",")));
     wait_until("delivery is under way", Duration::from_secs(60), || {
-        fhir.stats()["resources"].as_u64() >= Some(8)
+        fhir.get("/_stats")["resources"].as_u64() >= Some(8)
     });
     let _ = srv.child.kill();
     let _ = srv.child.wait();
-    let mid = fhir.stats()["resources"].as_u64().unwrap_or(0);
+    let mid = fhir.get("/_stats")["resources"].as_u64().unwrap_or(0);
     assert!(mid < 240, "killed mid-delivery ({mid} delivered)");
     drop(srv);
     let mut srv = Server::start(tmp.path(), &["--config", &cfg]);
@@ -285,14 +231,14 @@ fn killed_mid_delivery_nothing_missing_nothing_duplicated() {
     wait_until(
         "every reading is on the server",
         Duration::from_secs(120),
-        || fhir.stats()["resources"] == 240,
+        || fhir.get("/_stats")["resources"] == 240,
     );
     let mine = ours(&srv);
     assert_eq!(mine.len(), 240);
     for o in &mine {
-        assert_eq!(fhir.by_identifier(o["id"].as_str().expect("id")).len(), 1);
+        assert_eq!(by_identifier(&fhir, o["id"].as_str().expect("id")).len(), 1);
     }
-    let s = fhir.stats();
+    let s = fhir.get("/_stats");
     assert_eq!(s["creates"], 240, "no resource created twice: {s}");
     assert_eq!(srv.stop(), 0);
 }
@@ -332,13 +278,13 @@ fn blood_pressure_halves_from_two_messages_arrive_as_one_observation() {
     wait_until(
         "the systolic half is delivered",
         Duration::from_secs(60),
-        || fhir.stats()["resources"] == 1,
+        || fhir.get("/_stats")["resources"] == 1,
     );
     send(bp_half("fp-s", None, Some(85)));
     wait_until(
         "the diastolic half is delivered",
         Duration::from_secs(60),
-        || fhir.stats()["updates"] == 1,
+        || fhir.get("/_stats")["updates"] == 1,
     );
     let held = fhir.get("/Observation?patient=fp-s");
     assert_eq!(held["total"], 1);
