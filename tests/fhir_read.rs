@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{Server, curl, python};
+use common::{Server, curl};
 use serde_json::Value;
 
 fn get(srv: &Server, token: &str, path: &str) -> (u16, Value) {
@@ -27,28 +25,9 @@ fn code(o: &Value) -> &str {
     o["code"]["coding"][0]["code"].as_str().unwrap_or("")
 }
 
-/// Saves what we emit for scripts/fhir_validate.py, and runs it now when the venv is there.
+/// Saves what we emit for the external validator and runs it now.
 fn validate(name: &str, v: &Value) {
-    let dir = std::env::var_os("CAREWATCH_FHIR_OUT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    let file = dir.join(format!("read-side-{name}-{}.json", std::process::id()));
-    std::fs::write(&file, v.to_string()).expect("write");
-    if std::path::Path::new(&python()).exists() {
-        let out = Command::new(python())
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/fhir_validate.py"
-            ))
-            .arg(&file)
-            .output()
-            .expect("validator");
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
+    common::validate_fhir("read-side", name, v);
 }
 
 fn post(srv: &Server, secret: &str, body: &str) {

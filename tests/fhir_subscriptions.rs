@@ -28,27 +28,9 @@ fn get(http: &str, token: &str, path: &str) -> (u16, Value) {
     (s, serde_json::from_str(&b).unwrap_or(Value::Null))
 }
 
+/// Saves what we emit for the external validator and runs it now.
 fn validate(name: &str, v: &Value) {
-    let dir = std::env::var_os("CAREWATCH_FHIR_OUT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    let file = dir.join(format!("subscriptions-{name}-{}.json", std::process::id()));
-    std::fs::write(&file, v.to_string()).expect("write");
-    if std::path::Path::new(&python()).exists() {
-        let out = Command::new(python())
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/fhir_validate.py"
-            ))
-            .arg(&file)
-            .output()
-            .expect("validator");
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
+    common::validate_fhir("subscriptions", name, v);
 }
 
 fn param<'a>(status: &'a Value, name: &str) -> Vec<&'a Value> {

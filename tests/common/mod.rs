@@ -562,3 +562,28 @@ pub fn self_signed_cert(dir: &Path) -> (String, String) {
     let _ = TEST_CA.set(cert.clone());
     (cert, key)
 }
+
+/// Saves a resource carewatch emitted into `$CAREWATCH_FHIR_OUT` (as `{prefix}-{name}-{pid}.json`)
+/// for the suite's external validator, and runs the validator on it now when the venv is there.
+pub fn validate_fhir(prefix: &str, name: &str, v: &serde_json::Value) {
+    let dir = std::env::var_os("CAREWATCH_FHIR_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let file = dir.join(format!("{prefix}-{name}-{}.json", std::process::id()));
+    std::fs::write(&file, v.to_string()).expect("write");
+    if Path::new(&python()).exists() {
+        let out = Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/fhir_validate.py"
+            ))
+            .arg(&file)
+            .output()
+            .expect("validator");
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
