@@ -97,12 +97,12 @@ pub struct IdentityState {
 /// The routes.
 pub fn router(state: IdentityState) -> Router {
     Router::new()
-        .route("/fhir/Device", post(post_device))
-        .route("/fhir/Device/{id}", put(put_device))
-        .route("/fhir/CareTeam", post(post_care_team))
-        .route("/fhir/CareTeam/{id}", put(put_care_team))
-        .route("/fhir/Patient", post(post_patient))
-        .route("/fhir/Patient/{id}", put(put_patient))
+        .route("/fhir/Device", post(write_device))
+        .route("/fhir/Device/{id}", put(write_device))
+        .route("/fhir/CareTeam", post(write_care_team))
+        .route("/fhir/CareTeam/{id}", put(write_care_team))
+        .route("/fhir/Patient", post(write_patient))
+        .route("/fhir/Patient/{id}", put(write_patient))
         .with_state(state)
 }
 
@@ -150,23 +150,35 @@ fn unprocessable(m: &str) -> Response {
     outcome(StatusCode::UNPROCESSABLE_ENTITY, "required", m)
 }
 
-async fn post_device(
+/// `POST /fhir/{Type}` (no id) and `PUT /fhir/{Type}/{id}`: admins only, then the
+/// resource's own write.
+async fn write_device(
     State(s): State<IdentityState>,
     caller: Caller,
+    id: Option<Path<String>>,
     b: Bytes,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin])?;
-    Ok(device(s, b, None).await)
+    Ok(device(s, b, id.map(|Path(i)| i)).await)
 }
 
-async fn put_device(
+async fn write_care_team(
     State(s): State<IdentityState>,
     caller: Caller,
-    Path(id): Path<String>,
+    id: Option<Path<String>>,
     b: Bytes,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin])?;
-    Ok(device(s, b, Some(id)).await)
+    Ok(care_team(s, b, id.map(|Path(i)| i)).await)
+}
+
+async fn write_patient(
+    caller: Caller,
+    id: Option<Path<String>>,
+    b: Bytes,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    Ok(patient(b, id.map(|Path(i)| i)))
 }
 
 /// The Device a registry entry is, as answered.
@@ -287,25 +299,6 @@ async fn device(s: IdentityState, b: Bytes, path_id: Option<String>) -> Response
     resp
 }
 
-async fn post_care_team(
-    State(s): State<IdentityState>,
-    caller: Caller,
-    b: Bytes,
-) -> Result<Response, ApiError> {
-    caller.require(&[Role::Admin])?;
-    Ok(care_team(s, b, None).await)
-}
-
-async fn put_care_team(
-    State(s): State<IdentityState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    b: Bytes,
-) -> Result<Response, ApiError> {
-    caller.require(&[Role::Admin])?;
-    Ok(care_team(s, b, Some(id)).await)
-}
-
 async fn care_team(s: IdentityState, b: Bytes, path_id: Option<String>) -> Response {
     let v = match resource(&b, "CareTeam", path_id.as_deref()) {
         Ok(v) => v,
@@ -353,20 +346,6 @@ async fn care_team(s: IdentityState, b: Bytes, path_id: Option<String>) -> Respo
         StatusCode::OK
     };
     fhir(code, body)
-}
-
-async fn post_patient(caller: Caller, b: Bytes) -> Result<Response, ApiError> {
-    caller.require(&[Role::Admin])?;
-    Ok(patient(b, None))
-}
-
-async fn put_patient(
-    caller: Caller,
-    Path(id): Path<String>,
-    b: Bytes,
-) -> Result<Response, ApiError> {
-    caller.require(&[Role::Admin])?;
-    Ok(patient(b, Some(id)))
 }
 
 fn patient(b: Bytes, path_id: Option<String>) -> Response {
