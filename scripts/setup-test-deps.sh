@@ -2,6 +2,7 @@
 # Installs what the tests need beyond the Rust toolchain, idempotently (a second run with
 # nothing to do takes well under a second):
 #   - Debian packages: Mosquitto broker and clients (MQTT tests), psql (Postgres wire tests),
+#     the PostgreSQL server (cluster mode's registry),
 #     curl and openssl (HTTP and TLS tests);
 #   - a Python venv at ${CAREWATCH_VENV:-~/.cache/carewatch-venv} with an external FHIR validator
 #     nobody here wrote (fhirkit-rs, the strict R4 models of fhir.resources 6.4 on pydantic 1,
@@ -18,6 +19,8 @@ need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+# The PostgreSQL server (cluster-mode tests start a private one with initdb + pg_ctl).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)

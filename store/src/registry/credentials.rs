@@ -48,6 +48,30 @@ impl Registry {
         Ok((token, info))
     }
 
+    /// Creates a credential of `role` only if the registry (as the write lock sees it, other
+    /// writers' changes included) has no credential at all; returns its token if it did.
+    pub(super) fn create_token_if_none(&self, role: Role) -> Result<Option<String>> {
+        let token = new_token()?;
+        let h = hash(&token);
+        let principal = Principal {
+            id: h[..12].to_owned(),
+            role,
+            subject: None,
+            person: None,
+        };
+        let op = Op::Credential {
+            hash: h,
+            credential: Credential::new(principal),
+        };
+        self.write(|d| {
+            Ok(if d.credentials.is_empty() {
+                (Some(token), vec![Tx::of(vec![op])])
+            } else {
+                (None, Vec::new())
+            })
+        })
+    }
+
     /// Completes when the credential with this id stops being valid: revoked, expired,
     /// removed, or (a device) re-assigned or revoked. Sessions and streams `select!` on it.
     pub async fn until_invalid(&self, id: &str) {

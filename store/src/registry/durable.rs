@@ -40,6 +40,25 @@ impl Registry {
         Ok((r, admin))
     }
 
+    /// Opens the registry kept in PostgreSQL at `url` (cluster mode: every node shares it),
+    /// creating its tables on first use; creates and returns an admin credential when the
+    /// registry has none, like [`Registry::open`].
+    pub fn open_postgres(url: &str) -> Result<(Registry, Option<String>)> {
+        let (log, txs) = super::pg::PgLog::open(url)?;
+        let r = Registry::with(Data::from_txs(txs), Box::new(log), false);
+        let admin = r.create_first_admin()?;
+        Ok((r, admin))
+    }
+
+    /// An admin credential if there is no credential at all, decided under the write lock so
+    /// two nodes starting together on an empty registry create one between them.
+    fn create_first_admin(&self) -> Result<Option<String>> {
+        if !self.read(|d| d.credentials.is_empty()) {
+            return Ok(None);
+        }
+        self.create_token_if_none(Role::Admin)
+    }
+
     /// Opens an existing registry without ever creating or writing it (read-only tools).
     pub fn open_read_only(dir: &Path) -> Result<Registry> {
         let o = log::LogFile::open_read_only(dir, legacy)?;

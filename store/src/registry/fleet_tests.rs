@@ -195,34 +195,6 @@ fn an_old_registry_json_is_migrated_on_open() {
     assert!(r.device_login("w1", &s));
 }
 
-/// Two writers on one directory (the server and `carewatch devices import`): each sees the
-/// other's changes, before its own writes and on refresh, also across a compaction.
-#[test]
-fn two_writers_see_each_other_across_compaction() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let (a, _) = Registry::open(dir.path()).expect("a");
-    let (b, _) = Registry::open(dir.path()).expect("b");
-    let sa = a.register_device("wa", "pa", Some(1)).expect("a writes");
-    let sb = b.register_device("wb", "pb", Some(1)).expect("b writes");
-    assert!(b.device_login("wa", &sa), "b read a's line before writing");
-    assert!(a.device_login("wb", &sb), "an unknown token makes a look");
-    a.compact_now();
-    let sc = a
-        .register_device("wc", "pc", Some(1))
-        .expect("after compaction");
-    b.refresh();
-    assert!(b.device_login("wc", &sc), "b reloads the compacted log");
-    assert!(b.device_login("wa", &sa) && b.device_login("wb", &sb));
-    let sd = b
-        .register_device("wd", "pd", Some(1))
-        .expect("b writes after");
-    drop((a, b));
-    let (r, _) = Registry::open(dir.path()).expect("reopen");
-    for (d, s) in [("wa", &sa), ("wb", &sb), ("wc", &sc), ("wd", &sd)] {
-        assert!(r.device_login(d, s), "{d}");
-    }
-}
-
 #[test]
 fn the_fleet_view_filters_and_pages() {
     let dir = tempfile::tempdir().expect("tmp");

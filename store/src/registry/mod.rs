@@ -429,6 +429,8 @@ impl Registry {
     }
 }
 
+#[cfg(test)]
+mod backend_tests;
 mod credentials;
 mod durable;
 mod fleet;
@@ -437,6 +439,7 @@ mod fleet_tests;
 mod log;
 mod marks;
 mod persist;
+mod pg;
 #[cfg(test)]
 mod tests;
 
