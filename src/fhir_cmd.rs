@@ -11,7 +11,8 @@ use serde_json::json;
 
 #[derive(Debug, Subcommand)]
 pub enum FhirCommand {
-    /// Each destination: position, readings not yet delivered, counts, last error class.
+    /// Each destination: position, readings and alert transitions not yet delivered, counts,
+    /// last error class.
     Status {
         /// Data directory (read-only).
         #[arg(long, env = "CAREWATCH_DATA_DIR", default_value = "carewatch-data")]
@@ -63,12 +64,16 @@ pub(crate) fn run(c: FhirCommand) -> Result<ExitCode> {
         .build()?;
     let q = rt.block_on(engine(&data_dir))?;
     let now = chrono::Utc::now().timestamp_micros();
+    // Alert transitions (read-only: the history file as it is now).
+    let history =
+        carewatch_alert::history::History::open(&data_dir, true).map_or(0, |h| h.len() as u64);
     let mut out = Vec::new();
     for (_, s) in states {
         let (behind, oldest) = rt
             .block_on(carewatch_deliver::pending(&q, s.position_us))
             .map_err(anyhow::Error::msg)?;
         let lag_secs = oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
+        let alerts_behind = history.saturating_sub(s.alerts_seq);
         if format == "json" {
             out.push(json!({
                 "url": s.url, "position": when(Some(s.position_us)), "behind": behind,
@@ -76,6 +81,8 @@ pub(crate) fn run(c: FhirCommand) -> Result<ExitCode> {
                 "delivered": s.delivered, "failed": s.failed, "last_error": s.last_error,
                 "last_error_at": s.last_error_us.map(|t| when(Some(t))),
                 "last_success_at": s.last_success_us.map(|t| when(Some(t))),
+                "alerts_behind": alerts_behind, "alerts_delivered": s.alerts_delivered,
+                "alerts_failed": s.alerts_failed,
             }));
             continue;
         }
@@ -94,6 +101,10 @@ pub(crate) fn run(c: FhirCommand) -> Result<ExitCode> {
         println!(
             "  delivered: {} Observations; refused: {} (dead letters, reason destination_rejected)",
             s.delivered, s.failed
+        );
+        println!(
+            "  alerts:    {} Communications delivered, {} refused; {alerts_behind} transitions behind",
+            s.alerts_delivered, s.alerts_failed
         );
         println!("  last success: {}", when(s.last_success_us));
         match &s.last_error {

@@ -12,7 +12,9 @@ use carewatch_transform::catalogue::{Category, by_code};
 use tokio_util::sync::CancellationToken;
 
 /// The alert as the FHIR read side shows it (without the triggering Observations, which
-/// `GET /fhir/Communication/{id}` looks up).
+/// `GET /fhir/Communication/{id}` looks up). No title: the `alerts` table the read side builds
+/// from has none, and a Communication must be the same wherever it is seen (served, notified,
+/// delivered) — `about.display` is the rule id.
 fn alert(t: &Transition) -> Alert {
     // `level` is read through serde so this does not depend on when it was added.
     let level = serde_json::to_value(t)
@@ -23,7 +25,7 @@ fn alert(t: &Transition) -> Alert {
         seq: t.seq,
         updated_us: t.at_us,
         rule: t.rule.clone(),
-        title: Some(t.title.clone()),
+        title: None,
         severity: t.severity.as_str().to_owned(),
         level,
         patient: t.patient_id.clone(),
@@ -32,6 +34,23 @@ fn alert(t: &Transition) -> Alert {
         start_us: t.episode_start_us,
         message: t.message.clone(),
         observations: Vec::new(),
+    }
+}
+
+/// The alert history as the FHIR destination's source of alert transitions.
+pub struct HistoryAlerts(pub std::sync::Arc<carewatch_alert::history::History>);
+
+impl carewatch_deliver::alerts::AlertSource for HistoryAlerts {
+    fn since(&self, seq: u64, max: usize) -> Vec<carewatch_query::fhir_communication::Found> {
+        self.0
+            .since(seq)
+            .iter()
+            .take(max)
+            .map(|t| (alert(t), t.episode_end_us, t.value))
+            .collect()
+    }
+    fn len(&self) -> u64 {
+        self.0.len() as u64
     }
 }
 

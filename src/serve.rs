@@ -224,7 +224,8 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         notify_counters,
     )
     .await;
-    // The FHIR destination: every stored reading delivered as Observations (issue 14).
+    // The FHIR destination: every stored reading delivered as Observations, every alert
+    // transition as its alert's Communication (issue 14).
     let destination = match c.fhir_destination.clone() {
         Some(dc) => {
             let (d, task) = carewatch_deliver::Destination::start(
@@ -232,6 +233,9 @@ pub async fn run(c: ServeConfig) -> Result<()> {
                 &c.data_dir,
                 store.clone(),
                 engine.clone(),
+                Some(Arc::new(crate::fhir_feed::HistoryAlerts(
+                    alerts.history().clone(),
+                ))),
                 shutdown.clone(),
             )
             .map_err(anyhow::Error::msg)?;

@@ -13,15 +13,19 @@ use carewatch_transform::Reading;
 /// The default identifier system of delivered Observations.
 pub const DEFAULT_IDENTIFIER_SYSTEM: &str = "urn:carewatch:observation";
 
-/// One Observation to deliver.
+/// One resource to deliver: an Observation (a reading) or a Communication (an alert).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    /// The observation id (hash of the natural key), the identifier's value.
+    /// The identifier's value: the observation id (hash of the natural key) or the alert id.
     pub id: String,
-    /// The device (for the dead letter, never logged).
+    /// `Observation` or `Communication`.
+    pub resource_type: &'static str,
+    /// The device (for the dead letter, never logged; empty for a Communication).
     pub device_id: String,
     /// The resource as sent.
     pub resource: Value,
+    /// The conditional-update URL ([`conditional_url`]).
+    pub url: String,
 }
 
 /// The Observation of one group of rows (one reading, or both blood-pressure rows) as the
@@ -54,17 +58,19 @@ pub fn entry(rows: &[&Reading], system: &str) -> Result<Entry, String> {
         o = Value::Object(out);
     }
     Ok(Entry {
+        url: conditional_url("Observation", system, &id),
         id,
+        resource_type: "Observation",
         device_id: first.device_id.clone(),
         resource: o,
     })
 }
 
-/// The conditional-update URL of an entry: `Observation?identifier={system}|{id}` with the
-/// system percent-encoded.
-pub fn conditional_url(system: &str, id: &str) -> String {
-    let sys: String = url::form_urlencoded::byte_serialize(system.as_bytes()).collect();
-    format!("Observation?identifier={sys}%7C{id}")
+/// The conditional-update URL of an entry: `{type}?identifier={system}|{id}` with the system
+/// and the value percent-encoded.
+pub fn conditional_url(resource_type: &str, system: &str, id: &str) -> String {
+    let enc = |s: &str| -> String { url::form_urlencoded::byte_serialize(s.as_bytes()).collect() };
+    format!("{resource_type}?identifier={}%7C{}", enc(system), enc(id))
 }
 
 /// The kind of Bundle sent.
@@ -96,32 +102,37 @@ impl Kind {
 }
 
 /// The Bundle of `entries`.
-pub fn bundle(entries: &[Entry], kind: Kind, system: &str) -> Value {
+pub fn bundle(entries: &[Entry], kind: Kind) -> Value {
     let items: Vec<Value> = entries
         .iter()
         .map(|e| {
             json!({
-                "fullUrl": format!("urn:uuid:{}", uuid_form(&e.id)),
+                "fullUrl": format!("urn:uuid:{}", uuid_form(e.resource_type, &e.id)),
                 "resource": e.resource,
-                "request": {"method": "PUT", "url": conditional_url(system, &e.id)},
+                "request": {"method": "PUT", "url": e.url},
             })
         })
         .collect();
     json!({"resourceType": "Bundle", "type": kind.as_str(), "entry": items})
 }
 
-/// The 32 hex digits of an observation id written as a UUID (8-4-4-4-12), for `fullUrl`.
-fn uuid_form(id: &str) -> String {
-    if id.len() != 32 {
-        return id.to_owned();
-    }
+/// An entry's id written as a UUID (8-4-4-4-12), for `fullUrl`: the 32 hex digits of an
+/// observation id as they are, any other id (an alert's 16) through SHA-256 of `{type}/{id}`.
+fn uuid_form(resource_type: &str, id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let hex: String = if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        id.to_ascii_lowercase()
+    } else {
+        let d = Sha256::digest(format!("{resource_type}/{id}").as_bytes());
+        d[..16].iter().map(|b| format!("{b:02x}")).collect()
+    };
     format!(
         "{}-{}-{}-{}-{}",
-        &id[..8],
-        &id[8..12],
-        &id[12..16],
-        &id[16..20],
-        &id[20..]
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
     )
 }
 

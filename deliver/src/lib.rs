@@ -9,6 +9,9 @@
 //! becomes a dead letter (`destination_rejected`, the server's OperationOutcome in `raw`) and
 //! never blocks the rest.
 //!
+//! Alerts go the same way as their `Communication`s ([`alerts`]), positioned by the alert
+//! history.
+//!
 //! Modules: [`bundle`] (pure: entries, Bundles, reading the answers), [`client`] (HTTP and
 //! credentials), [`state`] (the durable position and status), `run` (the loop), [`lookup`]
 //! (identity lookup: unknown devices found on the destination, their dead letters stored),
@@ -18,6 +21,7 @@
 //! What it must not do: log PHI or server answers above debug, put ids in metric labels, or
 //! block an async worker on a file (state writes run on the blocking pool).
 
+pub mod alerts;
 pub mod bundle;
 pub mod client;
 pub mod http;
@@ -133,6 +137,15 @@ impl Config {
     }
 }
 
+/// Where a cycle moved a position to.
+#[derive(Debug, Clone, Copy)]
+enum Position {
+    /// Readings: everything received up to this time (UTC µs).
+    Received(i64),
+    /// Alerts: every history transition before this one.
+    Alerts(u64),
+}
+
 fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
@@ -142,6 +155,8 @@ struct Inner {
     client: client::Client,
     store: Store,
     engine: QueryEngine,
+    /// The alert history, when alerts are delivered too.
+    alerts: Option<alerts::Alerts>,
     path: PathBuf,
     /// Where the server's answers are kept ([`receipts`]).
     receipts: PathBuf,
@@ -166,12 +181,21 @@ impl Inner {
     fn set_pending(&self, oldest: Option<i64>) {
         self.lock().oldest_pending_us = oldest;
     }
-    async fn advance(&self, upto: i64, delivered: u64, failed: u64) {
+    async fn advance(&self, to: Position, delivered: u64, failed: u64) {
         let write = {
             let mut s = self.lock();
-            s.position_us = s.position_us.max(upto);
-            s.delivered += delivered;
-            s.failed += failed;
+            match to {
+                Position::Received(upto) => {
+                    s.position_us = s.position_us.max(upto);
+                    s.delivered += delivered;
+                    s.failed += failed;
+                }
+                Position::Alerts(next) => {
+                    s.alerts_seq = s.alerts_seq.max(next);
+                    s.alerts_delivered += delivered;
+                    s.alerts_failed += failed;
+                }
+            }
             if delivered + failed > 0 {
                 s.last_success_us = Some(now_us());
             }
@@ -259,12 +283,14 @@ impl std::fmt::Debug for Destination {
 }
 
 impl Destination {
-    /// Loads the position under `data_dir` and starts delivering until `shutdown`.
+    /// Loads the position under `data_dir` and starts delivering until `shutdown`: the stored
+    /// readings, and with `alerts` every alert transition (as the alert's Communication).
     pub fn start(
         config: Config,
         data_dir: &std::path::Path,
         store: Store,
         engine: QueryEngine,
+        alerts: Option<alerts::Alerts>,
         shutdown: CancellationToken,
     ) -> Result<(Destination, tokio::task::JoinHandle<()>), String> {
         config.validate()?;
@@ -285,6 +311,7 @@ impl Destination {
             client,
             store,
             engine,
+            alerts,
             receipts: receipts::path(&path),
             path,
             public_url,
@@ -326,6 +353,25 @@ impl Destination {
             "counter",
             "Observations the FHIR destination refused (each a dead letter).",
             s.failed as f64,
+        );
+        fam(
+            "carewatch_fhir_destination_communications_delivered_total",
+            "counter",
+            "Alert Communications the FHIR destination accepted.",
+            s.alerts_delivered as f64,
+        );
+        fam(
+            "carewatch_fhir_destination_communications_failed_total",
+            "counter",
+            "Alert Communications the FHIR destination refused (each a dead letter).",
+            s.alerts_failed as f64,
+        );
+        let behind = self.inner.alerts.as_ref().map_or(0, |a| a.len());
+        fam(
+            "carewatch_fhir_destination_alert_transitions_behind",
+            "gauge",
+            "Alert transitions not yet delivered.",
+            behind.saturating_sub(s.alerts_seq) as f64,
         );
         fam(
             "carewatch_fhir_destination_lag_seconds",

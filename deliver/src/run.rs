@@ -25,7 +25,7 @@ use carewatch_transform::{Reading, Reason, Source, catalogue};
 use crate::bundle::{self, Answer, Entry, Kind, Outcome};
 use crate::client::SendError;
 use crate::receipts::{self, Receipt};
-use crate::{Inner, now_us};
+use crate::{Inner, Position, now_us};
 
 /// What one cycle did.
 #[derive(Debug, Default)]
@@ -47,7 +47,11 @@ pub(crate) async fn run(d: Arc<Inner>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(wait) => {}
         }
-        match cycle(&d).await {
+        let done = match cycle(&d).await {
+            Ok(more) => alert_cycle(&d).await.map(|m| more || m),
+            Err(class) => Err(class),
+        };
+        match done {
             Ok(more) => {
                 backoff = Duration::ZERO;
                 wait = if more {
@@ -118,6 +122,47 @@ async fn cycle(d: &Inner) -> Result<bool, &'static str> {
             )),
         }
     }
+    deliver(d, &entries, tally, Position::Received(upper)).await?;
+    if !more {
+        d.set_pending(None);
+    }
+    Ok(more)
+}
+
+/// One cycle of alerts: the history transitions after the alert position, each alert's latest
+/// as its Communication; `Ok(true)` when more is waiting.
+async fn alert_cycle(d: &Inner) -> Result<bool, &'static str> {
+    let Some(source) = &d.alerts else {
+        return Ok(false);
+    };
+    let pos = d.lock().alerts_seq;
+    let changes = source.since(pos, d.config.batch_size);
+    if changes.is_empty() {
+        return Ok(false);
+    }
+    let next = pos + changes.len() as u64;
+    let more = changes.len() >= d.config.batch_size;
+    let mut found = crate::alerts::latest(changes);
+    carewatch_query::fhir_communication::triggering(&d.engine, &mut found)
+        .await
+        .ok_or("store")?;
+    let sys = &d.config.identifier_system;
+    let entries: Vec<Entry> = found
+        .iter()
+        .map(|(a, ..)| crate::alerts::entry(a, sys))
+        .collect();
+    deliver(d, &entries, Tally::default(), Position::Alerts(next)).await?;
+    Ok(more)
+}
+
+/// Sends `entries` Bundle by Bundle, then makes the cycle durable: receipts, dead letters
+/// (fsynced), and only then the position.
+async fn deliver(
+    d: &Inner,
+    entries: &[Entry],
+    mut tally: Tally,
+    to: Position,
+) -> Result<(), &'static str> {
     for chunk in entries.chunks(d.config.batch_size) {
         send(d, chunk, &mut tally).await.map_err(|e| e.class())?;
     }
@@ -133,11 +178,8 @@ async fn cycle(d: &Inner) -> Result<bool, &'static str> {
             .await
             .map_err(|_| "store")?;
     }
-    d.advance(upper, tally.delivered, failed).await;
-    if !more {
-        d.set_pending(None);
-    }
-    Ok(more)
+    d.advance(to, tally.delivered, failed).await;
+    Ok(())
 }
 
 /// Reads rows received in (after, upto], in received order, at most `limit`.
@@ -230,12 +272,7 @@ fn to_readings(rows: Vec<StoredRow>) -> Vec<Reading> {
 /// only the refused entries become dead letters.
 async fn send(d: &Inner, chunk: &[Entry], tally: &mut Tally) -> Result<(), SendError> {
     let kind = d.config.kind;
-    let sys = &d.config.identifier_system;
-    match d
-        .client
-        .post_bundle(&bundle::bundle(chunk, kind, sys))
-        .await
-    {
+    match d.client.post_bundle(&bundle::bundle(chunk, kind)).await {
         Ok(resp) => {
             let outs = if kind == Kind::Transaction && resp.get("entry").is_none() {
                 let ok = Answer {
@@ -251,7 +288,7 @@ async fn send(d: &Inner, chunk: &[Entry], tally: &mut Tally) -> Result<(), SendE
         Err(SendError::Refused(..)) if chunk.len() > 1 => {
             for e in chunk {
                 let one = std::slice::from_ref(e);
-                match d.client.post_bundle(&bundle::bundle(one, kind, sys)).await {
+                match d.client.post_bundle(&bundle::bundle(one, kind)).await {
                     Ok(resp) => apply(d, one, bundle::outcomes(&resp, 1), tally)?,
                     Err(SendError::Refused(status, outcome)) => {
                         refused(d, e, status, outcome, tally)
@@ -310,22 +347,25 @@ fn refused(d: &Inner, e: &Entry, status: u16, outcome: Option<Value>, tally: &mu
         .unwrap_or("no details");
     let what: String = what.chars().take(300).collect();
     let message = format!(
-        "the FHIR destination refused Observation {} (HTTP {status}): {what}",
-        e.id
+        "the FHIR destination refused {} {} (HTTP {status}): {what}",
+        e.resource_type, e.id
     );
-    let raw = json!({
+    let mut raw = json!({
         "destination": d.public_url,
         "status": status,
         "outcome": outcome,
-        "observation": e.resource,
     });
-    tally
-        .dead
-        .push(d.dead_letter(Some(e.device_id.clone()), message, raw));
+    raw[e.resource_type.to_ascii_lowercase()] = e.resource.clone();
+    let device = (!e.device_id.is_empty()).then(|| e.device_id.clone());
+    tally.dead.push(d.dead_letter(device, message, raw));
 }
 
 impl Tally {
+    /// Keeps the server's answer for the trace (which follows readings: Observations only).
     fn receipt(&mut self, e: &Entry, answer: Answer, refused: bool) {
+        if e.resource_type != "Observation" {
+            return;
+        }
         self.receipts.push(Receipt {
             observation: e.id.clone(),
             device: e.device_id.clone(),

@@ -31,6 +31,16 @@ pub struct State {
     pub last_error_us: Option<i64>,
     /// When a Bundle was last accepted.
     pub last_success_us: Option<i64>,
+    /// Alerts: every alert-history transition before this position is delivered (as its
+    /// alert's Communication) or dead-lettered.
+    #[serde(default)]
+    pub alerts_seq: u64,
+    /// Communications delivered since the state was created.
+    #[serde(default)]
+    pub alerts_delivered: u64,
+    /// Communications the server refused (dead letters).
+    #[serde(default)]
+    pub alerts_failed: u64,
 }
 
 /// The URL as recorded and shown: no user info, query or fragment.

@@ -21,7 +21,9 @@ use carewatch_fhir::communication::{Alert, alert_statuses, communication};
 use carewatch_fhir::search::{DateCmp, encode, pairs};
 use carewatch_store::registry::Principal;
 
-use crate::fhir_read::{caller, collect_bounded, fhir_json, internal, outcome, scope};
+use crate::fhir_read::{
+    caller, collect_bounded, collect_within, fhir_json, internal, outcome, scope,
+};
 use crate::fhir_search::base_url;
 use crate::http::SqlState;
 
@@ -123,7 +125,7 @@ fn strings<'a>(b: &'a RecordBatch, name: &str) -> Option<&'a arrow_array::String
     b.column_by_name(name)?.as_string_opt::<i32>()
 }
 
-fn alerts(batches: &[RecordBatch]) -> Vec<(Alert, i64, Option<f64>)> {
+fn alerts(batches: &[RecordBatch]) -> Vec<Found> {
     let mut out = Vec::new();
     for b in batches {
         let (Some(id), Some(rule), Some(sev), Some(pat), Some(team), Some(st), Some(msg)) = (
@@ -178,9 +180,18 @@ fn alerts(batches: &[RecordBatch]) -> Vec<(Alert, i64, Option<f64>)> {
     out
 }
 
+/// An alert with what finding its triggering Observations takes: the episode's end (UTC µs)
+/// and its worst value.
+pub type Found = (Alert, i64, Option<f64>);
+
+async fn reasons(s: &SqlState, found: &mut [Found]) -> Result<(), Response> {
+    triggering(&s.engine, found).await.ok_or_else(internal)
+}
+
 /// Fills in each alert's triggering Observations: the patient's readings in the episode that
-/// carry the alert's worst value (at most three per alert).
-async fn reasons(s: &SqlState, found: &mut [(Alert, i64, Option<f64>)]) -> Result<(), Response> {
+/// carry the alert's worst value (at most three per alert). `None` when the query failed or
+/// passed the query time limit. Shared by the read side and the FHIR destination.
+pub async fn triggering(engine: &crate::QueryEngine, found: &mut [Found]) -> Option<()> {
     let conds: Vec<Expr> = found
         .iter()
         .filter_map(|(a, end, v)| {
@@ -195,18 +206,17 @@ async fn reasons(s: &SqlState, found: &mut [(Alert, i64, Option<f64>)]) -> Resul
         })
         .collect();
     let Some(any) = conds.into_iter().reduce(Expr::or) else {
-        return Ok(());
+        return Some(());
     };
-    let df = s
-        .engine
+    let df = engine
         .context()
         .table("observations")
         .await
         .and_then(|d| d.filter(any))
         .and_then(|d| d.sort(vec![col("effective_time").sort(true, false)]))
         .and_then(|d| d.limit(0, Some(found.len().saturating_mul(3).saturating_add(64))))
-        .map_err(|_| internal())?;
-    let batches = collect_bounded(s, df).await.ok_or_else(internal)?;
+        .ok()?;
+    let batches = collect_within(engine, df).await?;
     let rows = crate::fhir_read::readings(&batches);
     for (a, end, v) in found.iter_mut() {
         for r in &rows {
@@ -219,7 +229,7 @@ async fn reasons(s: &SqlState, found: &mut [(Alert, i64, Option<f64>)]) -> Resul
             }
         }
     }
-    Ok(())
+    Some(())
 }
 
 fn audit(s: &SqlState, p: &Principal, what: &str, n: usize) {

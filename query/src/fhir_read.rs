@@ -119,7 +119,15 @@ pub(crate) async fn collect_bounded(
     s: &SqlState,
     df: DataFrame,
 ) -> Option<Vec<arrow_array::RecordBatch>> {
-    match tokio::time::timeout(s.engine.limits().timeout, df.collect()).await {
+    collect_within(&s.engine, df).await
+}
+
+/// [`collect_bounded`] for callers without a request (the FHIR destination).
+pub(crate) async fn collect_within(
+    engine: &crate::QueryEngine,
+    df: DataFrame,
+) -> Option<Vec<arrow_array::RecordBatch>> {
+    match tokio::time::timeout(engine.limits().timeout, df.collect()).await {
         Ok(Ok(b)) => Some(b),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "FHIR read failed");

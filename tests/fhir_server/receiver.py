@@ -3,17 +3,21 @@ with tools nobody on this project wrote (fhir.resources 6.4, the strict R4 model
 R4 JSON schema for the Bundle envelope) and keeps what it accepts in memory.
 
   POST /            a batch or transaction Bundle; each entry must be a conditional update
-                    `PUT Observation?identifier=system|value` (R4 3.1.0.4.3: no match -> create
+                    `PUT Observation|Communication?identifier=system|value` (R4 3.1.0.4.3: no match -> create
                     201, one match -> update 200, several -> 412). An invalid resource gets 400
                     with an OperationOutcome; a resource whose device is in --refuse-device gets
                     422 with an OperationOutcome (in a batch-response entry, or for the whole
                     transaction). --fail-first N answers 503 to the first N Bundles.
   GET /Observation  search: identifier=system|value, patient=, _count (searchset Bundle)
+  GET /Communication  search: identifier=system|value, patient=, status=, _count
   PUT /Device/{id}  create or update a Device (validated like the rest); GET /Device/{id}
   GET /Device       search: identifier=[system|]value (searchset Bundle) — for Lookup mode
-  GET /_stats       {"creates", "updates", "bundles", "device_searches", "resources"} for the tests
+  GET /_stats       {"creates", "updates", "resources" (of Observations), "bundles", "device_searches",
+                    "communication_creates", "communication_updates", "communications"} for the tests
 
-Usage: receiver.py [--refuse-device ID]... [--fail-first N] [--delay-ms MS (per Bundle)]; prints `listening on PORT`.
+A Communication whose subject is a patient given with --refuse-alerts-of gets 422 likewise.
+
+Usage: receiver.py [--refuse-device ID]... [--refuse-alerts-of PATIENT]... [--fail-first N] [--delay-ms MS (per Bundle)]; prints `listening on PORT`.
 """
 import json
 import sys
@@ -32,10 +36,14 @@ SCHEMA.pop("oneOf", None)
 BUNDLE = jsonschema.Draft6Validator({**SCHEMA, "$ref": "#/definitions/Bundle"})
 
 LOCK = threading.Lock()
-STORE = {}  # id -> resource (with id and meta.versionId)
+STORE = {}  # Observation id -> resource (with id and meta.versionId)
+COMMS = {}  # Communication id -> resource
+TYPES = {"Observation": STORE, "Communication": COMMS}
 DEVICES = {}  # id -> Device
-STATS = {"creates": 0, "updates": 0, "bundles": 0, "device_searches": 0}
+STATS = {"creates": 0, "updates": 0, "bundles": 0, "device_searches": 0,
+         "communication_creates": 0, "communication_updates": 0}
 REFUSE = set()
+REFUSE_PATIENT = set()  # Communications about these patients are refused
 FAIL_FIRST = [0]
 DELAY = [0.0]
 
@@ -54,11 +62,14 @@ def put_conditional(entry):
     req = entry.get("request", {})
     url = req.get("url", "")
     res = entry.get("resource")
-    if req.get("method") != "PUT" or not url.startswith("Observation?identifier="):
-        return "400 Bad Request", outcome("not-supported", "only conditional updates of Observation"), None
+    rtype = url.split("?", 1)[0]
+    if req.get("method") != "PUT" or rtype not in TYPES or not url.startswith(rtype + "?identifier="):
+        return "400 Bad Request", outcome("not-supported", "only conditional updates of Observation or Communication"), None
+    if (res or {}).get("resourceType") != rtype:
+        return "400 Bad Request", outcome("invalid", "the resource is not of the URL's type"), None
     system, _, value = unquote(url.split("=", 1)[1]).partition("|")
     try:
-        construct_fhir_element("Observation", res)
+        construct_fhir_element(rtype, res)
     except Exception as e:  # noqa: BLE001 - the validator's words go back to the client
         return "400 Bad Request", outcome("invalid", " ".join(str(e).split())[:300]), None
     if not matches(res, system, value):
@@ -66,22 +77,27 @@ def put_conditional(entry):
     device = res.get("device", {}).get("reference", "").removeprefix("Device/")
     if device in REFUSE:
         return "422 Unprocessable Entity", outcome("business-rule", "this server does not take readings of that device"), None
+    subject = res.get("subject", {}).get("reference", "").removeprefix("Patient/")
+    if rtype == "Communication" and subject in REFUSE_PATIENT:
+        return "422 Unprocessable Entity", outcome("business-rule", "this server does not take alerts about that patient"), None
+    store = TYPES[rtype]
+    prefix = "" if rtype == "Observation" else "communication_"
     with LOCK:
-        found = [k for k, r in STORE.items() if matches(r, system, value)]
+        found = [k for k, r in store.items() if matches(r, system, value)]
         if len(found) > 1:
             return "412 Precondition Failed", outcome("multiple-matches", "several resources match"), None
         if found:
             rid = found[0]
-            version = int(STORE[rid]["meta"]["versionId"]) + 1
-            STATS["updates"] += 1
+            version = int(store[rid]["meta"]["versionId"]) + 1
+            STATS[prefix + "updates"] += 1
             status = "200 OK"
         else:
-            rid = str(len(STORE) + 1)
+            rid = str(len(store) + 1)
             version = 1
-            STATS["creates"] += 1
+            STATS[prefix + "creates"] += 1
             status = "201 Created"
-        STORE[rid] = {**res, "id": rid, "meta": {**res.get("meta", {}), "versionId": str(version)}}
-    return status, None, f"Observation/{rid}/_history/{version}"
+        store[rid] = {**res, "id": rid, "meta": {**res.get("meta", {}), "versionId": str(version)}}
+    return status, None, f"{rtype}/{rid}/_history/{version}"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -175,13 +191,16 @@ class Handler(BaseHTTPRequestHandler):
         q = {k: v[-1] for k, v in parse_qs(u.query).items()}
         if u.path == "/_stats":
             with LOCK:
-                return self.reply(200, {**STATS, "resources": len(STORE)})
+                return self.reply(200, {**STATS, "resources": len(STORE), "communications": len(COMMS)})
         if u.path == "/Device" or u.path.startswith("/Device/"):
             return self.devices(u, q)
-        if u.path != "/Observation":
+        store = TYPES.get(u.path.strip("/"))
+        if store is None:
             return self.reply(404, outcome("not-found", "no such path"))
         with LOCK:
-            found = list(STORE.values())
+            found = list(store.values())
+        if "status" in q:
+            found = [r for r in found if r.get("status") in q["status"].split(",")]
         if "identifier" in q:
             system, _, value = q["identifier"].partition("|")
             found = [r for r in found if matches(r, system, value)]
@@ -197,6 +216,9 @@ def main(argv):
     while i < len(argv):
         if argv[i] == "--refuse-device":
             REFUSE.add(argv[i + 1])
+            i += 2
+        elif argv[i] == "--refuse-alerts-of":
+            REFUSE_PATIENT.add(argv[i + 1])
             i += 2
         elif argv[i] == "--delay-ms":
             DELAY[0] = int(argv[i + 1]) / 1000

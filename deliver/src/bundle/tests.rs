@@ -40,11 +40,7 @@ fn blood_pressure_is_one_observation_with_an_identifier_and_no_id() {
 fn bundle_entries_are_conditional_updates() {
     let r = reading("8867-4", 72.0);
     let e = entry(&[&r], "urn:carewatch:observation").unwrap();
-    let b = bundle(
-        std::slice::from_ref(&e),
-        Kind::Batch,
-        "urn:carewatch:observation",
-    );
+    let b = bundle(std::slice::from_ref(&e), Kind::Batch);
     assert_eq!(b["type"], "batch");
     assert_eq!(b["entry"][0]["request"]["method"], "PUT");
     assert_eq!(
