@@ -50,8 +50,14 @@ pub use teams::may_see;
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// How often rules run.
+    /// How often rules run at the latest (time-based transitions: pending → firing, repeats,
+    /// escalations, un-snoozes).
     pub interval: Duration,
+    /// Appends trigger a run this long after the first one that found the engine idle
+    /// (micro-batching: the appends meanwhile share the run).
+    pub batch: Duration,
+    /// Minute bins ([`crate::minutes`]) are kept in memory for this long before "now".
+    pub bins_window: Duration,
     /// An unacknowledged firing alert is re-notified (escalated) this long after the last
     /// notification.
     pub escalate_after: Duration,
@@ -76,6 +82,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             interval: Duration::from_secs(1),
+            batch: Duration::from_millis(200),
+            bins_window: Duration::from_secs(2 * 3600),
             escalate_after: Duration::from_secs(15 * 60),
             max_escalations: 3,
             rule_timeout: Duration::from_secs(10),
@@ -114,6 +122,10 @@ struct Inner {
     registry: Arc<Registry>,
     history: Arc<History>,
     dirty: Mutex<gather::Dirty>,
+    /// Told when the first patient becomes dirty after a run took them.
+    dirtied: Notify,
+    /// The live minute bins behind the session's `vital_minutes`.
+    bins: Arc<crate::minutes::MinuteBins>,
     /// What each rule owes after a failed run (ranges and catch-up), retried next run.
     retry: Mutex<HashMap<String, gather::Owed>>,
     failures: gather::FailureCounts,
@@ -270,6 +282,7 @@ impl AlertEngine {
             state.apply(&t);
         }
         let (events, _) = broadcast::channel(4096);
+        let bins = crate::minutes::live(&ctx, store, config.bins_window);
         let inner = Arc::new(Inner {
             config,
             rules: RwLock::new(Arc::new(rules)),
@@ -277,6 +290,8 @@ impl AlertEngine {
             registry,
             history,
             dirty: Mutex::new(HashMap::new()),
+            dirtied: Notify::new(),
+            bins,
             retry: Mutex::new(HashMap::new()),
             failures: gather::FailureCounts::default(),
             samples: Mutex::new(Samples::default()),
@@ -292,11 +307,18 @@ impl AlertEngine {
         let weak = Arc::downgrade(&inner);
         store.observe_appends(Arc::new(move |sum: &carewatch_store::AppendSummary| {
             if let Some(inner) = weak.upgrade() {
+                // Bins first: a run that takes the dirty mark must find the readings binned.
+                inner.bins.add(sum);
                 let mut d = lock(&inner.dirty);
+                let was_idle = d.is_empty();
                 for (p, a, b) in &sum.patients {
                     let e = d.entry(p.clone()).or_insert((*a, *b));
                     e.0 = e.0.min(*a);
                     e.1 = e.1.max(*b);
+                }
+                drop(d);
+                if was_idle {
+                    inner.dirtied.notify_one();
                 }
             }
         }));
@@ -372,7 +394,13 @@ impl AlertEngine {
         self.inner.wake.notify_one();
     }
 
-    /// Runs the evaluation loop until `shutdown`.
+    /// The live minute bins (patients, bins held).
+    pub fn bins_size(&self) -> (usize, usize) {
+        self.inner.bins.size()
+    }
+
+    /// Runs the evaluation loop until `shutdown`: `batch` after appends made patients dirty,
+    /// and every `interval` for the clock's work.
     pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
         let mut every = tokio::time::interval(self.inner.config.interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -380,6 +408,12 @@ impl AlertEngine {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = every.tick() => {}
+                () = self.inner.dirtied.notified() => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(self.inner.config.batch) => {}
+                    }
+                }
             }
             let started = std::time::Instant::now();
             let r = self.evaluate(now_us()).await;
@@ -400,6 +434,7 @@ impl AlertEngine {
     /// (samples and episodes), then reconcile and commit. Returns the transitions written.
     pub async fn evaluate(&self, now: i64) -> Result<usize, String> {
         let inner = &self.inner;
+        inner.bins.advance(now);
         let moved = self.reassign_moved(now)?;
         let rules = self.rules();
         let catch_up = inner

@@ -9,6 +9,8 @@
 //! - [`notify`]: webhook delivery with retries; [`http`]: list, acknowledge, SSE.
 //! - [`baselines`]: each patient's resting heart rate, SpO2 and temperature, learned per day
 //!   from the days before (no look-ahead), as the `baselines` table rules join.
+//! - [`minutes`]: per (patient, vital) minute bins kept at append time, the `vital_minutes`
+//!   table the shipped rules read (folded from `observations` for the backtest and old minutes).
 //! - [`policy`]: burden controls — repeat intervals per level, quiet periods.
 //! - [`backtest`]: the rules over stored history, with alarm burden, and the replay of the
 //!   alert lifecycle over it.
@@ -22,6 +24,7 @@ pub mod engine;
 pub mod episodes;
 pub mod history;
 pub mod http;
+pub mod minutes;
 pub mod notify;
 pub mod policy;
 pub mod rules;

@@ -1,7 +1,7 @@
-//! Rule files: `rules/*.toml`, each one rule — SQL over `observations` (and the registry
-//! tables) that answers, per patient and time bucket, whether the condition held — with its
-//! parameters, severity, message and episode shape. Per-patient overrides change parameters for
-//! named patients.
+//! Rule files: `rules/*.toml`, each one rule — SQL over `observations` or its minute bins
+//! `vital_minutes` ([`crate::minutes`], what the shipped rules read) and the registry tables —
+//! answering per patient and time bucket whether the condition held, with its parameters,
+//! severity, message and episode shape. Per-patient overrides change parameters for some.
 //!
 //! ```toml
 //! title = "Elevated heart rate at rest"
@@ -19,8 +19,8 @@
 //! ```
 //!
 //! The SQL must return `patient_id`, `t` (bucket start), `hit` (boolean) and `value` (double),
-//! and must filter every scan of `observations` with `{scope}` (the time range and patients
-//! being evaluated). `{bucket}` is the bucket as an SQL interval; `{name}` is a parameter.
+//! and must filter every scan of `observations` (or `vital_minutes`) with `{scope}` (the time
+//! range and patients being evaluated). `{bucket}` is the bucket as an SQL interval; `{name}` is a parameter.
 //! `for_minutes` (minimum duration) and `clear_minutes` (hysteresis) are parameters too, so
 //! they can be overridden per patient.
 

@@ -264,6 +264,8 @@ fn live_engine(w: &World, rule: &Rule, history: Arc<History>) -> AlertEngine {
             interval: Duration::from_secs(1),
             escalate_after: Duration::from_secs(15 * 60),
             max_escalations: 2,
+            // The scenarios' minute bins all stay in memory (the live `vital_minutes`).
+            bins_window: Duration::from_secs(24 * 3600),
             ..Config::default()
         },
         vec![rule.clone()],
@@ -313,6 +315,10 @@ async fn golden(rule_id: &str) {
     let (data, want) = scenario(rule_id);
     let w = world().await;
     let (engine, live) = live(&w, &rule, &data).await;
+    assert!(
+        engine.bins_size().1 > 0,
+        "live evaluation read the in-memory bins"
+    );
     let bt = backtest(&w, &rule).await;
     let want: Vec<String> = want.into_iter().map(str::to_owned).collect();
     assert_eq!(bt, want, "backtest of {rule_id}");

@@ -25,8 +25,12 @@ pub struct AlertsConfig {
     /// Per care team receivers: `team = "https://…"`.
     #[serde(default)]
     pub team_webhooks: BTreeMap<String, String>,
-    /// How often rules run, seconds (default 1).
+    /// How often rules run at the latest, seconds (default 1).
     pub interval_secs: Option<f64>,
+    /// Appends trigger a run this many milliseconds after the first (default 200).
+    pub batch_millis: Option<u64>,
+    /// Minute bins are kept in memory for this many minutes before now (default 120).
+    pub bins_minutes: Option<u64>,
     /// Escalation chains and on-call rotas by care team (`[alerts.escalation.<team>]`); a team
     /// with one escalates along it instead of `escalate_after_secs` / `max_escalations`.
     #[serde(default)]
@@ -103,6 +107,18 @@ pub(super) fn resolve(
             bail!("alerts.interval_secs must be between 0.05 and 3600");
         }
         alert_engine.interval = Duration::from_secs_f64(s);
+    }
+    if let Some(ms) = a.batch_millis {
+        if !(1..=60_000).contains(&ms) {
+            bail!("alerts.batch_millis must be between 1 and 60000");
+        }
+        alert_engine.batch = Duration::from_millis(ms);
+    }
+    if let Some(m) = a.bins_minutes {
+        if !(10..=24 * 60).contains(&m) {
+            bail!("alerts.bins_minutes must be between 10 and 1440");
+        }
+        alert_engine.bins_window = Duration::from_secs(m * 60);
     }
     if let Some(s) = a.escalate_after_secs {
         alert_engine.escalate_after = Duration::from_secs(s.max(1));

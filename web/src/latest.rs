@@ -149,6 +149,7 @@ mod tests {
         let sum = |t: i64, v: f64| AppendSummary {
             patients: vec![("p".into(), t, t)],
             latest: vec![("p".into(), "8867-4", t, v)],
+            ..AppendSummary::default()
         };
         c.apply(&sum(10 * MINUTE, 80.0));
         c.apply(&sum(5 * MINUTE, 60.0)); // late: not the latest, but in the sparkline

@@ -220,6 +220,7 @@ pub async fn backtest_with(
     opts: &Options<'_>,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<Report, String> {
+    crate::minutes::table::ensure_registered(ctx).await?;
     prepare_baselines(ctx, rules, from_us, to_us).await;
     let days = days_of(from_us, to_us);
     let total = (rules.len() * days.len()) as u64;

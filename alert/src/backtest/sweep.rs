@@ -165,6 +165,7 @@ pub async fn sweep(
     if axes.is_empty() || axes.len() > 2 {
         return Err("a sweep has one or two axes".into());
     }
+    crate::minutes::table::ensure_registered(ctx).await?;
     let days = days_of(from_us, to_us);
     let grid = cells(axes);
     let mut evaluated: HashMap<String, Series> = HashMap::new();

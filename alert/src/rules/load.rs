@@ -56,6 +56,14 @@ pub async fn check(
     rules: &[Rule],
 ) -> Result<(), RuleError> {
     use arrow_schema::DataType;
+    if let Err(message) = crate::minutes::table::ensure_registered(ctx).await {
+        let file = rules.first().map(|r| r.file.clone()).unwrap_or_default();
+        return Err(RuleError {
+            file,
+            line: 1,
+            message,
+        });
+    }
     for r in rules {
         let err = |message: String| RuleError {
             file: r.file.clone(),

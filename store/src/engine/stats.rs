@@ -84,6 +84,9 @@ pub struct AppendSummary {
     /// Per (patient, code): the reading with the latest effective time (patient, code, time,
     /// value).
     pub latest: Vec<(String, &'static str, i64, f64)>,
+    /// Every reading of the append: (index into `patients`, code, effective time, value), for
+    /// observers that aggregate values (the alert engine's minute bins).
+    pub readings: Vec<(u32, &'static str, i64, f64)>,
 }
 
 /// Called after each durable append with an [`AppendSummary`]. Rows without a patient are not
@@ -91,17 +94,24 @@ pub struct AppendSummary {
 pub type AppendObserver = Arc<dyn Fn(&AppendSummary) + Send + Sync>;
 
 pub(super) fn summarise(rows: &[Row]) -> AppendSummary {
-    let mut m: std::collections::HashMap<&str, (i64, i64)> = std::collections::HashMap::new();
+    // Per patient: (its index in `patients`, earliest, latest).
+    let mut m: std::collections::HashMap<&str, (u32, i64, i64)> = std::collections::HashMap::new();
     let mut latest: std::collections::HashMap<(&str, &'static str), (i64, f64)> =
         std::collections::HashMap::new();
+    let mut patients: Vec<(String, i64, i64)> = Vec::new();
+    let mut readings = Vec::with_capacity(rows.len());
     for r in rows {
         let Some(p) = r.reading.patient_id.as_deref() else {
             continue;
         };
         let t = r.reading.effective_us;
-        let e = m.entry(p).or_insert((t, t));
-        e.0 = e.0.min(t);
-        e.1 = e.1.max(t);
+        let e = m.entry(p).or_insert_with(|| {
+            patients.push((p.to_owned(), t, t));
+            (patients.len() as u32 - 1, t, t)
+        });
+        e.1 = e.1.min(t);
+        e.2 = e.2.max(t);
+        readings.push((e.0, r.reading.code(), t, r.reading.value));
         let l = latest
             .entry((p, r.reading.code()))
             .or_insert((t, r.reading.value));
@@ -109,11 +119,13 @@ pub(super) fn summarise(rows: &[Row]) -> AppendSummary {
             *l = (t, r.reading.value);
         }
     }
+    for (i, a, b) in m.into_values() {
+        let e = &mut patients[i as usize];
+        (e.1, e.2) = (a, b);
+    }
     AppendSummary {
-        patients: m
-            .into_iter()
-            .map(|(p, (a, b))| (p.to_owned(), a, b))
-            .collect(),
+        patients,
+        readings,
         latest: latest
             .into_iter()
             .map(|((p, c), (t, v))| (p.to_owned(), c, t, v))
