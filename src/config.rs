@@ -9,6 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
 mod alerts;
+mod cluster;
 mod fhir;
 mod oidc;
 
@@ -57,6 +58,9 @@ pub struct FileConfig {
     /// Credentials.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Cluster membership (`[cluster] postgres_url`).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// The HTTP edge's limits.
     #[serde(default)]
     pub http: HttpConfig,
@@ -200,6 +204,9 @@ pub struct ServeConfig {
     pub fhir_destination: Option<carewatch_deliver::Config>,
     /// Where device identity comes from (`[fhir.identity]`).
     pub fhir_identity: fhir::Identity,
+    /// The PostgreSQL database a cluster member keeps its registry in (`None`: the data
+    /// directory's log file, single node).
+    pub postgres_url: Option<String>,
 }
 
 /// Flag/env values (each `None` when not given).
@@ -219,6 +226,7 @@ pub struct Overrides {
     pub oidc_issuer: Option<String>,
     pub oidc_audience: Option<String>,
     pub fhir_destination: Option<String>,
+    pub postgres_url: Option<String>,
     /// The directory of the config file (for its `rules/`).
     pub config_dir: Option<PathBuf>,
 }
@@ -231,6 +239,8 @@ fn addr(s: &str, what: &str) -> Result<SocketAddr> {
 pub(crate) fn url_ok(u: &str) -> bool {
     u.starts_with("http://") || u.starts_with("https://")
 }
+
+pub use cluster::{ClusterConfig, postgres_url as cluster_postgres_url};
 
 /// Parses a TOML config file.
 pub fn parse_file(text: &str) -> Result<FileConfig> {
@@ -341,7 +351,9 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         secs(h.header_read_timeout_secs, http_limits.header_read_timeout);
     http_limits.idle_timeout = secs(h.idle_timeout_secs, http_limits.idle_timeout);
     http_limits.shutdown_deadline = secs(h.shutdown_deadline_secs, http_limits.shutdown_deadline);
+    let postgres_url = cluster_postgres_url(o.postgres_url, file.cluster)?;
     Ok(ServeConfig {
+        postgres_url,
         http_limits,
         query_limits,
         metrics_require_token,

@@ -62,7 +62,10 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         std::fs::set_permissions(&c.data_dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("restricting {}", c.data_dir.display()))?;
     }
-    let (registry, admin) = Registry::open(&c.data_dir).context("opening registry")?;
+    let (registry, admin) = match &c.postgres_url {
+        Some(url) => Registry::open_postgres(url).context("opening the registry in PostgreSQL")?,
+        None => Registry::open(&c.data_dir).context("opening registry")?,
+    };
     if let Some(token) = admin {
         // Printed once, on the first start of a fresh data directory.
         announce!("admin token: {token}");
