@@ -39,8 +39,17 @@ fn main() -> ExitCode {
 
 fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("CAREWATCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = std::env::var("CAREWATCH_LOG").unwrap_or_else(|_| "info".into());
+    let mut filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The Delta Lake kernel reports every snapshot and scan at info (with table paths); at
+    // warn unless CAREWATCH_LOG names it.
+    for noisy in ["buoyant_kernel", "delta_kernel", "deltalake_core"] {
+        if !spec.contains(noisy)
+            && let Ok(d) = format!("{noisy}=warn").parse()
+        {
+            filter = filter.add_directive(d);
+        }
+    }
     use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
