@@ -1,5 +1,6 @@
-"""Reads carewatch's Parquet files with DuckDB and pyarrow (hive partitions included) and
-checks they hold exactly the rows the writer says it stored (expected.csv beside them).
+"""Reads carewatch's tables with the `deltalake` package and Polars (as Delta tables, through
+their `_delta_log`) and their Parquet files with DuckDB and pyarrow (hive partitions included),
+and checks they hold exactly the rows the writer says it stored (expected.csv beside them).
 
 Usage: check_parquet.py DATA_DIR
 """
@@ -7,7 +8,9 @@ import csv
 import sys
 from pathlib import Path
 
+import deltalake
 import duckdb
+import polars as pl
 import pyarrow.dataset as ds
 
 root = Path(sys.argv[1])
@@ -20,7 +23,7 @@ with open(root / "expected.csv") as f:
 con = duckdb.connect()
 rows = con.execute(
     f"""SELECT patient_id, device_id, code, value, epoch_us(effective_time), date
-        FROM read_parquet('{root}/observations/*/*.parquet', hive_partitioning = true)"""
+        FROM read_parquet('{root}/observations/date=*/*.parquet', hive_partitioning = true)"""
 ).fetchall()
 got = sorted(r[:5] for r in rows)
 # The hive partition is the UTC date of effective_time.
@@ -35,8 +38,20 @@ arrow_rows = sorted(
         table["value"].to_pylist(), table["effective_time"].cast("int64").to_pylist())
 )
 
+cols = ["patient_id", "device_id", "code", "value", "effective_time"]
+delta = deltalake.DeltaTable(str(root / "observations")).to_pyarrow_table(columns=cols)
+delta_rows = sorted(zip(
+    delta["patient_id"].to_pylist(), delta["device_id"].to_pylist(), delta["code"].to_pylist(),
+    delta["value"].to_pylist(), delta["effective_time"].cast("int64").to_pylist()))
+df = pl.read_delta(str(root / "observations")).select(cols)
+polars_rows = sorted(
+    (p, d, c, v, t) for p, d, c, v, t in zip(
+        df["patient_id"], df["device_id"], df["code"], df["value"],
+        df["effective_time"].dt.epoch("us")))
+
+readers = (("duckdb", got), ("pyarrow", arrow_rows), ("deltalake", delta_rows), ("polars", polars_rows))
 ok = True
-for name, result in (("duckdb", got), ("pyarrow", arrow_rows)):
+for name, result in readers:
     if result != expected:
         ok = False
         print(f"{name}: {len(result)} rows differ from the {len(expected)} expected")
@@ -47,5 +62,6 @@ for name, result in (("duckdb", got), ("pyarrow", arrow_rows)):
 if bad_dates:
     ok = False
     print("rows in the wrong date partition:", bad_dates[:5])
-print(f"parquet-readers: {2 if ok else 0} passed, {0 if ok else 2} failed")
+n = len(readers)
+print(f"parquet-readers: {n if ok else 0} passed, {0 if ok else n} failed")
 sys.exit(0 if ok else 1)

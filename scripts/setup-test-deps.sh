@@ -68,6 +68,7 @@ venv="${CAREWATCH_VENV:-$HOME/.cache/carewatch-venv}"
 reqs=(
   "fhirkit-rs==0.1.0" "fhir.resources==6.4.0" "pydantic[email]<2" "jsonschema==4.*"
   "fhirpathpy==2.2.4" "duckdb==1.*" "pyarrow" "paho-mqtt==2.*" "psycopg[binary]==3.*" "pytz" "prometheus-client==0.*"
+  "deltalake==1.*" "polars"
 )
 stamp="$venv/.carewatch-reqs.sha256"
 want="$( { python3 --version; printf '%s\n' "${reqs[@]}"; } | sha256sum | cut -d' ' -f1)"
@@ -83,6 +84,6 @@ echo "setup: pip install ${reqs[*]}"
 "$venv/bin/pip" install -q --disable-pip-version-check "${reqs[@]}"
 "$venv/bin/pip" check
 "$venv/bin/pip" list --disable-pip-version-check 2>/dev/null \
-  | grep -iE '^(fhirkit-rs|fhir.resources|pydantic|jsonschema|fhirpathpy|duckdb|pyarrow|paho-mqtt|psycopg) ' \
+  | grep -iE '^(fhirkit-rs|fhir.resources|pydantic|jsonschema|fhirpathpy|duckdb|pyarrow|paho-mqtt|psycopg|deltalake|polars) ' \
   | sed 's/^/setup:   /'
 echo "$want" > "$stamp"

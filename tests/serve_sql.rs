@@ -464,7 +464,7 @@ with psycopg.connect(host=host, port=port, user="analyst", password=token, dbnam
 import sys, duckdb, csv, io
 root, q = sys.argv[1], sys.argv[2]
 con = duckdb.connect()
-con.execute(f"CREATE VIEW observations AS SELECT * FROM read_parquet('{root}/observations/*/*.parquet')")
+con.execute(f"CREATE VIEW observations AS SELECT * FROM read_parquet('{root}/observations/date=*/*.parquet')")
 con.execute("SET TimeZone='UTC'")
 rel = con.execute(q)
 cols = [d[0] for d in rel.description]

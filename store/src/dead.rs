@@ -4,7 +4,7 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow_array::builder::{
-    BinaryBuilder, StringBuilder, TimestampMicrosecondBuilder, UInt32Builder,
+    BinaryBuilder, Int32Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -34,7 +34,10 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("device_id", DataType::Utf8, true),
         Field::new("reason", DataType::Utf8, false),
         Field::new("message", DataType::Utf8, false),
-        Field::new("item_index", DataType::UInt32, true),
+        // Int32, not UInt32 (issue 13): Delta Lake has no unsigned types, and Polars refuses a
+        // file whose type differs from the table's. Files written before hold UInt32; readers
+        // here cast them ([`crate::tables::conform`]). Indexes are capped far below 2^31.
+        Field::new("item_index", DataType::Int32, true),
         Field::new("raw", DataType::Binary, false),
         // Added (issue 12): one raw payload per message. Every dead letter of a message has
         // the payload's SHA-256 (hex); only the first carries `raw`, the others an empty one.
@@ -55,7 +58,7 @@ pub fn batch(dead: &[DeadLetter]) -> Result<RecordBatch, arrow_schema::ArrowErro
     let mut d = StringBuilder::new();
     let mut r = StringBuilder::new();
     let mut m = StringBuilder::new();
-    let mut i = UInt32Builder::with_capacity(dead.len());
+    let mut i = Int32Builder::with_capacity(dead.len());
     let mut raw = BinaryBuilder::new();
     let mut sha = StringBuilder::new();
     for x in dead {
@@ -64,7 +67,7 @@ pub fn batch(dead: &[DeadLetter]) -> Result<RecordBatch, arrow_schema::ArrowErro
         d.append_option(x.device_id.as_deref());
         r.append_value(x.reason.code());
         m.append_value(&x.message);
-        i.append_option(x.index);
+        i.append_option(x.index.and_then(|n| i32::try_from(n).ok()));
         raw.append_value(&x.raw);
         sha.append_value(hex(&x.raw_sha256.unwrap_or_else(|| digest(&x.raw))));
     }
@@ -101,7 +104,7 @@ mod tests {
                 "device_id: Utf8 true",
                 "reason: Utf8 false",
                 "message: Utf8 false",
-                "item_index: UInt32 true",
+                "item_index: Int32 true",
                 "raw: Binary false",
                 "raw_sha256: Utf8 true",
             ]

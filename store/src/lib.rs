@@ -5,17 +5,21 @@
 //! the in-memory buffer of Arrow batches. On size or age the buffer is sorted by (patient,
 //! code, effective time), de-duplicated on the natural key (device, code, effective time), and
 //! written as ZSTD Parquet under `observations/date=YYYY-MM-DD/` (and `dead_letters/…`) through
-//! the `object_store` crate (a local directory by default, S3-compatible by URL); then a
-//! checkpoint records which WAL segments are persisted and those segments are deleted.
-//! Compaction merges a day's small files; retention drops whole old days.
+//! the `object_store` crate (a local directory by default, S3-compatible by URL), and added to
+//! the table by one Delta Lake commit (`<table>/_delta_log/`, with the last WAL segment as the
+//! commit's `txn` version); then a checkpoint records which WAL segments are persisted and
+//! those segments are deleted. Compaction merges a day's small files and retention drops whole
+//! old days, each one commit; removed files are deleted after a grace period. Every reader —
+//! carewatch's queries, the `deltalake` package, Polars, Spark — sees a committed snapshot.
 //!
 //! Modules: [`wal`] (segments and frames), [`codec`] (record encoding), [`tables`] (Parquet
 //! layout, writing, reading), [`dead`] (the dead-letters schema).
 //!
 //! Invariants:
-//! - acknowledged ⇒ in an fsynced WAL frame, or in a Parquet file named by a checkpoint;
-//! - replay after a crash skips segments the checkpoint covers and deletes Parquet files a
-//!   crashed persist left behind, so every row exists exactly once;
+//! - acknowledged ⇒ in an fsynced WAL frame, or in a Parquet file a durable Delta commit added;
+//! - replay after a crash skips, per table, the segments its Delta log records (the commit's
+//!   `txn`) or the checkpoint covers, and deletes Parquet files no commit references, so
+//!   every row exists exactly once;
 //! - every WAL frame written is one replay accepts (a group commit is cut into frames);
 //! - the buffer is bounded in rows and bytes: a full buffer answers [`Error::Busy`];
 //! - a writer that cannot go on is reported by [`Store::healthy`], never silent.

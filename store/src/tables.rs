@@ -237,17 +237,19 @@ pub fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch
 }
 
 /// Brings a batch read from an older file to the table's current schema: columns added since
-/// (nullable, by contract) are filled with nulls.
+/// (nullable, by contract) are filled with nulls, and a column whose type changed (the dead
+/// letters' `item_index`, UInt32 before Delta) is cast.
 pub fn conform(table: Table, batch: &RecordBatch) -> Result<RecordBatch> {
     let schema = table.schema();
-    if batch.schema().fields().len() == schema.fields().len() {
+    if batch.schema().fields() == schema.fields() {
         return Ok(batch.clone());
     }
     let cols = schema
         .fields()
         .iter()
         .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) => Ok(c.clone()),
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => arrow_cast::cast(c, f.data_type()).map_err(|e| Error::Encode(e.to_string())),
             None if f.is_nullable() => {
                 Ok(arrow_array::new_null_array(f.data_type(), batch.num_rows()))
             }

@@ -1,5 +1,7 @@
-//! Compaction (a day's small files merged into one, crash-safe through an intent file),
-//! retention, and the background task that persists, compacts and retains on a tick.
+//! Compaction (a day's small files merged into one, one Delta commit), retention (one commit
+//! of removes per table), vacuum (removed files deleted once their grace period is over), and
+//! the background task that does all of it on a tick. Intent files are what compaction used
+//! before the Delta log; open still finishes one a crash left in a pre-Delta directory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +10,8 @@ use std::time::Instant;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use super::persist::{blocking, persist, sync_local, write_atomic};
+use super::delta::{NewFile, Op};
+use super::persist::{blocking, delete_all, persist, sync_local, sync_log};
 use super::{Inner, Store, io, lock, read_file};
 use crate::Result;
 use crate::tables::{self, FileMeta, Table};
@@ -20,12 +23,6 @@ pub(super) struct Intent {
 }
 
 impl Intent {
-    fn encode(&self) -> String {
-        std::iter::once(self.output.as_str())
-            .chain(self.inputs.iter().map(String::as_str))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
     pub(super) fn decode(s: &str) -> Option<Intent> {
         let mut lines = s.lines().filter(|l| !l.is_empty());
         let output = lines.next()?.to_owned();
@@ -101,8 +98,10 @@ pub(super) async fn compact(inner: &Inner, min_files: usize) -> Result<usize> {
     Ok(done)
 }
 
-/// Merges one day's files: intent first, then the merged file (made durable), then the inputs
-/// go to the graveyard (deleted after the grace period; the intent makes a crash safe).
+/// Merges one day's files: the merged file is written and made durable, then one commit
+/// removes the inputs (`dataChange: false`) and adds it. The inputs go to the graveyard
+/// (deleted after the grace period). A crash before the commit leaves the merged file
+/// unreferenced: open deletes it.
 async fn compact_day(inner: &Inner, inputs: Vec<FileMeta>) -> Result<()> {
     let Some(head) = inputs.first() else {
         return Ok(());
@@ -115,50 +114,120 @@ async fn compact_day(inner: &Inner, inputs: Vec<FileMeta>) -> Result<()> {
         batches.extend(read_file(inner.objects.as_ref(), &f.path).await?);
     }
     let rgs = inner.config.row_group_rows;
-    let bytes = blocking(move || {
+    let (bytes, rows) = blocking(move || {
         let all = tables::concat(&table.schema(), &batches)?;
-        tables::encode_parquet(&tables::sort_dedupe(table, &all)?, rgs)
+        let merged = tables::sort_dedupe(table, &all)?;
+        Ok((
+            tables::encode_parquet(&merged, rgs)?,
+            merged.num_rows() as u64,
+        ))
     })
     .await?;
     let stamp = chrono::Utc::now().timestamp_micros();
     let path = tables::file_path(table, &date, first, last, &format!("-c{stamp}"));
-    let intent = Intent {
-        output: path.to_string(),
-        inputs: inputs.iter().map(|f| f.path.to_string()).collect(),
-    };
-    let dir = inner.config.data_dir.clone();
-    blocking(move || {
-        write_atomic(
-            &dir,
-            &format!("compaction-{stamp}.intent"),
-            intent.encode().as_bytes(),
-        )
-    })
-    .await?;
     let size = bytes.len() as u64;
     inner.objects.put(&path, bytes.into()).await.map_err(io)?;
     if let Some(root) = inner.local_root.clone() {
         let p = vec![path.clone()];
-        blocking(move || sync_local(&root, &p)).await?;
+        if let Err(e) = blocking(move || sync_local(&root, &p)).await {
+            let _ = delete_all(inner.objects.as_ref(), vec![path]).await;
+            return Err(e);
+        }
     }
+    let out = NewFile {
+        meta: FileMeta {
+            table,
+            path: path.clone(),
+            date,
+            wal_first: first,
+            wal_last: last,
+            size,
+        },
+        rows: Some(rows),
+    };
+    let mut deltas = inner.deltas.lock().await;
+    let Some(log) = deltas.get_mut(&table) else {
+        return Ok(());
+    };
+    let log_file = match log.commit(Op::Compact, &[out], &inputs, None).await {
+        Ok(p) => p,
+        Err(e) => {
+            let left = delete_all(inner.objects.as_ref(), vec![path]).await;
+            lock(&inner.state).leftovers.extend(left);
+            return Err(e);
+        }
+    };
+    sync_log(inner, log_file).await;
+    let files = log.files();
     let mut st = lock(&inner.state);
+    replace_files(&mut st, table, files);
     let grace = Instant::now() + inner.config.delete_grace;
-    st.files
-        .retain(|f| !inputs.iter().any(|i| i.path == f.path));
-    st.files.push(FileMeta {
-        table,
-        path,
-        date,
-        wal_first: first,
-        wal_last: last,
-        size,
-    });
-    st.files
-        .sort_by(|a, b| (a.table, &a.date, a.wal_first).cmp(&(b.table, &b.date, b.wal_first)));
     st.graveyard
         .extend(inputs.iter().map(|f| (grace, f.path.clone())));
     st.stats.compactions += 1;
     Ok(())
+}
+
+/// A table's files in the state become its snapshot's.
+fn replace_files(st: &mut super::State, table: Table, files: Vec<FileMeta>) {
+    st.files.retain(|f| f.table != table);
+    st.files.extend(files);
+    st.files
+        .sort_by(|a, b| (a.table, &a.date, a.wal_first).cmp(&(b.table, &b.date, b.wal_first)));
+}
+
+/// Retention: one commit per table removes the days before `cutoff_date`; the files wait
+/// out the grace period in the graveyard. Returns the number of files dropped.
+pub(super) async fn retain(inner: &Inner, cutoff_date: &str) -> Result<usize> {
+    if inner.config.read_only {
+        return Ok(0);
+    }
+    let _g = inner.persist_lock.lock().await;
+    let old: Vec<FileMeta> = lock(&inner.state)
+        .files
+        .iter()
+        .filter(|f| f.date.as_str() < cutoff_date)
+        .cloned()
+        .collect();
+    let mut deltas = inner.deltas.lock().await;
+    let mut n = 0;
+    for table in Table::ALL {
+        let gone: Vec<FileMeta> = old.iter().filter(|f| f.table == table).cloned().collect();
+        let Some(log) = deltas.get_mut(&table).filter(|_| !gone.is_empty()) else {
+            continue;
+        };
+        let log_file = log
+            .commit(Op::Retain(cutoff_date), &[], &gone, None)
+            .await?;
+        sync_log(inner, log_file).await;
+        let files = log.files();
+        let mut st = lock(&inner.state);
+        replace_files(&mut st, table, files);
+        let grace = Instant::now() + inner.config.delete_grace;
+        n += gone.len();
+        st.graveyard
+            .extend(gone.into_iter().map(|f| (grace, f.path)));
+    }
+    Ok(n)
+}
+
+/// Deletes the files whose grace period is over.
+async fn vacuum(inn: &Inner) {
+    let expired: Vec<ObjPath> = {
+        let mut st = lock(&inn.state);
+        let now = Instant::now();
+        let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut st.graveyard)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
+        st.graveyard = keep;
+        gone.into_iter().map(|(_, p)| p).collect()
+    };
+    for p in expired {
+        match inn.objects.delete(&p).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(error = %e, "deleting replaced file failed"),
+        }
+    }
 }
 
 pub(super) async fn background(inner: std::sync::Weak<Inner>) {
@@ -191,34 +260,6 @@ pub(super) async fn background(inner: std::sync::Weak<Inner>) {
                 tracing::error!(error = %e, "retention failed");
             }
         }
-        let expired: Vec<ObjPath> = {
-            let mut st = lock(&inn.state);
-            let now = Instant::now();
-            let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut st.graveyard)
-                .into_iter()
-                .partition(|(t, _)| *t <= now);
-            st.graveyard = keep;
-            gone.into_iter().map(|(_, p)| p).collect()
-        };
-        for p in expired {
-            match inn.objects.delete(&p).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => tracing::warn!(error = %e, "deleting replaced file failed"),
-            }
-        }
-        // An intent is no longer needed once none of its inputs waits in the graveyard.
-        let waiting: Vec<String> = lock(&inn.state)
-            .graveyard
-            .iter()
-            .map(|(_, p)| p.to_string())
-            .collect();
-        for path in intent_files(&inn.config.data_dir) {
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            if Intent::decode(&text).is_none_or(|i| !i.inputs.iter().any(|x| waiting.contains(x))) {
-                let _ = std::fs::remove_file(path);
-            }
-        }
+        vacuum(&inn).await;
     }
 }

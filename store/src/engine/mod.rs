@@ -1,9 +1,12 @@
 //! The store engine: the buffer and the public [`Store`] handle. Its phases live in their own
-//! modules: `open` (lock, recovery, replay), `writer` (group commit), `persist` (buffer
-//! to Parquet, checkpoint), `compact` (compaction, retention, the background task), and
-//! `stats` (counters and append summaries).
+//! modules: `open` (lock, recovery, replay), `adopt` (the tables' Delta logs at open),
+//! `writer` (group commit), `persist` (buffer to Parquet, Delta commit, checkpoint),
+//! `compact` (compaction, retention, vacuum, the background task), `delta` (one table's
+//! Delta log) and `stats` (counters and append summaries).
 
+mod adopt;
 mod compact;
+mod delta;
 mod open;
 mod persist;
 mod stats;
@@ -16,6 +19,7 @@ use std::time::Instant;
 use arrow_array::RecordBatch;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
+
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec;
@@ -76,6 +80,8 @@ struct Inner {
     tx: mpsc::Sender<Cmd>,
     state: Mutex<State>,
     objects: Arc<dyn ObjectStore>,
+    /// Each table's Delta log; changed only under `persist_lock`.
+    deltas: tokio::sync::Mutex<std::collections::BTreeMap<Table, delta::DeltaLog>>,
     persist_lock: tokio::sync::Mutex<()>,
     wal_dir: PathBuf,
     /// The tables' directory when they are on this machine (files are fsynced there).
@@ -336,34 +342,16 @@ impl Store {
         compact::compact(&self.inner, 2).await
     }
 
-    /// Drops days whose date is before `cutoff_date` (`YYYY-MM-DD`). Returns files dropped.
+    /// Drops days whose date is before `cutoff_date` (`YYYY-MM-DD`): one Delta commit of
+    /// removes per table. Returns files dropped.
     pub async fn drop_days_before(&self, cutoff_date: &str) -> Result<usize> {
-        let _g = self.inner.persist_lock.lock().await;
-        let mut st = lock(&self.inner.state);
-        let grace = Instant::now() + self.inner.config.delete_grace;
-        let (old, keep): (Vec<FileMeta>, Vec<FileMeta>) = std::mem::take(&mut st.files)
-            .into_iter()
-            .partition(|f| f.date.as_str() < cutoff_date);
-        st.files = keep;
-        let n = old.len();
-        st.graveyard
-            .extend(old.into_iter().map(|f| (grace, f.path)));
-        Ok(n)
+        compact::retain(&self.inner, cutoff_date).await
     }
 
-    /// Persists the buffer and stops the writer: call on shutdown.
+    /// Persists the buffer and stops the writer: call on shutdown. Files a commit removed stay
+    /// until their grace period ends (the next open deletes them from the log's tombstones).
     pub async fn close(&self) -> Result<()> {
         persist::persist(&self.inner).await?;
-        let st_graves: Vec<ObjPath> = {
-            let mut st = lock(&self.inner.state);
-            std::mem::take(&mut st.graveyard)
-                .into_iter()
-                .map(|(_, p)| p)
-                .collect()
-        };
-        for p in st_graves {
-            let _ = self.inner.objects.delete(&p).await;
-        }
         Ok(())
     }
 }

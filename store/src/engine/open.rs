@@ -1,31 +1,36 @@
 //! Opening a store: the directory lock, crash recovery of files, WAL replay, then the writer
 //! thread and the background task.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::sync::mpsc;
 
-use super::compact::{Intent, background, intent_files, recover_compaction};
-use super::persist::read_checkpoint;
+use super::adopt::{all_persisted, location, open_tables};
+use super::compact::{Intent, background, intent_files};
+use super::persist::{read_checkpoint, write_checkpoint};
 use super::writer::writer;
 use super::{Chunk, Health, Inner, State, Store, chunk_bytes, dead_batch, io, rows_batch};
 use crate::codec::{self, Record};
-use crate::tables::{self, FileMeta, Table};
+use crate::tables::Table;
 use crate::wal::{self, Wal};
 use crate::{Config, Error, Result};
 
-fn object_store(config: &Config) -> Result<Arc<dyn ObjectStore>> {
+/// The object store of the tables (rooted at them), and for a tables URL the store at the
+/// URL's root (how Delta resolves paths).
+type Stores = (Arc<dyn ObjectStore>, Option<Arc<dyn ObjectStore>>);
+
+fn object_store(config: &Config) -> Result<Stores> {
     match &config.tables_url {
         None => {
             std::fs::create_dir_all(&config.data_dir).map_err(io)?;
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&config.data_dir)
                 .map_err(io)?;
-            Ok(Arc::new(fs))
+            Ok((Arc::new(fs), None))
         }
         Some(url) => {
             let u = url::Url::parse(url)
@@ -35,9 +40,9 @@ fn object_store(config: &Config) -> Result<Arc<dyn ObjectStore>> {
                 std::env::vars().filter(|(k, _)| k.starts_with("AWS_")),
             )
             .map_err(|e| Error::Config(format!("tables URL {url:?}: {e}")))?;
-            Ok(Arc::new(object_store::prefix::PrefixStore::new(
-                store, prefix,
-            )))
+            let root: Arc<dyn ObjectStore> = Arc::from(store);
+            let tables = object_store::prefix::PrefixStore::new(root.clone(), prefix);
+            Ok((Arc::new(tables), Some(root)))
         }
     }
 }
@@ -96,44 +101,23 @@ async fn superseded_inputs(dir: &Path, objects: &dyn ObjectStore) -> Vec<String>
     superseded
 }
 
-/// The persisted files the checkpoint covers. Files whose WAL range ends after it come from a
-/// persist that did not finish: they are deleted (their rows replay from the WAL).
-async fn recover_files(
-    objects: &dyn ObjectStore,
-    persisted: u64,
-    superseded: &[String],
+/// Replays the WAL segments after each table's persisted position into the buffer; cuts torn
+/// tails (unless read-only). Returns the segment ids found.
+fn replay(
+    wal_dir: &Path,
+    persisted: &BTreeMap<Table, u64>,
     ro: bool,
-) -> Result<Vec<FileMeta>> {
-    let mut files = Vec::new();
-    let listed: Vec<object_store::ObjectMeta> =
-        objects.list(None).try_collect().await.map_err(io)?;
-    for m in listed {
-        let Some(f) = tables::parse_path(&m.location, m.size) else {
-            continue;
-        };
-        if f.wal_last > persisted {
-            if !ro {
-                tracing::warn!(path = %f.path, "removing file from an unfinished persist");
-                objects.delete(&f.path).await.map_err(io)?;
-            }
-        } else if !superseded.contains(&f.path.to_string()) {
-            files.push(f);
-        }
-    }
-    files.sort_by(|a, b| (a.table, &a.date, a.wal_first).cmp(&(b.table, &b.date, b.wal_first)));
-    Ok(files)
-}
-
-/// Replays the WAL segments after the checkpoint into the buffer; cuts torn tails (unless
-/// read-only). Returns the segment ids found.
-fn replay(wal_dir: &Path, persisted: u64, ro: bool, state: &mut State) -> Result<Vec<u64>> {
+    state: &mut State,
+) -> Result<Vec<u64>> {
+    let at = |t: Table| persisted.get(&t).copied().unwrap_or(0);
+    let lowest = at(Table::Observations).min(at(Table::DeadLetters));
     let segments = if wal_dir.exists() {
         wal::list_segments(wal_dir).map_err(io)?
     } else {
         Vec::new()
     };
     let now = Instant::now();
-    for &id in segments.iter().filter(|id| **id > persisted) {
+    for &id in segments.iter().filter(|id| **id > lowest) {
         let (frames, damage) = wal::read_segment_opts(wal_dir, id, !ro).map_err(io)?;
         if let Some(d) = damage.filter(|_| !ro) {
             tracing::warn!(segment = d.segment, offset = d.offset, what = %d.what, "WAL tail cut");
@@ -145,7 +129,11 @@ fn replay(wal_dir: &Path, persisted: u64, ro: bool, state: &mut State) -> Result
         for f in frames {
             state.stats.replayed_frames += 1;
             for rec in codec::decode(&f).map_err(io)? {
+                // A table whose log already holds this segment (a crash after its commit,
+                // before the checkpoint moved) must not get its rows twice.
                 let (table, batch) = match rec {
+                    Record::Rows(_) if id <= at(Table::Observations) => continue,
+                    Record::Dead(_) if id <= at(Table::DeadLetters) => continue,
                     Record::Rows(rows) => (Table::Observations, rows_batch(&rows)?),
                     Record::Dead(dead) => (Table::DeadLetters, dead_batch(&dead)?),
                 };
@@ -166,7 +154,8 @@ fn replay(wal_dir: &Path, persisted: u64, ro: bool, state: &mut State) -> Result
 /// Opens (or creates) a store: recovers from any crash, replays the WAL into the buffer, and
 /// starts the writer thread and the background persister.
 pub(super) async fn open(config: Config) -> Result<Store> {
-    let objects = object_store(&config)?;
+    let (objects, url_root) = object_store(&config)?;
+    let location = location(&config, url_root)?;
     let wal_dir = config.data_dir.join("wal");
     let ro = config.read_only;
     let lock = if ro {
@@ -174,24 +163,35 @@ pub(super) async fn open(config: Config) -> Result<Store> {
     } else {
         Some(lock_dir(&config, &wal_dir).await?)
     };
-    let persisted = read_checkpoint(&config.data_dir)?;
+    let checkpoint = read_checkpoint(&config.data_dir)?;
     let superseded = if ro {
         superseded_inputs(&config.data_dir, objects.as_ref()).await
     } else {
-        recover_compaction(&config.data_dir, objects.as_ref()).await?;
         Vec::new()
     };
-    let files = recover_files(objects.as_ref(), persisted, &superseded, ro).await?;
+    let opened = open_tables(&config, &location, &objects, checkpoint, &superseded).await?;
     let mut state = State {
-        files,
+        files: opened.files,
+        graveyard: opened.graveyard,
         ..State::default()
     };
-    let segments = replay(&wal_dir, persisted, ro, &mut state)?;
+    let segments = replay(&wal_dir, &opened.persisted, ro, &mut state)?;
+    let persisted = all_persisted(&opened.persisted, checkpoint);
     let wal = if ro {
         None
     } else {
+        if persisted > checkpoint {
+            write_checkpoint(&config.data_dir, persisted)?;
+        }
         wal::remove_upto(&wal_dir, persisted).map_err(io)?;
-        let next = segments.last().copied().unwrap_or(0).max(persisted) + 1;
+        let newest = opened.persisted.values().copied().max().unwrap_or(0);
+        let next = segments
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(newest)
+            .max(checkpoint)
+            + 1;
         Some(Wal::create(&wal_dir, next).map_err(io)?)
     };
     let (tx, rx) = mpsc::channel(4096);
@@ -202,6 +202,7 @@ pub(super) async fn open(config: Config) -> Result<Store> {
         tx,
         state: Mutex::new(state),
         objects,
+        deltas: tokio::sync::Mutex::new(opened.deltas),
         persist_lock: tokio::sync::Mutex::new(()),
         wal_dir,
         observers: std::sync::RwLock::new(Vec::new()),

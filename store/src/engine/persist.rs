@@ -1,9 +1,11 @@
 //! Persist: the buffered chunks of closed WAL segments become sorted Parquet files, made
-//! durable, and only then does the checkpoint let those segments go.
+//! durable, then one Delta commit per table adds them (with the WAL position as the commit's
+//! `txn`), and only then does the checkpoint let those segments go.
 //!
-//! All or nothing with respect to recovery: a persist that fails deletes the files it wrote
-//! (what it cannot delete is retried before the next persist may move the checkpoint), and a
-//! crash before the checkpoint leaves files whose WAL range ends after it, which open deletes.
+//! All or nothing with respect to recovery: files no commit references are deleted (by the
+//! failed persist, or by open after a crash); a crash after a table's commit but before the
+//! checkpoint is recognised at open by the `txn` version in that table's log, so replay skips
+//! the segments the table already holds and no row is stored twice.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::sync::oneshot;
 
+use super::delta::{NewFile, Op};
 use super::writer::Cmd;
 use super::{Inner, io, lock};
 use crate::tables::{self, FileMeta, Table};
@@ -21,6 +24,11 @@ use crate::wal;
 use crate::{Error, Result};
 
 const CHECKPOINT: &str = "checkpoint";
+
+/// Moves the checkpoint (at open, to the position every table's Delta log records).
+pub(super) fn write_checkpoint(dir: &Path, at: u64) -> Result<()> {
+    write_atomic(dir, CHECKPOINT, at.to_string().as_bytes())
+}
 
 /// The last WAL segment persisted (0: none).
 pub(super) fn read_checkpoint(dir: &Path) -> Result<u64> {
@@ -102,6 +110,7 @@ async fn rotate(inner: &Inner) -> Result<u64> {
 struct Planned {
     table: Table,
     date: String,
+    rows: u64,
     bytes: bytes::Bytes,
 }
 
@@ -126,7 +135,13 @@ async fn encode(by_table: BTreeMap<Table, Vec<RecordBatch>>, rgs: usize) -> Resu
             let sorted = tables::sort_dedupe(table, &all)?;
             for (date, part) in tables::split_by_day(table, &sorted)? {
                 let bytes = tables::encode_parquet(&part, rgs)?;
-                out.push(Planned { table, date, bytes });
+                let rows = part.num_rows() as u64;
+                out.push(Planned {
+                    table,
+                    date,
+                    rows,
+                    bytes,
+                });
             }
         }
         Ok(out)
@@ -135,7 +150,7 @@ async fn encode(by_table: BTreeMap<Table, Vec<RecordBatch>>, rgs: usize) -> Resu
 }
 
 /// Deletes files; returns those that could not be deleted.
-async fn delete_all(objects: &dyn ObjectStore, paths: Vec<ObjPath>) -> Vec<ObjPath> {
+pub(super) async fn delete_all(objects: &dyn ObjectStore, paths: Vec<ObjPath>) -> Vec<ObjPath> {
     let mut left = Vec::new();
     for p in paths {
         match objects.delete(&p).await {
@@ -173,20 +188,25 @@ async fn write_files(
     plan: Vec<Planned>,
     first: u64,
     closed: u64,
-) -> Result<Vec<FileMeta>> {
-    let mut metas: Vec<FileMeta> = Vec::with_capacity(plan.len());
+) -> Result<Vec<NewFile>> {
+    let mut metas: Vec<NewFile> = Vec::with_capacity(plan.len());
     let mut res = Ok(());
-    for Planned { table, date, bytes } in plan {
+    for p in plan {
+        let (table, date) = (p.table, p.date);
         let path = tables::file_path(table, &date, first, closed, "");
-        let size = bytes.len() as u64;
+        let size = p.bytes.len() as u64;
+        let bytes = p.bytes;
         // Recorded before the PUT: a failed PUT may still leave the file behind.
-        metas.push(FileMeta {
-            table,
-            path: path.clone(),
-            date,
-            wal_first: first,
-            wal_last: closed,
-            size,
+        metas.push(NewFile {
+            meta: FileMeta {
+                table,
+                path: path.clone(),
+                date,
+                wal_first: first,
+                wal_last: closed,
+                size,
+            },
+            rows: Some(p.rows),
         });
         if let Err(e) = inner.objects.put(&path, bytes.into()).await {
             res = Err(io(e));
@@ -196,11 +216,11 @@ async fn write_files(
     if res.is_ok()
         && let Some(root) = inner.local_root.clone()
     {
-        let paths: Vec<ObjPath> = metas.iter().map(|m| m.path.clone()).collect();
+        let paths: Vec<ObjPath> = metas.iter().map(|m| m.meta.path.clone()).collect();
         res = blocking(move || sync_local(&root, &paths)).await;
     }
     if let Err(e) = res {
-        let paths = metas.into_iter().map(|m| m.path).collect();
+        let paths = metas.into_iter().map(|m| m.meta.path).collect();
         let left = delete_all(inner.objects.as_ref(), paths).await;
         lock(&inner.state).leftovers.extend(left);
         return Err(e);
@@ -208,24 +228,69 @@ async fn write_files(
     Ok(metas)
 }
 
-/// Moves the checkpoint to `closed`. `Ok(true)`: durable; `Ok(false)`: the checkpoint file
-/// says `closed` but its directory fsync failed, so the WAL must stay (a power loss may bring
-/// the old checkpoint back; then the files are beyond it, deleted on open, and replayed).
-/// `Err`: the checkpoint did not move; the files are deleted so no later checkpoint covers them.
-async fn checkpoint(inner: &Inner, closed: u64, metas: &[FileMeta]) -> Result<bool> {
-    let dir = inner.config.data_dir.clone();
-    let text = closed.to_string();
-    let Err(e) = blocking(move || write_atomic(&dir, CHECKPOINT, text.as_bytes())).await else {
-        return Ok(true);
+/// Makes a Delta commit file durable on a local file system. `false`: it is committed (its
+/// files must stay) but may not survive a power loss, so the WAL must stay too.
+pub(super) async fn sync_log(inner: &Inner, log: ObjPath) -> bool {
+    let Some(root) = inner.local_root.clone() else {
+        return true;
     };
-    tracing::error!(error = %e, "writing the checkpoint failed");
-    if read_checkpoint(&inner.config.data_dir).ok() == Some(closed) {
-        return Ok(false);
+    match blocking(move || sync_local(&root, &[log])).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "syncing the delta log failed; the WAL is kept");
+            false
+        }
     }
-    let paths = metas.iter().map(|m| m.path.clone()).collect();
-    let left = delete_all(inner.objects.as_ref(), paths).await;
-    lock(&inner.state).leftovers.extend(left);
-    Err(e)
+}
+
+/// One Delta commit per table of the new files; after each, the table's buffered chunks of
+/// the persisted segments leave the buffer and its file list becomes the new snapshot's.
+/// `Ok(true)`: every table committed durably. On a failed commit, the files of the tables
+/// not committed are deleted and the error returned (their rows stay buffered).
+async fn commit_tables(inner: &Inner, files: Vec<NewFile>, closed: u64) -> Result<bool> {
+    let mut by: BTreeMap<Table, Vec<NewFile>> = BTreeMap::new();
+    for f in files {
+        by.entry(f.meta.table).or_default().push(f);
+    }
+    let mut durable = true;
+    let mut deltas = inner.deltas.lock().await;
+    while let Some((table, adds)) = by.pop_first() {
+        let Some(log) = deltas.get_mut(&table) else {
+            continue;
+        };
+        let log_file = match log.commit(Op::Persist, &adds, &[], Some(closed)).await {
+            Ok(p) => p,
+            Err(e) => {
+                let paths = adds
+                    .iter()
+                    .chain(by.values().flatten())
+                    .map(|f| f.meta.path.clone())
+                    .collect();
+                let left = delete_all(inner.objects.as_ref(), paths).await;
+                lock(&inner.state).leftovers.extend(left);
+                return Err(e);
+            }
+        };
+        durable &= sync_log(inner, log_file).await;
+        let files = log.files();
+        let mut st = lock(&inner.state);
+        st.files.retain(|f| f.table != table);
+        st.files.extend(files);
+        st.files
+            .sort_by(|a, b| (a.table, &a.date, a.wal_first).cmp(&(b.table, &b.date, b.wal_first)));
+        let (mut rows, mut bytes) = (0, 0);
+        st.chunks.retain(|c| {
+            let keep = c.table != table || c.segment > closed;
+            if !keep {
+                rows += c.batch.num_rows();
+                bytes += super::chunk_bytes(&c.batch);
+            }
+            keep
+        });
+        st.rows -= rows;
+        st.bytes -= bytes;
+    }
+    Ok(durable)
 }
 
 /// Persists the buffered chunks of every closed segment. Returns the number of files written.
@@ -245,31 +310,26 @@ pub(super) async fn persist(inner: &Inner) -> Result<usize> {
         return Ok(0);
     }
     let plan = encode(by_table, inner.config.row_group_rows).await?;
-    let metas = write_files(inner, plan, first, closed).await?;
-    let moved = checkpoint(inner, closed, &metas).await?;
-    let n = metas.len();
+    let files = write_files(inner, plan, first, closed).await?;
+    let n = files.len();
+    let durable = commit_tables(inner, files, closed).await?;
     {
         let mut st = lock(&inner.state);
-        st.files.extend(metas);
-        st.files
-            .sort_by(|a, b| (a.table, &a.date, a.wal_first).cmp(&(b.table, &b.date, b.wal_first)));
-        let (mut rows, mut bytes) = (0, 0);
-        st.chunks.retain(|c| {
-            let keep = c.segment > closed;
-            if !keep {
-                rows += c.batch.num_rows();
-                bytes += super::chunk_bytes(&c.batch);
-            }
-            keep
-        });
-        st.rows -= rows;
-        st.bytes -= bytes;
         st.stats.persists += 1;
         st.stats.persist_seconds.observe(started.elapsed());
     }
-    if moved {
-        let wal_dir = inner.wal_dir.clone();
-        blocking(move || wal::remove_upto(&wal_dir, closed).map_err(io)).await?;
+    if !durable {
+        return Ok(n);
+    }
+    // The tables' logs hold the segments now; the checkpoint only saves replaying them. If it
+    // does not move, the WAL stays and open skips what the logs record.
+    let dir = inner.config.data_dir.clone();
+    match blocking(move || write_checkpoint(&dir, closed)).await {
+        Ok(()) => {
+            let wal_dir = inner.wal_dir.clone();
+            blocking(move || wal::remove_upto(&wal_dir, closed).map_err(io)).await?;
+        }
+        Err(e) => tracing::error!(error = %e, "writing the checkpoint failed; the WAL is kept"),
     }
     Ok(n)
 }

@@ -1,0 +1,352 @@
+//! The Delta Lake log of one table (`<table>/_delta_log/`), through the `deltalake-core` crate.
+//!
+//! Every change of a table's file set is one Delta commit: a persist adds its files (and
+//! records the last WAL segment it covers as the `txn` action of app id [`WAL_APP_ID`], so a
+//! restart knows exactly which segments are in the table even when the checkpoint file did not
+//! move); a compaction removes a day's small files (`dataChange: false`) and adds their merge;
+//! retention removes old days. Delta checkpoints are written every [`CHECKPOINT_INTERVAL`]
+//! commits by the crate's post-commit hook. The table's file list for queries is the
+//! snapshot's, never a directory listing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake_core::kernel::{Action, Add, DataType, Remove, StructField, StructType, Transaction};
+use deltalake_core::logstore::{LogStoreRef, StorageConfig, default_logstore};
+use deltalake_core::operations::create::CreateBuilder;
+use deltalake_core::protocol::{DeltaOperation, SaveMode};
+use deltalake_core::table::state::DeltaTableState;
+use deltalake_core::{DeltaTable, TableProperty};
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use object_store::path::Path as ObjPath;
+use url::Url;
+
+use crate::tables::{self, FileMeta, Table};
+use crate::{Error, Result};
+
+/// The `txn` app id whose version is the last WAL segment persisted into the table.
+pub(crate) const WAL_APP_ID: &str = "carewatch-wal";
+/// A Delta checkpoint (`_delta_log/*.checkpoint.parquet`) every this many commits.
+pub(crate) const CHECKPOINT_INTERVAL: u64 = 10;
+/// The partition column (a Delta `date`; not stored in the Parquet files).
+const PARTITION: &str = "date";
+
+fn delta(e: impl std::fmt::Display) -> Error {
+    Error::Io(format!("delta log: {e}"))
+}
+
+/// Where the tables live: the object store at the root of `url` (as Delta resolves paths),
+/// and the tables' root URL (`file:///…/data-dir/` or `s3://bucket/prefix/`).
+#[derive(Debug, Clone)]
+pub(crate) struct Location {
+    pub(crate) root: Arc<dyn ObjectStore>,
+    pub(crate) url: Url,
+}
+
+impl Location {
+    fn table_url(&self, table: Table) -> Result<Url> {
+        let mut base = self.url.clone();
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        base.join(&format!("{}/", table.name())).map_err(delta)
+    }
+}
+
+/// What a commit does, for the log's `commitInfo`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op<'a> {
+    /// A persist: new files.
+    Persist,
+    /// A compaction: a day's files merged into one.
+    Compact,
+    /// Retention: days before the date dropped.
+    Retain(&'a str),
+}
+
+impl Op<'_> {
+    fn operation(self) -> DeltaOperation {
+        match self {
+            Op::Persist => DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: Some(vec![PARTITION.to_owned()]),
+                predicate: None,
+            },
+            Op::Compact => DeltaOperation::Optimize {
+                predicate: None,
+                target_size: 0,
+            },
+            Op::Retain(date) => DeltaOperation::Delete {
+                predicate: Some(format!("{PARTITION} < '{date}'")),
+            },
+        }
+    }
+    fn data_change(self) -> bool {
+        !matches!(self, Op::Compact)
+    }
+}
+
+/// One file a commit adds, with its row count (the `numRecords` statistic).
+#[derive(Debug, Clone)]
+pub(crate) struct NewFile {
+    pub(crate) meta: FileMeta,
+    pub(crate) rows: Option<u64>,
+}
+
+/// One table's Delta log.
+pub(crate) struct DeltaLog {
+    table: Table,
+    log_store: LogStoreRef,
+    /// `None` until the table exists.
+    state: Option<DeltaTableState>,
+    /// A commit went through but the snapshot after it could not be loaded yet.
+    stale: bool,
+}
+
+impl std::fmt::Debug for DeltaLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeltaLog")
+            .field("table", &self.table)
+            .field("version", &self.version())
+            .finish()
+    }
+}
+
+impl DeltaLog {
+    /// Loads a table's log (its latest snapshot), if the table exists.
+    pub(crate) async fn open(
+        loc: &Location,
+        objects: &Arc<dyn ObjectStore>,
+        table: Table,
+    ) -> Result<DeltaLog> {
+        let url = loc.table_url(table)?;
+        let prefixed: Arc<dyn ObjectStore> = Arc::new(object_store::prefix::PrefixStore::new(
+            objects.clone(),
+            table.name(),
+        ));
+        let log_store =
+            default_logstore(prefixed, loc.root.clone(), &url, &StorageConfig::default());
+        let state = if log_store.is_delta_table_location().await.map_err(delta)? {
+            Some(
+                DeltaTableState::try_new(log_store.as_ref(), None)
+                    .await
+                    .map_err(delta)?,
+            )
+        } else {
+            None
+        };
+        Ok(DeltaLog {
+            table,
+            log_store,
+            state,
+            stale: false,
+        })
+    }
+
+    /// Whether the table exists (has a `_delta_log`).
+    pub(crate) fn exists(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// The snapshot's version, when the table exists.
+    pub(crate) fn version(&self) -> Option<u64> {
+        self.state.as_ref().map(|s| s.version())
+    }
+
+    /// Creates the table (version 0) holding `files` (adopted from a directory written before
+    /// Delta, or none), with the WAL position they cover.
+    pub(crate) async fn create(&mut self, files: Vec<NewFile>, wal: u64) -> Result<()> {
+        let mut fields: Vec<StructField> = {
+            let st: StructType = self
+                .table
+                .schema()
+                .as_ref()
+                .try_into_kernel()
+                .map_err(delta)?;
+            st.fields().cloned().collect()
+        };
+        fields.push(StructField::new(PARTITION, DataType::DATE, false));
+        let now = chrono::Utc::now().timestamp_millis();
+        let adds: Vec<Action> = files.iter().map(|f| self.add(f, now, true)).collect();
+        let props = CommitProperties::default()
+            .with_application_transaction(Transaction::new(WAL_APP_ID, wal as i64));
+        let table: DeltaTable = CreateBuilder::new()
+            .with_log_store(self.log_store.clone())
+            .with_table_name(self.table.name())
+            .with_columns(fields)
+            .with_partition_columns([PARTITION])
+            .with_configuration_property(
+                TableProperty::CheckpointInterval,
+                Some(CHECKPOINT_INTERVAL.to_string()),
+            )
+            .with_actions(adds)
+            .with_commit_properties(props)
+            .await
+            .map_err(delta)?;
+        self.state = Some(table.snapshot().map_err(delta)?.clone());
+        Ok(())
+    }
+
+    /// The files of the current snapshot.
+    pub(crate) fn files(&self) -> Vec<FileMeta> {
+        let Some(state) = &self.state else {
+            return Vec::new();
+        };
+        let mut out: Vec<FileMeta> = state
+            .log_data()
+            .iter()
+            .map(|f| {
+                let path = ObjPath::from(format!("{}/{}", self.table.name(), f.path()));
+                let size = u64::try_from(f.size()).unwrap_or(0);
+                tables::parse_path(&path, size).unwrap_or_else(|| FileMeta {
+                    table: self.table,
+                    date: f
+                        .partition_values_map()
+                        .get(PARTITION)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_default(),
+                    path,
+                    wal_first: 0,
+                    wal_last: 0,
+                    size,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.date, a.wal_first, &a.path).cmp(&(&b.date, b.wal_first, &b.path)));
+        out
+    }
+
+    /// The last WAL segment a commit recorded as persisted into this table.
+    pub(crate) async fn wal_position(&self) -> Result<Option<u64>> {
+        let Some(state) = &self.state else {
+            return Ok(None);
+        };
+        let v = state
+            .transaction_version(self.log_store.as_ref(), WAL_APP_ID)
+            .await
+            .map_err(delta)?;
+        Ok(v.and_then(|v| u64::try_from(v).ok()))
+    }
+
+    /// Files the log removed, with when (UTC ms): readers of older snapshots may still read them.
+    pub(crate) async fn tombstones(&self) -> Result<Vec<(ObjPath, i64)>> {
+        let Some(state) = &self.state else {
+            return Ok(Vec::new());
+        };
+        let views: Vec<_> = state
+            .all_tombstones(self.log_store.as_ref())
+            .try_collect()
+            .await
+            .map_err(delta)?;
+        Ok(views
+            .iter()
+            .map(|t| {
+                (
+                    ObjPath::from(format!("{}/{}", self.table.name(), t.path())),
+                    t.deletion_timestamp().unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+
+    fn relative(&self, p: &ObjPath) -> String {
+        let s = p.as_ref();
+        s.strip_prefix(self.table.name())
+            .and_then(|r| r.strip_prefix('/'))
+            .unwrap_or(s)
+            .to_owned()
+    }
+
+    fn partition(date: &str) -> HashMap<String, Option<String>> {
+        HashMap::from([(PARTITION.to_owned(), Some(date.to_owned()))])
+    }
+
+    fn add(&self, f: &NewFile, now: i64, data_change: bool) -> Action {
+        Action::Add(Add {
+            path: self.relative(&f.meta.path),
+            partition_values: Self::partition(&f.meta.date),
+            size: f.meta.size as i64,
+            modification_time: now,
+            data_change,
+            stats: f.rows.map(|n| format!("{{\"numRecords\":{n}}}")),
+            ..Add::default()
+        })
+    }
+
+    fn remove(&self, f: &FileMeta, now: i64, data_change: bool) -> Action {
+        Action::Remove(Remove {
+            path: self.relative(&f.path),
+            data_change,
+            deletion_timestamp: Some(now),
+            extended_file_metadata: Some(true),
+            partition_values: Some(Self::partition(&f.date)),
+            size: Some(f.size as i64),
+            ..Remove::default()
+        })
+    }
+
+    /// One commit: `adds` and `removes` (and, for a persist, the WAL position `wal`). Returns
+    /// the log file written (to make durable). An `Err` means nothing was committed.
+    pub(crate) async fn commit(
+        &mut self,
+        op: Op<'_>,
+        adds: &[NewFile],
+        removes: &[FileMeta],
+        wal: Option<u64>,
+    ) -> Result<ObjPath> {
+        if self.stale {
+            self.reload(None).await?;
+        }
+        let Some(state) = &self.state else {
+            return Err(delta(format!("table {} has no log", self.table.name())));
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        let dc = op.data_change();
+        let mut actions: Vec<Action> = removes.iter().map(|f| self.remove(f, now, dc)).collect();
+        actions.extend(adds.iter().map(|f| self.add(f, now, dc)));
+        let mut props = CommitProperties::default();
+        if let Some(w) = wal {
+            props = props.with_application_transaction(Transaction::new(WAL_APP_ID, w as i64));
+        }
+        let post = CommitBuilder::from(props)
+            .with_actions(actions)
+            .build(Some(state), self.log_store.clone(), op.operation())
+            .into_prepared_commit_future()
+            .await
+            .map_err(delta)?
+            .await
+            .map_err(delta)?;
+        // Committed: whatever the post-commit hook (checkpoint, log cleanup) does, the new
+        // version stands. A failed checkpoint only makes the log slower to read.
+        let version = post.version;
+        let log = ObjPath::from(format!(
+            "{}/_delta_log/{version:020}.json",
+            self.table.name()
+        ));
+        match post.await {
+            Ok(done) => self.state = Some(done.snapshot),
+            Err(e) => {
+                tracing::warn!(error = %e, table = self.table.name(), "delta post-commit (checkpoint) failed");
+                if let Err(e) = self.reload(Some(version)).await {
+                    tracing::error!(error = %e, table = self.table.name(), "reloading the delta snapshot failed; will retry");
+                    self.stale = true;
+                }
+            }
+        }
+        Ok(log)
+    }
+
+    /// Loads the snapshot at `version` (latest: `None`).
+    async fn reload(&mut self, version: Option<u64>) -> Result<()> {
+        let state = DeltaTableState::try_new(self.log_store.as_ref(), version)
+            .await
+            .map_err(delta)?;
+        self.state = Some(state);
+        self.stale = false;
+        Ok(())
+    }
+}
