@@ -134,6 +134,11 @@ pub(crate) struct ServeArgs {
     /// shared by every node that names it (config `[cluster] postgres_url`).
     #[arg(long, env = "CAREWATCH_POSTGRES_URL")]
     pub(crate) postgres_url: Option<String>,
+    /// Keep the tables in this object store (`s3://bucket/prefix`; credentials and endpoint
+    /// from the `AWS_*` environment) instead of the data directory (config `[store]
+    /// object_store_url`).
+    #[arg(long, env = "CAREWATCH_OBJECT_STORE_URL")]
+    pub(crate) object_store_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

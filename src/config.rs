@@ -132,7 +132,10 @@ pub struct TemplatesConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Object store URL for the Parquet tables (`s3://bucket/prefix`); default: the data dir.
+    /// Object store URL for the tables (`s3://bucket/prefix`); default: the data dir. Also
+    /// `--object-store-url`.
+    pub object_store_url: Option<String>,
+    /// The earlier name of `object_store_url`.
     pub tables_url: Option<String>,
     /// Persist the buffer once it holds this many rows.
     pub persist_rows: Option<usize>,
@@ -227,6 +230,7 @@ pub struct Overrides {
     pub oidc_audience: Option<String>,
     pub fhir_destination: Option<String>,
     pub postgres_url: Option<String>,
+    pub object_store_url: Option<String>,
     /// The directory of the config file (for its `rules/`).
     pub config_dir: Option<PathBuf>,
 }
@@ -380,7 +384,10 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         max_future_skew_us,
         device_mapping: file.templates.device_mapping,
         fhir_mapping: file.templates.fhir_mapping,
-        tables_url: file.store.tables_url,
+        tables_url: o
+            .object_store_url
+            .or(file.store.object_store_url)
+            .or(file.store.tables_url),
         persist_rows: file.store.persist_rows,
         persist_age: file.store.persist_age_secs.map(Duration::from_secs),
         retention: file

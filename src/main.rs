@@ -117,6 +117,7 @@ fn serve(a: cli::ServeArgs) -> Result<ExitCode> {
         oidc_audience: a.oidc_audience,
         fhir_destination: a.fhir_destination,
         postgres_url: a.postgres_url,
+        object_store_url: a.object_store_url,
         config_dir: a
             .config
             .as_ref()
