@@ -63,11 +63,20 @@ impl AlertEngine {
                 }
             }
         }
+        // The shape with the default parameters, once per rule (most patients have no override).
+        let shapes: Vec<Option<crate::episodes::Shape>> =
+            rules.iter().map(|r| r.shape(&r.params).ok()).collect();
         let work = touched
             .into_iter()
             .filter_map(|(rule_id, patient)| {
                 let i = rules.iter().position(|r| r.id == rule_id)?;
-                let episodes = episodes_of(&sm, &rules[i], &patient, now)?;
+                let rule = &rules[i];
+                let shape = if rule.overrides.contains_key(&patient) {
+                    rule.shape(&rule.params_for(Some(&patient))).ok()?
+                } else {
+                    shapes[i]?
+                };
+                let episodes = episodes_of(&sm, rule, &shape, &patient, now);
                 Some(Work {
                     rule: i,
                     patient,
@@ -80,22 +89,24 @@ impl AlertEngine {
     }
 }
 
-/// The episodes of `rule` for `patient` in the samples (none when the rule's shape is invalid
-/// for the patient's parameters).
-fn episodes_of(sm: &Samples, rule: &Rule, patient: &str, now: i64) -> Option<Vec<Episode>> {
-    let shape = rule.shape(&rule.params_for(Some(patient))).ok()?;
+/// The episodes of `rule` (of `shape` for this patient) for `patient` in the samples.
+fn episodes_of(
+    sm: &Samples,
+    rule: &Rule,
+    shape: &crate::episodes::Shape,
+    patient: &str,
+    now: i64,
+) -> Vec<Episode> {
     let closed_until = if rule.absence {
         now
     } else {
         sm.watermark.get(patient).copied().unwrap_or(i64::MIN / 2)
     };
     // A monitored patient with nothing in the window has no samples: no episode.
-    Some(
-        sm.series
-            .get(&(rule.id.clone(), patient.to_owned()))
-            .map(|s| episodes(&s.samples, &shape, closed_until))
-            .unwrap_or_default(),
-    )
+    sm.series
+        .get(&(rule.id.clone(), patient.to_owned()))
+        .map(|s| episodes(&s.samples, shape, closed_until))
+        .unwrap_or_default()
 }
 
 /// Drops samples nobody needs: older than a rule's look-back before the patient's watermark.
