@@ -207,6 +207,8 @@ pub struct ServeConfig {
     pub fhir_destination: Option<carewatch_deliver::Config>,
     /// Where device identity comes from (`[fhir.identity]`).
     pub fhir_identity: fhir::Identity,
+    /// What each FHIR subscription keeps for `$events` (`[fhir.subscriptions]`).
+    pub fhir_subscriptions: carewatch_query::subscriptions::Retention,
     /// The PostgreSQL database a cluster member keeps its registry in (`None`: the data
     /// directory's log file, single node).
     pub postgres_url: Option<String>,
@@ -345,6 +347,7 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
     let oidc = oidc::resolve(o.oidc_issuer, o.oidc_audience, file.auth.oidc)?;
     let fhir_destination = fhir::resolve(o.fhir_destination, file.fhir.destination)?;
     let fhir_identity = fhir::resolve_identity(file.fhir.identity, fhir_destination.as_ref())?;
+    let fhir_subscriptions = fhir::resolve_subscriptions(&file.fhir.subscriptions)?;
     let mut http_limits = carewatch_ingest::server::Limits::default();
     let h = &file.http;
     if let Some(n) = h.max_connections {
@@ -365,6 +368,7 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
         oidc,
         fhir_destination,
         fhir_identity,
+        fhir_subscriptions,
         alerts_mqtt,
         rules_dir,
         alert_engine,

@@ -304,6 +304,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         pipeline.registry.clone(),
         shutdown.clone(),
         std::time::Duration::from_millis(500),
+        c.fhir_subscriptions,
     )
     .context("opening FHIR subscriptions")?;
     crate::fhir_feed::spawn(

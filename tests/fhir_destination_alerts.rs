@@ -14,11 +14,13 @@ mod common;
 mod receiver;
 #[path = "fhir_server/sql.rs"]
 mod sql;
+#[path = "fhir_server/subscriptions.rs"]
+mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Server, curl, wait_until, write_config};
+use common::{Server, curl, wait_until};
 use receiver::Receiver;
 use serde_json::Value;
 use sql::sql;
@@ -26,38 +28,12 @@ use sql::sql;
 /// `carewatch serve` with the shipped fever rule (38 °C or more fires at once), evaluated every
 /// 0.2 s, delivering to `url`.
 fn start(dir: &std::path::Path, url: &str) -> Server {
-    let rules = dir.join("rules");
-    std::fs::create_dir_all(&rules).expect("rules dir");
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/alert/rules/fever.toml"),
-        rules.join("fever.toml"),
-    )
-    .expect("fever rule");
-    let cfg = write_config(
+    support::start_with(
         dir,
         &format!(
-            "[alerts]\ninterval_secs = 0.2\n\n[fhir.destination]\nurl = \"{url}\"\ninterval_secs = 0.2\nmax_backoff_secs = 0.5\n"
+            "\n[fhir.destination]\nurl = \"{url}\"\ninterval_secs = 0.2\nmax_backoff_secs = 0.5\n"
         ),
-    );
-    Server::start(
-        dir,
-        &[
-            "--config",
-            &cfg,
-            "--rules-dir",
-            rules.to_str().expect("utf8"),
-        ],
     )
-}
-
-fn fever(srv: &Server, secret: &str) {
-    let (s, b) = curl(
-        "POST",
-        &format!("{}/v1/readings", srv.http),
-        secret,
-        r#"{"time":"2024-05-01T08:00:00Z","body_temperature":39.2}"#,
-    );
-    assert_eq!(s, 202, "{b}");
 }
 
 /// The server's Communications about one alert, found by carewatch's identifier.
@@ -77,25 +53,6 @@ fn comparable(mut v: Value) -> Value {
     v
 }
 
-fn alert_id(srv: &Server, patient: &str) -> String {
-    let mut id = String::new();
-    wait_until("the alert fires", Duration::from_secs(60), || {
-        let (_, b) = curl(
-            "GET",
-            &format!("{}/fhir/Communication?patient={patient}", srv.http),
-            srv.admin(),
-            "",
-        );
-        let v: Value = serde_json::from_str(&b).unwrap_or_default();
-        id = v["entry"][0]["resource"]["id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        !id.is_empty()
-    });
-    id
-}
-
 fn ours(srv: &Server, id: &str) -> Value {
     let (s, b) = curl(
         "GET",
@@ -107,16 +64,6 @@ fn ours(srv: &Server, id: &str) -> Value {
     serde_json::from_str(&b).expect("json")
 }
 
-fn action(srv: &Server, path: &str, body: &str) {
-    let (s, b) = curl(
-        "POST",
-        &format!("{}/v1/alerts/{path}", srv.http),
-        srv.admin(),
-        body,
-    );
-    assert!(s == 200 || s == 204, "{path}: {s} {b}");
-}
-
 #[test]
 fn an_alerts_communication_on_the_server_follows_its_lifecycle() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -124,8 +71,8 @@ fn an_alerts_communication_on_the_server_follows_its_lifecycle() {
     let srv = start(tmp.path(), &fhir.url);
     let w1 = srv.register("aw-1", "ap-1");
     let w2 = srv.register("aw-2", "ap-refused");
-    fever(&srv, &w1);
-    let id = alert_id(&srv, "ap-1");
+    support::fever(&srv.http, &w1, 0);
+    let id = support::alert_of(&srv, "ap-1");
     wait_until(
         "the firing alert is on the server",
         Duration::from_secs(60),
@@ -151,7 +98,7 @@ fn an_alerts_communication_on_the_server_follows_its_lifecycle() {
     );
     common::validate_fhir("destination", "communication-firing", &c);
     // Acknowledged: still in progress, the same resource updated.
-    action(&srv, &format!("{id}/ack"), "");
+    support::act(&srv, &format!("{id}/ack"), "");
     wait_until(
         "the acknowledgement is delivered",
         Duration::from_secs(60),
@@ -159,7 +106,7 @@ fn an_alerts_communication_on_the_server_follows_its_lifecycle() {
     );
     assert_eq!(held(&fhir, &id)[0]["status"], "in-progress");
     // Resolved: completed.
-    action(
+    support::act(
         &srv,
         &format!("{id}/resolve"),
         r#"{"reason":"condition_resolved"}"#,
@@ -178,7 +125,7 @@ fn an_alerts_communication_on_the_server_follows_its_lifecycle() {
     assert_eq!(comparable(done.clone()), comparable(ours(&srv, &id)));
     common::validate_fhir("destination", "communication-completed", &done);
     // A refused Communication: a dead letter with the server's OperationOutcome.
-    fever(&srv, &w2);
+    support::fever(&srv.http, &w2, 0);
     wait_until(
         "the refusal is a dead letter",
         Duration::from_secs(60),

@@ -12,140 +12,27 @@
 //! Everything emitted is saved into `$CAREWATCH_FHIR_OUT` for the external validator.
 
 mod common;
+#[path = "fhir_server/subscriptions.rs"]
+mod support;
 
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Server, Webhook, curl, python, wait_until, write_config};
+use common::{Webhook, curl, python, wait_until};
 use serde_json::{Value, json};
-
-const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition";
-const ALERT_TOPIC: &str = "urn:carewatch:SubscriptionTopic:alert-transition";
-
-fn get(http: &str, token: &str, path: &str) -> (u16, Value) {
-    let (s, b) = curl("GET", &format!("{http}/fhir/{path}"), token, "");
-    (s, serde_json::from_str(&b).unwrap_or(Value::Null))
-}
-
-/// Saves what we emit for the external validator and runs it now.
-fn validate(name: &str, v: &Value) {
-    common::validate_fhir("subscriptions", name, v);
-}
-
-fn param<'a>(status: &'a Value, name: &str) -> Vec<&'a Value> {
-    status["parameter"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["name"] == name)
-        .collect()
-}
-
-/// (type, events-since-subscription-start, event numbers) of a notification Bundle.
-fn shape(b: &Value) -> (String, u64, Vec<u64>) {
-    let st = &b["entry"][0]["resource"];
-    let n = |v: &Value| v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let numbers = param(st, "notification-event")
-        .iter()
-        .map(|e| n(&e["part"][0]["valueString"]))
-        .collect();
-    (
-        param(st, "type")[0]["valueCode"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned(),
-        n(&param(st, "events-since-subscription-start")[0]["valueString"]),
-        numbers,
-    )
-}
-
-fn fever(http: &str, secret: &str, minute: u32) {
-    let body = format!(r#"{{"time":"2024-05-01T08:{minute:02}:00Z","body_temperature":39.2}}"#);
-    let (s, b) = curl("POST", &format!("{http}/v1/readings"), secret, &body);
-    assert_eq!(s, 202, "{b}");
-}
-
-fn subscription(endpoint: &str, filter: &str) -> String {
-    json!({
-        "resourceType": "Subscription",
-        "meta": {"profile": [format!("{BACKPORT}/backport-subscription")]},
-        "status": "requested",
-        "reason": "alerts of the north team",
-        "criteria": ALERT_TOPIC,
-        "_criteria": {"extension": [{"url": format!("{BACKPORT}/backport-filter-criteria"), "valueString": filter}]},
-        "channel": {
-            "type": "rest-hook",
-            "endpoint": endpoint,
-            "payload": "application/fhir+json",
-            "_payload": {"extension": [{"url": format!("{BACKPORT}/backport-payload-content"), "valueCode": "full-resource"}]},
-            "extension": [{"url": format!("{BACKPORT}/backport-heartbeat-period"), "valueUnsignedInt": 2}]
-        }
-    })
-    .to_string()
-}
-
-/// `carewatch serve` with the shipped fever rule only (a temperature of 38 °C or more fires at
-/// once), evaluated every 0.2 s.
-fn start(dir: &std::path::Path) -> Server {
-    let rules = dir.join("rules");
-    std::fs::create_dir_all(&rules).expect("rules dir");
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/alert/rules/fever.toml"),
-        rules.join("fever.toml"),
-    )
-    .expect("fever rule");
-    let cfg = write_config(dir, "[alerts]\ninterval_secs = 0.2\n");
-    Server::start(
-        dir,
-        &[
-            "--config",
-            &cfg,
-            "--rules-dir",
-            rules.to_str().expect("utf8"),
-        ],
-    )
-}
-
-fn notifications(hook: &Webhook) -> Vec<Value> {
-    hook.all()
-        .into_iter()
-        .filter(|v| v["type"] == "history")
-        .collect()
-}
-
-fn events_seen(hook: &Webhook) -> Vec<(u64, Value)> {
-    let mut out = Vec::new();
-    for b in notifications(hook) {
-        let (kind, _, numbers) = shape(&b);
-        if kind == "event-notification" {
-            // A notification may carry several events (a new alert's `pending` and `firing`
-            // go out together); entry k + 1 is the focus of the k-th event.
-            for (k, n) in numbers.into_iter().enumerate() {
-                out.push((n, b["entry"][k + 1]["resource"].clone()));
-            }
-        }
-    }
-    out
-}
+use support::*;
 
 #[test]
 fn a_subscriber_down_during_three_alerts_detects_the_gap_and_recovers_with_events() {
     let tmp = tempfile::tempdir().expect("tmp");
     let srv = start(tmp.path());
-    let admin = srv.admin().to_owned();
     let mut secrets = Vec::new();
     for i in 1..=7 {
         let p = format!("p{i}");
         secrets.push(srv.register(&format!("w{i}"), &p));
         let team = if i == 5 { "south" } else { "north" };
-        let (s, _) = curl(
-            "PUT",
-            &format!("{}/v1/patients/{p}/care-team", srv.http),
-            &admin,
-            &format!(r#"{{"team":"{team}"}}"#),
-        );
-        assert_eq!(s, 204);
+        set_team(&srv, &p, team);
     }
     let north = srv.token("care_manager", Some("north"));
     let south = srv.token("care_manager", Some("south"));
@@ -295,13 +182,11 @@ fn a_subscriber_down_during_three_alerts_detects_the_gap_and_recovers_with_event
         "the notification after the gap",
         Duration::from_secs(30),
         || {
-            events_seen(&hook)
-                .iter()
-                .any(|(n, c)| {
-                    *n > kept
-                        && c["subject"]["reference"] == "Patient/p6"
-                        && c["status"] == "in-progress"
-                })
+            events_seen(&hook).iter().any(|(n, c)| {
+                *n > kept
+                    && c["subject"]["reference"] == "Patient/p6"
+                    && c["status"] == "in-progress"
+            })
         },
     );
     let seen: Vec<(u64, Value)> = events_seen(&hook);

@@ -16,7 +16,6 @@
 //! the configured one resolve nothing (logged without ids); the dead letters wait.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,21 +72,7 @@ pub fn load(data_dir: &Path) -> std::io::Result<Vec<Resolution>> {
 
 /// Appends resolutions durably (blocking: call from the blocking pool).
 fn append(path: &Path, rs: &[Resolution]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| std::io::Error::other("no parent directory"))?;
-    std::fs::create_dir_all(dir)?;
-    let mut body = Vec::new();
-    for r in rs {
-        serde_json::to_writer(&mut body, r).map_err(std::io::Error::other)?;
-        body.push(b'\n');
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    f.write_all(&body)?;
-    f.sync_data()
+    crate::receipts::append_lines(path, rs)
 }
 
 /// Lookup settings.

@@ -58,8 +58,18 @@ pub fn append(path: &Path, rs: &[Receipt]) -> std::io::Result<()> {
     if std::fs::metadata(path).is_ok_and(|m| m.len() >= MAX_BYTES) {
         std::fs::rename(path, rotated(path))?;
     }
+    append_lines(path, rs)
+}
+
+/// Appends one JSON line per item to `path` (its directory made first) and fsyncs it
+/// (blocking: the blocking pool only). Shared by the receipts and the identity journal.
+pub(crate) fn append_lines<T: Serialize>(path: &Path, items: &[T]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no parent directory"))?;
+    std::fs::create_dir_all(dir)?;
     let mut body = Vec::new();
-    for r in rs {
+    for r in items {
         serde_json::to_writer(&mut body, r).map_err(std::io::Error::other)?;
         body.push(b'\n');
     }

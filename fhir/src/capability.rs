@@ -3,7 +3,8 @@
 //! `create` (`POST /fhir/Observation`, a device or FHIR client sending readings) and
 //! `$lastn`; Patient and Device `read` (what the registry holds) and, with CareTeam, `create`
 //! and `update` (the registry writes of `ingest::identity`); Communication (alerts) `read` and
-//! `search-type`; Subscription `create`, `read`, `$status` and `$events` (Backport IG topics).
+//! `search-type`; Subscription `create`, `read`, `delete`, `search-type`, `$status` and
+//! `$events` (Backport IG topics).
 //! The search parameters listed here are tested against [`crate::search::parse`], and the
 //! served routes against this list (tests/fhir_read.rs), so they cannot drift apart.
 
@@ -141,9 +142,16 @@ fn subscription() -> Value {
         "Subscription",
         json!([
             {"code": "create", "documentation": "A topic-based rest-hook subscription (Subscriptions R5 Backport IG, R4 form): handshake, heartbeat, one notification per event (three tries, then recover it with $events)."},
-            {"code": "read"}
+            {"code": "read"},
+            {"code": "delete", "documentation": "Stops its notifications; its owner, an admin or a care manager of the owner's team."},
+            {"code": "search-type", "documentation": "The subscriptions the caller may see."}
         ]),
     );
+    r["searchParam"] = json!([{
+        "name": "status", "type": "token",
+        "definition": "http://hl7.org/fhir/SearchParameter/Subscription-status",
+        "documentation": "requested, active, error or off; comma-separated."
+    }]);
     r["supportedProfile"] = json!([format!("{BACKPORT}/backport-subscription")]);
     r["extension"] = json!([ALERT_TOPIC, OBSERVATION_TOPIC].map(|t| json!({
         "url": format!("{BACKPORT}/capabilitystatement-subscriptiontopic-canonical"),
@@ -151,7 +159,7 @@ fn subscription() -> Value {
     })));
     r["operation"] = json!([
         {"name": "status", "definition": format!("{ops}/backport-subscription-status"), "documentation": "GET /fhir/Subscription/{id}/$status"},
-        {"name": "events", "definition": format!("{ops}/backport-subscription-events"), "documentation": "GET /fhir/Subscription/{id}/$events?eventsSinceNumber=&eventsUntilNumber= (at most 100 events)"}
+        {"name": "events", "definition": format!("{ops}/backport-subscription-events"), "documentation": "GET /fhir/Subscription/{id}/$events?eventsSinceNumber=&eventsUntilNumber= (at most 100 events; numbers no longer kept answer 410 with an OperationOutcome)"}
     ]);
     r
 }

@@ -22,7 +22,7 @@ use carewatch_fhir::search::{DateCmp, encode, pairs};
 use carewatch_store::registry::Principal;
 
 use crate::fhir_read::{
-    caller, collect_bounded, collect_within, fhir_json, internal, outcome, scope,
+    Reader, collect_bounded, collect_within, fhir_json, internal, outcome, scope,
 };
 use crate::fhir_search::base_url;
 use crate::http::SqlState;
@@ -241,13 +241,9 @@ fn audit(s: &SqlState, p: &Principal, what: &str, n: usize) {
 /// `GET /fhir/Communication/{id}`
 pub async fn read(
     State(s): State<SqlState>,
-    auth: Result<carewatch_auth::Caller, carewatch_auth::AuthError>,
+    Reader(p): Reader,
     Path(id): Path<String>,
 ) -> Response {
-    let p = match caller(auth) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let found = async {
         let df = latest(&s, &p)
             .await?
@@ -274,13 +270,9 @@ pub async fn read(
 pub async fn search(
     State(s): State<SqlState>,
     headers: HeaderMap,
-    auth: Result<carewatch_auth::Caller, carewatch_auth::AuthError>,
+    Reader(p): Reader,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let p = match caller(auth) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let q = match parse(raw.as_deref()) {
         Ok(q) => q,
         Err((code, msg)) => return outcome(StatusCode::BAD_REQUEST, code, &msg),

@@ -88,6 +88,26 @@ pub(crate) fn caller(
         .map_err(|e| outcome(StatusCode::FORBIDDEN, "forbidden", e.message()))
 }
 
+/// A caller who may read FHIR — [`caller`] as an extractor, the one authorization path every
+/// FHIR handler takes; a refusal answers as an OperationOutcome.
+#[derive(Debug)]
+pub struct Reader(
+    /// The caller.
+    pub Principal,
+);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Reader {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        let auth = carewatch_auth::Caller::from_request_parts(parts, state).await;
+        caller(auth).map(Reader)
+    }
+}
+
 /// Restricts a frame to what the caller may see.
 pub(crate) fn scope(s: &SqlState, p: &Principal, df: DataFrame) -> Result<DataFrame, Response> {
     match p.role {
@@ -194,13 +214,9 @@ pub(crate) fn fhir_json(status: StatusCode, v: Value) -> Response {
 /// `GET /fhir/Observation/{id}`
 pub async fn read(
     State(s): State<SqlState>,
-    auth: Result<carewatch_auth::Caller, carewatch_auth::AuthError>,
+    Reader(p): Reader,
     Path(id): Path<String>,
 ) -> Response {
-    let p = match caller(auth) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return outcome(StatusCode::NOT_FOUND, "not-found", "no such Observation");
     }

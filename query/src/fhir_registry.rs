@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use carewatch_store::registry::{Attribution, Principal, Registry};
 
-use crate::fhir_read::{caller, fhir_json, outcome};
+use crate::fhir_read::{Reader, fhir_json, outcome};
 use crate::http::SqlState;
 
 /// The identifier system of carewatch's patient ids.
@@ -93,13 +93,9 @@ fn audit(s: &SqlState, p: &Principal, what: &str, found: bool) {
 /// `GET /fhir/Patient/{id}`
 pub async fn read_patient(
     State(s): State<SqlState>,
-    auth: Result<carewatch_auth::Caller, carewatch_auth::AuthError>,
+    Reader(p): Reader,
     Path(id): Path<String>,
 ) -> Response {
-    let p = match caller(auth) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let found = carewatch_auth::may_see_patient(&s.registry, &p, &id)
         .then(|| patient(&s.registry, &id))
         .flatten();
@@ -113,13 +109,9 @@ pub async fn read_patient(
 /// `GET /fhir/Device/{id}`
 pub async fn read_device(
     State(s): State<SqlState>,
-    auth: Result<carewatch_auth::Caller, carewatch_auth::AuthError>,
+    Reader(p): Reader,
     Path(id): Path<String>,
 ) -> Response {
-    let p = match caller(auth) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let found = device(&s.registry, &id).filter(|(_, patient)| {
         carewatch_auth::sees_all_patients(&p)
             || patient

@@ -22,7 +22,7 @@ use carewatch_transform::Reading;
 use carewatch_transform::catalogue::VITALS;
 
 use crate::fhir_read::{
-    caller, collect_bounded, fhir_json, internal, outcome, received_readings, scope,
+    Reader, collect_bounded, fhir_json, internal, outcome, received_readings, scope,
 };
 use crate::http::SqlState;
 
@@ -194,13 +194,9 @@ fn order(sort: Sort) -> Vec<datafusion::logical_expr::SortExpr> {
 pub async fn search(
     State(s): State<SqlState>,
     headers: HeaderMap,
-    auth: Result<carewatch_auth::Caller, carewatch_auth::AuthError>,
+    Reader(p): Reader,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let p = match caller(auth) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let search = match carewatch_fhir::search::parse(raw.as_deref()) {
         Ok(q) => q,
         Err(e) => return bad_search(&e),
@@ -262,13 +258,9 @@ async fn answer(
 pub async fn lastn(
     State(s): State<SqlState>,
     headers: HeaderMap,
-    auth: Result<carewatch_auth::Caller, carewatch_auth::AuthError>,
+    Reader(p): Reader,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let p = match caller(auth) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
     let (search, max) = match carewatch_fhir::search::parse_lastn(raw.as_deref()) {
         Ok(q) => q,
         Err(e) => return bad_search(&e),

@@ -4,6 +4,10 @@
 //! blocking pool before the event is delivered, so a restart forgets no subscription and an
 //! event number is never reused or goes backwards.
 //!
+//! Each keeps its latest events only ([`Retention`]: 1000 events, 7 days by default, always
+//! the latest one); `$events` answers an OperationOutcome for pruned numbers. A deleted
+//! subscription's worker stops and its files are removed.
+//!
 //! [`Subscriptions::publish`] never blocks (a full queue drops the event for this process with
 //! a warning; the client sees the gap in the numbers). One dispatcher task matches events to
 //! subscriptions (topic, filters, and whether the subscription's owner may see the patient, the
@@ -12,7 +16,6 @@
 //! with `$events`), and heartbeats when idle.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +24,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use carewatch_fhir::subscription::{Content, Event, Kind, Spec, Status, notification};
+use carewatch_fhir::subscription::{Event, Kind, Spec, Status, notification};
 use carewatch_store::registry::{Principal, Registry};
 
 /// Something that happened, offered to every subscription on its topic.
@@ -58,15 +61,39 @@ pub struct Stored {
     pub status: String,
 }
 
+/// How many events a subscription keeps for `$events`: the latest `max_events`, none older
+/// than `max_age` — but always the latest one, so numbers go on after a restart. Pruning runs
+/// when an event is kept (and at start), once the count passes `max_events` by a quarter or
+/// the oldest passes `max_age` by an eighth, so the file is not rewritten for every event.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Events kept per subscription.
+    pub max_events: usize,
+    /// Age (by the event's timestamp) past which events are dropped.
+    pub max_age: Duration,
+}
+
+impl Default for Retention {
+    /// 1000 events, 7 days.
+    fn default() -> Self {
+        Retention {
+            max_events: 1000,
+            max_age: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
 /// One subscription at run time.
 #[derive(Debug)]
 pub struct Sub {
     /// What is kept.
     pub stored: Mutex<Stored>,
-    /// Its events, in number order.
+    /// Its events, in number order (the pruned ones gone).
     pub events: Mutex<Vec<Event>>,
     file: Mutex<std::fs::File>,
     wake: Notify,
+    /// Cancelled when the subscription is deleted: its worker stops.
+    gone: CancellationToken,
 }
 
 impl Sub {
@@ -76,11 +103,22 @@ impl Sub {
         let n = lock(&self.events).last().map_or(0, |e| e.number);
         (st, n)
     }
+
+    /// The lowest event number still kept when earlier ones were pruned (`None`: none were).
+    pub fn first_kept(&self) -> Option<u64> {
+        lock(&self.events)
+            .first()
+            .map(|e| e.number)
+            .filter(|n| *n > 1)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+mod keep;
+use keep::{events_path, open_sub, record, write_atomic};
 
 /// The subscriptions of this server (cheap to clone).
 #[derive(Debug, Clone)]
@@ -97,6 +135,7 @@ struct Inner {
     client: reqwest::Client,
     shutdown: CancellationToken,
     retry_base: Duration,
+    retention: Retention,
 }
 
 /// A fresh random-enough id (not a secret): 32 hex digits.
@@ -111,54 +150,6 @@ pub fn new_id() -> String {
     out
 }
 
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
-fn load_events(path: &Path) -> std::io::Result<(Vec<Event>, u64)> {
-    let mut events = Vec::new();
-    let mut good = 0u64;
-    if let Ok(f) = std::fs::File::open(path) {
-        let mut r = std::io::BufReader::new(f);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let n = r.read_until(b'\n', &mut line)?;
-            if n == 0 || line.last() != Some(&b'\n') {
-                break;
-            }
-            if let Ok(e) = serde_json::from_slice::<Event>(&line) {
-                events.push(e);
-            }
-            good += n as u64;
-        }
-    }
-    Ok((events, good))
-}
-
-fn open_sub(dir: &Path, stored: Stored) -> std::io::Result<Sub> {
-    let path = dir.join(format!("{}.events.jsonl", stored.id));
-    let (events, good) = load_events(&path)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)?;
-    if file.metadata()?.len() != good {
-        file.set_len(good)?; // a torn last line from a crash
-    }
-    Ok(Sub {
-        stored: Mutex::new(stored),
-        events: Mutex::new(events),
-        file: Mutex::new(file),
-        wake: Notify::new(),
-    })
-}
-
 impl Subscriptions {
     /// Opens `data_dir/fhir-subscriptions` (blocking: call at start-up) and starts the
     /// dispatcher and one worker per kept subscription. `retry_base` is the first back-off.
@@ -167,6 +158,7 @@ impl Subscriptions {
         registry: Arc<Registry>,
         shutdown: CancellationToken,
         retry_base: Duration,
+        retention: Retention,
     ) -> std::io::Result<Subscriptions> {
         let dir = data_dir.join("fhir-subscriptions");
         std::fs::create_dir_all(&dir)?;
@@ -178,7 +170,7 @@ impl Subscriptions {
             }
             match serde_json::from_slice::<Stored>(&std::fs::read(e.path())?) {
                 Ok(st) => {
-                    subs.insert(st.id.clone(), Arc::new(open_sub(&dir, st)?));
+                    subs.insert(st.id.clone(), Arc::new(open_sub(&dir, st, retention)?));
                 }
                 Err(_) => tracing::warn!("fhir subscriptions: skipped an unreadable file"),
             }
@@ -197,6 +189,7 @@ impl Subscriptions {
                 client,
                 shutdown,
                 retry_base,
+                retention,
             }),
         };
         tracing::info!(
@@ -232,6 +225,40 @@ impl Subscriptions {
         lock(&self.inner.subs).get(id).cloned()
     }
 
+    /// Every subscription, by id.
+    pub fn all(&self) -> Vec<Arc<Sub>> {
+        lock(&self.inner.subs).values().cloned().collect()
+    }
+
+    /// What each subscription keeps for `$events`.
+    pub fn retention(&self) -> Retention {
+        self.inner.retention
+    }
+
+    /// Deletes a subscription: no more notifications (its worker stops), its files removed
+    /// (off the async workers). `false` when there is no such subscription.
+    pub async fn delete(&self, id: &str) -> std::io::Result<bool> {
+        let Some(sub) = lock(&self.inner.subs).remove(id) else {
+            return Ok(false);
+        };
+        sub.gone.cancel();
+        let (dir, id) = (self.inner.dir.clone(), id.to_owned());
+        tokio::task::spawn_blocking(move || {
+            // Under the file lock, so no event is being kept meanwhile.
+            let _file = lock(&sub.file);
+            for p in [dir.join(format!("{id}.json")), events_path(&dir, &id)] {
+                match std::fs::remove_file(&p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(true)
+    }
+
     /// Keeps a new subscription durably (off the async workers) and starts its worker, which
     /// sends the handshake.
     pub async fn create(
@@ -247,11 +274,11 @@ impl Subscriptions {
             base,
             status: "requested".into(),
         };
-        let dir = self.inner.dir.clone();
+        let (dir, keep) = (self.inner.dir.clone(), self.inner.retention);
         let sub = tokio::task::spawn_blocking(move || {
             let bytes = serde_json::to_vec(&stored).map_err(std::io::Error::other)?;
             write_atomic(&dir, &format!("{}.json", stored.id), &bytes)?;
-            open_sub(&dir, stored)
+            open_sub(&dir, stored, keep)
         })
         .await
         .map_err(std::io::Error::other)??;
@@ -287,7 +314,8 @@ impl Subscriptions {
                 .collect();
             for s in subs {
                 let (s2, p2) = (s.clone(), p.clone());
-                let kept = tokio::task::spawn_blocking(move || record(&s2, p2)).await;
+                let (dir, keep) = (self.inner.dir.clone(), self.inner.retention);
+                let kept = tokio::task::spawn_blocking(move || record(&dir, &s2, p2, keep)).await;
                 match kept {
                     Ok(Ok(())) => s.wake.notify_one(),
                     _ => tracing::error!("fhir subscriptions: an event could not be kept"),
@@ -379,6 +407,7 @@ impl Subscriptions {
             let idle = tokio::time::sleep(heartbeat.unwrap_or(Duration::from_secs(3600)));
             tokio::select! {
                 () = self.inner.shutdown.cancelled() => return,
+                () = sub.gone.cancelled() => return,
                 () = sub.wake.notified() => {}
                 () = idle => {
                     if heartbeat.is_some() {
@@ -391,6 +420,9 @@ impl Subscriptions {
                 let next: Option<Event> =
                     lock(&sub.events).iter().find(|e| e.number > done).cloned();
                 let Some(e) = next else { break };
+                if sub.gone.is_cancelled() {
+                    return;
+                }
                 done = e.number;
                 let ok = self
                     .send(&sub, Kind::EventNotification, std::slice::from_ref(&e))
@@ -400,27 +432,4 @@ impl Subscriptions {
             }
         }
     }
-}
-
-/// Numbers and keeps one event (blocking: the append is fsynced before anyone is told).
-fn record(sub: &Sub, p: Published) -> std::io::Result<()> {
-    let mut file = lock(&sub.file);
-    let number = lock(&sub.events).last().map_or(0, |e| e.number) + 1;
-    let content = lock(&sub.stored).spec.content;
-    let e = Event {
-        number,
-        timestamp: p.timestamp,
-        focus: p.focus,
-        resource: if content == Content::Empty {
-            Value::Null
-        } else {
-            p.resource
-        },
-    };
-    let mut line = serde_json::to_vec(&e).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    file.write_all(&line)?;
-    file.sync_data()?;
-    lock(&sub.events).push(e);
-    Ok(())
 }

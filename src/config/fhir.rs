@@ -18,6 +18,39 @@ pub struct FhirFile {
     /// Where device and patient identity comes from.
     #[serde(default)]
     pub identity: IdentityFile,
+    /// What topic-based subscriptions keep.
+    #[serde(default)]
+    pub subscriptions: SubscriptionsFile,
+}
+
+/// `[fhir.subscriptions]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionsFile {
+    /// Events each subscription keeps for `$events` (default 1000).
+    pub keep_events: Option<usize>,
+    /// Days an event is kept for `$events` (default 7).
+    pub keep_days: Option<f64>,
+}
+
+/// `[fhir.subscriptions]`, checked: at least one event, at most 10 years.
+pub fn resolve_subscriptions(
+    f: &SubscriptionsFile,
+) -> Result<carewatch_query::subscriptions::Retention> {
+    let mut r = carewatch_query::subscriptions::Retention::default();
+    if let Some(n) = f.keep_events {
+        if !(1..=1_000_000).contains(&n) {
+            bail!("fhir.subscriptions.keep_events must be between 1 and 1000000");
+        }
+        r.max_events = n;
+    }
+    if let Some(d) = f.keep_days {
+        if !(0.001..=3650.0).contains(&d) {
+            bail!("fhir.subscriptions.keep_days must be between 0.001 and 3650");
+        }
+        r.max_age = Duration::from_secs_f64(d * 86_400.0);
+    }
+    Ok(r)
 }
 
 /// `[fhir.identity]`
