@@ -116,7 +116,10 @@ async fn samples(
 
 /// Every shipped rule: live bins == history bins == the former raw SQL, over `scopes`.
 async fn same_everywhere(live: &QueryEngine, history: &QueryEngine, scopes: &[String]) {
-    let raw_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/raw_rules");
+    let raw_dir = std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("tests/fixtures/raw_rules");
     let raw = rules::load(Some(&raw_dir)).expect("raw rules");
     let shipped = rules::load(None).expect("rules");
     assert_eq!(raw.len(), shipped.len());
