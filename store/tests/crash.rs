@@ -31,6 +31,7 @@ fn every_acknowledged_reading_survives_sigkill_exactly_once() {
             .spawn()
             .expect("spawn writer");
         let stdout = child.stdout.take().expect("stdout");
+        let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
             for line in BufReader::new(stdout).lines() {
@@ -39,11 +40,20 @@ fn every_acknowledged_reading_survives_sigkill_exactly_once() {
                 if let (Some("ack"), Some(d), Some(t)) = (it.next(), it.next(), it.next())
                     && let Ok(t) = t.parse::<i64>()
                 {
+                    if got.is_empty() {
+                        let _ = first_tx.send(());
+                    }
                     got.push((d.to_owned(), t));
                 }
             }
             got
         });
+        // The kill delay counts from the first ack: opening the store (replaying the WAL,
+        // reading the Delta logs) takes longer on a loaded machine than the delay itself.
+        if first_rx.recv_timeout(Duration::from_secs(120)).is_err() {
+            let _ = child.kill();
+            panic!("round {round}: the writer acknowledged nothing in 120 s");
+        }
         let t0 = Instant::now();
         while t0.elapsed() < delay {
             std::thread::sleep(Duration::from_millis(10));
