@@ -28,7 +28,10 @@ fn nodes_on_one_postgres_share_the_registry_and_survive_losing_one() {
     let a = Server::start(da.path(), &["--postgres-url", &url]);
     let admin = a.admin().to_owned();
     let mut b = Server::start(db.path(), &["--postgres-url", &url]);
-    assert_eq!(b.admin, None, "one admin for the cluster, printed by the first node");
+    assert_eq!(
+        b.admin, None,
+        "one admin for the cluster, printed by the first node"
+    );
     b.admin = Some(admin.clone());
 
     // Enrolled on a, sending to b.
@@ -43,9 +46,11 @@ fn nodes_on_one_postgres_share_the_registry_and_survive_losing_one() {
     );
     assert_eq!(s, 204);
     let north = b.token("care_manager", Some("north"));
-    wait_until("a to accept b's credential", Duration::from_secs(10), || {
-        curl("GET", &format!("{}/v1/patients", a.http), &north, "").0 == 200
-    });
+    wait_until(
+        "a to accept b's credential",
+        Duration::from_secs(10),
+        || curl("GET", &format!("{}/v1/patients", a.http), &north, "").0 == 200,
+    );
     let (s, body) = curl("GET", &format!("{}/v1/patients", a.http), &north, "");
     assert_eq!(s, 200);
     assert!(body.contains("p1"), "a scopes by the team set on b: {body}");
@@ -53,9 +58,11 @@ fn nodes_on_one_postgres_share_the_registry_and_survive_losing_one() {
     // Revoked on b: a refuses the device at its next refresh.
     let (s, _) = curl("DELETE", &format!("{}/v1/devices/w1", b.http), &admin, "");
     assert!(s == 200 || s == 204, "revoke answered {s}");
-    wait_until("a to refuse the revoked device", Duration::from_secs(10), || {
-        reading(&a.http, &secret, 1) == 401
-    });
+    wait_until(
+        "a to refuse the revoked device",
+        Duration::from_secs(10),
+        || reading(&a.http, &secret, 1) == 401,
+    );
 
     // A second device, then a is killed and its data directory deleted: a new node c still
     // has the whole registry.
@@ -93,5 +100,8 @@ fn a_wrong_postgres_url_stops_start_up_without_echoing_it() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("PostgreSQL"), "{err}");
-    assert!(!err.contains("hunter2"), "the password is not echoed: {err}");
+    assert!(
+        !err.contains("hunter2"),
+        "the password is not echoed: {err}"
+    );
 }
