@@ -3,7 +3,8 @@
 # builds (its first ```sh block; the Dockerfile, systemd and Kubernetes ship the same build).
 # Builds it with that command's profile into ${CARGO_TARGET_DIR:-target} (incrementally, like
 # any build there), then fails unless
-#   size      it is at most $budget bytes: 175 MB, today's 167.1 MB plus 5 % (BENCHMARKS.md,
+#   size      it is at most $budget bytes: 195 MB, today's 189.3 MB (with Delta Lake: +18.9 MB
+#             over 170.4 MB) plus 3 % (BENCHMARKS.md,
 #             "First start"), so growth fails the suite; the issue's goal is 150 MB;
 #   debug     it carries no DWARF (.debug_* sections: the profile must strip or split them);
 #   symbols   it keeps its symbol table, with carewatch's own functions, so a panic's backtrace
@@ -14,7 +15,7 @@
 #                                       unless that check catches it
 set -euo pipefail
 cd "$(dirname "$0")/.."
-budget=175000000
+budget=195000000
 
 self_test=false
 case "${1:-}" in
