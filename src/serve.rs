@@ -254,6 +254,8 @@ pub async fn run(c: ServeConfig) -> Result<()> {
                 carewatch_deliver::lookup::LookupConfig {
                     model: c.fhir_identity.model.clone(),
                     recheck,
+                    care_team_recheck: c.fhir_identity.care_team_recheck,
+                    care_team_category: c.fhir_identity.care_team_category.clone(),
                 },
                 pipeline.clone(),
                 &c.data_dir,

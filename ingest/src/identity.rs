@@ -85,6 +85,20 @@ pub fn patient_ref(r: Option<&Value>, element: &str) -> Result<String, String> {
     }
 }
 
+/// The (patient id, team name) a `CareTeam` names: `subject` is `Patient/{id}`, `name` the
+/// team — or which element is wrong. (Its `status` is the caller's to judge.)
+pub fn care_team_member(v: &Value) -> Result<(String, String), String> {
+    let patient = patient_ref(v.get("subject"), "CareTeam.subject")?;
+    let team = v
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or("CareTeam.name is required: it is the care team's name")?;
+    if !valid_team(team) {
+        return Err("CareTeam.name must not be empty or `unassigned`".into());
+    }
+    Ok((patient, team.to_owned()))
+}
+
 /// State of the identity routes.
 #[derive(Debug, Clone)]
 pub struct IdentityState {
@@ -304,16 +318,11 @@ async fn care_team(s: IdentityState, b: Bytes, path_id: Option<String>) -> Respo
         Ok(v) => v,
         Err(r) => return r,
     };
-    let patient = match patient_ref(v.get("subject"), "CareTeam.subject") {
-        Ok(p) => p,
+    let (patient, team) = match care_team_member(&v) {
+        Ok(pt) => pt,
         Err(m) => return unprocessable(&m),
     };
-    let Some(team) = v.get("name").and_then(Value::as_str) else {
-        return unprocessable("CareTeam.name is required: it is the care team's name");
-    };
-    if !valid_team(team) {
-        return unprocessable("CareTeam.name must not be empty or `unassigned`");
-    }
+    let team = team.as_str();
     if matches!(
         v.get("status").and_then(Value::as_str),
         Some("inactive" | "entered-in-error")

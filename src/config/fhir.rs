@@ -68,6 +68,11 @@ pub struct IdentityFile {
     pub device_identifier_system: Option<String>,
     /// Lookup mode: how often devices not found are looked up again, seconds (default 10).
     pub recheck_secs: Option<f64>,
+    /// Lookup mode: how often each patient's care team is looked up again on the destination
+    /// (`GET CareTeam?subject=…&status=active`), seconds (default 300).
+    pub care_team_recheck_secs: Option<f64>,
+    /// Lookup mode: only CareTeams of this category (`[system|]code`) name carewatch's teams.
+    pub care_team_category: Option<String>,
 }
 
 /// The identity model, validated.
@@ -77,6 +82,10 @@ pub struct Identity {
     pub model: carewatch_ingest::identity::IdentityModel,
     /// Lookup mode: the re-check interval (`None`: registry mode).
     pub lookup: Option<Duration>,
+    /// Lookup mode: the care teams' re-check interval.
+    pub care_team_recheck: Duration,
+    /// Lookup mode: the CareTeam category that names teams.
+    pub care_team_category: Option<String>,
 }
 
 /// Validates `[fhir.identity]` against the destination: lookup mode needs one.
@@ -97,6 +106,9 @@ pub fn resolve_identity(
             if f.recheck_secs.is_some() {
                 bail!("fhir.identity.recheck_secs applies to mode = \"lookup\" only");
             }
+            if f.care_team_recheck_secs.is_some() || f.care_team_category.is_some() {
+                bail!("fhir.identity.care_team_* applies to mode = \"lookup\" only");
+            }
             None
         }
         "lookup" => {
@@ -109,7 +121,20 @@ pub fn resolve_identity(
         }
         _ => bail!("fhir.identity.mode must be \"registry\" or \"lookup\""),
     };
-    Ok(Identity { model, lookup })
+    if f.care_team_category
+        .as_deref()
+        .is_some_and(|c| c.trim().is_empty() || c.ends_with('|'))
+    {
+        bail!("fhir.identity.care_team_category must be a token: [system|]code");
+    }
+    let care_team_recheck = secs(f.care_team_recheck_secs, "identity.care_team_recheck_secs")?
+        .unwrap_or(Duration::from_secs(300));
+    Ok(Identity {
+        model,
+        lookup,
+        care_team_recheck,
+        care_team_category: f.care_team_category,
+    })
 }
 
 /// `[fhir.destination]`

@@ -12,6 +12,8 @@ R4 JSON schema for the Bundle envelope) and keeps what it accepts in memory.
   GET /Communication  search: identifier=system|value, patient=, status=, _count
   PUT /Device/{id}  create or update a Device (validated like the rest); GET /Device/{id}
   GET /Device       search: identifier=[system|]value (searchset Bundle) — for Lookup mode
+  PUT /CareTeam/{id}  likewise; GET /CareTeam search: subject=Patient/a[,Patient/b…] (OR),
+                    status=, category=[system|]code (searchset Bundle) — Lookup mode's care teams
   GET /_stats       {"creates", "updates", "resources" (of Observations), "bundles", "device_searches",
                     "communication_creates", "communication_updates", "communications"} for the tests
 
@@ -40,7 +42,9 @@ STORE = {}  # Observation id -> resource (with id and meta.versionId)
 COMMS = {}  # Communication id -> resource
 TYPES = {"Observation": STORE, "Communication": COMMS}
 DEVICES = {}  # id -> Device
-STATS = {"creates": 0, "updates": 0, "bundles": 0, "device_searches": 0,
+CARETEAMS = {}  # id -> CareTeam
+PUT_TYPES = {"Device": DEVICES, "CareTeam": CARETEAMS}
+STATS = {"creates": 0, "updates": 0, "bundles": 0, "device_searches": 0, "careteam_searches": 0,
          "communication_creates": 0, "communication_updates": 0}
 REFUSE = set()
 REFUSE_PATIENT = set()  # Communications about these patients are refused
@@ -153,18 +157,19 @@ class Handler(BaseHTTPRequestHandler):
     def do_PUT(self):
         u = urlsplit(self.path)
         parts = u.path.strip("/").split("/")
-        if len(parts) != 2 or parts[0] != "Device":
-            return self.reply(404, outcome("not-found", "only PUT /Device/{id}"))
+        if len(parts) != 2 or parts[0] not in PUT_TYPES:
+            return self.reply(404, outcome("not-found", "only PUT /Device/{id} and /CareTeam/{id}"))
+        kind, store = parts[0], PUT_TYPES[parts[0]]
         try:
             res = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            construct_fhir_element("Device", res)
+            construct_fhir_element(kind, res)
         except Exception as e:  # noqa: BLE001
             return self.reply(400, outcome("invalid", " ".join(str(e).split())[:300]))
         if res.get("id") != parts[1]:
-            return self.reply(400, outcome("invalid", "Device.id differs from the URL"))
+            return self.reply(400, outcome("invalid", kind + ".id differs from the URL"))
         with LOCK:
-            created = parts[1] not in DEVICES
-            DEVICES[parts[1]] = res
+            created = parts[1] not in store
+            store[parts[1]] = res
         self.reply(201 if created else 200, res)
 
     def devices(self, u, q):
@@ -186,6 +191,24 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(200, {"resourceType": "Bundle", "type": "searchset", "total": len(found),
                          "entry": [{"resource": d, "search": {"mode": "match"}} for d in found]})
 
+    def care_teams(self, q):
+        with LOCK:
+            found = list(CARETEAMS.values())
+            STATS["careteam_searches"] += 1
+        if "subject" in q:
+            want = {"Patient/" + s.removeprefix("Patient/") for s in q["subject"].split(",")}
+            found = [t for t in found if t.get("subject", {}).get("reference") in want]
+        if "status" in q:
+            found = [t for t in found if t.get("status") in q["status"].split(",")]
+        if "category" in q:
+            system, bar, code = q["category"].partition("|")
+            if not bar:
+                system, code = None, q["category"]
+            found = [t for t in found if any(c.get("code") == code and (system is None or c.get("system") == system)
+                                             for cat in t.get("category", []) for c in cat.get("coding", []))]
+        self.reply(200, {"resourceType": "Bundle", "type": "searchset", "total": len(found),
+                         "entry": [{"resource": t, "search": {"mode": "match"}} for t in found]})
+
     def do_GET(self):
         u = urlsplit(self.path)
         q = {k: v[-1] for k, v in parse_qs(u.query).items()}
@@ -194,6 +217,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(200, {**STATS, "resources": len(STORE), "communications": len(COMMS)})
         if u.path == "/Device" or u.path.startswith("/Device/"):
             return self.devices(u, q)
+        if u.path == "/CareTeam":
+            return self.care_teams(q)
         store = TYPES.get(u.path.strip("/"))
         if store is None:
             return self.reply(404, outcome("not-found", "no such path"))

@@ -14,6 +14,12 @@
 //!
 //! Several Devices matching one id, a Device without `patient`, or an identifier that is not
 //! the configured one resolve nothing (logged without ids); the dead letters wait.
+//!
+//! Care teams come from the same server ([`teams`]): each patient a device is enrolled for is
+//! placed in the team its one active `CareTeam` names, looked up again every
+//! `care_team_recheck`.
+
+mod teams;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -82,6 +88,10 @@ pub struct LookupConfig {
     pub model: IdentityModel,
     /// How often a device not found is looked up again.
     pub recheck: Duration,
+    /// How often each patient's care team is looked up again.
+    pub care_team_recheck: Duration,
+    /// Only CareTeams of this category (`[system|]code`) name carewatch's teams.
+    pub care_team_category: Option<String>,
 }
 
 /// One dead-lettered message of a device.
@@ -101,6 +111,8 @@ struct Lookup {
     done: HashSet<(String, i64, String)>,
     /// When each device not found was last asked for.
     asked: HashMap<String, Instant>,
+    /// When each patient's care team was last asked for.
+    teams_asked: HashMap<String, Instant>,
 }
 
 impl Destination {
@@ -124,6 +136,7 @@ impl Destination {
             journal: journal_path(data_dir),
             done,
             asked: HashMap::new(),
+            teams_asked: HashMap::new(),
         };
         Ok(tokio::spawn(l.run(shutdown)))
     }
@@ -177,7 +190,7 @@ impl Lookup {
             };
             self.replay(&dev, msgs, via).await?;
         }
-        Ok(())
+        self.teams().await
     }
 
     /// Unresolved-looking dead letters: (device, message), one per message.
