@@ -35,6 +35,19 @@ else
   echo "setup: Debian packages present"
 fi
 
+# ---- Garage (crates.io): the S3-compatible object store of the cluster tests ------------------
+# Built once into a cache (a release build of a few hundred crates: see BENCHMARKS.md for its
+# time on 2 cores) and reused; its build directory is removed afterwards.
+garage_root="${CAREWATCH_GARAGE_ROOT:-$HOME/.cache/carewatch-tools/garage}"
+if [ -x "$garage_root/bin/garage" ]; then
+  echo "setup: garage present in $garage_root"
+else
+  echo "setup: cargo install garage 2.5.0 into $garage_root (once)"
+  CARGO_TARGET_DIR="$HOME/.cache/garage-build" cargo install garage --version 2.5.0 --locked \
+    --root "$garage_root" --no-default-features --features bundled-libs,sqlite
+  rm -rf "$HOME/.cache/garage-build"
+fi
+
 # ---- playwright-core and oidc-provider (npm) ----------------------------------------------------
 # playwright-core is only the driver library: it launches Debian's /usr/bin/chromium, so no
 # browser download. oidc-provider (OpenID-certified) is the identity provider of the single

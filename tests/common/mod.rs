@@ -30,6 +30,11 @@ impl Server {
     /// a file under [`test_logs_dir`] named after the test (scripts/check_logs_phi.py checks it
     /// for ids and tokens).
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(dir, extra, &[])
+    }
+
+    /// [`Server::start`] with these environment variables set for the server.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(String, String)]) -> Server {
         let log = log_file("serve");
         let err = std::fs::File::create(&log).expect("log file");
         let mut out_log = err.try_clone().expect("log file");
@@ -50,6 +55,7 @@ impl Server {
         args.extend_from_slice(extra);
         let mut child = Command::new(BIN)
             .args(&args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             // As deployed; `CAREWATCH_TEST_LOG=debug` to see (and check) more.
             .env(
                 "CAREWATCH_LOG",

@@ -123,10 +123,8 @@ impl DeltaLog {
         table: Table,
     ) -> Result<DeltaLog> {
         let url = loc.table_url(table)?;
-        let prefixed: Arc<dyn ObjectStore> = Arc::new(object_store::prefix::PrefixStore::new(
-            objects.clone(),
-            table.name(),
-        ));
+        let prefixed: Arc<dyn ObjectStore> =
+            Arc::new(super::prefix::Prefixed::new(objects.clone(), table.name()));
         let log_store =
             default_logstore(prefixed, loc.root.clone(), &url, &StorageConfig::default());
         let state = if log_store.is_delta_table_location().await.map_err(delta)? {

@@ -9,6 +9,7 @@ mod compact;
 mod delta;
 mod open;
 mod persist;
+mod prefix;
 mod stats;
 mod writer;
 

@@ -41,7 +41,7 @@ fn object_store(config: &Config) -> Result<Stores> {
             )
             .map_err(|e| Error::Config(format!("tables URL {url:?}: {e}")))?;
             let root: Arc<dyn ObjectStore> = Arc::from(store);
-            let tables = object_store::prefix::PrefixStore::new(root.clone(), prefix);
+            let tables = super::prefix::Prefixed::new(root.clone(), prefix);
             Ok((Arc::new(tables), Some(root)))
         }
     }
