@@ -2,12 +2,15 @@
 //! and carewatch subscribed to a real Mosquitto broker that restarts mid-stream.
 
 mod common;
+#[path = "mqtt_broker/mosquitto.rs"]
+mod mosquitto;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use carewatch_store::Table;
 use common::*;
+use mosquitto::Mosquitto;
 
 fn mosquitto_pub(mqtt: &str, user: &str, pass: &str, topic: &str, msg: &str) -> bool {
     let (host, port) = mqtt.rsplit_once(':').expect("addr");
@@ -138,53 +141,6 @@ fn broker_publish(port: u16, i: i64) {
         .expect("mosquitto_pub")
         .success();
     assert!(ok, "broker refused message {i}");
-}
-
-struct Mosquitto {
-    child: Child,
-}
-
-impl Mosquitto {
-    fn start(dir: &std::path::Path, port: u16) -> Mosquitto {
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
-                dir.display()
-            ),
-        )
-        .expect("conf");
-        let bin = if std::path::Path::new("/usr/sbin/mosquitto").exists() {
-            "/usr/sbin/mosquitto"
-        } else {
-            "mosquitto"
-        };
-        let child = Command::new(bin)
-            .args(["-c", conf.to_str().expect("utf8")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto");
-        wait_until("mosquitto to listen", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Mosquitto { child }
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -28,4 +28,4 @@ pub mod server;
 pub mod simulate;
 pub mod tls;
 
-pub use pipeline::{Ingested, Origin, Pipeline};
+pub use pipeline::{Ingested, Origin, Pipeline, Prepared};

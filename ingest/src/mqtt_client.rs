@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use carewatch_transform::{Reason, Rejection, Source};
 
-use crate::pipeline::{Origin, Pipeline};
+use crate::pipeline::{Origin, Pipeline, Prepared};
 
 /// External broker settings.
 #[derive(Debug, Clone)]
@@ -65,35 +65,66 @@ pub fn device_of(topic: &str) -> Option<&str> {
 
 /// Messages stored concurrently per connection.
 const MAX_INFLIGHT: usize = 1024;
+/// Messages already queued are stored together, one append (one WAL frame) for up to this
+/// many…
+const MAX_BATCH: usize = 128;
+/// …or this many payload bytes.
+const MAX_BATCH_BYTES: usize = 4 << 20;
 
-async fn store_message(
-    pipeline: &Pipeline,
-    p: &rumqttc::Publish,
-) -> Result<(), carewatch_store::Error> {
+/// The message, normalised (or refused for its topic), ready to store.
+fn prepare(pipeline: &Pipeline, p: &rumqttc::Publish) -> Prepared {
     let device = device_of(&p.topic).map(str::to_owned);
     let origin = Origin {
         source: Some(Source::Mqtt),
         device: device.clone(),
         format: None,
     };
+    match &device {
+        Some(_) => pipeline.prepare(&p.payload, &origin),
+        None => {
+            let rej = Rejection::new(
+                Reason::WrongTopic,
+                format!("topic {:?} is not devices/<id>/readings", p.topic),
+            );
+            pipeline.prepare_refusal(&p.payload, &origin, rej)
+        }
+    }
+}
+
+/// Stores a batch of messages in one append: all of them are durable, or none.
+async fn store_batch(
+    pipeline: &Pipeline,
+    batch: &[rumqttc::Publish],
+) -> Result<(), carewatch_store::Error> {
     loop {
-        let r = match &device {
-            Some(_) => pipeline.ingest(&p.payload, &origin).await.map(|_| ()),
-            None => {
-                let rej = Rejection::new(
-                    Reason::WrongTopic,
-                    format!("topic {:?} is not devices/<id>/readings", p.topic),
-                );
-                pipeline.refuse(&p.payload, &origin, rej).await
-            }
-        };
-        match r {
+        let prepared = batch.iter().map(|p| prepare(pipeline, p)).collect();
+        match pipeline.store_all(prepared).await {
             Err(carewatch_store::Error::Busy) => {
                 tokio::time::sleep(Duration::from_millis(20)).await
             }
-            other => return other,
+            other => return other.map(|_| ()),
         }
     }
+}
+
+/// The message just received, and whatever else is queued behind it (within the batch bounds).
+fn take_batch(
+    first: rumqttc::Publish,
+    incoming: &mut tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+    room: usize,
+) -> Vec<rumqttc::Publish> {
+    let mut bytes = first.payload.len();
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH.min(room) && bytes < MAX_BATCH_BYTES {
+        match incoming.try_recv() {
+            Ok(p) => {
+                bytes += p.payload.len();
+                batch.push(p);
+            }
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// Runs the subscriber until `shutdown`.
@@ -241,18 +272,22 @@ async fn subscribe_loop(
             }
         }
     });
-    // Messages being stored concurrently (they share group commits); acks go out in arrival
-    // order as each completes.
+    // Batches of messages being stored concurrently (each batch one append; batches share
+    // group commits); acks go out in arrival order as each batch completes.
     let mut inflight = futures::stream::FuturesOrdered::new();
+    let mut held = 0usize;
     loop {
         tokio::select! {
             biased;
-            Some((p, res)) = futures::StreamExt::next(&mut inflight), if !inflight.is_empty() => {
-                let p: rumqttc::Publish = p;
+            Some((batch, res)) = futures::StreamExt::next(&mut inflight), if !inflight.is_empty() => {
+                let batch: Vec<rumqttc::Publish> = batch;
+                held -= batch.len();
                 match res {
                     Ok(()) => {
-                        if let Err(e) = client.ack(&p).await {
-                            tracing::warn!(error = %e, "ack to broker failed; it will redeliver");
+                        for p in &batch {
+                            if let Err(e) = client.ack(p).await {
+                                tracing::warn!(error = %e, "ack to broker failed; it will redeliver");
+                            }
                         }
                     }
                     Err(e) => {
@@ -263,11 +298,13 @@ async fn subscribe_loop(
                 }
             }
             () = shutdown.cancelled(), if inflight.is_empty() => break,
-            Some(p) = incoming.recv(), if inflight.len() < MAX_INFLIGHT => {
+            Some(p) = incoming.recv(), if held < MAX_INFLIGHT => {
+                let batch = take_batch(p, &mut incoming, MAX_INFLIGHT - held);
+                held += batch.len();
                 let pipeline = pipeline.clone();
                 inflight.push_back(async move {
-                    let res = store_message(&pipeline, &p).await;
-                    (p, res)
+                    let res = store_batch(&pipeline, &batch).await;
+                    (batch, res)
                 });
             }
         }

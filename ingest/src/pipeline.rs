@@ -33,6 +33,17 @@ pub struct Ingested {
     pub items: usize,
 }
 
+/// One message normalised and attributed, ready to store ([`Pipeline::prepare`]).
+#[derive(Debug)]
+pub struct Prepared {
+    /// When it was received (its rows' and dead letters' received time).
+    pub received_us: i64,
+    rows: Vec<Row>,
+    dead: Vec<DeadLetter>,
+    /// What storing it will have done.
+    pub outcome: Ingested,
+}
+
 /// The current device mapping, replaceable while the server runs.
 #[derive(Debug, Clone, Default)]
 pub struct TemplateSlot(Arc<std::sync::RwLock<Option<Arc<Templates>>>>);
@@ -204,6 +215,41 @@ impl Pipeline {
         bytes: &[u8],
         origin: &Origin,
     ) -> Result<Ingested, carewatch_store::Error> {
+        let mut done = self.store_all(vec![self.prepare(bytes, origin)]).await?;
+        Ok(done.pop().unwrap_or_default())
+    }
+
+    /// Stores several prepared messages in one append (one WAL frame, one fsync): all or none
+    /// of them are durable when this returns. Their outcomes, in order.
+    pub async fn store_all(
+        &self,
+        batch: Vec<Prepared>,
+    ) -> Result<Vec<Ingested>, carewatch_store::Error> {
+        let (mut rows, mut dead) = (Vec::new(), Vec::new());
+        let mut seen = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for p in batch {
+            let mut devices: Vec<String> =
+                p.rows.iter().map(|r| r.reading.device_id.clone()).collect();
+            devices.sort_unstable();
+            devices.dedup();
+            seen.push((p.received_us, devices));
+            rows.extend(p.rows);
+            dead.extend(p.dead);
+            outcomes.push(p.outcome);
+        }
+        self.store.append(rows, dead).await?;
+        // The fleet view's "last seen": when the device's readings were last stored.
+        for (t, devices) in seen {
+            self.registry
+                .note_seen(devices.iter().map(String::as_str), t);
+        }
+        Ok(outcomes)
+    }
+
+    /// Normalises and attributes one payload received now, without storing it: its rows and
+    /// dead letters (see [`Pipeline::store_all`]).
+    pub fn prepare(&self, bytes: &[u8], origin: &Origin) -> Prepared {
         let received_us = now_us();
         let templates = self.templates.get();
         let source = origin.source.unwrap_or(Source::Http);
@@ -230,8 +276,7 @@ impl Pipeline {
                 );
                 continue;
             }
-            let verdict = self.attribute(&mut r);
-            match verdict {
+            match self.attribute(&mut r) {
                 Ok(()) => rows.push(Row {
                     reading: r,
                     received_us,
@@ -241,52 +286,46 @@ impl Pipeline {
                 Err(e) => rejected.push(e.with_device(Some(&r.device_id))),
             }
         }
-        // One raw copy per message: the first dead letter carries it, all share its digest.
-        let sha = (!rejected.is_empty()).then(|| carewatch_store::dead::digest(bytes));
-        let letter = |i: usize, reason, message: String, index: Option<u32>, device| DeadLetter {
+        let dead = dead_letters(bytes, origin, source, received_us, &rejected);
+        Prepared {
             received_us,
-            source,
-            device_id: device,
-            reason,
-            message,
-            index,
-            raw: if i == 0 { bytes.to_vec() } else { Vec::new() },
-            raw_sha256: sha,
+            outcome: Ingested {
+                accepted: rows.len(),
+                rejected,
+                items: out.items,
+            },
+            rows,
+            dead,
+        }
+    }
+
+    /// A payload refused before normalisation (wrong topic, bad credential), as one dead letter
+    /// holding it, to store with [`Pipeline::store_all`].
+    pub fn prepare_refusal(&self, bytes: &[u8], origin: &Origin, rejection: Rejection) -> Prepared {
+        let received_us = now_us();
+        let d = DeadLetter {
+            received_us,
+            source: origin.source.unwrap_or(Source::Http),
+            device_id: rejection
+                .device_id
+                .clone()
+                .or_else(|| origin.device.clone()),
+            reason: rejection.reason,
+            message: rejection.message.clone(),
+            index: None,
+            raw: bytes.to_vec(),
+            raw_sha256: None,
         };
-        let kept = rejected.len().min(MAX_DEAD_PER_MESSAGE);
-        let mut dead = Vec::with_capacity(kept + 1);
-        for (i, r) in rejected.iter().take(kept).enumerate() {
-            let device = r.device_id.clone().or_else(|| origin.device.clone());
-            let index = r.index.map(|i| i as u32);
-            dead.push(letter(i, r.reason, r.message.clone(), index, device));
+        Prepared {
+            received_us,
+            rows: Vec::new(),
+            dead: vec![d],
+            outcome: Ingested {
+                accepted: 0,
+                rejected: vec![rejection],
+                items: 0,
+            },
         }
-        if rejected.len() > kept {
-            let message = format!(
-                "{} more rejected items of this message are not stored one by one (at most {MAX_DEAD_PER_MESSAGE} per message)",
-                rejected.len() - kept
-            );
-            dead.push(letter(
-                kept,
-                Reason::TooLarge,
-                message,
-                None,
-                origin.device.clone(),
-            ));
-        }
-        let accepted = rows.len();
-        let mut seen: Vec<&str> = rows.iter().map(|r| r.reading.device_id.as_str()).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        let seen: Vec<String> = seen.into_iter().map(str::to_owned).collect();
-        self.store.append(rows, dead).await?;
-        // The fleet view's "last seen": when the device's readings were last stored.
-        self.registry
-            .note_seen(seen.iter().map(String::as_str), received_us);
-        Ok(Ingested {
-            accepted,
-            rejected,
-            items: out.items,
-        })
     }
 
     /// Dead-letters a payload refused before normalisation (wrong topic, bad credential).
@@ -296,19 +335,50 @@ impl Pipeline {
         origin: &Origin,
         rejection: Rejection,
     ) -> Result<(), carewatch_store::Error> {
-        let d = DeadLetter {
-            received_us: now_us(),
-            source: origin.source.unwrap_or(Source::Http),
-            device_id: rejection
-                .device_id
-                .clone()
-                .or_else(|| origin.device.clone()),
-            reason: rejection.reason,
-            message: rejection.message,
-            index: None,
-            raw: bytes.to_vec(),
-            raw_sha256: None,
-        };
-        self.store.append(vec![], vec![d]).await
+        let p = self.prepare_refusal(bytes, origin, rejection);
+        self.store.append(p.rows, p.dead).await
     }
+}
+
+/// The dead letters of a message's rejected items: one raw copy per message (the first dead
+/// letter carries it, all share its digest), at most [`MAX_DEAD_PER_MESSAGE`] one by one.
+fn dead_letters(
+    bytes: &[u8],
+    origin: &Origin,
+    source: Source,
+    received_us: i64,
+    rejected: &[Rejection],
+) -> Vec<DeadLetter> {
+    let sha = (!rejected.is_empty()).then(|| carewatch_store::dead::digest(bytes));
+    let letter = |i: usize, reason, message: String, index: Option<u32>, device| DeadLetter {
+        received_us,
+        source,
+        device_id: device,
+        reason,
+        message,
+        index,
+        raw: if i == 0 { bytes.to_vec() } else { Vec::new() },
+        raw_sha256: sha,
+    };
+    let kept = rejected.len().min(MAX_DEAD_PER_MESSAGE);
+    let mut dead = Vec::with_capacity(kept + 1);
+    for (i, r) in rejected.iter().take(kept).enumerate() {
+        let device = r.device_id.clone().or_else(|| origin.device.clone());
+        let index = r.index.map(|i| i as u32);
+        dead.push(letter(i, r.reason, r.message.clone(), index, device));
+    }
+    if rejected.len() > kept {
+        let message = format!(
+            "{} more rejected items of this message are not stored one by one (at most {MAX_DEAD_PER_MESSAGE} per message)",
+            rejected.len() - kept
+        );
+        dead.push(letter(
+            kept,
+            Reason::TooLarge,
+            message,
+            None,
+            origin.device.clone(),
+        ));
+    }
+    dead
 }
