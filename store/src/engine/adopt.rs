@@ -1,8 +1,10 @@
 //! The tables at open: each table's Delta log is loaded (or created, adopting the Parquet
 //! files of a directory written before Delta), the WAL position each table's log records is
-//! read, and files no commit references are dealt with: those a commit removed wait out the
-//! rest of their grace period (a reader may hold an older snapshot), the others — left by a
-//! persist or compaction that crashed before its commit — are deleted.
+//! read (this node's, under its own `txn` app id), and files no commit references are dealt
+//! with: those a commit removed wait out the rest of their grace period (a reader may hold an
+//! older snapshot), the others — left by a persist or compaction of this node that crashed
+//! before its commit — are deleted. On tables shared through a URL, another node's
+//! uncommitted files are its persist in flight: left alone.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use super::compact::recover_compaction;
 use super::delta::{DeltaLog, Location, NewFile};
 use super::io;
+use super::node::Node;
 use crate::tables::{self, FileMeta, Table};
 use crate::{Config, Result};
 
@@ -59,11 +62,13 @@ async fn listed(
     Ok(files)
 }
 
-/// Writable: files under a table's directory that its snapshot does not hold.
+/// Writable: files under a table's directory that its snapshot does not hold. `shared`: other
+/// nodes write these tables too, so only this node's own unreferenced files are deleted.
 async fn sweep(
     objects: &dyn ObjectStore,
     log: &DeltaLog,
     table: Table,
+    (node, shared): (&Node, bool),
     grace: Duration,
     graveyard: &mut Vec<(Instant, ObjPath)>,
 ) -> Result<()> {
@@ -88,6 +93,9 @@ async fn sweep(
             .get(&p)
             .map(|at| at + grace.as_millis() as i64 - now_ms)
             .unwrap_or(0);
+        if !removed.contains_key(&p) && shared && !node.wrote(&p) {
+            continue;
+        }
         if left_ms > 0 {
             graveyard.push((Instant::now() + Duration::from_millis(left_ms as u64), p));
         } else {
@@ -108,13 +116,16 @@ pub(super) async fn open_tables(
     config: &Config,
     location: &Location,
     objects: &Arc<dyn ObjectStore>,
-    checkpoint: u64,
+    (checkpoint, node): (u64, &Node),
     superseded: &[String],
 ) -> Result<Opened> {
     let ro = config.read_only;
     let mut deltas = BTreeMap::new();
     for t in Table::ALL {
-        deltas.insert(t, DeltaLog::open(location, objects, t).await?);
+        deltas.insert(
+            t,
+            DeltaLog::open(location, objects, t, node.app_id()).await?,
+        );
     }
     let mut legacy = Vec::new();
     let bare: Vec<Table> = deltas
@@ -156,6 +167,7 @@ pub(super) async fn open_tables(
                 objects.as_ref(),
                 &log,
                 t,
+                (node, config.tables_url.is_some()),
                 config.delete_grace,
                 &mut out.graveyard,
             )

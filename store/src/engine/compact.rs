@@ -1,6 +1,7 @@
 //! Compaction (a day's small files merged into one, one Delta commit), retention (one commit
 //! of removes per table), vacuum (removed files deleted once their grace period is over), and
-//! the background task that does all of it on a tick. Intent files are what compaction used
+//! the background task that does all of it on a tick (and, on tables other nodes write too,
+//! catches up with their commits). Intent files are what compaction used
 //! before the Delta log; open still finishes one a crash left in a pre-Delta directory.
 
 use std::collections::BTreeMap;
@@ -124,7 +125,13 @@ async fn compact_day(inner: &Inner, inputs: Vec<FileMeta>) -> Result<()> {
     })
     .await?;
     let stamp = chrono::Utc::now().timestamp_micros();
-    let path = tables::file_path(table, &date, first, last, &format!("-c{stamp}"));
+    let path = tables::file_path(
+        table,
+        &date,
+        first,
+        last,
+        &format!("{}-c{stamp}", inner.node.file_suffix()),
+    );
     let size = bytes.len() as u64;
     inner.objects.put(&path, bytes.into()).await.map_err(io)?;
     if let Some(root) = inner.local_root.clone() {
@@ -211,6 +218,24 @@ pub(super) async fn retain(inner: &Inner, cutoff_date: &str) -> Result<usize> {
     Ok(n)
 }
 
+/// Tables shared through a URL: catches up with the commits of other nodes, so queries read
+/// what they persisted and compaction and retention see their files. (Local tables have one
+/// writer, this process: nothing to catch up with.)
+async fn follow(inner: &Inner) -> Result<()> {
+    if inner.config.tables_url.is_none() {
+        return Ok(());
+    }
+    let _g = inner.persist_lock.lock().await;
+    let mut deltas = inner.deltas.lock().await;
+    for (table, log) in deltas.iter_mut() {
+        if log.refresh().await? {
+            let files = log.files();
+            replace_files(&mut lock(&inner.state), *table, files);
+        }
+    }
+    Ok(())
+}
+
 /// Deletes the files whose grace period is over.
 async fn vacuum(inn: &Inner) {
     let expired: Vec<ObjPath> = {
@@ -238,6 +263,9 @@ pub(super) async fn background(inner: std::sync::Weak<Inner>) {
         };
         tokio::time::sleep(tick).await;
         let Some(inn) = inner.upgrade() else { return };
+        if let Err(e) = follow(&inn).await {
+            tracing::warn!(error = %e, "reading other nodes' commits failed; will retry");
+        }
         let due = {
             let st = lock(&inn.state);
             st.rows >= inn.config.persist_rows

@@ -1,9 +1,9 @@
 //! The Delta Lake log of one table (`<table>/_delta_log/`), through the `deltalake-core` crate.
 //!
 //! Every change of a table's file set is one Delta commit: a persist adds its files (and
-//! records the last WAL segment it covers as the `txn` action of app id [`WAL_APP_ID`], so a
-//! restart knows exactly which segments are in the table even when the checkpoint file did not
-//! move); a compaction removes a day's small files (`dataChange: false`) and adds their merge;
+//! records the last WAL segment it covers as the `txn` action of the node's app id
+//! (`carewatch-wal-<node id>`, see `node`), so a restart knows exactly which of its segments are
+//! in the table even when the checkpoint file did not move, whatever other nodes committed); a compaction removes a day's small files (`dataChange: false`) and adds their merge;
 //! retention removes old days. Delta checkpoints are written every [`CHECKPOINT_INTERVAL`]
 //! commits by the crate's post-commit hook. The table's file list for queries is the
 //! snapshot's, never a directory listing.
@@ -27,8 +27,6 @@ use url::Url;
 use crate::tables::{self, FileMeta, Table};
 use crate::{Error, Result};
 
-/// The `txn` app id whose version is the last WAL segment persisted into the table.
-pub(crate) const WAL_APP_ID: &str = "carewatch-wal";
 /// A Delta checkpoint (`_delta_log/*.checkpoint.parquet`) every this many commits.
 pub(crate) const CHECKPOINT_INTERVAL: u64 = 10;
 /// The partition column (a Delta `date`; not stored in the Parquet files).
@@ -99,6 +97,8 @@ pub(crate) struct NewFile {
 /// One table's Delta log.
 pub(crate) struct DeltaLog {
     table: Table,
+    /// This node's `txn` app id: its version is the node's last WAL segment in the table.
+    app_id: String,
     log_store: LogStoreRef,
     /// `None` until the table exists.
     state: Option<DeltaTableState>,
@@ -121,6 +121,7 @@ impl DeltaLog {
         loc: &Location,
         objects: &Arc<dyn ObjectStore>,
         table: Table,
+        app_id: String,
     ) -> Result<DeltaLog> {
         let url = loc.table_url(table)?;
         let prefixed: Arc<dyn ObjectStore> =
@@ -138,6 +139,7 @@ impl DeltaLog {
         };
         Ok(DeltaLog {
             table,
+            app_id,
             log_store,
             state,
             stale: false,
@@ -170,7 +172,7 @@ impl DeltaLog {
         let now = chrono::Utc::now().timestamp_millis();
         let adds: Vec<Action> = files.iter().map(|f| self.add(f, now, true)).collect();
         let props = CommitProperties::default()
-            .with_application_transaction(Transaction::new(WAL_APP_ID, wal as i64));
+            .with_application_transaction(Transaction::new(&self.app_id, wal as i64));
         let table: DeltaTable = CreateBuilder::new()
             .with_log_store(self.log_store.clone())
             .with_table_name(self.table.name())
@@ -224,7 +226,7 @@ impl DeltaLog {
             return Ok(None);
         };
         let v = state
-            .transaction_version(self.log_store.as_ref(), WAL_APP_ID)
+            .transaction_version(self.log_store.as_ref(), &self.app_id)
             .await
             .map_err(delta)?;
         Ok(v.and_then(|v| u64::try_from(v).ok()))
@@ -308,7 +310,7 @@ impl DeltaLog {
         actions.extend(adds.iter().map(|f| self.add(f, now, dc)));
         let mut props = CommitProperties::default();
         if let Some(w) = wal {
-            props = props.with_application_transaction(Transaction::new(WAL_APP_ID, w as i64));
+            props = props.with_application_transaction(Transaction::new(&self.app_id, w as i64));
         }
         let post = CommitBuilder::from(props)
             .with_actions(actions)
@@ -336,6 +338,24 @@ impl DeltaLog {
             }
         }
         Ok(log)
+    }
+
+    /// Catches up with commits other nodes made since this snapshot. `Ok(true)`: the
+    /// snapshot moved (its files may have changed).
+    pub(crate) async fn refresh(&mut self) -> Result<bool> {
+        if self.stale {
+            self.reload(None).await?;
+            return Ok(true);
+        }
+        let Some(state) = &mut self.state else {
+            return Ok(false);
+        };
+        let before = state.version();
+        state
+            .update(self.log_store.as_ref(), None)
+            .await
+            .map_err(delta)?;
+        Ok(state.version() != before)
     }
 
     /// Loads the snapshot at `version` (latest: `None`).

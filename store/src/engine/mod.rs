@@ -7,6 +7,7 @@
 mod adopt;
 mod compact;
 mod delta;
+mod node;
 mod open;
 mod persist;
 mod prefix;
@@ -78,6 +79,8 @@ struct Inner {
     /// Held for the store's lifetime: one writer per data directory.
     _lock: Option<std::fs::File>,
     config: Config,
+    /// This data directory's node: its `txn` app id and file names in the tables.
+    node: node::Node,
     tx: mpsc::Sender<Cmd>,
     state: Mutex<State>,
     objects: Arc<dyn ObjectStore>,

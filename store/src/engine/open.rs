@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::adopt::{all_persisted, location, open_tables};
 use super::compact::{Intent, background, intent_files};
+use super::node::Node;
 use super::persist::{read_checkpoint, write_checkpoint};
 use super::writer::writer;
 use super::{Chunk, Health, Inner, State, Store, chunk_bytes, dead_batch, io, rows_batch};
@@ -163,13 +164,21 @@ pub(super) async fn open(config: Config) -> Result<Store> {
     } else {
         Some(lock_dir(&config, &wal_dir).await?)
     };
+    let node = Node::of_dir(&config.data_dir, &wal_dir, ro)?;
     let checkpoint = read_checkpoint(&config.data_dir)?;
     let superseded = if ro {
         superseded_inputs(&config.data_dir, objects.as_ref()).await
     } else {
         Vec::new()
     };
-    let opened = open_tables(&config, &location, &objects, checkpoint, &superseded).await?;
+    let opened = open_tables(
+        &config,
+        &location,
+        &objects,
+        (checkpoint, &node),
+        &superseded,
+    )
+    .await?;
     let mut state = State {
         files: opened.files,
         graveyard: opened.graveyard,
@@ -199,6 +208,7 @@ pub(super) async fn open(config: Config) -> Result<Store> {
         _lock: lock,
         local_root: local_root(&config),
         config,
+        node,
         tx,
         state: Mutex::new(state),
         objects,

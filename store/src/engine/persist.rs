@@ -193,7 +193,7 @@ async fn write_files(
     let mut res = Ok(());
     for p in plan {
         let (table, date) = (p.table, p.date);
-        let path = tables::file_path(table, &date, first, closed, "");
+        let path = tables::file_path(table, &date, first, closed, &inner.node.file_suffix());
         let size = p.bytes.len() as u64;
         let bytes = p.bytes;
         // Recorded before the PUT: a failed PUT may still leave the file behind.

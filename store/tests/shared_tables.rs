@@ -1,0 +1,109 @@
+//! Two nodes (two data directories, each with its own WAL) writing the same Delta tables
+//! through one tables URL, as a cluster does on an object store (here `file://`; the same on
+//! S3 in tests/cluster_object_store.rs). Each node keeps its WAL position in the tables under
+//! its own id: a node's unpersisted readings survive its restart however far the other node
+//! moved the tables, neither node deletes or replaces the other's files, and each reads what
+//! the other persisted.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use carewatch_store::{Config, Row, Store, Table};
+use carewatch_transform::catalogue;
+use carewatch_transform::{Format, Reading, Source};
+
+const T0: i64 = 1_700_000_000_000_000; // 2023-11-14T22:13:20Z
+const MIN: i64 = 60_000_000;
+
+fn rows(device: &str, from_min: i64, n: i64) -> Vec<Row> {
+    (from_min..from_min + n)
+        .map(|i| Row {
+            reading: Reading {
+                device_id: device.to_owned(),
+                patient_id: Some(format!("p-{device}")),
+                vital: catalogue::by_key("heart_rate").expect("vital"),
+                value: 70.0,
+                effective_us: T0 + i * MIN,
+                effective_end_us: None,
+                offset_min: Some(60),
+                extra: None,
+            },
+            received_us: T0,
+            source: Source::Http,
+            format: Format::Carewatch,
+        })
+        .collect()
+}
+
+/// A node on `tables`, its background task (which follows the other node's commits) on a
+/// short tick, persisting only when told.
+fn config(dir: &Path, tables: &Path) -> Config {
+    let mut c = Config::new(dir);
+    c.tables_url = Some(format!("file://{}", tables.display()));
+    c.tick = Duration::from_millis(50);
+    c.persist_age = Duration::from_secs(3600);
+    c.compact_min_files = 1000;
+    c.delete_grace = Duration::ZERO;
+    c
+}
+
+fn n(b: &[RecordBatch]) -> usize {
+    b.iter().map(RecordBatch::num_rows).sum()
+}
+
+async fn count(s: &Store) -> usize {
+    n(&s.read_all(Table::Observations).await.expect("read"))
+}
+
+async fn wait_count(s: &Store, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(s).await != want {
+        assert!(Instant::now() < deadline, "never saw {want} rows");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_nodes_keep_their_own_wal_positions_in_shared_tables() {
+    let t = tempfile::tempdir().expect("tmp");
+    let tables = t.path().join("tables");
+    std::fs::create_dir_all(&tables).expect("mkdir");
+    let (da, db) = (t.path().join("a"), t.path().join("b"));
+
+    let b = Store::open(config(&db, &tables)).await.expect("open b");
+    b.append(rows("b", 0, 10), vec![]).await.expect("append b");
+    let a = Store::open(config(&da, &tables)).await.expect("open a");
+    for k in 0..3 {
+        a.append(rows("a", k * 10, 10), vec![])
+            .await
+            .expect("append a");
+        a.persist().await.expect("persist a");
+    }
+    wait_count(&b, 40).await; // its own 10 buffered, A's 30 from the table
+    assert_eq!(count(&a).await, 30, "B's readings are only in B's WAL");
+
+    // B stops without persisting (its WAL holds its 10) and comes back.
+    drop(b);
+    let b = Store::open(config(&db, &tables)).await.expect("reopen b");
+    assert_eq!(
+        count(&b).await,
+        40,
+        "B replays its WAL although A moved the table on"
+    );
+    b.persist().await.expect("persist b");
+    wait_count(&a, 40).await;
+
+    // Every file of both nodes is in the table, none replaced; a third reader agrees.
+    let files: Vec<String> = b
+        .snapshot()
+        .files
+        .iter()
+        .map(|f| f.path.to_string())
+        .collect();
+    assert_eq!(files.len(), 4, "{files:?}");
+    drop((a, b));
+    let dc = t.path().join("c");
+    let c = Store::open(config(&dc, &tables)).await.expect("open c");
+    assert_eq!(count(&c).await, 40);
+}
