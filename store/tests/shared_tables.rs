@@ -2,8 +2,8 @@
 //! through one tables URL, as a cluster does on an object store (here `file://`; the same on
 //! S3 in tests/cluster_object_store.rs). Each node keeps its WAL position in the tables under
 //! its own id: a node's unpersisted readings survive its restart however far the other node
-//! moved the tables, neither node deletes or replaces the other's files, and each reads what
-//! the other persisted.
+//! moved the tables, neither node deletes or replaces the other's files, each reads what the
+//! other persisted, and a node whose snapshot is behind commits after the newer commit.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -102,8 +102,20 @@ async fn two_nodes_keep_their_own_wal_positions_in_shared_tables() {
         .map(|f| f.path.to_string())
         .collect();
     assert_eq!(files.len(), 4, "{files:?}");
-    drop((a, b));
-    let dc = t.path().join("c");
-    let c = Store::open(config(&dc, &tables)).await.expect("open c");
+    drop(b);
+
+    // A node that has not caught up (no tick) commits on top of the other's newer commit:
+    // its commit goes in after it, and its snapshot then holds both.
+    let mut late = config(&t.path().join("c"), &tables);
+    late.tick = Duration::from_secs(3600);
+    let c = Store::open(late).await.expect("open c");
     assert_eq!(count(&c).await, 40);
+    a.append(rows("a", 100, 10), vec![])
+        .await
+        .expect("append a");
+    a.persist().await.expect("persist a");
+    c.append(rows("c", 0, 5), vec![]).await.expect("append c");
+    c.persist().await.expect("persist c");
+    assert_eq!(count(&c).await, 55);
+    wait_count(&a, 55).await;
 }
