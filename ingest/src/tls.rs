@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
+pub use tokio_rustls::TlsAcceptor;
 
 /// Builds a TLS acceptor from a PEM certificate chain and private key.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
