@@ -11,6 +11,7 @@ use serde::Deserialize;
 mod alerts;
 mod cluster;
 mod fhir;
+mod limits;
 mod oidc;
 
 /// The TOML file. Every key is optional; unknown keys are an error.
@@ -326,38 +327,17 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
     let a = &file.alerts;
     let (alert_engine, alert_routes) = alerts::resolve(a, o.webhook_url)?;
     let alerts_mqtt = a.mqtt_publish.unwrap_or(false);
-    let query_limits = query_limits(&file.query)?;
+    let query_limits = limits::query(&file.query)?;
     let metrics_require_token = file
         .auth
         .metrics_require_token
         .unwrap_or(!http_addr.ip().is_loopback());
-    let mut login_limits = carewatch_auth::limiter::Limits::default();
-    if let Some(b) = file.auth.failed_login_burst {
-        if b == 0 {
-            bail!("auth.failed_login_burst must be at least 1");
-        }
-        login_limits.burst = b;
-    }
-    if let Some(s) = file.auth.failed_login_refill_secs {
-        if !(0.001..=86_400.0).contains(&s) {
-            bail!("auth.failed_login_refill_secs must be between 0.001 and 86400");
-        }
-        login_limits.refill = Duration::from_secs_f64(s);
-    }
+    let login_limits = limits::login(&file.auth)?;
     let oidc = oidc::resolve(o.oidc_issuer, o.oidc_audience, file.auth.oidc)?;
     let fhir_destination = fhir::resolve(o.fhir_destination, file.fhir.destination)?;
     let fhir_identity = fhir::resolve_identity(file.fhir.identity, fhir_destination.as_ref())?;
     let fhir_subscriptions = fhir::resolve_subscriptions(&file.fhir.subscriptions)?;
-    let mut http_limits = carewatch_ingest::server::Limits::default();
-    let h = &file.http;
-    if let Some(n) = h.max_connections {
-        http_limits.max_connections = n.max(1);
-    }
-    let secs = |v: Option<u64>, d: Duration| v.map_or(d, |s| Duration::from_secs(s.max(1)));
-    http_limits.header_read_timeout =
-        secs(h.header_read_timeout_secs, http_limits.header_read_timeout);
-    http_limits.idle_timeout = secs(h.idle_timeout_secs, http_limits.idle_timeout);
-    http_limits.shutdown_deadline = secs(h.shutdown_deadline_secs, http_limits.shutdown_deadline);
+    let http_limits = limits::http(&file.http);
     let postgres_url = cluster_postgres_url(o.postgres_url, file.cluster)?;
     Ok(ServeConfig {
         postgres_url,
@@ -407,119 +387,4 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shipped_example_config_parses_and_resolves() {
-        let path = carewatch_fixtures::repo_dir().join("deploy/carewatch.example.toml");
-        let text = std::fs::read_to_string(path).expect("example config");
-        let file = parse_file(&text).expect("parses");
-        let c = resolve(Overrides::default(), file).expect("valid");
-        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.persist_age, Some(Duration::from_secs(300)));
-        assert_eq!(c.alert_engine.escalate_after, Duration::from_secs(900));
-        assert_eq!(c.alert_routes.attempts, 8);
-        let north = c.alert_engine.chains.get("north").expect("north's chain");
-        assert_eq!(north.len(), 2);
-        assert!(std::sync::Arc::ptr_eq(
-            &c.alert_engine.chains,
-            &c.alert_routes.chains
-        ));
-    }
-
-    #[test]
-    fn a_bad_escalation_chain_is_refused_with_its_team() {
-        let bad = |toml: &str| {
-            let f = parse_file(toml).expect("parse");
-            resolve(Overrides::default(), f).unwrap_err().to_string()
-        };
-        let e = bad("[alerts.escalation.north]\nsteps = [{ after_minutes = 5 }]");
-        assert!(
-            e.contains("alerts.escalation.north") && e.contains("`url`"),
-            "{e}"
-        );
-        let e =
-            bad("[alerts.escalation.north]\nsteps = [{ after_minutes = 5, url = \"ftp://x\" }]");
-        assert!(e.contains("http://"), "{e}");
-        let e = bad("[alerts.escalation.unassigned]\nsteps = []");
-        assert!(e.contains("not a care team"), "{e}");
-    }
-
-    #[test]
-    fn unknown_keys_and_bad_values_are_errors() {
-        assert!(parse_file("htp_addr = \"x\"").is_err());
-        let e = resolve(
-            Overrides {
-                http_addr: Some("nope".into()),
-                ..Overrides::default()
-            },
-            FileConfig::default(),
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("http_addr"), "{e}");
-        let e = resolve(
-            Overrides {
-                mqtt_url: Some("http://x".into()),
-                ..Overrides::default()
-            },
-            FileConfig::default(),
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("mqtt://"), "{e}");
-        // Flags win over the file.
-        let f = parse_file("data_dir = \"/from/file\"").expect("parse");
-        let c = resolve(
-            Overrides {
-                data_dir: Some("/from/flag".into()),
-                ..Overrides::default()
-            },
-            f,
-        )
-        .expect("ok");
-        assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
-    }
-}
-
-/// `[query]` over the defaults, validated.
-fn query_limits(q: &QueryConfig) -> Result<carewatch_query::QueryLimits> {
-    let mut l = carewatch_query::QueryLimits::default();
-    if let Some(t) = q.timeout_secs {
-        if !(0.1..=86_400.0).contains(&t) {
-            bail!("query.timeout_secs must be between 0.1 and 86400");
-        }
-        l.timeout = Duration::from_secs_f64(t);
-    }
-    if let Some(m) = q.memory_mb {
-        if m < 16 {
-            bail!("query.memory_mb must be at least 16");
-        }
-        l.memory_bytes = m.saturating_mul(1 << 20);
-    }
-    if let Some(r) = q.max_rows {
-        if r == 0 {
-            bail!("query.max_rows must be at least 1");
-        }
-        l.max_rows = r;
-    }
-    for (v, name, slot) in [
-        (
-            q.analyst_concurrency,
-            "analyst_concurrency",
-            &mut l.analyst_concurrency,
-        ),
-        (
-            q.admin_concurrency,
-            "admin_concurrency",
-            &mut l.admin_concurrency,
-        ),
-    ] {
-        if let Some(n) = v {
-            if n == 0 {
-                bail!("query.{name} must be at least 1");
-            }
-            *slot = n;
-        }
-    }
-    Ok(l)
-}
+mod tests;
