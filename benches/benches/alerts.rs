@@ -1,8 +1,9 @@
 //! Alert latency under load (plain harness; prints Markdown).
 //!
-//! 10,000 patients each send a heart rate every second (and a step count every minute), in
-//! real time, through durable store appends; all shipped rules run every second; every second
-//! five patients send a fever temperature (one reading completes a fever episode). Latency is
+//! 10,000 patients each send a heart rate every second (a step count every minute, an SpO2
+//! every 10 s), in real time, through durable store appends; all shipped rules run on the
+//! appends (micro-batched) and every second; every second five patients send a fever
+//! temperature (one reading completes a fever episode). Latency is
 //! from the moment that reading is durable (its append acknowledged) to the moment a local
 //! webhook receiver has the alert's `firing` POST. Every delivery is counted: a fingerprint
 //! delivered twice is reported, not overwritten.
@@ -11,11 +12,29 @@
 //! (`rules_context`) on their own runtime thread (`spawn_dedicated`). Each scenario is a row;
 //! by default one without analysts and one with two analysts running heavy SQL back to back
 //! through the query gate (self-joins and aggregations over everything stored), on the same
-//! store, in the same run.
+//! store, in the same run. `ALERT_BENCH_RULES` (`bins`) picks the rule set per scenario:
+//! `bins` are the shipped rules over the in-memory minute bins (`vital_minutes`), `raw` the same
+//! rules as they were before the bins, over raw `observations`
+//! (`alert/tests/fixtures/raw_rules/`) — the before/after comparison in one run.
+//!
+//! Each row also gives the load offered and achieved (readings per second; the generator, the
+//! store's appends and the bins' fold share the bench's main thread), the mean and p99 bucket
+//! of an evaluation run, the CPU the rules' threads (`carewatch-rules`) and the whole process
+//! used per second of load, the resident set before and after the scenario (the process's:
+//! store buffer, bins, rules' samples, the generator) and the bins held at the end. After the
+//! table, per scenario, the CPU per thread group, for where the time goes.
 //!
 //! Run: `cargo bench -p carewatch-benches --bench alerts` (release). Optional environment:
 //! `ALERT_BENCH_PATIENTS` (10000), `ALERT_BENCH_SECS` (120), `ALERT_BENCH_ANALYSTS` (`0,2`: the
-//! scenarios, as numbers of concurrent analysts).
+//! scenarios, as numbers of concurrent analysts), `ALERT_BENCH_RULES` (`bins`, or e.g.
+//! `raw,bins`: each analysts scenario with each rule set), `ALERT_BENCH_CONCURRENCY` (1: how many
+//! 2,000-reading appends are in flight at once, as from that many devices; concurrent appends
+//! share an fsync).
+
+#[path = "alerts/load.rs"]
+mod load;
+#[path = "alerts/procfs.rs"]
+mod procfs;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,30 +47,17 @@ use carewatch_alert::notify::{Counters, Routes};
 use carewatch_query::gate::{Caller, Settings};
 use carewatch_query::{QueryEngine, QueryLimits};
 use carewatch_store::registry::{Registry, Role};
-use carewatch_store::{Config, Row, Store};
-use carewatch_transform::{Format, Reading, Source, catalogue};
+use carewatch_store::{Config, Store};
 use tokio_util::sync::CancellationToken;
 
-fn row(p: usize, key: &str, value: f64, t: i64) -> Row {
-    Row {
-        reading: Reading {
-            device_id: format!("dev-{p}"),
-            patient_id: Some(format!("pat-{p}")),
-            vital: catalogue::by_key(key).expect("vital"),
-            value,
-            effective_us: t,
-            effective_end_us: None,
-            offset_min: Some(0),
-            extra: None,
-        },
-        received_us: t,
-        source: Source::Http,
-        format: Format::Carewatch,
-    }
-}
+/// Arrival times of each episode's `firing` deliveries, by `patient|episode_start`.
+type Arrivals = Arc<Mutex<HashMap<String, Vec<Instant>>>>;
 
-fn now_us() -> i64 {
-    chrono::Utc::now().timestamp_micros()
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -62,35 +68,48 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// What every scenario shares.
+struct Plan {
+    patients: usize,
+    secs: u64,
+    concurrency: usize,
+}
+
 fn main() {
-    let patients: usize = std::env::var("ALERT_BENCH_PATIENTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
-    let secs: u64 = std::env::var("ALERT_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(120);
+    let plan = Plan {
+        patients: env_or("ALERT_BENCH_PATIENTS", 10_000),
+        secs: env_or("ALERT_BENCH_SECS", 120),
+        concurrency: env_or("ALERT_BENCH_CONCURRENCY", 1usize).max(1),
+    };
     let analysts: Vec<usize> = std::env::var("ALERT_BENCH_ANALYSTS")
         .unwrap_or_else(|_| "0,2".into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    println!("**{patients} patients at 1 Hz, {secs} s per scenario, all shipped rules**\n");
+    let variants: Vec<String> = std::env::var("ALERT_BENCH_RULES")
+        .unwrap_or_else(|_| "bins".into())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| s == "bins" || s == "raw")
+        .collect();
     println!(
-        "| analysts | readings appended | rate | fever episodes | delivered | missing | delivered twice | p50 | p99 | max | rule runs | analyst queries |"
+        "**{} patients at 1 Hz, {} s per scenario, all shipped rules, {} append(s) in flight**\n",
+        plan.patients, plan.secs, plan.concurrency
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| rules | analysts | offered | achieved | fever episodes | delivered | missing | delivered twice | p50 | p99 | max | rule runs | run mean | run p99 | runs > 1 s | rules CPU | process CPU | RSS start → end | bins held | analyst queries |"
+    );
+    println!("|---|{}", "---:|".repeat(19));
     let mut notes = Vec::new();
     for n in analysts {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        if let Some(note) = rt.block_on(run(patients, secs, n)) {
-            notes.push(note);
+        for v in &variants {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            notes.extend(rt.block_on(run(&plan, n, v)));
+            rt.shutdown_timeout(Duration::from_secs(5));
         }
-        rt.shutdown_timeout(Duration::from_secs(5));
     }
     for n in notes {
         println!("\n{n}");
@@ -125,37 +144,24 @@ async fn analyst(q: QueryEngine, caller: Caller, stop: CancellationToken, ran: A
     }
 }
 
-/// One scenario; returns a note when the load generator fell behind.
-async fn run(patients: usize, secs: u64, analysts: usize) -> Option<String> {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut c = Config::new(dir.path());
-    c.buffer_limit_rows = 50_000_000;
-    let store = Store::open(c).await.expect("store");
-    let (registry, _) = Registry::open(dir.path()).expect("registry");
-    let registry = Arc::new(registry);
-    let q = QueryEngine::new(
-        store.clone(),
-        registry.clone(),
-        QueryLimits::default(),
-        Arc::new(carewatch_query::audit::AuditLog::open(dir.path(), false).expect("audit")),
-    )
-    .expect("engine");
-    let history = Arc::new(History::open(dir.path(), false).expect("history"));
-    let rules = carewatch_alert::rules::load(None).expect("rules");
-    let config = carewatch_alert::Config::default();
-    let rules_ctx =
-        carewatch_alert::engine::rules_context(&store, registry.clone(), config.memory_bytes)
-            .expect("rules session");
-    let token = registry.create_token(Role::Analyst, None).expect("token");
-    let caller = Caller::user(registry.authenticate(&token).expect("analyst"), "bench");
-    let engine = AlertEngine::new(config, rules, rules_ctx, &store, registry, history);
-    // The webhook receiver: records when each episode's `firing` deliveries arrive.
-    let arrived: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::default();
-    let a = arrived.clone();
+/// The rule set: shipped (`bins`) or as before the bins (`raw`).
+fn rule_set(variant: &str) -> Vec<carewatch_alert::rules::Rule> {
+    if variant == "raw" {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../alert/tests/fixtures/raw_rules");
+        carewatch_alert::rules::load(Some(&dir)).expect("raw rules")
+    } else {
+        carewatch_alert::rules::load(None).expect("rules")
+    }
+}
+
+/// The webhook receiver: records when each episode's `firing` deliveries arrive. Returns its
+/// URL.
+async fn receiver(arrived: Arrivals) -> String {
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
-            let a = a.clone();
+            let a = arrived.clone();
             async move {
                 if v["event"] == "firing" {
                     let key = format!(
@@ -178,16 +184,63 @@ async fn run(patients: usize, secs: u64, analysts: usize) -> Option<String> {
         .expect("bind");
     let url = format!("http://{}/hook", l.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(l, app).await });
+    url
+}
+
+/// A store, an alert engine on it as `serve` wires them (own session, own runtime thread,
+/// webhook notifier), and the analysts.
+struct Rig {
+    _dir: tempfile::TempDir,
+    store: Store,
+    engine: AlertEngine,
+    arrived: Arrivals,
+    analyst_queries: Arc<AtomicU64>,
+    stop: CancellationToken,
+    rules_task: tokio::task::JoinHandle<()>,
+}
+
+async fn setup(analysts: usize, variant: &str) -> Rig {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = Config::new(dir.path());
+    c.buffer_limit_rows = 50_000_000;
+    let store = Store::open(c).await.expect("store");
+    let (registry, _) = Registry::open(dir.path()).expect("registry");
+    let registry = Arc::new(registry);
+    let q = QueryEngine::new(
+        store.clone(),
+        registry.clone(),
+        QueryLimits::default(),
+        Arc::new(carewatch_query::audit::AuditLog::open(dir.path(), false).expect("audit")),
+    )
+    .expect("engine");
+    let history = Arc::new(History::open(dir.path(), false).expect("history"));
+    let config = carewatch_alert::Config::default();
+    let rules_ctx =
+        carewatch_alert::engine::rules_context(&store, registry.clone(), config.memory_bytes)
+            .expect("rules session");
+    let token = registry.create_token(Role::Analyst, None).expect("token");
+    let caller = Caller::user(registry.authenticate(&token).expect("analyst"), "bench");
+    let engine = AlertEngine::new(
+        config,
+        rule_set(variant),
+        rules_ctx,
+        &store,
+        registry,
+        history,
+    );
+    let arrived = Arrivals::default();
+    let url = receiver(arrived.clone()).await;
     let stop = CancellationToken::new();
     let rules_task = engine.clone().spawn_dedicated(1, stop.clone());
-    let ran = Arc::new(AtomicU64::new(0));
+    let analyst_queries = Arc::new(AtomicU64::new(0));
     for _ in 0..analysts {
-        tokio::spawn(analyst(
+        let (q, c, s, r) = (
             q.clone(),
             caller.clone(),
             stop.clone(),
-            ran.clone(),
-        ));
+            analyst_queries.clone(),
+        );
+        tokio::spawn(analyst(q, c, s, r));
     }
     tokio::spawn(carewatch_alert::notify::run(
         engine.clone(),
@@ -200,70 +253,28 @@ async fn run(patients: usize, secs: u64, analysts: usize) -> Option<String> {
         Arc::new(Counters::default()),
         stop.clone(),
     ));
-
-    // Load: every second, one heart rate per patient (steps at each minute), plus 5 fevers.
-    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut appended = 0u64;
-    let mut late_ticks = 0u32;
-    let mut fever_next = 0usize;
-    for s in 0..secs {
-        tick.tick().await;
-        let t = now_us();
-        let t0 = Instant::now();
-        let mut rows = Vec::with_capacity(patients + patients / 60 + 8);
-        for p in 0..patients {
-            let hr = 62.0 + ((p * 7 + s as usize) % 15) as f64;
-            rows.push(row(p, "heart_rate", hr, t));
-        }
-        if s % 60 == 0 {
-            for p in 0..patients {
-                rows.push(row(p, "steps", ((p + s as usize) % 40) as f64, t));
-            }
-        }
-        appended += rows.len() as u64;
-        // Bulk load in chunks (like many devices' messages), then the fevers on their own so
-        // their durable time is theirs.
-        for chunk in rows.chunks(2000) {
-            store
-                .append(chunk.to_vec(), Vec::new())
-                .await
-                .expect("append");
-        }
-        if s >= 5 {
-            let mut fevers = Vec::new();
-            for _ in 0..5 {
-                let p = fever_next % patients;
-                fever_next += 1;
-                fevers.push(row(p, "body_temperature", 39.0, t));
-            }
-            let keys: Vec<String> = fevers
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{}|{}",
-                        r.reading.patient_id.as_deref().unwrap_or_default(),
-                        carewatch_alert::backtest::iso(t - t.rem_euclid(60_000_000))
-                    )
-                })
-                .collect();
-            store.append(fevers, Vec::new()).await.expect("append");
-            let at = Instant::now();
-            let mut m = sent.lock().expect("lock");
-            for k in keys {
-                m.insert(k, at);
-            }
-        }
-        if t0.elapsed() > Duration::from_secs(1) {
-            late_ticks += 1;
-        }
+    Rig {
+        _dir: dir,
+        store,
+        engine,
+        arrived,
+        analyst_queries,
+        stop,
+        rules_task,
     }
+}
+
+/// One scenario: a row of the table, and notes (CPU per thread group; whether the load
+/// generator fell behind).
+async fn run(plan: &Plan, analysts: usize, variant: &str) -> Vec<String> {
+    let rss_start = procfs::rss_mib();
+    let rig = setup(analysts, variant).await;
+    let l = load::run(&rig.store, plan).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    stop.cancel();
-    let _ = rules_task.await;
-    let sent = sent.lock().expect("lock").clone();
-    let arrived = arrived.lock().expect("lock").clone();
+    rig.stop.cancel();
+    let _ = rig.rules_task.await;
+    let sent = l.sent.clone();
+    let arrived = rig.arrived.lock().expect("lock").clone();
     let mut lat: Vec<f64> = sent
         .iter()
         .filter_map(|(k, s)| {
@@ -275,18 +286,48 @@ async fn run(patients: usize, secs: u64, analysts: usize) -> Option<String> {
         .collect();
     let twice = arrived.values().filter(|v| v.len() > 1).count();
     let missing = sent.len() - lat.len();
-    let (runs, _) = engine.runs();
-    let elapsed = started.elapsed().as_secs_f64();
+    let (runs, _) = rig.engine.runs();
+    let h = rig.engine.run_seconds();
+    let run_mean = h.sum_us as f64 / 1e6 / h.count().max(1) as f64;
+    let bounds = carewatch_store::Histogram::BOUNDS;
+    // Runs longer than a second: the buckets above the 1 s bound.
+    let bound = bounds.iter().position(|b| *b >= 1.0).unwrap_or(0);
+    let over_1s: u64 = h.counts.iter().skip(bound + 1).sum();
+    // The p99 bucket: the first bound with ≥ 99 % of the runs at or below it.
+    let mut below = 0;
+    let run_p99 = h
+        .counts
+        .iter()
+        .position(|c| {
+            below += c;
+            below as f64 >= 0.99 * h.count() as f64
+        })
+        .map_or("-".to_owned(), |i| {
+            bounds.get(i).map_or("> 5 s".into(), |b| format!("≤ {b} s"))
+        });
+    let rss = procfs::rss_mib();
+    let (_, bins) = rig.engine.bins_size();
     let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
     let max = lat.iter().copied().fold(0.0, f64::max);
     println!(
-        "| {analysts} | {appended} | {:.0}/s | {} | {} | {missing} | {twice} | {p50:.2} s | {p99:.2} s | {max:.2} s | {runs} | {} |",
-        appended as f64 / elapsed,
+        "| {variant} | {analysts} | {:.0}/s | {:.0}/s | {} | {} | {missing} | {twice} | {p50:.2} s | {p99:.2} s | {max:.2} s | {runs} | {run_mean:.3} s | {run_p99} | {over_1s} | {:.2} s/s | {:.2} s/s | {rss_start:.0} → {rss:.0} MiB | {bins} | {} |",
+        l.offered(plan),
+        l.appended as f64 / l.secs,
         sent.len(),
         lat.len(),
-        ran.load(Ordering::Relaxed),
+        l.rules_cpu / l.secs,
+        l.process_cpu / l.secs,
+        rig.analyst_queries.load(Ordering::Relaxed),
     );
-    (late_ticks > 0).then(|| {
-        format!("(with {analysts} analysts the load generator fell behind real time in {late_ticks} of {secs} seconds)")
-    })
+    let mut notes = vec![format!(
+        "{variant} rules, {analysts} analysts, CPU per second of load by thread group: {}",
+        l.cpu_by_group
+    )];
+    if l.late_ticks > 0 {
+        notes.push(format!(
+            "({variant} rules, {analysts} analysts: the load generator fell behind real time in {} of {} seconds)",
+            l.late_ticks, plan.secs
+        ));
+    }
+    notes
 }
