@@ -53,9 +53,12 @@ async fn http_bench(clients: usize, lines: usize, requests: usize) -> f64 {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
+    // As `serve` wires it: the one credential check is an extension of the app.
+    let auth = carewatch_auth::Authenticator::new(p.registry.clone());
     let app = router(HttpState {
         pipeline: p.clone(),
-    });
+    })
+    .layer(axum::Extension(auth));
     tokio::spawn(async move { axum::serve(listener, app).await });
     let http = reqwest::Client::new();
     let accepted = Arc::new(AtomicU64::new(0));
