@@ -16,9 +16,15 @@ use common::{Server, Webhook, curl, python, wait_until};
 /// `sub TOPIC`, `quit`), events on stdout (`connected RC`, `disconnected`, `sent MID`,
 /// `acked MID`, `subscribed [CODES]`, `msg TOPIC PAYLOAD`).
 const SESSION: &str = r#"
-import sys, paho.mqtt.client as mqtt
+import sys, threading, paho.mqtt.client as mqtt
 host, port, user, pw = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-def out(*a): print(*a, flush=True)
+LOCK = threading.Lock()
+def out(*a):
+    # One write per event under a lock: paho's network thread and the command loop both print,
+    # and print() writes its parts separately, so lines could interleave mid-line.
+    with LOCK:
+        sys.stdout.write(" ".join(map(str, a)) + "\n")
+        sys.stdout.flush()
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="s-" + user[:16], reconnect_on_failure=False)
 c.username_pw_set(user, pw)
 c.on_connect = lambda c, u, f, rc, p: out("connected", rc.value)
