@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{Server, curl, note_id, wait_until, write_config};
 use serde_json::{Value, json};
-use sql::sql;
+use sql::{patient_ids, sql};
 
 /// Runs curl and returns (status, headers in lower case, body).
 fn curl_h(method: &str, url: &str, token: &str, body: &str) -> (u16, String, String) {
@@ -55,18 +55,6 @@ fn device(id: &str, patient: &str) -> Value {
         "status": "active",
         "patient": {"reference": format!("Patient/{patient}")}
     })
-}
-
-fn patient_ids(srv: &Server, token: &str) -> Vec<String> {
-    let (s, b) = curl("GET", &format!("{}/v1/patients", srv.http), token, "");
-    assert_eq!(s, 200, "{b}");
-    let v: Value = serde_json::from_str(&b).expect("json");
-    v["patients"]
-        .as_array()
-        .expect("patients")
-        .iter()
-        .filter_map(|p| p["patient_id"].as_str().map(str::to_owned))
-        .collect()
 }
 
 #[test]

@@ -8,6 +8,8 @@
 mod common;
 #[path = "fhir_server/receiver.rs"]
 mod receiver;
+#[path = "fhir_server/sql.rs"]
+mod sql;
 
 use std::process::Command;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use std::time::Duration;
 use common::{Server, curl, note_id, wait_until, write_config};
 use receiver::Receiver;
 use serde_json::{Value, json};
+use sql::patient_ids;
 
 const SERIAL: &str = "urn:example:serial";
 const RPM: &str = "urn:example:team-kind|rpm";
@@ -29,18 +32,6 @@ fn care_team(id: &str, name: &str, patient: &str, kind: &str, status: &str) -> V
     json!({"resourceType": "CareTeam", "id": id, "status": status, "name": name,
            "category": [{"coding": [{"system": "urn:example:team-kind", "code": kind}]}],
            "subject": {"reference": format!("Patient/{patient}")}})
-}
-
-fn patient_ids(srv: &Server, token: &str) -> Vec<String> {
-    let (s, b) = curl("GET", &format!("{}/v1/patients", srv.http), token, "");
-    assert_eq!(s, 200, "{b}");
-    let v: Value = serde_json::from_str(&b).expect("json");
-    v["patients"]
-        .as_array()
-        .expect("patients")
-        .iter()
-        .filter_map(|p| p["patient_id"].as_str().map(str::to_owned))
-        .collect()
 }
 
 fn sees(srv: &Server, token: &str, patient: &str) -> bool {

@@ -1,4 +1,4 @@
-//! SQL over a running server's `/v1/sql` for the FHIR tests.
+//! SQL over a running server's `/v1/sql`, and the patients a token sees, for the FHIR tests.
 
 #![allow(dead_code)] // each test file uses part of it
 
@@ -24,4 +24,17 @@ pub fn count(srv: &Server, q: &str) -> i64 {
         .first()
         .and_then(|r| r["n"].as_i64())
         .unwrap_or(-1)
+}
+
+/// The patient ids `GET /v1/patients` lists for `token`.
+pub fn patient_ids(srv: &Server, token: &str) -> Vec<String> {
+    let (s, b) = curl("GET", &format!("{}/v1/patients", srv.http), token, "");
+    assert_eq!(s, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).expect("json");
+    v["patients"]
+        .as_array()
+        .expect("patients")
+        .iter()
+        .filter_map(|p| p["patient_id"].as_str().map(str::to_owned))
+        .collect()
 }
