@@ -178,14 +178,6 @@ fn fhir_device_patient_and_care_team_enrol_a_device_whose_readings_reach_the_tea
 fn lookup_without_a_destination_stops_serve_naming_it() {
     let tmp = tempfile::tempdir().expect("tmp");
     let cfg = write_config(tmp.path(), "[fhir.identity]\nmode = \"lookup\"\n");
-    let out = Command::new(common::BIN)
-        .args(["serve", "--config", &cfg, "--data-dir"])
-        .arg(tmp.path().join("data"))
-        .args(["--http-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0"])
-        .args(["--mqtt-addr", "127.0.0.1:0"])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::serve_refuses(tmp.path(), &cfg);
     assert!(err.contains("[fhir.destination]"), "{err}");
 }

@@ -11,7 +11,6 @@ mod receiver;
 #[path = "fhir_server/sql.rs"]
 mod sql;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{Server, curl, note_id, wait_until, write_config};
@@ -171,15 +170,7 @@ fn care_team_lookup_settings_outside_lookup_mode_stop_serve_naming_them() {
         tmp.path(),
         "[fhir.identity]\nmode = \"registry\"\ncare_team_recheck_secs = 5\n",
     );
-    let out = Command::new(common::BIN)
-        .args(["serve", "--config", &cfg, "--data-dir"])
-        .arg(tmp.path().join("data"))
-        .args(["--http-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0"])
-        .args(["--mqtt-addr", "127.0.0.1:0"])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::serve_refuses(tmp.path(), &cfg);
     assert!(
         err.contains("care_team") && err.contains("lookup"),
         "names the setting: {err}"

@@ -416,6 +416,20 @@ impl Webhook {
 }
 
 /// Writes `text` as `dir/carewatch.toml` and returns its path (for `--config`).
+/// Runs `carewatch serve --config cfg` on a data directory under `dir`, expecting it to refuse
+/// to start; its stderr.
+pub fn serve_refuses(dir: &Path, cfg: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["serve", "--config", cfg, "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--http-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0"])
+        .args(["--mqtt-addr", "127.0.0.1:0"])
+        .output()
+        .expect("run carewatch serve");
+    assert!(!out.status.success(), "serve started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 pub fn write_config(dir: &Path, text: &str) -> String {
     let cfg = dir.join("carewatch.toml");
     std::fs::write(&cfg, text).expect("config");
