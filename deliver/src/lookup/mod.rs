@@ -113,6 +113,9 @@ struct Lookup {
     asked: HashMap<String, Instant>,
     /// When each patient's care team was last asked for.
     teams_asked: HashMap<String, Instant>,
+    /// When the registry's patients were last walked for due care teams, and whether that walk
+    /// left due patients for the next pass.
+    teams_walked: Option<(Instant, bool)>,
 }
 
 impl Destination {
@@ -137,6 +140,7 @@ impl Destination {
             done,
             asked: HashMap::new(),
             teams_asked: HashMap::new(),
+            teams_walked: None,
         };
         Ok(tokio::spawn(l.run(shutdown)))
     }
@@ -159,6 +163,7 @@ impl Lookup {
     /// One pass over the unresolved `unknown_device` dead letters.
     async fn pass(&mut self) -> Result<(), &'static str> {
         let mut by_device: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
+        let mut resolved = false;
         for (dev, p) in self.pending().await? {
             if !self
                 .done
@@ -189,8 +194,9 @@ impl Lookup {
                 "lookup"
             };
             self.replay(&dev, msgs, via).await?;
+            resolved = true;
         }
-        self.teams().await
+        self.teams(resolved).await
     }
 
     /// Unresolved-looking dead letters: (device, message), one per message.

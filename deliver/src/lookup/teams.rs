@@ -6,7 +6,8 @@
 //! `care_team_recheck`: `GET CareTeam?subject=Patient/a,Patient/b,…&status=active`
 //! (`&category=` when configured), [`BATCH`] patients per request and at most [`REQUESTS`]
 //! requests per pass, so a large registry is walked over several passes instead of stalling
-//! device lookup. Per patient, the active CareTeams whose `subject` is the patient are read as
+//! device lookup. The registry is walked for due patients at most every [`WALK_EVERY`], at once
+//! after a pass enrolled a device. Per patient, the active CareTeams whose `subject` is the patient are read as
 //! carewatch reads a written one (`care_team_member`: the team is `CareTeam.name`):
 //! - exactly one team name: the patient is placed in that team (`Registry::set_care_team`, a
 //!   no-op when it is the team already) — a CareTeam renamed or replaced on the server moves
@@ -16,7 +17,7 @@
 //! - several names: ambiguous, nothing is chosen (logged without ids).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -28,11 +29,24 @@ use super::Lookup;
 const BATCH: usize = 50;
 /// Search requests per pass.
 const REQUESTS: usize = 20;
+/// The registry's patients are walked for due teams at most this often (or the recheck, when
+/// shorter), unless a pass resolved a device or the last walk left patients due.
+const WALK_EVERY: Duration = Duration::from_secs(5);
 
 impl Lookup {
-    /// Looks up the care teams of the patients that are due.
-    pub(super) async fn teams(&mut self) -> Result<(), &'static str> {
+    /// Looks up the care teams of the patients that are due (`resolved`: this pass enrolled
+    /// devices, whose patients are due at once).
+    pub(super) async fn teams(&mut self, resolved: bool) -> Result<(), &'static str> {
+        let every = WALK_EVERY.min(self.config.care_team_recheck);
+        if !resolved
+            && self
+                .teams_walked
+                .is_some_and(|(t, behind)| !behind && t.elapsed() < every)
+        {
+            return Ok(());
+        }
         let due = self.patients_due();
+        self.teams_walked = Some((Instant::now(), due.len() > BATCH * REQUESTS));
         let (mut moved, mut ambiguous) = (0usize, 0usize);
         for chunk in due.chunks(BATCH).take(REQUESTS) {
             let names = self.search_teams(chunk).await?;
