@@ -18,6 +18,8 @@ use crate::config::ServeConfig;
 pub(super) async fn store(c: &ServeConfig) -> Result<Store> {
     let mut sc = StoreConfig::new(&c.data_dir);
     sc.tables_url = c.tables_url.clone();
+    // Cluster members serialise their Delta commits through PostgreSQL.
+    sc.postgres_url = c.postgres_url.clone();
     if let Some(n) = c.persist_rows {
         sc.persist_rows = n;
     }

@@ -118,6 +118,14 @@ pub struct Config {
     /// Where tables live: `None` = `data_dir`; or an object store URL (`s3://bucket/prefix`,
     /// `file:///path`).
     pub tables_url: Option<String>,
+    /// Options for the object store of `tables_url` (`aws_endpoint`, `aws_access_key_id`, …),
+    /// on top of the `AWS_*` environment variables (which they override).
+    pub object_store_options: Vec<(String, String)>,
+    /// Cluster mode: the PostgreSQL database (`postgres://…`) through which the nodes sharing
+    /// `tables_url` serialise their Delta commits (an advisory lock per table), so no commit
+    /// replaces another's on a store without put-if-absent. `None`: this node is the tables'
+    /// only writer, or the store refuses a second create-only PUT.
+    pub postgres_url: Option<String>,
     /// Extra time a group commit waits for more appends before its fsync.
     pub commit_delay: Duration,
     /// Most rows in one group commit.
@@ -159,6 +167,8 @@ impl Config {
         Config {
             data_dir: data_dir.into(),
             tables_url: None,
+            object_store_options: Vec::new(),
+            postgres_url: None,
             commit_delay: Duration::ZERO,
             max_commit_rows: 100_000,
             persist_rows: 1_000_000,

@@ -14,6 +14,7 @@ use futures::TryStreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+use super::commit_lock::CommitLock;
 use super::compact::recover_compaction;
 use super::delta::{DeltaLog, Location, NewFile};
 use super::io;
@@ -118,13 +119,14 @@ pub(super) async fn open_tables(
     objects: &Arc<dyn ObjectStore>,
     (checkpoint, node): (u64, &Node),
     superseded: &[String],
+    lock: Option<Arc<CommitLock>>,
 ) -> Result<Opened> {
     let ro = config.read_only;
     let mut deltas = BTreeMap::new();
     for t in Table::ALL {
         deltas.insert(
             t,
-            DeltaLog::open(location, objects, t, node.app_id()).await?,
+            DeltaLog::open(location, objects, t, (node.app_id(), lock.clone())).await?,
         );
     }
     let mut legacy = Vec::new();

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties, PostCommit};
 use deltalake_core::kernel::{Action, Add, DataType, Remove, StructField, StructType, Transaction};
 use deltalake_core::logstore::{LogStoreRef, StorageConfig, default_logstore};
 use deltalake_core::operations::create::CreateBuilder;
@@ -24,8 +24,23 @@ use object_store::ObjectStore;
 use object_store::path::Path as ObjPath;
 use url::Url;
 
+use super::commit_lock::{self, CommitLock, Held};
 use crate::tables::{self, FileMeta, Table};
 use crate::{Error, Result};
+
+/// The `commitInfo` field that tells a node's commit from any other (cluster mode checks it).
+const NONCE_KEY: &str = "carewatchCommit";
+
+/// A random id for one commit.
+fn nonce() -> Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| Error::Io(format!("commit id: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
 
 /// A Delta checkpoint (`_delta_log/*.checkpoint.parquet`) every this many commits.
 pub(crate) const CHECKPOINT_INTERVAL: u64 = 10;
@@ -104,6 +119,8 @@ pub(crate) struct DeltaLog {
     state: Option<DeltaTableState>,
     /// A commit went through but the snapshot after it could not be loaded yet.
     stale: bool,
+    /// Cluster mode: the lock every node takes around its commits to this table, and its key.
+    lock: Option<(Arc<CommitLock>, i64)>,
 }
 
 impl std::fmt::Debug for DeltaLog {
@@ -121,9 +138,10 @@ impl DeltaLog {
         loc: &Location,
         objects: &Arc<dyn ObjectStore>,
         table: Table,
-        app_id: String,
+        (app_id, lock): (String, Option<Arc<CommitLock>>),
     ) -> Result<DeltaLog> {
         let url = loc.table_url(table)?;
+        let lock = lock.map(|l| (l, commit_lock::key(url.as_str())));
         let prefixed: Arc<dyn ObjectStore> =
             Arc::new(super::prefix::Prefixed::new(objects.clone(), table.name()));
         let log_store =
@@ -143,7 +161,16 @@ impl DeltaLog {
             log_store,
             state,
             stale: false,
+            lock,
         })
+    }
+
+    /// Cluster mode: waits for this table's commit lock.
+    async fn lock(&self) -> Result<Option<Held>> {
+        match &self.lock {
+            Some((l, key)) => Ok(Some(l.acquire(*key).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Whether the table exists (has a `_delta_log`).
@@ -159,6 +186,22 @@ impl DeltaLog {
     /// Creates the table (version 0) holding `files` (adopted from a directory written before
     /// Delta, or none), with the WAL position they cover.
     pub(crate) async fn create(&mut self, files: Vec<NewFile>, wal: u64) -> Result<()> {
+        let held = self.lock().await?;
+        if held.is_some()
+            && self
+                .log_store
+                .is_delta_table_location()
+                .await
+                .map_err(delta)?
+        {
+            // Another node created it meanwhile: this node joins it (and adds what it adopts).
+            self.reload(None).await?;
+            drop(held);
+            if !files.is_empty() {
+                self.commit(Op::Persist, &files, &[], Some(wal)).await?;
+            }
+            return Ok(());
+        }
         let mut fields: Vec<StructField> = {
             let st: StructType = self
                 .table
@@ -290,7 +333,8 @@ impl DeltaLog {
     }
 
     /// One commit: `adds` and `removes` (and, for a persist, the WAL position `wal`). Returns
-    /// the log file written (to make durable). An `Err` means nothing was committed.
+    /// the log file written (to make durable). An `Err` means nothing was committed. In
+    /// cluster mode it runs under the table's commit lock, and is checked before it counts.
     pub(crate) async fn commit(
         &mut self,
         op: Op<'_>,
@@ -301,28 +345,24 @@ impl DeltaLog {
         if self.stale {
             self.reload(None).await?;
         }
-        let Some(state) = &self.state else {
-            return Err(delta(format!("table {} has no log", self.table.name())));
-        };
-        let now = chrono::Utc::now().timestamp_millis();
-        let dc = op.data_change();
-        let mut actions: Vec<Action> = removes.iter().map(|f| self.remove(f, now, dc)).collect();
-        actions.extend(adds.iter().map(|f| self.add(f, now, dc)));
-        let mut props = CommitProperties::default();
-        if let Some(w) = wal {
-            props = props.with_application_transaction(Transaction::new(&self.app_id, w as i64));
+        let nonce = nonce()?;
+        let held = self.lock().await?;
+        let post = self.write(op, adds, removes, wal, &nonce).await?;
+        let version = post.version;
+        if let Some(h) = held
+            && let Err(e) = self.check(h, version, &nonce).await
+        {
+            // Lost: its files are in no snapshot. The post-commit hook (a checkpoint of a
+            // version that is not ours) must not run.
+            drop(post);
+            if let Err(e) = self.reload(None).await {
+                tracing::warn!(error = %e, table = self.table.name(), "reloading the delta snapshot failed; will retry");
+                self.stale = true;
+            }
+            return Err(e);
         }
-        let post = CommitBuilder::from(props)
-            .with_actions(actions)
-            .build(Some(state), self.log_store.clone(), op.operation())
-            .into_prepared_commit_future()
-            .await
-            .map_err(delta)?
-            .await
-            .map_err(delta)?;
         // Committed: whatever the post-commit hook (checkpoint, log cleanup) does, the new
         // version stands. A failed checkpoint only makes the log slower to read.
-        let version = post.version;
         let log = ObjPath::from(format!(
             "{}/_delta_log/{version:020}.json",
             self.table.name()
@@ -338,6 +378,81 @@ impl DeltaLog {
             }
         }
         Ok(log)
+    }
+
+    /// Writes the commit's log entry (deltalake finds the latest version, checks conflicts
+    /// with the commits since this snapshot, and writes the next one).
+    async fn write(
+        &self,
+        op: Op<'_>,
+        adds: &[NewFile],
+        removes: &[FileMeta],
+        wal: Option<u64>,
+        nonce: &str,
+    ) -> Result<PostCommit> {
+        let Some(state) = &self.state else {
+            return Err(delta(format!("table {} has no log", self.table.name())));
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        let dc = op.data_change();
+        let mut actions: Vec<Action> = removes.iter().map(|f| self.remove(f, now, dc)).collect();
+        actions.extend(adds.iter().map(|f| self.add(f, now, dc)));
+        let mut props = CommitProperties::default()
+            .with_metadata([(NONCE_KEY.to_owned(), serde_json::Value::from(nonce))]);
+        if let Some(w) = wal {
+            props = props.with_application_transaction(Transaction::new(&self.app_id, w as i64));
+        }
+        CommitBuilder::from(props)
+            .with_actions(actions)
+            .build(Some(state), self.log_store.clone(), op.operation())
+            .into_prepared_commit_future()
+            .await
+            .map_err(delta)?
+            .await
+            .map_err(delta)
+    }
+
+    /// Cluster mode, after writing `version` under the lock: it counts if the log entry there
+    /// is ours. A replaced entry (a writer without the lock) is an error: nothing committed.
+    /// The lock lost meanwhile (its connection dropped) is only reported when the entry is
+    /// ours; an entry that cannot be read back is taken as written (the PUT succeeded).
+    async fn check(&self, held: Held, version: u64, nonce: &str) -> Result<()> {
+        let alive = held.still_held().await;
+        drop(held);
+        let mut read = Err(delta("not read"));
+        for _ in 0..3 {
+            read = self
+                .log_store
+                .read_commit_entry(version)
+                .await
+                .map_err(delta);
+            if read.is_ok() {
+                break;
+            }
+        }
+        let table = self.table.name();
+        match read {
+            Ok(Some(bytes)) if contains(&bytes, nonce.as_bytes()) => {
+                if let Err(e) = alive {
+                    tracing::warn!(error = %e, table, version, "the commit lock was lost during a commit that stands; another node may have written the same version");
+                }
+                Ok(())
+            }
+            Ok(_) => {
+                tracing::error!(
+                    table,
+                    version,
+                    "a delta commit was replaced by another writer's (one not taking the commit lock?); its rows stay buffered and are committed again"
+                );
+                Err(delta(format!(
+                    "table {table}: commit {version} replaced by another writer"
+                )))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, table, version, "reading a delta commit back failed; taking it as written");
+                Ok(())
+            }
+        }
     }
 
     /// Catches up with commits other nodes made since this snapshot. `Ok(true)`: the

@@ -5,6 +5,7 @@
 //! Delta log) and `stats` (counters and append summaries).
 
 mod adopt;
+mod commit_lock;
 mod compact;
 mod delta;
 mod node;

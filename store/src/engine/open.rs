@@ -36,11 +36,10 @@ fn object_store(config: &Config) -> Result<Stores> {
         Some(url) => {
             let u = url::Url::parse(url)
                 .map_err(|e| Error::Config(format!("tables URL {url:?}: {e}")))?;
-            let (store, prefix) = object_store::parse_url_opts(
-                &u,
-                std::env::vars().filter(|(k, _)| k.starts_with("AWS_")),
-            )
-            .map_err(|e| Error::Config(format!("tables URL {url:?}: {e}")))?;
+            let env = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
+            let (store, prefix) =
+                object_store::parse_url_opts(&u, env.chain(config.object_store_options.clone()))
+                    .map_err(|e| Error::Config(format!("tables URL {url:?}: {e}")))?;
             let root: Arc<dyn ObjectStore> = Arc::from(store);
             let tables = super::prefix::Prefixed::new(root.clone(), prefix);
             Ok((Arc::new(tables), Some(root)))
@@ -56,42 +55,6 @@ fn local_root(config: &Config) -> Option<std::path::PathBuf> {
             .ok()
             .filter(|u| u.scheme() == "file")
             .and_then(|u| u.to_file_path().ok()),
-    }
-}
-
-/// Several nodes committing to one table at the same moment rely on the store refusing a
-/// second create-only PUT of a key (object_store sends `If-None-Match: *`; deltalake then
-/// retries on the next version). Checked once at open on remote tables; a store that does
-/// not (Garage 2.5) is reported, since its concurrent commits could replace one another.
-async fn check_put_if_absent(objects: &dyn ObjectStore, node: &Node) {
-    use object_store::{PutMode, PutOptions, PutPayload};
-    let stamp = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
-    let probe = ObjPath::from(format!(
-        "_carewatch/put-if-absent-{}-{stamp}",
-        node.app_id()
-    ));
-    let create = || PutOptions {
-        mode: PutMode::Create,
-        ..PutOptions::default()
-    };
-    let first = objects
-        .put_opts(&probe, PutPayload::from_static(b"1"), create())
-        .await;
-    let second = objects
-        .put_opts(&probe, PutPayload::from_static(b"2"), create())
-        .await;
-    if let Err(e) = objects.delete(&probe).await {
-        tracing::debug!(error = %e, "deleting the put-if-absent probe failed");
-    }
-    match (first, second) {
-        (Ok(_), Err(object_store::Error::AlreadyExists { .. })) => {}
-        (Ok(_), Ok(_)) => tracing::warn!(
-            "the object store does not refuse overwriting a create-only PUT: Delta commits of several nodes at the same moment could replace one another; let one node write these tables"
-        ),
-        (Err(e), _) | (_, Err(e)) => tracing::warn!(
-            error = %e,
-            "could not check that the object store refuses overwriting a create-only PUT (needed by several nodes committing at once)"
-        ),
     }
 }
 
@@ -201,9 +164,11 @@ pub(super) async fn open(config: Config) -> Result<Store> {
         Some(lock_dir(&config, &wal_dir).await?)
     };
     let node = Node::of_dir(&config.data_dir, &wal_dir, ro)?;
-    if !ro && local_root(&config).is_none() {
-        check_put_if_absent(objects.as_ref(), &node).await;
-    }
+    // Cluster mode: commits of the nodes sharing these tables go one at a time.
+    let commit_lock = match (&config.postgres_url, ro) {
+        (Some(url), false) => Some(super::commit_lock::CommitLock::open(url).await?),
+        _ => None,
+    };
     let checkpoint = read_checkpoint(&config.data_dir)?;
     let superseded = if ro {
         superseded_inputs(&config.data_dir, objects.as_ref()).await
@@ -216,6 +181,7 @@ pub(super) async fn open(config: Config) -> Result<Store> {
         &objects,
         (checkpoint, &node),
         &superseded,
+        commit_lock,
     )
     .await?;
     let mut state = State {
