@@ -29,6 +29,7 @@
 
 pub mod codec;
 pub mod dead;
+pub mod lease;
 pub mod registry;
 pub mod tables;
 pub mod wal;
