@@ -25,6 +25,7 @@ macro_rules! announce {
 
 mod alerting;
 mod fhir;
+mod leases;
 mod open;
 mod wires;
 
@@ -61,6 +62,8 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("query engine: {e}"))?;
     let alerting = alerting::start(&c, &store, &pipeline, &engine, &shutdown).await?;
+    // Cluster mode: this node's leases on the alert partitions.
+    let leases = leases::start(&c).await?;
     let web = carewatch_web::WebState::wire(
         store.clone(),
         pipeline.registry.clone(),
@@ -74,6 +77,9 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     if let Some((d, _)) = &fhir.destination {
         let d = d.clone();
         extra_metrics.push(Arc::new(move |out: &mut String| d.write_metrics(out)));
+    }
+    if let Some(l) = &leases {
+        extra_metrics.push(leases::metrics(l));
     }
     let web = carewatch_web::WebState {
         metrics_require_token: c.metrics_require_token,
@@ -115,6 +121,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     pg_task.abort();
     let _ = mqtt_task.await;
     let _ = alerting.task.await;
+    leases::stop(leases).await;
     alerting.notify_task.abort();
     fhir.stop().await;
     store.close().await.context("flushing the store")?;
