@@ -15,15 +15,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use arrow_array::{Array, BooleanArray, Float64Array, StringArray, TimestampMicrosecondArray};
-use arrow_schema::{DataType, TimeUnit};
 use datafusion::prelude::SessionContext;
 use tokio::sync::{Notify, broadcast};
 
 use carewatch_store::Store;
 use carewatch_store::registry::Registry;
 
-use crate::episodes::Sample;
 use crate::history::{History, Transition};
 use crate::rules::{Params, Rule};
 
@@ -34,15 +31,19 @@ mod plan;
 mod reconcile;
 mod runtime;
 mod samples;
+mod series;
 mod session;
+mod sql;
 mod state;
 mod teams;
 pub use actions::{Action, RESOLVE_REASONS};
 pub use gather::RuleFailures;
 pub(crate) use plan::plan;
 pub(crate) use samples::Work;
+use series::Samples;
 pub use session::{rules_context, rules_context_with};
-use state::Samples;
+pub(crate) use sql::{for_each_row, rule_batches};
+pub use sql::{run_rule_sql, scope_sql, ts_sql};
 pub(crate) use state::State;
 pub use state::{Current, fingerprint};
 pub use teams::may_see;
@@ -131,6 +132,8 @@ struct Inner {
     failures: gather::FailureCounts,
     /// The rules' samples: evaluation only.
     samples: Mutex<Samples>,
+    /// One evaluation at a time (the samples' patient ids hold from gather to absorb).
+    running: tokio::sync::Mutex<()>,
     /// The alerts as they stand: readers take it briefly, writers only to snapshot and apply.
     state: Mutex<State>,
     /// Serialises the writers of the alerts ([`commit`]).
@@ -141,6 +144,8 @@ struct Inner {
     last_run_us: std::sync::atomic::AtomicI64,
     runs: std::sync::atomic::AtomicU64,
     run_seconds: Mutex<carewatch_store::Histogram>,
+    /// Time spent in gather, absorb and commit over all runs, µs.
+    phase_us: [std::sync::atomic::AtomicU64; 3],
 }
 
 /// The live alert engine (cheap to clone).
@@ -159,80 +164,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// SQL literal for a UTC instant.
-pub fn ts_sql(us: i64) -> String {
-    format!("to_timestamp_micros({us})")
-}
-
-/// The `{scope}` filter for a time range and, optionally, a set of patients.
-pub fn scope_sql(from_us: i64, to_us: i64, patients: Option<&[&str]>) -> String {
-    let mut s = format!(
-        "effective_time >= {} AND effective_time < {}",
-        ts_sql(from_us),
-        ts_sql(to_us)
-    );
-    if let Some(ps) = patients {
-        s.push_str(" AND patient_id IN (");
-        for (i, p) in ps.iter().enumerate() {
-            if i > 0 {
-                s.push_str(", ");
-            }
-            s.push('\'');
-            s.push_str(&p.replace('\'', "''"));
-            s.push('\'');
-        }
-        s.push(')');
-    }
-    s
-}
-
-/// Runs a rule's SQL and returns `(patient, bucket start, sample)` rows.
-pub async fn run_rule_sql(
-    ctx: &SessionContext,
-    sql: &str,
-) -> Result<Vec<(String, i64, Sample)>, String> {
-    let df = ctx
-        .sql_with_options(sql, carewatch_query::QueryEngine::options())
-        .await
-        .map_err(|e| e.to_string())?;
-    let batches = df.collect().await.map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for b in batches {
-        let col = |name: &str, dt: &DataType| -> Result<Arc<dyn Array>, String> {
-            let c = b
-                .column_by_name(name)
-                .ok_or_else(|| format!("rule result has no column {name}"))?;
-            arrow_cast::cast(c, dt).map_err(|e| e.to_string())
-        };
-        let p = col("patient_id", &DataType::Utf8)?;
-        let t = col("t", &DataType::Timestamp(TimeUnit::Microsecond, None))?;
-        let h = col("hit", &DataType::Boolean)?;
-        let v = col("value", &DataType::Float64)?;
-        let (Some(p), Some(t), Some(h), Some(v)) = (
-            p.as_any().downcast_ref::<StringArray>(),
-            t.as_any().downcast_ref::<TimestampMicrosecondArray>(),
-            h.as_any().downcast_ref::<BooleanArray>(),
-            v.as_any().downcast_ref::<Float64Array>(),
-        ) else {
-            return Err("rule result columns have unexpected types".into());
-        };
-        for i in 0..b.num_rows() {
-            if p.is_null(i) || t.is_null(i) {
-                continue;
-            }
-            out.push((
-                p.value(i).to_owned(),
-                t.value(i),
-                Sample {
-                    hit: h.is_valid(i) && h.value(i),
-                    value: v.is_valid(i).then(|| v.value(i)),
-                },
-            ));
-        }
-    }
-    Ok(out)
-}
-
 /// How far back a rule must look to see a whole episode around new data.
 pub(crate) fn lookback_us(rule: &Rule, params: &Params) -> i64 {
     let s = rule.shape(params).unwrap_or(crate::episodes::Shape {
@@ -248,22 +179,6 @@ pub(crate) fn lookback_us(rule: &Rule, params: &Params) -> i64 {
 
 fn floor(t: i64, b: i64) -> i64 {
     t.div_euclid(b) * b
-}
-
-/// Patients with a device assigned now (monitored), for the device-silent rule.
-fn monitored(registry: &Registry, now_us: i64) -> Vec<String> {
-    registry
-        .devices()
-        .into_iter()
-        .filter(|d| d.revoked_us.is_none())
-        .filter_map(|d| {
-            d.assignments
-                .iter()
-                .rev()
-                .find(|a| a.valid_from_us <= now_us && a.valid_to_us.is_none_or(|e| e > now_us))
-                .map(|a| a.patient_id.clone())
-        })
-        .collect()
 }
 
 impl AlertEngine {
@@ -295,6 +210,7 @@ impl AlertEngine {
             retry: Mutex::new(HashMap::new()),
             failures: gather::FailureCounts::default(),
             samples: Mutex::new(Samples::default()),
+            running: tokio::sync::Mutex::new(()),
             state: Mutex::new(state),
             writer: Mutex::new(()),
             events,
@@ -303,6 +219,7 @@ impl AlertEngine {
             last_run_us: std::sync::atomic::AtomicI64::new(0),
             runs: std::sync::atomic::AtomicU64::new(0),
             run_seconds: Mutex::new(carewatch_store::Histogram::default()),
+            phase_us: Default::default(),
         });
         let weak = Arc::downgrade(&inner);
         store.observe_appends(Arc::new(move |sum: &carewatch_store::AppendSummary| {
@@ -341,7 +258,7 @@ impl AlertEngine {
             .rules
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(rules);
-        lock(&self.inner.samples).series.clear();
+        lock(&self.inner.samples).clear_series();
         self.inner
             .catch_up
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -376,6 +293,23 @@ impl AlertEngine {
                 .last_run_us
                 .load(std::sync::atomic::Ordering::Relaxed),
         )
+    }
+
+    /// Seconds spent so far in each phase of the evaluation runs: gather (the rules' SQL),
+    /// absorb (samples and episodes), commit (plan, history write, apply).
+    pub fn phase_seconds(&self) -> [(&'static str, f64); 3] {
+        let s = |i: usize| {
+            self.inner.phase_us[i].load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6
+        };
+        [("gather", s(0)), ("absorb", s(1)), ("commit", s(2))]
+    }
+
+    /// Adds the time since `since` to phase `i`; returns now.
+    fn phase(&self, i: usize, since: std::time::Instant) -> std::time::Instant {
+        let now = std::time::Instant::now();
+        let us = now.duration_since(since).as_micros() as u64;
+        self.inner.phase_us[i].fetch_add(us, std::sync::atomic::Ordering::Relaxed);
+        now
     }
 
     /// Durations of evaluation runs.
@@ -434,6 +368,7 @@ impl AlertEngine {
     /// (samples and episodes), then reconcile and commit. Returns the transitions written.
     pub async fn evaluate(&self, now: i64) -> Result<usize, String> {
         let inner = &self.inner;
+        let _running = inner.running.lock().await;
         inner.bins.advance(now);
         let moved = self.reassign_moved(now)?;
         let rules = self.rules();
@@ -441,14 +376,24 @@ impl AlertEngine {
             .catch_up
             .swap(false, std::sync::atomic::Ordering::SeqCst);
         let dirty: gather::Dirty = std::mem::take(&mut *lock(&inner.dirty));
-        self.raise_watermarks(&dirty);
-        let gathered = self.gather(&rules, &dirty, catch_up, now).await;
+        let ids = {
+            let mut sm = lock(&inner.samples);
+            sm.use_rules(&rules);
+            sm.take_dirty(&dirty)
+        };
+        let clock = std::time::Instant::now();
+        let gathered = self.gather(&rules, (&dirty, &ids), catch_up, now).await;
+        let gathered_at = self.phase(0, clock);
         let work = self.absorb(&rules, gathered.found, now);
-        let written = match self.commit_run(&rules, work, now) {
+        let absorbed_at = self.phase(1, gathered_at);
+        let committed = self.commit_run(&rules, work, now);
+        self.phase(2, absorbed_at);
+        let written = match committed {
             Ok(w) => w,
             Err(e) => {
                 // Nothing of this run is durable: every rule owes its ranges again.
-                for (rule, owed) in gathered.covered {
+                for (rule, mut owed) in gathered.covered {
+                    gather::merge(&mut owed.dirty, &dirty);
                     self.owe(&rule, owed);
                 }
                 return Err(format!("alert history: {e}"));

@@ -7,22 +7,34 @@
 //! took (and its catch-up, if it owed one) are put back for its next run, merged with whatever
 //! arrived meanwhile. The same happens to every rule's ranges when the run cannot be committed.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use crate::episodes::Sample;
-use crate::rules::Rule;
+use crate::rules::{Params, Rule};
 
-use super::{AlertEngine, floor, lock, lookback_us, run_rule_sql, scope_sql};
+use super::series::Pid;
+use super::{AlertEngine, floor, for_each_row, lock, lookback_us, rule_batches, scope_sql};
 
 /// Per patient: earliest and latest effective time added, UTC µs.
 pub(super) type Dirty = HashMap<String, (i64, i64)>;
 
-/// `(rule, patients covered, from, rows)` of one query.
-pub(super) type Found = (String, HashSet<String>, i64, Vec<(String, i64, Sample)>);
+/// What one query found: the rule (its index in the run's rules), the patients it covered
+/// from `from` on, and its rows.
+#[derive(Debug)]
+pub(super) struct Found {
+    pub(super) rule: usize,
+    pub(super) members: Vec<Pid>,
+    pub(super) from: i64,
+    pub(super) rows: Vec<(Pid, i64, Sample)>,
+}
+
+/// Dirty patients (by id) and their ranges.
+type Members = [(Pid, i64, i64)];
 
 /// Dirty patients sharing one parameter set: `(override patient, [(patient, from, to)])`.
-type Group<'a> = (Option<&'a str>, Vec<(&'a str, i64, i64)>);
+type Group = (Option<String>, Vec<(Pid, i64, i64)>);
 
 /// What a rule still owes after a failed run.
 #[derive(Debug, Default)]
@@ -80,21 +92,29 @@ impl AlertEngine {
         e.catch_up |= owed.catch_up;
     }
 
-    /// Runs every enabled rule over `fresh` (plus what it owes), each within the timeout.
+    /// Runs every enabled rule over `fresh` (the run's dirty patients, `ids` their interned
+    /// form) plus what it owes, each within the timeout. A rule's `covered` holds only what it
+    /// owed: on a failed commit the caller adds `fresh` back.
     pub(super) async fn gather(
         &self,
         rules: &[Rule],
-        fresh: &Dirty,
+        (fresh, ids): (&Dirty, &Members),
         catch_up: bool,
         now: i64,
     ) -> Gathered {
         let mut out = Gathered::default();
         let limit = self.inner.config.rule_timeout;
-        for rule in rules.iter().filter(|r| r.enabled) {
+        for (i, rule) in rules.iter().enumerate().filter(|(_, r)| r.enabled) {
             let mut owed = lock(&self.inner.retry).remove(&rule.id).unwrap_or_default();
-            merge(&mut owed.dirty, fresh);
             owed.catch_up |= catch_up;
-            let run = self.rule_queries(rule, &owed, now);
+            let members: Cow<'_, Members> = if owed.dirty.is_empty() {
+                Cow::Borrowed(ids)
+            } else {
+                let mut all = owed.dirty.clone();
+                merge(&mut all, fresh);
+                Cow::Owned(lock(&self.inner.samples).take_dirty(&all))
+            };
+            let run = self.rule_queries(i, rule, owed.catch_up, &members, now);
             let failed = match tokio::time::timeout(limit, run).await {
                 Ok(Ok(mut found)) => {
                     out.found.append(&mut found);
@@ -112,25 +132,33 @@ impl AlertEngine {
                 }
             };
             failed.fetch_add(1, Ordering::Relaxed);
+            merge(&mut owed.dirty, fresh);
             self.owe(&rule.id, owed);
         }
         out
     }
 
     /// One rule's queries for this run.
-    async fn rule_queries(&self, rule: &Rule, owed: &Owed, now: i64) -> Result<Vec<Found>, String> {
+    async fn rule_queries(
+        &self,
+        i: usize,
+        rule: &Rule,
+        catch_up: bool,
+        members: &Members,
+        now: i64,
+    ) -> Result<Vec<Found>, String> {
         let mut found = Vec::new();
-        if owed.catch_up {
-            found.push(self.catch_up_query(rule, now).await?);
+        if catch_up {
+            found.push(self.catch_up_query(i, rule, now).await?);
         }
-        if !owed.dirty.is_empty() {
-            found.extend(self.dirty_queries(rule, &owed.dirty).await?);
+        if !members.is_empty() {
+            found.extend(self.dirty_queries(i, rule, members).await?);
         }
         Ok(found)
     }
 
     /// Everything in the rule's look-back window, every patient.
-    async fn catch_up_query(&self, rule: &Rule, now: i64) -> Result<Found, String> {
+    async fn catch_up_query(&self, i: usize, rule: &Rule, now: i64) -> Result<Found, String> {
         let ctx = &self.inner.ctx;
         let lb = lookback_us(rule, &rule.params)
             .max(if rule.absence { 24 * 3_600_000_000 } else { 0 })
@@ -142,79 +170,141 @@ impl AlertEngine {
                     .unwrap_or(0),
             );
         let from = floor(now - lb, rule.bucket_us);
+        let err = |e: String| format!("rule {}: {e}", rule.id);
         let sql = rule.render(&rule.params, &scope_sql(from, i64::MAX / 2, None))?;
-        let mut rows = run_rule_sql(ctx, &sql)
-            .await
-            .map_err(|e| format!("rule {}: {e}", rule.id))?;
+        let all = rule_batches(ctx, &sql).await.map_err(err)?;
+        let mut own = Vec::new();
         for p in rule.overrides.keys() {
             let sql = rule.render(
                 &rule.params_for(Some(p)),
                 &scope_sql(from, i64::MAX / 2, Some(&[p.as_str()])),
             )?;
-            rows.retain(|r| &r.0 != p);
-            rows.extend(
-                run_rule_sql(ctx, &sql)
-                    .await
-                    .map_err(|e| format!("rule {}: {e}", rule.id))?,
-            );
+            own.push(rule_batches(ctx, &sql).await.map_err(err)?);
         }
-        let pats: HashSet<String> = rows.iter().map(|r| r.0.clone()).collect();
-        Ok((rule.id.clone(), pats, from, rows))
+        let mut sm = lock(&self.inner.samples);
+        let mut rows = Vec::new();
+        for_each_row(&all, |p, t, s| {
+            if !rule.overrides.contains_key(p) {
+                rows.push((sm.intern(p), t, s));
+            }
+        })
+        .map_err(err)?;
+        for batches in &own {
+            for_each_row(batches, |p, t, s| rows.push((sm.intern(p), t, s))).map_err(err)?;
+        }
+        let mut members: Vec<Pid> = rows.iter().map(|r| r.0).collect();
+        members.sort_unstable();
+        members.dedup();
+        Ok(Found {
+            rule: i,
+            members,
+            from,
+            rows,
+        })
     }
 
     /// The dirty patients and ranges, one query per parameter set (defaults, each override).
-    async fn dirty_queries(&self, rule: &Rule, dirty: &Dirty) -> Result<Vec<Found>, String> {
-        let mut groups: Vec<Group<'_>> = vec![(None, Vec::new())];
-        for (p, (a, z)) in dirty {
-            if rule.overrides.contains_key(p) {
-                groups.push((Some(p.as_str()), vec![(p.as_str(), *a, *z)]));
-            } else {
-                groups[0].1.push((p.as_str(), *a, *z));
+    async fn dirty_queries(
+        &self,
+        i: usize,
+        rule: &Rule,
+        members: &Members,
+    ) -> Result<Vec<Found>, String> {
+        let groups: Vec<Group> = if rule.overrides.is_empty() {
+            vec![(None, members.to_vec())]
+        } else {
+            let sm = lock(&self.inner.samples);
+            let mut groups: Vec<Group> = vec![(None, Vec::new())];
+            for &(p, a, z) in members {
+                let name = sm.name(p);
+                if rule.overrides.contains_key(&**name) {
+                    groups.push((Some(name.to_string()), vec![(p, a, z)]));
+                } else {
+                    groups[0].1.push((p, a, z));
+                }
             }
-        }
+            groups
+        };
         let mut found = Vec::new();
         for (who, members) in groups {
             if !members.is_empty() {
-                found.push(self.group_query(rule, who, &members).await?);
+                found.extend(
+                    self.group_queries(i, rule, who.as_deref(), &members)
+                        .await?,
+                );
             }
         }
         Ok(found)
     }
 
-    async fn group_query(
+    /// One parameter set's dirty patients: those whose samples reach back far enough need
+    /// only their new buckets; the others (new to the rule) get the look-back, in a query of
+    /// their own so that they do not stretch everyone's range.
+    async fn group_queries(
         &self,
+        i: usize,
         rule: &Rule,
         who: Option<&str>,
-        members: &[(&str, i64, i64)],
-    ) -> Result<Found, String> {
+        members: &Members,
+    ) -> Result<Vec<Found>, String> {
         let b = rule.bucket_us;
         let params = rule.params_for(who);
         let lb = lookback_us(rule, &params);
-        let (mut from, mut to) = (i64::MAX, i64::MIN);
+        let (mut known, mut new) = (Vec::new(), Vec::new());
         {
             let sm = lock(&self.inner.samples);
-            for (p, a, z) in members {
-                let known = sm
-                    .series
-                    .get(&(rule.id.clone(), (*p).to_owned()))
-                    .is_some_and(|s| s.from_us <= floor(*a, b) - lb);
-                let start = if known || rule.absence {
-                    floor(*a, b)
+            for &(p, a, z) in members {
+                if rule.absence || sm.series(i, p).complete_from(floor(a, b) - lb) {
+                    known.push((p, a, z));
                 } else {
-                    floor(*a, b) - lb
-                };
-                from = from.min(start);
-                to = to.max(floor(*z, b) + b);
+                    new.push((p, a, z));
+                }
             }
         }
-        let names: Vec<&str> = members.iter().map(|m| m.0).collect();
-        let filter = (names.len() <= 1000).then_some(names.as_slice());
-        let sql = rule.render(&params, &scope_sql(from, to, filter))?;
-        let rows = run_rule_sql(&self.inner.ctx, &sql)
-            .await
-            .map_err(|e| format!("rule {}: {e}", rule.id))?;
-        let set: HashSet<String> = names.iter().map(|s| (*s).to_owned()).collect();
-        let rows = rows.into_iter().filter(|r| set.contains(&r.0)).collect();
-        Ok((rule.id.clone(), set, from, rows))
+        let mut found = Vec::new();
+        for (set, back) in [(known, 0), (new, lb)] {
+            if !set.is_empty() {
+                found.push(self.range_query(i, rule, &params, &set, back).await?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// `members`' buckets from their earliest new one (less `back`) to their latest.
+    async fn range_query(
+        &self,
+        i: usize,
+        rule: &Rule,
+        params: &Params,
+        members: &Members,
+        back: i64,
+    ) -> Result<Found, String> {
+        let b = rule.bucket_us;
+        let from = members.iter().map(|m| floor(m.1, b)).min().unwrap_or(0) - back;
+        let to = members.iter().map(|m| floor(m.2, b) + b).max().unwrap_or(0);
+        let ids: Vec<Pid> = members.iter().map(|m| m.0).collect();
+        let names: Option<Vec<std::sync::Arc<str>>> = (ids.len() <= 1000).then(|| {
+            let sm = lock(&self.inner.samples);
+            ids.iter().map(|p| sm.name(*p).clone()).collect()
+        });
+        let names: Option<Vec<&str>> = names.as_ref().map(|n| n.iter().map(|s| &**s).collect());
+        let sql = rule.render(params, &scope_sql(from, to, names.as_deref()))?;
+        let err = |e: String| format!("rule {}: {e}", rule.id);
+        let batches = rule_batches(&self.inner.ctx, &sql).await.map_err(err)?;
+        let set: HashSet<Pid> = ids.iter().copied().collect();
+        let sm = lock(&self.inner.samples);
+        let mut rows = Vec::new();
+        for_each_row(&batches, |p, t, s| {
+            if let Some(id) = sm.id(p).filter(|id| set.contains(id)) {
+                rows.push((id, t, s));
+            }
+        })
+        .map_err(err)?;
+        Ok(Found {
+            rule: i,
+            members: ids,
+            from,
+            rows,
+        })
     }
 }

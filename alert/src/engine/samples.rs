@@ -1,16 +1,20 @@
-//! Absorb: a run's query results join the samples kept per (rule, patient); every pair that
-//! got rows (and, for device-silent rules, every monitored patient) has its episodes computed
-//! for the reconcile; samples older than any rule's look-back before the watermark are pruned.
-//! Only the evaluation loop takes the samples lock, so none of this delays a reader.
+//! Absorb: a run's query results join the samples kept per (rule, patient) ([`super::series`]);
+//! the pairs that got rows (and, for device-silent rules, every patient with samples) have
+//! their episodes computed, and those that may change an alert go to the reconcile; the
+//! series the run touched are pruned (all of them once a minute). Only the evaluation loop
+//! takes the samples lock, so none of this delays a reader.
+//!
+//! The work is proportional to the rows a run gathered, not to the patients held: a pair
+//! whose samples hold no hit (and whose last episodes were none) has no episode and is not
+//! reconciled — the reconcile of no episodes changes nothing unless there were some before
+//! (it clears the pending one), so that pair goes once more.
 
-use std::collections::{BTreeSet, HashMap};
-
-use crate::episodes::{Episode, episodes};
+use crate::episodes::{Episode, Shape, episodes};
 use crate::rules::Rule;
 
-use super::gather::{Dirty, Found};
-use super::state::{Key, Samples};
-use super::{AlertEngine, lock, lookback_us, monitored};
+use super::gather::Found;
+use super::series::{Pid, Samples, Series};
+use super::{AlertEngine, lock};
 
 /// One (rule, patient) to reconcile and its episodes as of this run.
 #[derive(Debug)]
@@ -22,116 +26,122 @@ pub(crate) struct Work {
 }
 
 impl AlertEngine {
-    /// Raises the patients' watermarks to the newest data the store reported.
-    pub(super) fn raise_watermarks(&self, dirty: &Dirty) {
-        let mut sm = lock(&self.inner.samples);
-        for (p, (_, b)) in dirty {
-            let w = sm.watermark.entry(p.clone()).or_insert(*b);
-            *w = (*w).max(*b);
-        }
-    }
-
-    /// Adds `found` to the samples and returns the (rule, patient) pairs to reconcile.
+    /// Adds `found` to the samples and returns the (rule, patient) pairs to reconcile, in
+    /// (rule id, patient) order.
     pub(super) fn absorb(&self, rules: &[Rule], found: Vec<Found>, now: i64) -> Vec<Work> {
-        let watched = monitored(&self.inner.registry, now);
         let mut sm = lock(&self.inner.samples);
-        let mut touched: BTreeSet<Key> = BTreeSet::new();
-        for (rule, pats, from, rows) in found {
-            for p in &pats {
-                let s = sm.series.entry((rule.clone(), p.clone())).or_default();
-                if s.samples.is_empty() || from < s.from_us {
-                    s.from_us = from;
-                }
-                touched.insert((rule.clone(), p.clone()));
+        let mut touched: Vec<(usize, Pid)> = Vec::new();
+        for f in found {
+            for &p in &f.members {
+                sm.series_mut(f.rule, p).cover(f.from);
+                touched.push((f.rule, p));
             }
-            for (p, t, sample) in rows {
-                let s = sm.series.entry((rule.clone(), p.clone())).or_default();
-                s.samples.insert(t, sample);
+            for (p, t, sample) in f.rows {
+                sm.series_mut(f.rule, p).insert(t, sample);
                 // A catch-up (perhaps a retried one) learns the watermark from its rows.
-                let w = sm.watermark.entry(p).or_insert(t);
-                *w = (*w).max(t);
+                sm.raise(p, t);
             }
         }
-        // Device-silent rules advance with the clock for every monitored patient.
-        for rule in rules.iter().filter(|r| r.enabled && r.absence) {
-            for p in &watched {
-                touched.insert((rule.id.clone(), p.clone()));
-            }
-            for (r, p) in sm.series.keys() {
-                if r == &rule.id {
-                    touched.insert((r.clone(), p.clone()));
-                }
-            }
+        // Device-silent rules advance with the clock for every patient with samples.
+        for (i, _) in rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.enabled && r.absence)
+        {
+            let all: Vec<Pid> = sm.with_samples(i).collect();
+            touched.extend(all.into_iter().map(|p| (i, p)));
         }
+        touched.sort_unstable();
+        touched.dedup();
         // The shape with the default parameters, once per rule (most patients have no override).
-        let shapes: Vec<Option<crate::episodes::Shape>> =
-            rules.iter().map(|r| r.shape(&r.params).ok()).collect();
-        let work = touched
-            .into_iter()
-            .filter_map(|(rule_id, patient)| {
-                let i = rules.iter().position(|r| r.id == rule_id)?;
-                let rule = &rules[i];
-                let shape = if rule.overrides.contains_key(&patient) {
-                    rule.shape(&rule.params_for(Some(&patient))).ok()?
-                } else {
-                    shapes[i]?
-                };
-                let episodes = episodes_of(&sm, rule, &shape, &patient, now);
-                Some(Work {
+        let shapes: Vec<Option<Shape>> = rules.iter().map(|r| r.shape(&r.params).ok()).collect();
+        let mut work = Vec::new();
+        for (i, p) in touched {
+            let rule = &rules[i];
+            let name = sm.name(p);
+            let shape = if rule.overrides.contains_key(&**name) {
+                rule.shape(&rule.params_for(Some(name))).ok()
+            } else {
+                shapes[i]
+            };
+            let Some(shape) = shape else { continue };
+            let closed_until = if rule.absence {
+                now
+            } else {
+                sm.watermark(p).unwrap_or(i64::MIN / 2)
+            };
+            if let Some(episodes) = changed(sm.series_mut(i, p), &shape, closed_until) {
+                work.push(Work {
                     rule: i,
-                    patient,
+                    patient: sm.name(p).to_string(),
                     episodes,
-                })
-            })
-            .collect();
-        prune(&mut sm, rules, now);
+                });
+            }
+            sm.prune(i, p, now);
+        }
+        let stale = sm.sweep(now);
+        if !stale.is_empty() {
+            let st = lock(&self.inner.state);
+            let gone: Vec<Pid> = stale
+                .into_iter()
+                .filter(|p| !st.open_for(rules, sm.name(*p)))
+                .collect();
+            drop(st);
+            gone.into_iter().for_each(|p| sm.forget(p));
+        }
+        work.sort_by(|a, b| (&rules[a.rule].id, &a.patient).cmp(&(&rules[b.rule].id, &b.patient)));
         work
     }
+
+    /// Patients and samples held by the rules (for the benchmarks' memory figures).
+    pub fn samples_size(&self) -> (usize, usize) {
+        let sm = lock(&self.inner.samples);
+        (sm.patients(), sm.held())
+    }
 }
 
-/// The episodes of `rule` (of `shape` for this patient) for `patient` in the samples.
-fn episodes_of(
-    sm: &Samples,
-    rule: &Rule,
-    shape: &crate::episodes::Shape,
-    patient: &str,
-    now: i64,
-) -> Vec<Episode> {
-    let closed_until = if rule.absence {
-        now
+/// The series' episodes, when reconciling them may change something: there are some, or
+/// there were some at the last run (`None`: nothing to reconcile).
+fn changed(s: &mut Series, shape: &Shape, closed_until: i64) -> Option<Vec<Episode>> {
+    let none = if shape.absence {
+        no_gap(s, shape, closed_until)
     } else {
-        sm.watermark.get(patient).copied().unwrap_or(i64::MIN / 2)
+        s.no_hits()
     };
-    // A monitored patient with nothing in the window has no samples: no episode.
-    sm.series
-        .get(&(rule.id.clone(), patient.to_owned()))
-        .map(|s| episodes(&s.samples, shape, closed_until))
-        .unwrap_or_default()
+    let episodes = if none {
+        Vec::new()
+    } else {
+        episodes(s.samples(), shape, closed_until)
+    };
+    let was_quiet = std::mem::replace(&mut s.quiet, episodes.is_empty());
+    (!(was_quiet && episodes.is_empty())).then_some(episodes)
 }
 
-/// Drops samples nobody needs: older than a rule's look-back before the patient's watermark.
-fn prune(sm: &mut Samples, rules: &[Rule], now: i64) {
-    let retain: HashMap<&str, i64> = rules
-        .iter()
-        .map(|r| {
-            let lb = std::iter::once(lookback_us(r, &r.params))
-                .chain(
-                    r.overrides
-                        .keys()
-                        .map(|p| lookback_us(r, &r.params_for(Some(p)))),
-                )
-                .max()
-                .unwrap_or(0);
-            (r.id.as_str(), lb + r.bucket_us)
-        })
-        .collect();
-    let Samples { watermark, series } = sm;
-    for ((rule, p), s) in series.iter_mut() {
-        let keep = retain.get(rule.as_str()).copied().unwrap_or(3_600_000_000);
-        let edge = watermark.get(p).copied().unwrap_or(now).min(now) - keep;
-        if s.samples.first_key_value().is_some_and(|(t, _)| *t < edge) {
-            s.samples = s.samples.split_off(&edge);
-            s.from_us = s.from_us.max(edge);
+/// An absence rule's samples without a gap of `for` between data buckets nor from the last
+/// one to `now` (what [`episodes`] would find none in), without building a vector.
+fn no_gap(s: &Series, shape: &Shape, now: i64) -> bool {
+    let b = shape.bucket_us.max(1);
+    let min = shape.for_us.max(1);
+    let mut prev: Option<i64> = None;
+    for &t in s.samples().range(..now).map(|(t, _)| t) {
+        if prev.is_some_and(|p| t - (p + b) >= min) {
+            return false;
         }
+        prev = Some(t);
+    }
+    prev.is_none_or(|p| now - (p + b) < min)
+}
+
+impl Samples {
+    /// The patients' ids, interned, with their watermarks raised to the newest data reported.
+    pub(super) fn take_dirty(&mut self, dirty: &super::gather::Dirty) -> Vec<(Pid, i64, i64)> {
+        dirty
+            .iter()
+            .map(|(p, (a, b))| {
+                let id = self.intern(p);
+                self.raise(id, *b);
+                (id, *a, *b)
+            })
+            .collect()
     }
 }

@@ -2,14 +2,15 @@
 //! transitions), the ids by (rule, patient), pending episodes, and the ids of resolved alerts
 //! that left memory. Readers (`/v1/alerts`, `/v1/patients`, SSE catch-up) take the state lock
 //! briefly; writers serialise on the engine's writer lock and only apply under it
-//! ([`super::commit`]). The rules' samples live apart ([`Samples`]): only evaluation uses them.
+//! ([`super::commit`]). The rules' samples live apart ([`super::series`]): only evaluation
+//! uses them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::episodes::{Episode, Sample};
+use crate::episodes::Episode;
 use crate::history::{Event, Status, Transition};
 use crate::rules::{Level, Severity};
 
@@ -161,22 +162,6 @@ pub fn fingerprint(rule: &str, patient: &str, start_us: i64) -> String {
 /// A (rule, patient) pair.
 pub(crate) type Key = (String, String);
 
-/// One (rule, patient)'s samples.
-#[derive(Debug, Default)]
-pub(super) struct Series {
-    pub(super) samples: BTreeMap<i64, Sample>,
-    /// Samples are complete from here on (earlier ones may have been pruned or never loaded).
-    pub(super) from_us: i64,
-}
-
-/// What evaluation keeps between runs: the samples per (rule, patient) and each patient's
-/// event-time watermark. Only the evaluation loop touches it (and a rule reload clears it).
-#[derive(Debug, Default)]
-pub(super) struct Samples {
-    pub(super) watermark: HashMap<String, i64>,
-    pub(super) series: HashMap<Key, Series>,
-}
-
 /// The alerts as they stand.
 #[derive(Debug, Default)]
 pub(crate) struct State {
@@ -199,6 +184,19 @@ impl State {
             .flatten()
             .filter_map(|id| self.alerts.get(id).cloned())
             .collect()
+    }
+
+    /// Has `patient` an alert that is not resolved, or a pending episode, for any of `rules`?
+    pub(super) fn open_for(&self, rules: &[crate::rules::Rule], patient: &str) -> bool {
+        rules.iter().any(|r| {
+            let key = (r.id.clone(), patient.to_owned());
+            self.pending.contains_key(&key)
+                || self.by_key.get(&key).is_some_and(|ids| {
+                    ids.iter()
+                        .filter_map(|id| self.alerts.get(id))
+                        .any(|a| a.status != Status::Resolved)
+                })
+        })
     }
 
     pub(crate) fn apply(&mut self, t: &Transition) {

@@ -1,0 +1,259 @@
+//! The rules' samples between runs: per (rule, patient) the per-bucket samples of the rule's
+//! look-back window, and per patient the event-time watermark.
+//!
+//! Patients are interned to small integer ids ([`Pid`]) once per run (the run's dirty set), so
+//! the per-(rule, patient) work of a run is indexing, not hashing and comparing strings; rules
+//! are indexed by their position in the rule set the samples were built for (another rule set —
+//! a reload — starts them afresh).
+//!
+//! Bounds, per patient: one [`Series`] per rule (its samples at most the rule's look-back plus a
+//! bucket behind the patient's watermark — `prune`, on every series a run touched and on all of
+//! them once a minute) and a watermark. A patient with no new data for [`FORGET_US`] (and at
+//! least every rule's look-back) and no open alert or pending episode is forgotten, its id
+//! reused: a restart would not have its samples either (the catch-up reaches back at most that
+//! far). One with an open alert is kept, so that its data coming back resolves it as before.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::episodes::Sample;
+use crate::rules::Rule;
+
+use super::lookback_us;
+
+/// A patient's id in the samples (valid while the samples' patient is not forgotten).
+pub(super) type Pid = u32;
+
+/// A patient whose newest data is this much older than the clock is forgotten (24 h: the
+/// device-silent catch-up's reach).
+pub(super) const FORGET_US: i64 = 24 * 3_600_000_000;
+
+/// One (rule, patient)'s samples.
+#[derive(Debug, Default)]
+pub(super) struct Series {
+    samples: BTreeMap<i64, Sample>,
+    /// Samples are complete from here on (earlier ones may have been pruned or never loaded);
+    /// meaningful once `covered`.
+    pub(super) from_us: i64,
+    /// A query has covered this (rule, patient) since the series was made.
+    covered: bool,
+    /// Hit samples held.
+    hits: u32,
+    /// The episodes last computed were empty (a fresh series is not: its first run reconciles).
+    pub(super) quiet: bool,
+}
+
+impl Series {
+    /// The samples, by bucket start.
+    pub(super) fn samples(&self) -> &BTreeMap<i64, Sample> {
+        &self.samples
+    }
+
+    /// Does `[from, …)` now count as covered (the series is complete from the earliest start
+    /// a query covered)?
+    pub(super) fn cover(&mut self, from: i64) {
+        if !self.covered || from < self.from_us {
+            self.from_us = from;
+        }
+        self.covered = true;
+    }
+
+    /// Is the series complete from `at` on?
+    pub(super) fn complete_from(&self, at: i64) -> bool {
+        self.covered && self.from_us <= at
+    }
+
+    pub(super) fn insert(&mut self, t: i64, s: Sample) {
+        let was = self.samples.insert(t, s).is_some_and(|o| o.hit);
+        self.hits = self.hits + u32::from(s.hit) - u32::from(was);
+    }
+
+    /// No hit held: a rule that is not an absence rule has no episode here.
+    pub(super) fn no_hits(&self) -> bool {
+        self.hits == 0
+    }
+
+    /// Drops the samples before `edge`.
+    fn prune(&mut self, edge: i64) {
+        if self
+            .samples
+            .first_key_value()
+            .is_some_and(|(t, _)| *t < edge)
+        {
+            self.samples = self.samples.split_off(&edge);
+            self.hits = self.samples.values().filter(|s| s.hit).count() as u32;
+            self.from_us = self.from_us.max(edge);
+        }
+    }
+}
+
+/// What evaluation keeps between runs. Only the evaluation loop touches it (a rule reload
+/// clears the series).
+#[derive(Debug, Default)]
+pub(super) struct Samples {
+    ids: HashMap<Arc<str>, Pid>,
+    names: Vec<Arc<str>>,
+    free: Vec<Pid>,
+    /// Per patient id: the newest effective time seen (`None`: a free id).
+    watermark: Vec<Option<i64>>,
+    /// The rule set `series` is indexed by.
+    rules: Option<Arc<Vec<Rule>>>,
+    /// `series[rule][pid]`.
+    series: Vec<Vec<Series>>,
+    /// Per rule: how long samples are kept behind the watermark.
+    keep: Vec<i64>,
+    /// When every series was last pruned (wall clock, UTC µs).
+    swept_us: i64,
+}
+
+impl Samples {
+    /// Makes the samples those of `rules` (a new rule set starts with no series).
+    pub(super) fn use_rules(&mut self, rules: &Arc<Vec<Rule>>) {
+        if self.rules.as_ref().is_some_and(|r| Arc::ptr_eq(r, rules)) {
+            return;
+        }
+        self.rules = Some(rules.clone());
+        self.keep = rules.iter().map(keep_us).collect();
+        self.series = rules
+            .iter()
+            .map(|_| {
+                std::iter::repeat_with(Series::default)
+                    .take(self.names.len())
+                    .collect()
+            })
+            .collect();
+    }
+
+    /// Forgets every series (a rule reload: a catch-up rebuilds them).
+    pub(super) fn clear_series(&mut self) {
+        self.rules = None;
+        self.series.clear();
+    }
+
+    /// The id of `patient`, interned if new.
+    pub(super) fn intern(&mut self, patient: &str) -> Pid {
+        if let Some(&id) = self.ids.get(patient) {
+            return id;
+        }
+        let name: Arc<str> = Arc::from(patient);
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.names[id as usize] = name.clone();
+                id
+            }
+            None => {
+                self.names.push(name.clone());
+                self.watermark.push(None);
+                for s in &mut self.series {
+                    s.push(Series::default());
+                }
+                (self.names.len() - 1) as Pid
+            }
+        };
+        self.ids.insert(name, id);
+        id
+    }
+
+    /// The id of `patient`, if known.
+    pub(super) fn id(&self, patient: &str) -> Option<Pid> {
+        self.ids.get(patient).copied()
+    }
+
+    pub(super) fn name(&self, id: Pid) -> &Arc<str> {
+        &self.names[id as usize]
+    }
+
+    /// Raises the patient's watermark to `t`.
+    pub(super) fn raise(&mut self, id: Pid, t: i64) {
+        let w = &mut self.watermark[id as usize];
+        *w = Some(w.map_or(t, |w| w.max(t)));
+    }
+
+    pub(super) fn watermark(&self, id: Pid) -> Option<i64> {
+        self.watermark[id as usize]
+    }
+
+    pub(super) fn series(&self, rule: usize, id: Pid) -> &Series {
+        &self.series[rule][id as usize]
+    }
+
+    pub(super) fn series_mut(&mut self, rule: usize, id: Pid) -> &mut Series {
+        &mut self.series[rule][id as usize]
+    }
+
+    /// Patients held (ids in use).
+    pub(super) fn patients(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Every patient id in use whose (rule) series holds samples.
+    pub(super) fn with_samples(&self, rule: usize) -> impl Iterator<Item = Pid> + '_ {
+        self.series[rule]
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.samples.is_empty())
+            .map(|(i, _)| i as Pid)
+    }
+
+    /// Samples held over every series.
+    pub(super) fn held(&self) -> usize {
+        self.series.iter().flatten().map(|s| s.samples.len()).sum()
+    }
+
+    /// Drops the samples of `(rule, id)` that no look-back needs any more.
+    pub(super) fn prune(&mut self, rule: usize, id: Pid, now: i64) {
+        let edge = self.watermark[id as usize].unwrap_or(now).min(now) - self.keep[rule];
+        self.series[rule][id as usize].prune(edge);
+    }
+
+    /// Once a minute: prunes every series, and returns the patients whose newest data is
+    /// older than [`FORGET_US`] (and every rule's keep): the caller forgets those without an
+    /// open alert ([`Samples::forget`]).
+    pub(super) fn sweep(&mut self, now: i64) -> Vec<Pid> {
+        if now - self.swept_us < 60_000_000 {
+            return Vec::new();
+        }
+        self.swept_us = now;
+        let keep = self.keep.iter().copied().max().unwrap_or(0);
+        let stale = now - FORGET_US.max(keep);
+        let mut old = Vec::new();
+        for id in 0..self.names.len() {
+            let Some(w) = self.watermark[id] else {
+                continue;
+            };
+            if w < stale {
+                old.push(id as Pid);
+            }
+            for rule in 0..self.series.len() {
+                self.prune(rule, id as Pid, now);
+            }
+        }
+        old
+    }
+
+    /// Forgets patient `id` (its id is reused).
+    pub(super) fn forget(&mut self, id: Pid) {
+        let i = id as usize;
+        let name = std::mem::replace(&mut self.names[i], Arc::from(""));
+        self.ids.remove(&name);
+        self.watermark[i] = None;
+        for s in &mut self.series {
+            s[i] = Series::default();
+        }
+        self.free.push(id);
+    }
+}
+
+/// How long rule `r` keeps samples behind the watermark: its look-back over every patient's
+/// parameters, plus a bucket.
+pub(crate) fn keep_us(r: &Rule) -> i64 {
+    let lb = std::iter::once(lookback_us(r, &r.params))
+        .chain(
+            r.overrides
+                .keys()
+                .map(|p| lookback_us(r, &r.params_for(Some(p)))),
+        )
+        .max()
+        .unwrap_or(0);
+    lb + r.bucket_us
+}

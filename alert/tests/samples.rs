@@ -1,0 +1,164 @@
+//! The rules' per-(rule, patient) samples between runs: bounded by the rule's look-back behind
+//! each patient's newest data, a patient silent for a day forgotten, and the skipping of pairs
+//! with nothing to reconcile never leaving a pending episode behind.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use carewatch_alert::engine::{AlertEngine, Config};
+use carewatch_alert::history::{History, Status};
+use carewatch_alert::rules;
+use carewatch_store::Row;
+use carewatch_store::registry::{Principal, Role};
+use support::{M, T0, reading};
+
+fn engine_with(b: &support::Base, rule_id: &str) -> AlertEngine {
+    let rule = rules::load(None)
+        .expect("rules")
+        .into_iter()
+        .find(|r| r.id == rule_id)
+        .expect("rule");
+    let history = Arc::new(History::open(&b.dir, false).expect("history"));
+    AlertEngine::new(
+        Config {
+            bins_window: Duration::from_secs(24 * 3600),
+            ..Config::default()
+        },
+        vec![rule],
+        b.q.context().clone(),
+        &b.store,
+        b.registry.clone(),
+        history,
+    )
+}
+
+/// Patient `p`'s heart rate and step count for minute `m` (steps 0: at rest).
+fn minute(p: &str, m: i64, hr: f64) -> Vec<Row> {
+    let t = T0 + m * M;
+    vec![
+        reading(p, "heart_rate", hr, t + 1_000_000),
+        reading(p, "steps", 0.0, t + 2_000_000),
+    ]
+}
+
+fn admin() -> Principal {
+    Principal {
+        id: "t".into(),
+        role: Role::Admin,
+        subject: None,
+        person: None,
+    }
+}
+
+#[tokio::test]
+async fn samples_stay_within_the_look_back_and_a_patient_silent_for_a_day_is_forgotten() {
+    let b = support::base().await;
+    let engine = engine_with(&b, "hr_high_at_rest");
+    let patients: Vec<String> = (0..100).map(|i| format!("p{i:03}")).collect();
+    for m in 0..60 {
+        let rows: Vec<Row> = patients.iter().flat_map(|p| minute(p, m, 70.0)).collect();
+        b.store.append(rows, Vec::new()).await.expect("append");
+        engine.evaluate(T0 + (m + 1) * M).await.expect("evaluate");
+    }
+    let (held_patients, held) = engine.samples_size();
+    assert_eq!(held_patients, 100);
+    // hr_high_at_rest: for 10 + clear 5 + 2 buckets of look-back, plus the bucket kept: at
+    // most 18 one-minute samples behind each patient's newest (and the newest itself).
+    assert!(
+        (100 * 17..=100 * 19).contains(&held),
+        "samples held after an hour: {held}"
+    );
+    // A day later only the patient still sending is held.
+    let late = 25 * 60;
+    b.store
+        .append(minute("p000", late, 70.0), Vec::new())
+        .await
+        .expect("append");
+    engine
+        .evaluate(T0 + (late + 1) * M)
+        .await
+        .expect("evaluate");
+    let (held_patients, held) = engine.samples_size();
+    assert_eq!(held_patients, 1, "patients silent for a day are forgotten");
+    assert!(held <= 19, "samples held: {held}");
+}
+
+#[tokio::test]
+async fn a_pending_run_that_breaks_stops_being_pending_while_other_patients_stay_quiet() {
+    let b = support::base().await;
+    let engine = engine_with(&b, "hr_high_at_rest");
+    // `quiet` stays at rest with a normal heart rate; `run` has 5 minutes above the threshold
+    // (short of the rule's 10), then a normal minute breaks the run.
+    let mut pending_seen = 0;
+    for m in 0..20 {
+        let hr = if (3..8).contains(&m) { 130.0 } else { 70.0 };
+        let mut rows = minute("quiet", m, 70.0);
+        rows.extend(minute("run", m, hr));
+        b.store.append(rows, Vec::new()).await.expect("append");
+        engine.evaluate(T0 + (m + 1) * M).await.expect("evaluate");
+        let pending = engine.pending(&admin());
+        assert!(
+            pending.iter().all(|a| a.patient_id == "run"),
+            "minute {m}: {pending:?}"
+        );
+        // Bucket 3 closes at minute 4 (data past its end); bucket 8, normal, at minute 9.
+        let want = usize::from((4..9).contains(&m));
+        assert_eq!(pending.len(), want, "minute {m}: {pending:?}");
+        pending_seen += pending.len();
+    }
+    assert_eq!(pending_seen, 5);
+    assert!(engine.current(&admin()).is_empty(), "nothing fired");
+}
+
+#[tokio::test]
+async fn a_patient_silent_for_more_than_a_day_is_kept_while_alerted_and_resolved_when_data_returns()
+{
+    let b = support::base().await;
+    let engine = engine_with(&b, "device_silent");
+    for m in 0..10 {
+        let mut rows = minute("gone", m, 70.0);
+        rows.extend(minute("here", m, 70.0));
+        b.store.append(rows, Vec::new()).await.expect("append");
+        engine.evaluate(T0 + (m + 1) * M).await.expect("evaluate");
+    }
+    // Hourly runs for 26 hours; `here` keeps sending, `gone` is silent.
+    for h in 1..=26 {
+        b.store
+            .append(minute("here", h * 60, 70.0), Vec::new())
+            .await
+            .expect("append");
+        engine
+            .evaluate(T0 + h * 60 * M + M)
+            .await
+            .expect("evaluate");
+    }
+    let open: Vec<_> = engine
+        .current(&admin())
+        .into_iter()
+        .filter(|a| a.status != Status::Resolved)
+        .collect();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].patient_id, "gone");
+    assert_eq!(
+        engine.samples_size().0,
+        2,
+        "the silent patient with an open alert is kept"
+    );
+    // Its device comes back: the silence is over.
+    let back = 27 * 60;
+    b.store
+        .append(minute("gone", back, 70.0), Vec::new())
+        .await
+        .expect("append");
+    engine.evaluate(T0 + back * M + M).await.expect("evaluate");
+    let gone: Vec<_> = engine
+        .current(&admin())
+        .into_iter()
+        .filter(|a| a.patient_id == "gone")
+        .collect();
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert_eq!(gone[0].status, Status::Resolved, "{gone:?}");
+    assert_eq!((gone[0].episode_start_us - T0) / M, 10);
+}
