@@ -247,11 +247,15 @@ impl MinuteBins {
                 if codes.is_some_and(|cs| !cs.iter().any(|x| x == c)) {
                     continue;
                 }
-                for s in slots {
+                // Slots are sorted by minute: only those in the range are looked at (a run
+                // reads a minute or two of a two-hour window).
+                let a = slots.partition_point(|s| i64::from(s.minute) * MINUTE_US < lo);
+                for s in &slots[a..] {
                     let t = i64::from(s.minute) * MINUTE_US;
-                    if t >= lo && t < to_us {
-                        out.push((p.to_owned(), (*c).to_owned(), t, s.bin()));
+                    if t >= to_us {
+                        break;
                     }
+                    out.push((p.to_owned(), (*c).to_owned(), t, s.bin()));
                 }
             }
         };
