@@ -23,9 +23,10 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 use sha2::{Digest, Sha256};
 
+use crate::engine::connect;
 use crate::{Error, Result};
 
 /// The number of partitions patients hash to. Fixed: changing it moves patients.
@@ -164,7 +165,7 @@ impl Ownership for Leases {
 impl Leases {
     /// Connects, creates the tables if they are missing, runs a first round and keeps renewing.
     pub fn start(url: &str, config: Config) -> Result<Leases> {
-        let mut client = Client::connect(url, NoTls).map_err(pg_err)?;
+        let mut client = connect(url).map_err(pg_err)?;
         setup(&mut client)?;
         let held = Arc::new(Mutex::new(Held::default()));
         round(&mut client, &config, &held)?;
@@ -270,7 +271,7 @@ fn keep(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if client.is_none() {
-            client = Client::connect(&url, NoTls)
+            client = connect(&url)
                 .map_err(pg_err)
                 .inspect_err(|e| tracing::warn!(error = %e, "alert leases: reconnecting failed"))
                 .ok();

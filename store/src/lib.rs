@@ -127,6 +127,10 @@ pub struct Config {
     /// replaces another's on a store without put-if-absent. `None`: this node is the tables'
     /// only writer, or the store refuses a second create-only PUT.
     pub postgres_url: Option<String>,
+    /// Cluster mode, tables shared through `tables_url`: append observers are also told of the
+    /// rows other nodes persisted, when this node follows their commits (see
+    /// [`Store::observe_appends`]). Off by default: a node's observers hear of its own appends.
+    pub observe_other_nodes: bool,
     /// Extra time a group commit waits for more appends before its fsync.
     pub commit_delay: Duration,
     /// Most rows in one group commit.
@@ -170,6 +174,7 @@ impl Config {
             tables_url: None,
             object_store_options: Vec::new(),
             postgres_url: None,
+            observe_other_nodes: false,
             commit_delay: Duration::ZERO,
             max_commit_rows: 100_000,
             persist_rows: 1_000_000,

@@ -119,3 +119,85 @@ async fn two_nodes_keep_their_own_wal_positions_in_shared_tables() {
     assert_eq!(count(&c).await, 55);
     wait_count(&a, 55).await;
 }
+
+/// With `observe_other_nodes`, a node's append observers hear of the rows another node
+/// persisted (read from its new files when the tick follows its commit): once each, with
+/// patient, time range and every reading; a compaction's merge adds nothing to hear, and the
+/// node's own persisted rows are not told twice. A node without the flag hears only its own.
+#[tokio::test]
+async fn observers_hear_of_rows_other_nodes_persisted_once() {
+    use std::sync::{Arc, Mutex};
+    type Heard = Arc<Mutex<Vec<(String, usize)>>>;
+    let listen = |s: &Store| -> Heard {
+        let heard: Heard = Arc::default();
+        let h = heard.clone();
+        s.observe_appends(Arc::new(move |sum: &carewatch_store::AppendSummary| {
+            let mut h = h.lock().expect("lock");
+            for (i, (p, _, _)) in sum.patients.iter().enumerate() {
+                let n = sum.readings.iter().filter(|r| r.0 as usize == i).count();
+                h.push((p.clone(), n));
+            }
+        }));
+        heard
+    };
+    let t = tempfile::tempdir().expect("tmp");
+    let tables = t.path().join("tables");
+    std::fs::create_dir_all(&tables).expect("mkdir");
+    let a = Store::open(config(&t.path().join("a"), &tables))
+        .await
+        .expect("open a");
+    let mut cb = config(&t.path().join("b"), &tables);
+    cb.observe_other_nodes = true;
+    let b = Store::open(cb).await.expect("open b");
+    let c = Store::open(config(&t.path().join("c"), &tables))
+        .await
+        .expect("open c");
+    let (hb, hc) = (listen(&b), listen(&c));
+
+    b.append(rows("b", 0, 3), vec![]).await.expect("append b");
+    b.persist().await.expect("persist b");
+    a.append(rows("a", 0, 10), vec![]).await.expect("append a");
+    a.persist().await.expect("persist a");
+    a.append(rows("a", 10, 5), vec![]).await.expect("append a");
+    a.persist().await.expect("persist a");
+    wait_count(&b, 18).await;
+    wait_count(&c, 18).await;
+    assert_eq!(
+        a.compact_all().await.expect("compact"),
+        1,
+        "a merges the day"
+    );
+    wait_until_files(&b, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // a few more ticks
+
+    let heard = hb.lock().expect("lock").clone();
+    assert_eq!(
+        heard,
+        [
+            ("p-b".to_owned(), 3),
+            ("p-a".to_owned(), 10),
+            ("p-a".to_owned(), 5)
+        ],
+        "b hears its own append, then a's two persists, once each"
+    );
+    assert_eq!(
+        hc.lock().expect("lock").clone(),
+        Vec::<(String, usize)>::new(),
+        "c, without the flag, hears nothing of the others"
+    );
+}
+
+async fn wait_until_files(s: &Store, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s
+        .snapshot()
+        .files
+        .iter()
+        .filter(|f| f.table == Table::Observations)
+        .count()
+        != want
+    {
+        assert!(Instant::now() < deadline, "never saw {want} files");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -39,6 +39,16 @@ fn pg_err(e: postgres::Error) -> Error {
     Error::Io(format!("delta commit lock: postgres: {what}"))
 }
 
+/// Connects, giving up after 10 s unless the URL says otherwise (`connect_timeout`): an
+/// unreachable server fails the commit rather than hanging the persist for minutes.
+pub(crate) fn connect(url: &str) -> std::result::Result<Client, postgres::Error> {
+    let mut c: postgres::Config = url.parse()?;
+    if c.get_connect_timeout().is_none() {
+        c.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    c.connect(NoTls)
+}
+
 /// The advisory lock key of a table (by its URL, so every node naming the same tables agrees).
 pub(crate) fn key(table_url: &str) -> i64 {
     let d = Sha256::digest(format!("carewatch delta commit {table_url}").as_bytes());
@@ -55,7 +65,7 @@ struct Conn {
 impl Conn {
     fn client(&mut self) -> Result<&mut Client> {
         if self.client.is_none() {
-            self.client = Some(Client::connect(&self.url, NoTls).map_err(pg_err)?);
+            self.client = Some(connect(&self.url).map_err(pg_err)?);
         }
         self.client
             .as_mut()

@@ -225,15 +225,27 @@ async fn follow(inner: &Inner) -> Result<()> {
     if inner.config.tables_url.is_none() {
         return Ok(());
     }
-    let _g = inner.persist_lock.lock().await;
-    let mut deltas = inner.deltas.lock().await;
-    for (table, log) in deltas.iter_mut() {
-        if log.refresh().await? {
-            let files = log.files();
-            replace_files(&mut lock(&inner.state), *table, files);
+    let mut told = Vec::new();
+    {
+        let _g = inner.persist_lock.lock().await;
+        let mut deltas = inner.deltas.lock().await;
+        for (table, log) in deltas.iter_mut() {
+            if log.refresh().await? {
+                let files = log.files();
+                let mut st = lock(&inner.state);
+                let before: Vec<FileMeta> = st
+                    .files
+                    .iter()
+                    .filter(|f| f.table == *table)
+                    .cloned()
+                    .collect();
+                told.extend(super::follow::others_new(inner, *table, &before, &files));
+                replace_files(&mut st, *table, files);
+            }
         }
     }
-    Ok(())
+    // Outside the locks: reading the files waits on the object store.
+    super::follow::tell(inner, told).await
 }
 
 /// Deletes the files whose grace period is over.

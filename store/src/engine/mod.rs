@@ -8,6 +8,7 @@ mod adopt;
 mod commit_lock;
 mod compact;
 mod delta;
+mod follow;
 mod node;
 mod open;
 mod persist;
@@ -29,6 +30,7 @@ use crate::codec;
 use crate::tables::{self, FileMeta, Table};
 use crate::{Config, DeadLetter, Error, Result, Row};
 
+pub(crate) use commit_lock::connect;
 use stats::summarise;
 pub use stats::{AppendObserver, AppendSummary, Histogram, StoreStats};
 use writer::{Append, Cmd};

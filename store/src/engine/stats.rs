@@ -94,29 +94,33 @@ pub struct AppendSummary {
 pub type AppendObserver = Arc<dyn Fn(&AppendSummary) + Send + Sync>;
 
 pub(super) fn summarise(rows: &[Row]) -> AppendSummary {
+    summarise_readings(rows.iter().filter_map(|r| {
+        let p = r.reading.patient_id.as_deref()?;
+        Some((p, r.reading.code(), r.reading.effective_us, r.reading.value))
+    }))
+}
+
+/// The summary of readings `(patient, code, effective time, value)`.
+pub(super) fn summarise_readings<'a>(
+    rows: impl Iterator<Item = (&'a str, &'static str, i64, f64)>,
+) -> AppendSummary {
     // Per patient: (its index in `patients`, earliest, latest).
     let mut m: std::collections::HashMap<&str, (u32, i64, i64)> = std::collections::HashMap::new();
     let mut latest: std::collections::HashMap<(&str, &'static str), (i64, f64)> =
         std::collections::HashMap::new();
     let mut patients: Vec<(String, i64, i64)> = Vec::new();
-    let mut readings = Vec::with_capacity(rows.len());
-    for r in rows {
-        let Some(p) = r.reading.patient_id.as_deref() else {
-            continue;
-        };
-        let t = r.reading.effective_us;
+    let mut readings = Vec::with_capacity(rows.size_hint().0);
+    for (p, code, t, value) in rows {
         let e = m.entry(p).or_insert_with(|| {
             patients.push((p.to_owned(), t, t));
             (patients.len() as u32 - 1, t, t)
         });
         e.1 = e.1.min(t);
         e.2 = e.2.max(t);
-        readings.push((e.0, r.reading.code(), t, r.reading.value));
-        let l = latest
-            .entry((p, r.reading.code()))
-            .or_insert((t, r.reading.value));
+        readings.push((e.0, code, t, value));
+        let l = latest.entry((p, code)).or_insert((t, value));
         if t >= l.0 {
-            *l = (t, r.reading.value);
+            *l = (t, value);
         }
     }
     for (i, a, b) in m.into_values() {
