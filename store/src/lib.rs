@@ -124,8 +124,8 @@ pub struct Config {
     pub object_store_options: Vec<(String, String)>,
     /// Cluster mode: the PostgreSQL database (`postgres://…`) through which the nodes sharing
     /// `tables_url` serialise their Delta commits (an advisory lock per table), so no commit
-    /// replaces another's on a store without put-if-absent. `None`: this node is the tables'
-    /// only writer, or the store refuses a second create-only PUT.
+    /// replaces another's on a store without put-if-absent. `None`, or no `tables_url`: this
+    /// node is the tables' only writer.
     pub postgres_url: Option<String>,
     /// Cluster mode, tables shared through `tables_url`: append observers are also told of the
     /// rows other nodes persisted, when this node follows their commits (see

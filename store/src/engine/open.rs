@@ -164,9 +164,10 @@ pub(super) async fn open(config: Config) -> Result<Store> {
         Some(lock_dir(&config, &wal_dir).await?)
     };
     let node = Node::of_dir(&config.data_dir, &wal_dir, ro)?;
-    // Cluster mode: commits of the nodes sharing these tables go one at a time.
-    let commit_lock = match (&config.postgres_url, ro) {
-        (Some(url), false) => Some(super::commit_lock::CommitLock::open(url).await?),
+    // Cluster mode: commits of the nodes sharing these tables go one at a time. (Tables in
+    // the data directory have one writer, this process, whose LOCK keeps others out.)
+    let commit_lock = match (&config.postgres_url, &config.tables_url, ro) {
+        (Some(url), Some(_), false) => Some(super::commit_lock::CommitLock::open(url).await?),
         _ => None,
     };
     let checkpoint = read_checkpoint(&config.data_dir)?;
