@@ -162,3 +162,46 @@ async fn a_patient_silent_for_more_than_a_day_is_kept_while_alerted_and_resolved
     assert_eq!(gone[0].status, Status::Resolved, "{gone:?}");
     assert_eq!((gone[0].episode_start_us - T0) / M, 10);
 }
+
+#[tokio::test]
+async fn readings_every_ten_seconds_fire_when_the_tenth_minute_closes_with_its_whole_minute() {
+    let b = support::base().await;
+    let engine = engine_with(&b, "hr_high_at_rest");
+    let mut fired_at = None;
+    for tick in 0..(16 * 6) {
+        let t = T0 + tick * 10_000_000;
+        let m = tick / 6;
+        // Above the threshold from minute 2 to minute 11; minute 11's last reading is higher,
+        // so its mean (and the alert's peak) is only right with the whole minute read.
+        let hr = match (m, tick % 6) {
+            (11, 5) => 200.0,
+            (2..=11, _) => 130.0,
+            _ => 70.0,
+        };
+        let mut rows = vec![reading("p", "heart_rate", hr, t)];
+        if tick % 6 == 0 {
+            rows.push(reading("p", "steps", 0.0, t));
+        }
+        b.store.append(rows, Vec::new()).await.expect("append");
+        engine.evaluate(t + 500_000).await.expect("evaluate");
+        let firing = engine
+            .history()
+            .since(0)
+            .into_iter()
+            .filter(|x| x.event == carewatch_alert::history::Event::Firing)
+            .count();
+        if firing > 0 && fired_at.is_none() {
+            fired_at = Some(tick);
+        }
+    }
+    // Minutes 2..=11 (10 minutes) qualify once minute 11 is closed: at the 12:00 reading.
+    assert_eq!(fired_at, Some(12 * 6), "fired at tick {fired_at:?}");
+    let a = engine.current(&admin());
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!((a[0].episode_start_us - T0) / M, 2);
+    let peak = a[0].value.expect("peak");
+    assert!(
+        (peak - (5.0 * 130.0 + 200.0) / 6.0).abs() < 1e-9,
+        "peak {peak}"
+    );
+}

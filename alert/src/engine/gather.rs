@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use crate::episodes::Sample;
 use crate::rules::{Params, Rule};
 
-use super::series::Pid;
+use super::series::{Pid, Series};
 use super::{AlertEngine, floor, for_each_row, lock, lookback_us, rule_batches, scope_sql};
 
 /// Per patient: earliest and latest effective time added, UTC µs.
@@ -28,10 +28,49 @@ pub(super) struct Found {
     pub(super) members: Vec<Pid>,
     pub(super) from: i64,
     pub(super) rows: Vec<(Pid, i64, Sample)>,
+    /// Patients of a contiguous rule whose open bucket is left for a later run (`Some`: its
+    /// start) — to be touched (their watermark moved) whether or not they were queried.
+    pub(super) defer: Vec<(Pid, Option<i64>)>,
 }
 
 /// Dirty patients (by id) and their ranges.
 type Members = [(Pid, i64, i64)];
+
+/// What to read of one patient for a rule: buckets `[start, end)`.
+type Span = (Pid, i64, i64);
+
+/// Which buckets of rule `rule` (the patient's series `s`, watermark `w`) to read for new data
+/// in `[a, z]`, and the bucket left for later. A contiguous rule counts a bucket only once it
+/// is closed (the patient has data at or past its end), so the open bucket — the one of the
+/// patient's newest data — is read once, after it closes, instead of at every run while it
+/// fills; an absence rule needs only whether a bucket has data, so buckets known to have some
+/// are not read again (`(None, None)`).
+fn span(
+    rule: &Rule,
+    s: &Series,
+    w: Option<i64>,
+    a: i64,
+    z: i64,
+) -> (Option<(i64, i64)>, Option<i64>) {
+    let b = rule.bucket_us;
+    let (fa, fz) = (floor(a, b), floor(z, b));
+    if rule.absence {
+        let known = (fz - fa) / b < 120 && (0..=(fz - fa) / b).all(|k| s.has(fa + k * b));
+        return (if known { None } else { Some((fa, fz + b)) }, None);
+    }
+    if !rule.contiguous {
+        return (Some((fa, fz + b)), None);
+    }
+    let open = floor(w.unwrap_or(z).max(z), b);
+    let start = fa.min(s.deferred.unwrap_or(i64::MAX));
+    let end = if s.deferred.is_some() {
+        open
+    } else {
+        (fz + b).min(open)
+    };
+    let defer = (s.deferred.is_some() || fz + b > open).then_some(open);
+    ((start < end).then_some((start, end)), defer)
+}
 
 /// Dirty patients sharing one parameter set: `(override patient, [(patient, from, to)])`.
 type Group = (Option<String>, Vec<(Pid, i64, i64)>);
@@ -200,6 +239,7 @@ impl AlertEngine {
             members,
             from,
             rows,
+            defer: Vec::new(),
         })
     }
 
@@ -247,21 +287,32 @@ impl AlertEngine {
         who: Option<&str>,
         members: &Members,
     ) -> Result<Vec<Found>, String> {
-        let b = rule.bucket_us;
         let params = rule.params_for(who);
         let lb = lookback_us(rule, &params);
-        let (mut known, mut new) = (Vec::new(), Vec::new());
+        let (mut known, mut new, mut defer) = (Vec::new(), Vec::new(), Vec::new());
         {
             let sm = lock(&self.inner.samples);
             for &(p, a, z) in members {
-                if rule.absence || sm.series(i, p).complete_from(floor(a, b) - lb) {
-                    known.push((p, a, z));
+                let s = sm.series(i, p);
+                let (read, later) = span(rule, s, sm.watermark(p), a, z);
+                if rule.contiguous && !rule.absence {
+                    defer.push((p, later));
+                }
+                let Some((start, end)) = read else { continue };
+                if rule.absence || s.complete_from(start - lb) {
+                    known.push((p, start, end));
                 } else {
-                    new.push((p, a, z));
+                    new.push((p, start, end));
                 }
             }
         }
-        let mut found = Vec::new();
+        let mut found = vec![Found {
+            rule: i,
+            members: Vec::new(),
+            from: 0,
+            rows: Vec::new(),
+            defer,
+        }];
         for (set, back) in [(known, 0), (new, lb)] {
             if !set.is_empty() {
                 found.push(self.range_query(i, rule, &params, &set, back).await?);
@@ -270,18 +321,17 @@ impl AlertEngine {
         Ok(found)
     }
 
-    /// `members`' buckets from their earliest new one (less `back`) to their latest.
+    /// `members`' buckets from their earliest start (less `back`) to their latest end.
     async fn range_query(
         &self,
         i: usize,
         rule: &Rule,
         params: &Params,
-        members: &Members,
+        members: &[Span],
         back: i64,
     ) -> Result<Found, String> {
-        let b = rule.bucket_us;
-        let from = members.iter().map(|m| floor(m.1, b)).min().unwrap_or(0) - back;
-        let to = members.iter().map(|m| floor(m.2, b) + b).max().unwrap_or(0);
+        let from = members.iter().map(|m| m.1).min().unwrap_or(0) - back;
+        let to = members.iter().map(|m| m.2).max().unwrap_or(0);
         let ids: Vec<Pid> = members.iter().map(|m| m.0).collect();
         let names: Option<Vec<std::sync::Arc<str>>> = (ids.len() <= 1000).then(|| {
             let sm = lock(&self.inner.samples);
@@ -305,6 +355,7 @@ impl AlertEngine {
             members: ids,
             from,
             rows,
+            defer: Vec::new(),
         })
     }
 }

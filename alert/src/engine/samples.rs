@@ -36,6 +36,10 @@ impl AlertEngine {
                 sm.series_mut(f.rule, p).cover(f.from);
                 touched.push((f.rule, p));
             }
+            for &(p, later) in &f.defer {
+                sm.series_mut(f.rule, p).deferred = later;
+                touched.push((f.rule, p));
+            }
             for (p, t, sample) in f.rows {
                 sm.series_mut(f.rule, p).insert(t, sample);
                 // A catch-up (perhaps a retried one) learns the watermark from its rows.

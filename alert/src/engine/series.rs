@@ -41,6 +41,8 @@ pub(super) struct Series {
     hits: u32,
     /// The episodes last computed were empty (a fresh series is not: its first run reconciles).
     pub(super) quiet: bool,
+    /// A contiguous rule's open bucket not read yet (its start): read once it closes.
+    pub(super) deferred: Option<i64>,
 }
 
 impl Series {
@@ -56,6 +58,11 @@ impl Series {
             self.from_us = from;
         }
         self.covered = true;
+    }
+
+    /// Does bucket `t` have a sample?
+    pub(super) fn has(&self, t: i64) -> bool {
+        self.samples.contains_key(&t)
     }
 
     /// Is the series complete from `at` on?
