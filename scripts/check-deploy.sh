@@ -456,6 +456,8 @@ def c_dockerfile():
             err(f"Dockerfile: the build is not `{want}`")
         if "carewatch" not in bins:
             err("Dockerfile: Cargo.toml has no bin carewatch")
+        if not re.search(r"scripts/package\.sh --out /usr/local/bin(\s|$)", line):
+            err("Dockerfile: the build does not package the binary (scripts/package.sh --out /usr/local/bin)")
         mounts = " ".join(build[0].flags)
         for t in ("/usr/local/cargo/registry", "/build/target"):
             if f"type=cache,target={t}" not in mounts:
@@ -518,9 +520,11 @@ def c_dockerfile():
     if cmd is None or not cmd.json or list(cmd.value) != want_cmd:
         err(f"Dockerfile: CMD is not {want_cmd}")
     cps = [c for c in rc.get("COPY", [])]
-    if not any("--from=builder" in c.flags and c.value[-1].rstrip("/") in
-               ("/usr/local/bin", "/usr/local/bin/carewatch") for c in cps):
-        err("Dockerfile: the runtime stage does not copy carewatch from the builder to /usr/local/bin")
+    if not any("--from=builder" in c.flags and c.value[-1].rstrip("/") == "/usr/local/bin"
+               and {"/usr/local/bin/carewatch", "/usr/local/bin/carewatch.debug"} <= set(c.value[:-1])
+               for c in cps):
+        err("Dockerfile: the runtime stage does not copy carewatch and carewatch.debug (its "
+            "symbols, for backtraces) from the builder to /usr/local/bin")
     if not any(c.value[-1] == want_cmd[2] and not c.flags for c in cps):
         err(f"Dockerfile: nothing provides {want_cmd[2]}, which CMD names")
 
@@ -669,6 +673,7 @@ if $self_test; then
     "hadolint|Dockerfile|WORKDIR /build|WORKDIR build|a relative WORKDIR (DL3000)"
     "dockerfile|Dockerfile|COPY benches ./benches\n||a workspace member left out of the build"
     "dockerfile|Dockerfile|--bin carewatch|--bin carewatch-sim|another binary than the README's"
+    "dockerfile|Dockerfile| /usr/local/bin/carewatch.debug /usr/local/bin/| /usr/local/bin/|the symbol file left out of the image"
     "yamllint|k8s/statefulset.yaml|  replicas: 3\n|  replicas: 3\n  replicas: 3\n|a duplicated key"
   )
   for b in "${breaks[@]}"; do
