@@ -21,8 +21,10 @@
 //! store's appends and the bins' fold share the bench's main thread), the mean and p99 bucket
 //! of an evaluation run, the CPU the rules' threads (`carewatch-rules`) and the whole process
 //! used per second of load, the resident set before and after the scenario (the process's:
-//! store buffer, bins, rules' samples, the generator) and the bins held at the end. After the
-//! table, per scenario, the CPU per thread group, for where the time goes.
+//! store buffer, bins, rules' samples, the generator) and the bins and rule samples held at the
+//! end. After the table, per scenario, the CPU per thread group and the mean time of a run's
+//! phases (gather: the rules' SQL; absorb: samples and episodes; commit: plan, history, apply),
+//! for where the time goes.
 //!
 //! Run: `cargo bench -p carewatch-benches --bench alerts` (release). Optional environment:
 //! `ALERT_BENCH_PATIENTS` (10000), `ALERT_BENCH_SECS` (120), `ALERT_BENCH_ANALYSTS` (`0,2`: the
@@ -97,9 +99,9 @@ fn main() {
         plan.patients, plan.secs, plan.concurrency
     );
     println!(
-        "| rules | analysts | offered | achieved | fever episodes | delivered | missing | delivered twice | p50 | p99 | max | rule runs | run mean | run p99 | runs > 1 s | rules CPU | process CPU | RSS start → end | bins held | analyst queries |"
+        "| rules | analysts | offered | achieved | fever episodes | delivered | missing | delivered twice | p50 | p99 | max | rule runs | run mean | run p99 | runs > 1 s | rules CPU | process CPU | RSS start → end | bins held | samples held | analyst queries |"
     );
-    println!("|---|{}", "---:|".repeat(19));
+    println!("|---|{}", "---:|".repeat(20));
     let mut notes = Vec::new();
     for n in analysts {
         for v in &variants {
@@ -307,10 +309,11 @@ async fn run(plan: &Plan, analysts: usize, variant: &str) -> Vec<String> {
         });
     let rss = procfs::rss_mib();
     let (_, bins) = rig.engine.bins_size();
+    let (_, samples) = rig.engine.samples_size();
     let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
     let max = lat.iter().copied().fold(0.0, f64::max);
     println!(
-        "| {variant} | {analysts} | {:.0}/s | {:.0}/s | {} | {} | {missing} | {twice} | {p50:.2} s | {p99:.2} s | {max:.2} s | {runs} | {run_mean:.3} s | {run_p99} | {over_1s} | {:.2} s/s | {:.2} s/s | {rss_start:.0} → {rss:.0} MiB | {bins} | {} |",
+        "| {variant} | {analysts} | {:.0}/s | {:.0}/s | {} | {} | {missing} | {twice} | {p50:.2} s | {p99:.2} s | {max:.2} s | {runs} | {run_mean:.3} s | {run_p99} | {over_1s} | {:.2} s/s | {:.2} s/s | {rss_start:.0} → {rss:.0} MiB | {bins} | {samples} | {} |",
         l.offered(plan),
         l.appended as f64 / l.secs,
         sent.len(),
@@ -319,10 +322,18 @@ async fn run(plan: &Plan, analysts: usize, variant: &str) -> Vec<String> {
         l.process_cpu / l.secs,
         rig.analyst_queries.load(Ordering::Relaxed),
     );
-    let mut notes = vec![format!(
-        "{variant} rules, {analysts} analysts, CPU per second of load by thread group: {}",
-        l.cpu_by_group
-    )];
+    let per_run = rig
+        .engine
+        .phase_seconds()
+        .map(|(name, secs)| format!("{name} {:.3} s", secs / runs.max(1) as f64))
+        .join(", ");
+    let mut notes = vec![
+        format!(
+            "{variant} rules, {analysts} analysts, CPU per second of load by thread group: {}",
+            l.cpu_by_group
+        ),
+        format!("{variant} rules, {analysts} analysts, mean time per run by phase: {per_run}"),
+    ];
     if l.late_ticks > 0 {
         notes.push(format!(
             "({variant} rules, {analysts} analysts: the load generator fell behind real time in {} of {} seconds)",
