@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 
 use carewatch_store::{Config, Store, Table};
 
+mod logs;
+mod webhook;
+pub use logs::*;
+#[allow(unused_imports)] // not every test delivers alerts
+pub use webhook::Webhook;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_carewatch");
 
 /// The CA certificate curl should trust (TLS tests).
@@ -317,105 +323,6 @@ pub fn free_port() -> u16 {
         .expect("port")
 }
 
-/// A local webhook receiver (plain HTTP/1.1 with keep-alive): answers 503 to the first
-/// `fail_first` requests (to exercise retries; `usize::MAX`: down until `failures` is set to 0),
-/// 200 to the rest, and keeps the JSON bodies it accepted (and, in `raw`, their lowercased head
-/// and exact bytes). `requests` counts every request, refused or not.
-pub struct Webhook {
-    pub url: String,
-    pub received: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
-    pub raw: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
-    pub failures: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Webhook {
-    pub fn start(fail_first: usize) -> Webhook {
-        use std::io::{Read, Write};
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("http://{}/hook", l.local_addr().expect("addr"));
-        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let raw = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(fail_first));
-        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (r, rw, fl, rq) = (
-            received.clone(),
-            raw.clone(),
-            failures.clone(),
-            requests.clone(),
-        );
-        std::thread::spawn(move || {
-            for conn in l.incoming() {
-                let Ok(mut s) = conn else { continue };
-                let (r, failures) = (r.clone(), fl.clone());
-                let (rw, rq) = (rw.clone(), rq.clone());
-                std::thread::spawn(move || {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 8192];
-                    loop {
-                        // One request: headers, then Content-Length bytes of body.
-                        let head_end = loop {
-                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            match s.read(&mut chunk) {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        while buf.len() < head_end + len {
-                            match s.read(&mut chunk) {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let body: Vec<u8> = buf[head_end..head_end + len].to_vec();
-                        buf.drain(..head_end + len);
-                        rq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let fail = failures
-                            .fetch_update(
-                                std::sync::atomic::Ordering::SeqCst,
-                                std::sync::atomic::Ordering::SeqCst,
-                                |n| n.checked_sub(1),
-                            )
-                            .is_ok();
-                        let resp: &[u8] = if fail {
-                            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
-                        } else {
-                            if let Ok(v) = serde_json::from_slice(&body) {
-                                r.lock().expect("lock").push(v);
-                            }
-                            rw.lock().expect("lock").push((head.clone(), body));
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-                        };
-                        if s.write_all(resp).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Webhook {
-            url,
-            received,
-            raw,
-            failures,
-            requests,
-        }
-    }
-
-    pub fn all(&self) -> Vec<serde_json::Value> {
-        self.received.lock().expect("lock").clone()
-    }
-}
-
-/// Writes `text` as `dir/carewatch.toml` and returns its path (for `--config`).
 /// Runs `carewatch serve --config cfg` on a data directory under `dir`, expecting it to refuse
 /// to start; its stderr.
 pub fn serve_refuses(dir: &Path, cfg: &str) -> String {
@@ -430,6 +337,7 @@ pub fn serve_refuses(dir: &Path, cfg: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Writes `text` as `dir/carewatch.toml` and returns its path (for `--config`).
 pub fn write_config(dir: &Path, text: &str) -> String {
     let cfg = dir.join("carewatch.toml");
     std::fs::write(&cfg, text).expect("config");
@@ -484,70 +392,6 @@ pub fn simulate(srv: &Server, patients: usize, minutes: i64, extra: &[&str]) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Where end-to-end tests keep the log (stdout and stderr) of every carewatch process they start
-/// and the ids and tokens they used, for scripts/check_logs_phi.py: `$CAREWATCH_TEST_LOGS`, else
-/// `test-logs/` in the cargo target directory (beside `debug/`, found from the binary's path).
-pub fn test_logs_dir() -> PathBuf {
-    let dir = std::env::var_os("CAREWATCH_TEST_LOGS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(BIN)
-                .parent()
-                .and_then(Path::parent)
-                .map(|t| t.join("test-logs"))
-                .unwrap_or_else(|| PathBuf::from("target/test-logs"))
-        });
-    std::fs::create_dir_all(&dir).expect("test log dir");
-    dir
-}
-
-/// `<test crate>.<test function>.<pid>`: libtest runs each test on a thread named after it.
-fn test_stem() -> String {
-    let thread = std::thread::current();
-    let name = thread.name().unwrap_or("main").replace("::", ".");
-    format!("{}.{name}.{}", env!("CARGO_CRATE_NAME"), std::process::id())
-}
-
-/// A new log file for this test's next `what` process (`<stem>.<n>-<what>.log`).
-pub fn log_file(what: &str) -> PathBuf {
-    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    test_logs_dir().join(format!("{}.{n}-{what}.log", test_stem()))
-}
-
-/// Marks a console line (stdout) in a saved log, so scripts/check_logs_phi.py can tell it from
-/// the tracing records of stderr.
-pub const STDOUT: &str = "[stdout] ";
-
-/// Saves a finished carewatch process's stdout (lines marked [`STDOUT`]) and stderr as one of
-/// this test's logs.
-pub fn save_output(what: &str, out: &std::process::Output) {
-    let mut text: Vec<u8> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .flat_map(|l| format!("{STDOUT}{l}\n").into_bytes())
-        .collect();
-    text.extend_from_slice(&out.stderr);
-    std::fs::write(log_file(what), text).expect("save log");
-}
-
-/// Records an identifier this test gives carewatch (`kind`: `patient`, `device` or `token`) in
-/// the test's sidecar `<stem>.ids` (`kind<TAB>value` lines): no log line at INFO or above may
-/// contain it (scripts/check_logs_phi.py).
-pub fn note_id(kind: &str, value: &str) {
-    use std::io::Write;
-    if value.is_empty() {
-        return;
-    }
-    let path = test_logs_dir().join(format!("{}.ids", test_stem()));
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .expect("ids file");
-    f.write_all(format!("{kind}\t{value}\n").as_bytes())
-        .expect("ids file");
 }
 
 /// A self-signed certificate for `localhost` made by openssl in `dir`; also makes it the CA
