@@ -12,34 +12,13 @@ use std::time::Duration;
 use arrow_array::{Array, RecordBatch, StringArray};
 use carewatch_fixtures::garage::Garage;
 use carewatch_fixtures::postgres::Postgres;
-use carewatch_store::{Config, Row, Store, Table};
-use carewatch_transform::catalogue;
-use carewatch_transform::{Format, Reading, Source};
+use carewatch_store::{Config, Store, Table};
 
-const T0: i64 = 1_700_000_000_000_000; // 2023-11-14T22:13:20Z
-const MIN: i64 = 60_000_000;
+mod support;
+use support::rows;
+
 const ROUNDS: i64 = 16;
 const PER: i64 = 5;
-
-fn rows(device: &str, round: i64) -> Vec<Row> {
-    (round * PER..(round + 1) * PER)
-        .map(|i| Row {
-            reading: Reading {
-                device_id: device.to_owned(),
-                patient_id: Some(format!("p-{device}")),
-                vital: catalogue::by_key("heart_rate").expect("vital"),
-                value: 70.0,
-                effective_us: T0 + i * MIN,
-                effective_end_us: None,
-                offset_min: Some(60),
-                extra: None,
-            },
-            received_us: T0,
-            source: Source::Http,
-            format: Format::Carewatch,
-        })
-        .collect()
-}
 
 /// A node on the tables at `s3://<bucket>/tables`, in cluster mode when `pg` is given.
 fn config(dir: &Path, g: &Garage, pg: Option<&Postgres>) -> Config {
@@ -89,11 +68,11 @@ async fn concurrent_commits_of_two_nodes_all_survive_on_a_store_without_put_if_a
     for round in 0..ROUNDS {
         let (ra, rb) = tokio::join!(
             async {
-                a.append(rows("a", round), vec![]).await?;
+                a.append(rows("a", round * PER, PER), vec![]).await?;
                 a.persist().await
             },
             async {
-                b.append(rows("b", round), vec![]).await?;
+                b.append(rows("b", round * PER, PER), vec![]).await?;
                 b.persist().await
             }
         );

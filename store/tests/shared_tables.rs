@@ -9,32 +9,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
-use carewatch_store::{Config, Row, Store, Table};
-use carewatch_transform::catalogue;
-use carewatch_transform::{Format, Reading, Source};
+use carewatch_store::{Config, Store, Table};
 
-const T0: i64 = 1_700_000_000_000_000; // 2023-11-14T22:13:20Z
-const MIN: i64 = 60_000_000;
-
-fn rows(device: &str, from_min: i64, n: i64) -> Vec<Row> {
-    (from_min..from_min + n)
-        .map(|i| Row {
-            reading: Reading {
-                device_id: device.to_owned(),
-                patient_id: Some(format!("p-{device}")),
-                vital: catalogue::by_key("heart_rate").expect("vital"),
-                value: 70.0,
-                effective_us: T0 + i * MIN,
-                effective_end_us: None,
-                offset_min: Some(60),
-                extra: None,
-            },
-            received_us: T0,
-            source: Source::Http,
-            format: Format::Carewatch,
-        })
-        .collect()
-}
+mod support;
+use support::rows;
 
 /// A node on `tables`, its background task (which follows the other node's commits) on a
 /// short tick, persisting only when told.
