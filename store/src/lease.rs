@@ -116,13 +116,7 @@ CREATE TABLE IF NOT EXISTS carewatch_alert_nodes (
 const ROUND_KEY: i64 = 0x6377_6c65_6173_6573;
 
 fn pg_err(e: postgres::Error) -> Error {
-    let what = match e.code() {
-        Some(c) => format!("SQLSTATE {}", c.code()),
-        None if e.is_closed() => "connection closed".to_owned(),
-        None => "connection or request failed".to_owned(),
-    };
-    tracing::debug!(error = %e, "alert leases: postgres");
-    Error::Io(format!("alert leases: postgres: {what}"))
+    crate::pg_error("alert leases", e)
 }
 
 #[derive(Debug, Default)]

@@ -36,6 +36,19 @@ pub mod wal;
 
 mod engine;
 
+/// A PostgreSQL failure of `what` (the registry, the leases, the commit lock) as an [`Error`]
+/// that names only its class: the server's message may quote a row (an id), so it goes to the
+/// debug log alone.
+pub(crate) fn pg_error(what: &str, e: postgres::Error) -> Error {
+    let class = match e.code() {
+        Some(c) => format!("SQLSTATE {}", c.code()),
+        None if e.is_closed() => "connection closed".to_owned(),
+        None => "connection or request failed".to_owned(),
+    };
+    tracing::debug!(error = %e, "{what}: postgres");
+    Error::Io(format!("{what}: postgres: {class}"))
+}
+
 pub use engine::{AppendObserver, AppendSummary, Histogram, Snapshot, Store, StoreStats};
 pub use tables::{FileMeta, Table};
 

@@ -29,14 +29,7 @@ use crate::{Error, Result};
 const LOCK_TIMEOUT: &str = "30s";
 
 fn pg_err(e: postgres::Error) -> Error {
-    // The server's message never matters to a reader of our log; its class does.
-    let what = match e.code() {
-        Some(c) => format!("SQLSTATE {}", c.code()),
-        None if e.is_closed() => "connection closed".to_owned(),
-        None => "connection failed".to_owned(),
-    };
-    tracing::debug!(error = %e, "commit lock: postgres");
-    Error::Io(format!("delta commit lock: postgres: {what}"))
+    crate::pg_error("delta commit lock", e)
 }
 
 /// Connects, giving up after 10 s unless the URL says otherwise (`connect_timeout`): an

@@ -39,14 +39,7 @@ INSERT INTO carewatch_registry_epoch VALUES (1, 0) ON CONFLICT DO NOTHING;
 ";
 
 fn pg_err(e: postgres::Error) -> Error {
-    // The server's message may quote a row (an id); say only what kind of failure it was.
-    let what = match e.code() {
-        Some(c) => format!("SQLSTATE {}", c.code()),
-        None if e.is_closed() => "connection closed".to_owned(),
-        None => "connection failed".to_owned(),
-    };
-    tracing::debug!(error = %e, "registry: postgres");
-    Error::Io(format!("registry: postgres: {what}"))
+    crate::pg_error("registry", e)
 }
 
 /// The connection and what this node has read of the log; owned by the worker thread.
