@@ -205,3 +205,62 @@ async fn readings_every_ten_seconds_fire_when_the_tenth_minute_closes_with_its_w
         "peak {peak}"
     );
 }
+
+#[tokio::test]
+async fn a_minute_boundary_over_more_patients_than_a_run_reads_fires_every_episode_exactly_once() {
+    let b = support::base().await;
+    let engine = engine_with(&b, "hr_high_at_rest");
+    // 1,500 patients' minutes close together; a run reads at most 1,100 patients' closed
+    // buckets (more than an `IN` list names: the bins are read through a scope) and carries
+    // the rest to the next run. Even patients are above the threshold at rest from minute 2
+    // to minute 13, odd ones never.
+    engine.set_carry_limit(1100);
+    let patients: Vec<String> = (0..1500).map(|i| format!("q{i:04}")).collect();
+    let high = |i: usize, m: i64| i % 2 == 0 && (2..14).contains(&m);
+    let mut carried_seen = 0;
+    for m in 0..18 {
+        let rows: Vec<Row> = patients
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| minute(p, m, if high(i, m) { 130.0 } else { 70.0 }))
+            .collect();
+        b.store.append(rows, Vec::new()).await.expect("append");
+        engine
+            .evaluate(T0 + m * M + 30_000_000)
+            .await
+            .expect("evaluate");
+        carried_seen = carried_seen.max(engine.carried());
+        // The next run, before any new data, reads what was carried.
+        engine
+            .evaluate(T0 + m * M + 40_000_000)
+            .await
+            .expect("evaluate");
+        assert_eq!(engine.carried(), 0, "minute {m}: carried left over");
+    }
+    assert_eq!(
+        carried_seen, 400,
+        "a boundary of 1,500 patients carries 400"
+    );
+    let firing: Vec<_> = engine
+        .history()
+        .since(0)
+        .into_iter()
+        .filter(|x| x.event == carewatch_alert::history::Event::Firing)
+        .collect();
+    let mut fired: Vec<&str> = firing.iter().map(|x| x.patient_id.as_str()).collect();
+    fired.sort_unstable();
+    let want: Vec<&str> = patients
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 0)
+        .map(|(_, p)| p.as_str())
+        .collect();
+    assert_eq!(
+        fired, want,
+        "every even patient fired exactly once, no odd one"
+    );
+    assert!(
+        firing.iter().all(|x| (x.episode_start_us - T0) / M == 2),
+        "every episode starts at minute 2"
+    );
+}

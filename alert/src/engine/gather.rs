@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use crate::episodes::Sample;
+use crate::minutes::Scope;
 use crate::rules::{Params, Rule};
 
 use super::series::{Pid, Series};
@@ -31,13 +32,20 @@ pub(super) struct Found {
     /// Patients of a contiguous rule whose open bucket is left for a later run (`Some`: its
     /// start) — to be touched (their watermark moved) whether or not they were queried.
     pub(super) defer: Vec<(Pid, Option<i64>)>,
+    /// Patients whose closed buckets were left for a later run (the run's read limit).
+    pub(super) carry: Vec<Span>,
 }
 
 /// Dirty patients (by id) and their ranges.
 type Members = [(Pid, i64, i64)];
 
-/// What to read of one patient for a rule: buckets `[start, end)`.
-type Span = (Pid, i64, i64);
+/// What to read of one patient for a rule: buckets `[start, end)` (or, carried, the patient's
+/// new data `[a, z]`).
+pub(super) type Span = (Pid, i64, i64);
+
+/// A query over more patients than this names them by an open [`crate::minutes::Scope`]
+/// instead of an `IN` list.
+const IN_LIST_MAX: usize = 1000;
 
 /// Which buckets of rule `rule` (the patient's series `s`, watermark `w`) to read for new data
 /// in `[a, z]`, and the bucket left for later. A contiguous rule counts a bucket only once it
@@ -113,6 +121,23 @@ pub(super) fn merge(into: &mut Dirty, from: &Dirty) {
     }
 }
 
+/// `members` with the patients carried from earlier runs first (their ranges merged with any
+/// new data of theirs).
+fn with_carried<'a>(carried: &[Span], members: Cow<'a, Members>) -> Cow<'a, Members> {
+    if carried.is_empty() {
+        return members;
+    }
+    let mut out: Vec<Span> = carried.to_vec();
+    let at: HashMap<Pid, usize> = out.iter().enumerate().map(|(k, m)| (m.0, k)).collect();
+    for &(p, a, z) in members.iter() {
+        match at.get(&p) {
+            Some(&k) => (out[k].1, out[k].2) = (out[k].1.min(a), out[k].2.max(z)),
+            None => out.push((p, a, z)),
+        }
+    }
+    Cow::Owned(out)
+}
+
 impl AlertEngine {
     /// Rule failures so far, by kind.
     pub fn rule_failures(&self) -> RuleFailures {
@@ -146,6 +171,7 @@ impl AlertEngine {
         for (i, rule) in rules.iter().enumerate().filter(|(_, r)| r.enabled) {
             let mut owed = lock(&self.inner.retry).remove(&rule.id).unwrap_or_default();
             owed.catch_up |= catch_up;
+            let carried = lock(&self.inner.samples).take_carry(i);
             let members: Cow<'_, Members> = if owed.dirty.is_empty() {
                 Cow::Borrowed(ids)
             } else {
@@ -153,9 +179,17 @@ impl AlertEngine {
                 merge(&mut all, fresh);
                 Cow::Owned(lock(&self.inner.samples).take_dirty(&all))
             };
+            let members = with_carried(&carried, members);
             let run = self.rule_queries(i, rule, owed.catch_up, &members, now);
             let failed = match tokio::time::timeout(limit, run).await {
                 Ok(Ok(mut found)) => {
+                    // Should the run not commit, the carried patients it read are owed again.
+                    let sm = lock(&self.inner.samples);
+                    for &(p, a, z) in &carried {
+                        let e = owed.dirty.entry(sm.name(p).to_string()).or_insert((a, z));
+                        (e.0, e.1) = (e.0.min(a), e.1.max(z));
+                    }
+                    drop(sm);
                     out.found.append(&mut found);
                     out.covered.push((rule.id.clone(), owed));
                     continue;
@@ -171,6 +205,7 @@ impl AlertEngine {
                 }
             };
             failed.fetch_add(1, Ordering::Relaxed);
+            lock(&self.inner.samples).carry(i, carried);
             merge(&mut owed.dirty, fresh);
             self.owe(&rule.id, owed);
         }
@@ -240,6 +275,7 @@ impl AlertEngine {
             from,
             rows,
             defer: Vec::new(),
+            carry: Vec::new(),
         })
     }
 
@@ -290,11 +326,20 @@ impl AlertEngine {
         let params = rule.params_for(who);
         let lb = lookback_us(rule, &params);
         let (mut known, mut new, mut defer) = (Vec::new(), Vec::new(), Vec::new());
+        let mut carry = Vec::new();
         {
             let sm = lock(&self.inner.samples);
+            // Closed buckets of contiguous and absence rules (a minute boundary closes every
+            // patient's at once) are read for at most `limit` patients a run, the rest carried
+            // to the next; spot rules (a fever) are always read at once.
+            let limit = (rule.contiguous || rule.absence).then(|| sm.carry_limit());
             for &(p, a, z) in members {
                 let s = sm.series(i, p);
                 let (read, later) = span(rule, s, sm.watermark(p), a, z);
+                if read.is_some() && limit.is_some_and(|n| known.len() + new.len() >= n) {
+                    carry.push((p, a, z));
+                    continue;
+                }
                 if rule.contiguous && !rule.absence {
                     defer.push((p, later));
                 }
@@ -312,6 +357,7 @@ impl AlertEngine {
             from: 0,
             rows: Vec::new(),
             defer,
+            carry,
         }];
         for (set, back) in [(known, 0), (new, lb)] {
             if !set.is_empty() {
@@ -333,12 +379,23 @@ impl AlertEngine {
         let from = members.iter().map(|m| m.1).min().unwrap_or(0) - back;
         let to = members.iter().map(|m| m.2).max().unwrap_or(0);
         let ids: Vec<Pid> = members.iter().map(|m| m.0).collect();
-        let names: Option<Vec<std::sync::Arc<str>>> = (ids.len() <= 1000).then(|| {
+        let names: Vec<std::sync::Arc<str>> = {
             let sm = lock(&self.inner.samples);
             ids.iter().map(|p| sm.name(*p).clone()).collect()
-        });
-        let names: Option<Vec<&str>> = names.as_ref().map(|n| n.iter().map(|s| &**s).collect());
-        let sql = rule.render(params, &scope_sql(from, to, names.as_deref()))?;
+        };
+        // Many patients: an open scope the bins read by (an `IN` list that long would cost more
+        // to plan than the query); its guard lives until the query has run.
+        let (scope, _guard) = if names.len() <= IN_LIST_MAX {
+            let names: Vec<&str> = names.iter().map(|s| &**s).collect();
+            (scope_sql(from, to, Some(&names)), None)
+        } else {
+            let g = self.inner.bins.open_scope(Scope::new(names));
+            (
+                format!("{} AND {}", scope_sql(from, to, None), g.sql()),
+                Some(g),
+            )
+        };
+        let sql = rule.render(params, &scope)?;
         let err = |e: String| format!("rule {}: {e}", rule.id);
         let batches = rule_batches(&self.inner.ctx, &sql).await.map_err(err)?;
         let set: HashSet<Pid> = ids.iter().copied().collect();
@@ -356,6 +413,7 @@ impl AlertEngine {
             from,
             rows,
             defer: Vec::new(),
+            carry: Vec::new(),
         })
     }
 }

@@ -32,27 +32,54 @@ impl AlertEngine {
         let mut sm = lock(&self.inner.samples);
         let mut touched: Vec<(usize, Pid)> = Vec::new();
         for f in found {
-            for &p in &f.members {
-                sm.series_mut(f.rule, p).cover(f.from);
-                touched.push((f.rule, p));
-            }
-            for &(p, later) in &f.defer {
-                sm.series_mut(f.rule, p).deferred = later;
-                touched.push((f.rule, p));
-            }
             for (p, t, sample) in f.rows {
                 sm.series_mut(f.rule, p).insert(t, sample);
                 // A catch-up (perhaps a retried one) learns the watermark from its rows.
                 sm.raise(p, t);
+                touched.push((f.rule, p));
+            }
+            for &p in &f.members {
+                let s = sm.series_mut(f.rule, p);
+                // Covered already, no samples (no rows now either), no episodes last run:
+                // covering and reconciling it again would change nothing.
+                if s.complete_from(f.from) && s.samples().is_empty() && s.quiet {
+                    continue;
+                }
+                s.cover(f.from);
+                touched.push((f.rule, p));
+            }
+            if !f.carry.is_empty() {
+                sm.carry(f.rule, f.carry);
+            }
+            for &(p, later) in &f.defer {
+                let s = sm.series_mut(f.rule, p);
+                // The same open bucket as last run and no hit held: no episode either way (the
+                // once-a-minute sweep prunes it).
+                if s.deferred == later && s.no_hits() && s.quiet {
+                    continue;
+                }
+                s.deferred = later;
+                touched.push((f.rule, p));
             }
         }
-        // Device-silent rules advance with the clock for every patient with samples.
-        for (i, _) in rules
+        // Device-silent rules advance with the clock for every patient with samples: those
+        // whose silence may have begun or ended (not quiet last run, or the gap from their
+        // newest bucket to now has reached the rule's `for`).
+        for (i, rule) in rules
             .iter()
             .enumerate()
             .filter(|(_, r)| r.enabled && r.absence)
         {
-            let all: Vec<Pid> = sm.with_samples(i).collect();
+            let shape = rule.shape(&rule.params).ok();
+            let all: Vec<Pid> = sm
+                .with_samples(i)
+                .filter(|&p| {
+                    let s = sm.series(i, p);
+                    !s.quiet
+                        || !rule.overrides.is_empty()
+                        || shape.is_none_or(|sh| silence_may_start(s, &sh, now))
+                })
+                .collect();
             touched.extend(all.into_iter().map(|p| (i, p)));
         }
         touched.sort_unstable();
@@ -91,10 +118,21 @@ impl AlertEngine {
                 .filter(|p| !st.open_for(rules, sm.name(*p)))
                 .collect();
             drop(st);
-            gone.into_iter().for_each(|p| sm.forget(p));
+            sm.forget_all(&gone);
         }
         work.sort_by(|a, b| (&rules[a.rule].id, &a.patient).cmp(&(&rules[b.rule].id, &b.patient)));
         work
+    }
+
+    /// Patients whose closed buckets are carried to a later run, over every rule.
+    pub fn carried(&self) -> usize {
+        lock(&self.inner.samples).carried()
+    }
+
+    /// Reads at most `n` patients' closed buckets per contiguous or absence rule and run
+    /// (default 20,000), carrying the rest to the next run.
+    pub fn set_carry_limit(&self, n: usize) {
+        lock(&self.inner.samples).set_carry_limit(n);
     }
 
     /// Patients and samples held by the rules (for the benchmarks' memory figures).
@@ -134,6 +172,20 @@ fn no_gap(s: &Series, shape: &Shape, now: i64) -> bool {
         prev = Some(t);
     }
     prev.is_none_or(|p| now - (p + b) < min)
+}
+
+/// Whether a device-silent series that had no gap last run (`quiet`) may have one now: the
+/// time from its newest bucket before `now` to `now` has reached the rule's `for`, or it holds
+/// buckets from after `now` (future-skewed data, which the clock reaching them brings into
+/// view). Other gaps cannot have appeared without new samples, which touch the series anyway.
+fn silence_may_start(s: &Series, shape: &Shape, now: i64) -> bool {
+    if s.samples().range(now..).next().is_some() {
+        return true;
+    }
+    match s.samples().range(..now).next_back() {
+        Some((&t, _)) => now - (t + shape.bucket_us.max(1)) >= shape.for_us.max(1),
+        None => true,
+    }
 }
 
 impl Samples {

@@ -111,7 +111,18 @@ pub(super) struct Samples {
     keep: Vec<i64>,
     /// When every series was last pruned (wall clock, UTC µs).
     swept_us: i64,
+    /// Per rule: patients whose closed buckets a run left for the next (`[a, z]` of their new
+    /// data), read first by the next run.
+    carried: Vec<Vec<(Pid, i64, i64)>>,
+    /// At most this many patients' closed buckets are read per rule and run (`None`:
+    /// [`CARRY_LIMIT`]).
+    limit: Option<usize>,
 }
+
+/// Patients whose closed buckets one run reads per contiguous or absence rule; the others
+/// are carried to the next run, so that a minute boundary (every patient's minute closing at
+/// once) is spread over a few runs and a fever arriving meanwhile is not held up by all of it.
+pub(super) const CARRY_LIMIT: usize = 20_000;
 
 impl Samples {
     /// Makes the samples those of `rules` (a new rule set starts with no series).
@@ -121,6 +132,7 @@ impl Samples {
         }
         self.rules = Some(rules.clone());
         self.keep = rules.iter().map(keep_us).collect();
+        self.carried = vec![Vec::new(); rules.len()];
         self.series = rules
             .iter()
             .map(|_| {
@@ -135,6 +147,41 @@ impl Samples {
     pub(super) fn clear_series(&mut self) {
         self.rules = None;
         self.series.clear();
+        self.carried.clear();
+    }
+
+    /// The patients carried for rule `rule` (taken: a run reads them or carries them again).
+    pub(super) fn take_carry(&mut self, rule: usize) -> Vec<(Pid, i64, i64)> {
+        self.carried
+            .get_mut(rule)
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Carries `more` to rule `rule`'s next run.
+    pub(super) fn carry(&mut self, rule: usize, mut more: Vec<(Pid, i64, i64)>) {
+        if let Some(c) = self.carried.get_mut(rule) {
+            if c.is_empty() {
+                *c = more;
+            } else {
+                c.append(&mut more);
+            }
+        }
+    }
+
+    /// Patients carried over every rule.
+    pub(super) fn carried(&self) -> usize {
+        self.carried.iter().map(Vec::len).sum()
+    }
+
+    /// How many patients' closed buckets a run reads per rule.
+    pub(super) fn carry_limit(&self) -> usize {
+        self.limit.unwrap_or(CARRY_LIMIT).max(1)
+    }
+
+    /// Sets [`Samples::carry_limit`].
+    pub(super) fn set_carry_limit(&mut self, n: usize) {
+        self.limit = Some(n);
     }
 
     /// The id of `patient`, interned if new.
@@ -238,8 +285,20 @@ impl Samples {
         old
     }
 
+    /// Forgets patients `ids` (their ids are reused; nothing of theirs stays carried).
+    pub(super) fn forget_all(&mut self, ids: &[Pid]) {
+        if ids.is_empty() {
+            return;
+        }
+        let gone: std::collections::HashSet<Pid> = ids.iter().copied().collect();
+        for c in &mut self.carried {
+            c.retain(|m| !gone.contains(&m.0));
+        }
+        ids.iter().for_each(|p| self.forget(*p));
+    }
+
     /// Forgets patient `id` (its id is reused).
-    pub(super) fn forget(&mut self, id: Pid) {
+    fn forget(&mut self, id: Pid) {
         let i = id as usize;
         let name = std::mem::replace(&mut self.names[i], Arc::from(""));
         self.ids.remove(&name);

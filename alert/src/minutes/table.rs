@@ -23,7 +23,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
-use super::{Bin, BinRow, MINUTE_US, MinuteBins, TABLE, fold, minute_of};
+use super::{Bin, MINUTE_US, MinuteBins, Scope, TABLE, fold, minute_of};
 
 /// The `vital_minutes` provider: live bins (if any) over a scan-time fold of `observations`.
 #[derive(Debug)]
@@ -80,6 +80,8 @@ pub(crate) struct Wanted {
     pub(crate) hi: Option<i64>,
     pub(crate) patients: Option<Vec<String>>,
     pub(crate) codes: Option<Vec<String>>,
+    /// An open [`super::Scope`] (`rule_scope(patient_id, id)`).
+    pub(crate) scope: Option<u64>,
 }
 
 fn micros(v: &ScalarValue) -> Option<i64> {
@@ -159,6 +161,10 @@ pub(crate) fn wanted(filters: &[Expr]) -> Wanted {
         conjuncts(f, &mut conj);
     }
     for e in conj {
+        if let Some(id) = super::scope::scope_id(e) {
+            w.scope = Some(id);
+            continue;
+        }
         if let Some(s) = string_set(e, "patient_id") {
             narrow(&mut w.patients, s);
             continue;
@@ -218,7 +224,7 @@ impl VitalMinutes {
     async fn from_history(
         &self,
         state: &dyn Session,
-        w: &Wanted,
+        (w, who): (&Wanted, Option<&Scope>),
         lo: i64,
         hi: i64,
     ) -> Result<BTreeMap<(String, String, i64), Bin>> {
@@ -254,10 +260,6 @@ impl VitalMinutes {
             .await?;
         let mut stream = datafusion::physical_plan::execute_stream(plan, state.task_ctx())?;
         let mut bins = BTreeMap::new();
-        let patients: Option<std::collections::HashSet<&str>> = w
-            .patients
-            .as_ref()
-            .map(|ps| ps.iter().map(String::as_str).collect());
         while let Some(batch) = stream.next().await {
             let b = batch?;
             let get = |i: usize, dt: &DataType| arrow_cast::cast(b.column(i), dt);
@@ -283,7 +285,7 @@ impl VitalMinutes {
                 let (pi, ci, ti) = (p.value(i), c.value(i), t.value(i));
                 if ti < lo
                     || ti >= hi
-                    || patients.as_ref().is_some_and(|s| !s.contains(pi))
+                    || who.is_some_and(|s| !s.contains(pi))
                     || w.codes
                         .as_ref()
                         .is_some_and(|cs| !cs.iter().any(|x| x == ci))
@@ -297,37 +299,73 @@ impl VitalMinutes {
     }
 }
 
-fn batch(schema: &SchemaRef, rows: impl Iterator<Item = BinRow>) -> Result<RecordBatch> {
-    let mut p = StringBuilder::new();
-    let mut c = StringBuilder::new();
-    let mut t = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    let mut n = Int64Builder::new();
-    let (mut s, mut lo, mut hi) = (
-        Float64Builder::new(),
-        Float64Builder::new(),
-        Float64Builder::new(),
-    );
-    for (pp, cc, tt, b) in rows {
-        p.append_value(pp);
-        c.append_value(cc);
-        t.append_value(tt);
-        n.append_value(i64::from(b.count));
-        s.append_value(b.sum);
-        lo.append_value(b.min);
-        hi.append_value(b.max);
+/// The table's columns being built.
+struct Rows {
+    p: StringBuilder,
+    c: StringBuilder,
+    t: TimestampMicrosecondBuilder,
+    n: Int64Builder,
+    s: Float64Builder,
+    lo: Float64Builder,
+    hi: Float64Builder,
+}
+
+impl Rows {
+    fn new() -> Rows {
+        Rows {
+            p: StringBuilder::new(),
+            c: StringBuilder::new(),
+            t: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            n: Int64Builder::new(),
+            s: Float64Builder::new(),
+            lo: Float64Builder::new(),
+            hi: Float64Builder::new(),
+        }
     }
-    Ok(RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(p.finish()),
-            Arc::new(c.finish()),
-            Arc::new(t.finish()),
-            Arc::new(n.finish()),
-            Arc::new(s.finish()),
-            Arc::new(lo.finish()),
-            Arc::new(hi.finish()),
-        ],
-    )?)
+
+    fn push(&mut self, p: &str, c: &str, t: i64, b: Bin) {
+        self.p.append_value(p);
+        self.c.append_value(c);
+        self.t.append_value(t);
+        self.n.append_value(i64::from(b.count));
+        self.s.append_value(b.sum);
+        self.lo.append_value(b.min);
+        self.hi.append_value(b.max);
+    }
+
+    fn finish(mut self, schema: &SchemaRef) -> Result<RecordBatch> {
+        Ok(RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(self.p.finish()),
+                Arc::new(self.c.finish()),
+                Arc::new(self.t.finish()),
+                Arc::new(self.n.finish()),
+                Arc::new(self.s.finish()),
+                Arc::new(self.lo.finish()),
+                Arc::new(self.hi.finish()),
+            ],
+        )?)
+    }
+}
+
+/// The patients a scan is restricted to: the `IN` list, the open scope, or both.
+fn who(w: &Wanted, live: Option<&Arc<MinuteBins>>) -> Result<Option<Arc<Scope>>> {
+    let open = match w.scope {
+        Some(id) => Some(live.and_then(|l| l.scope(id)).ok_or_else(|| {
+            DataFusionError::Execution(format!("{TABLE}: no open rule scope {id}"))
+        })?),
+        None => None,
+    };
+    let listed = w
+        .patients
+        .as_ref()
+        .map(|ps| Scope::new(ps.iter().map(|p| Arc::from(p.as_str()))));
+    Ok(match (listed, open) {
+        (Some(l), Some(o)) => Some(Arc::new(l.intersect(&o))),
+        (Some(l), None) => Some(Arc::new(l)),
+        (None, o) => o,
+    })
 }
 
 #[async_trait::async_trait]
@@ -342,7 +380,15 @@ impl TableProvider for VitalMinutes {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        // The scope filter is applied whole here (from memory and from history); the others
+        // only narrow the read and are applied again by DataFusion.
+        Ok(filters
+            .iter()
+            .map(|f| match super::scope::scope_id(f) {
+                Some(_) => TableProviderFilterPushDown::Exact,
+                None => TableProviderFilterPushDown::Inexact,
+            })
+            .collect())
     }
 
     async fn scan(
@@ -356,22 +402,27 @@ impl TableProvider for VitalMinutes {
         let lo = w.lo.map_or(i64::MIN, ceil_minute);
         let hi = w.hi.map_or(i64::MAX, ceil_minute);
         let horizon = self.live.as_ref().map_or(i64::MAX, |l| l.horizon());
-        let mut rows: Vec<BinRow> = Vec::new();
+        let who = who(&w, self.live.as_ref())?;
+        let mut rows = Rows::new();
         if lo < hi.min(horizon) {
-            let old = self.from_history(state, &w, lo, hi.min(horizon)).await?;
-            rows.extend(old.into_iter().map(|((p, c, t), b)| (p, c, t, b)));
+            let old = self
+                .from_history(state, (&w, who.as_deref()), lo, hi.min(horizon))
+                .await?;
+            for ((p, c, t), b) in old {
+                rows.push(&p, &c, t, b);
+            }
         }
         if let Some(live) = &self.live
             && hi > horizon
         {
-            rows.extend(live.read(
-                w.patients.as_deref(),
+            live.read_with(
+                who.as_deref(),
                 w.codes.as_deref(),
-                lo.max(horizon),
-                hi,
-            ));
+                (lo.max(horizon), hi),
+                |p, c, t, b| rows.push(p, c, t, b),
+            );
         }
-        let b = batch(&self.schema, rows.into_iter())?;
+        let b = rows.finish(&self.schema)?;
         let exec =
             MemorySourceConfig::try_new_exec(&[vec![b]], self.schema.clone(), projection.cloned())?;
         Ok(exec)

@@ -114,3 +114,167 @@ fn filters_name_the_range_patients_and_codes() {
         table::Wanted::default()
     );
 }
+
+/// 300 patients, three vitals, 20 minutes; patient `i` has a temperature only when `i % 50 == 0`.
+fn many() -> (
+    MinuteBins,
+    std::collections::BTreeMap<(String, String, i64), Bin>,
+) {
+    let bins = MinuteBins::new(Duration::from_secs(3600), i64::MIN);
+    let mut want = std::collections::BTreeMap::new();
+    for m in 0..20 {
+        let mut rows = Vec::new();
+        for i in 0..300_i64 {
+            let p = format!("p{i}");
+            let t = T + m * MINUTE_US + (i % 60) * 1_000_000;
+            rows.push((p.clone(), "8867-4", t, 60.0 + ((i + m) % 40) as f64));
+            rows.push((p.clone(), "59408-5", t + 500, 90.0 + (i % 9) as f64));
+            if i % 50 == 0 {
+                rows.push((p, "8310-5", t + 900, 37.0 + (m % 3) as f64));
+            }
+        }
+        let refs: Vec<(&str, &'static str, i64, f64)> = rows
+            .iter()
+            .map(|(p, c, t, v)| (p.as_str(), *c, *t, *v))
+            .collect();
+        bins.add(&append(&refs));
+        for (p, c, t, v) in &refs {
+            fold(&mut want, p, c, *t, *v);
+        }
+    }
+    (bins, want)
+}
+
+fn sorted(mut rows: Vec<BinRow>) -> Vec<BinRow> {
+    rows.sort_by(|x, y| (&x.0, &x.1, x.2).cmp(&(&y.0, &y.1, y.2)));
+    rows
+}
+
+#[test]
+fn a_read_of_some_codes_minutes_and_patients_returns_exactly_those_bins() {
+    let (bins, all) = many();
+    let who: Vec<String> = (0..300).step_by(3).map(|i| format!("p{i}")).collect();
+    let cases: [(Option<&[String]>, Option<Vec<String>>, i64, i64); 5] = [
+        (None, None, i64::MIN, i64::MAX),
+        (
+            None,
+            Some(vec!["8310-5".into()]),
+            T + 5 * MINUTE_US,
+            T + 7 * MINUTE_US,
+        ),
+        (
+            Some(&who),
+            Some(vec!["8867-4".into(), "59408-5".into()]),
+            T + 19 * MINUTE_US,
+            T + 20 * MINUTE_US,
+        ),
+        // Not on a minute start: minutes starting in [from, to).
+        (
+            Some(&who[..3]),
+            None,
+            T + 3 * MINUTE_US + 1,
+            T + 6 * MINUTE_US - 1,
+        ),
+        (None, Some(vec!["no-such-code".into()]), i64::MIN, i64::MAX),
+    ];
+    for (patients, codes, from, to) in cases {
+        let want: Vec<BinRow> = all
+            .iter()
+            .filter(|((p, c, t), _)| {
+                patients.is_none_or(|ps| ps.contains(p))
+                    && codes.as_ref().is_none_or(|cs| cs.contains(c))
+                    && (from..to).contains(t)
+            })
+            .map(|((p, c, t), b)| (p.clone(), c.clone(), *t, *b))
+            .collect();
+        let got = sorted(bins.read(patients, codes.as_deref(), from, to));
+        assert_eq!(got, want, "{patients:?} {codes:?} {from} {to}");
+    }
+    assert_eq!(bins.size(), (300, 300 * 20 * 2 + 6 * 20));
+}
+
+#[tokio::test]
+async fn an_open_scope_reads_the_same_rows_as_the_in_list_and_ends_with_its_guard() {
+    use arrow_array::RecordBatch;
+    use datafusion::datasource::MemTable;
+    let (bins, _) = many();
+    let bins = std::sync::Arc::new(bins);
+    let ctx = datafusion::prelude::SessionContext::new();
+    let obs = MemTable::try_new(
+        std::sync::Arc::new(arrow_schema::Schema::new(
+            table::schema()
+                .fields()
+                .iter()
+                .take(3)
+                .cloned()
+                .chain([std::sync::Arc::new(arrow_schema::Field::new(
+                    "value",
+                    arrow_schema::DataType::Float64,
+                    true,
+                ))])
+                .collect::<Vec<_>>(),
+        )),
+        vec![vec![]],
+    )
+    .expect("observations");
+    ctx.register_table(
+        TABLE,
+        std::sync::Arc::new(table::VitalMinutes::new(
+            std::sync::Arc::new(obs),
+            Some(bins.clone()),
+        )),
+    )
+    .expect("register");
+    scope::register_udf(&ctx, &bins);
+    let who: Vec<String> = (0..300).step_by(2).map(|i| format!("p{i}")).collect();
+    let rows = |filter: String| {
+        let ctx = ctx.clone();
+        async move {
+            let sql = format!(
+                "SELECT patient_id, code, effective_time, value_count, value_sum FROM {TABLE} \
+                 WHERE {filter} AND code IN ('8867-4', '8310-5') ORDER BY 1, 2, 3"
+            );
+            let b: Vec<RecordBatch> = ctx
+                .sql(&sql)
+                .await
+                .expect("plan")
+                .collect()
+                .await
+                .expect("run");
+            arrow_cast::pretty::pretty_format_batches(&b)
+                .expect("format")
+                .to_string()
+        }
+    };
+    let list = who
+        .iter()
+        .map(|p| format!("'{p}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let by_list = rows(format!("patient_id IN ({list})")).await;
+    let guard = bins.open_scope(Scope::new(
+        who.iter().map(|p| std::sync::Arc::from(p.as_str())),
+    ));
+    let by_scope = rows(guard.sql()).await;
+    assert_eq!(by_scope, by_list);
+    assert_eq!(
+        by_list.lines().count(),
+        4 + 150 * 20 + 6 * 20,
+        "{}",
+        &by_list[..200]
+    );
+    let sql = guard.sql();
+    drop(guard);
+    let after = ctx
+        .sql(&format!("SELECT count(*) FROM {TABLE} WHERE {sql}"))
+        .await;
+    let err = match after {
+        Ok(df) => df
+            .collect()
+            .await
+            .expect_err("a closed scope is an error")
+            .to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("no open rule scope"), "{err}");
+}
