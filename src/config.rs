@@ -213,6 +213,8 @@ pub struct ServeConfig {
     /// The PostgreSQL database a cluster member keeps its registry in (`None`: the data
     /// directory's log file, single node).
     pub postgres_url: Option<String>,
+    /// `[cluster] partitioned_alerting` (default true).
+    pub partitioned_alerting: bool,
 }
 
 /// Flag/env values (each `None` when not given).
@@ -338,9 +340,10 @@ pub fn resolve(o: Overrides, file: FileConfig) -> Result<ServeConfig> {
     let fhir_identity = fhir::resolve_identity(file.fhir.identity, fhir_destination.as_ref())?;
     let fhir_subscriptions = fhir::resolve_subscriptions(&file.fhir.subscriptions)?;
     let http_limits = limits::http(&file.http);
-    let postgres_url = cluster_postgres_url(o.postgres_url, file.cluster)?;
+    let postgres_url = cluster_postgres_url(o.postgres_url, &file.cluster)?;
     Ok(ServeConfig {
         postgres_url,
+        partitioned_alerting: file.cluster.partitioned_alerting.unwrap_or(true),
         http_limits,
         query_limits,
         metrics_require_token,

@@ -2,8 +2,8 @@
 //! serve` nodes on one PostgreSQL (a real server started for the test) split the 64 alert
 //! partitions between them (`carewatch_alert_partitions_owned` on each node's `/metrics`);
 //! one is killed (`kill -9`): within 10 s the two others own every partition; one shuts down
-//! cleanly: the last one owns them all. Alerting does not consult the leases yet (see
-//! ARCHITECTURE.md, "Partitioned alerting"); this is the ownership it will consult.
+//! cleanly: the last one owns them all. With shared tables alerting follows these leases
+//! (tests/cluster_alerts.rs; ARCHITECTURE.md, "Partitioned alerting").
 
 mod common;
 

@@ -27,6 +27,7 @@ use crate::rules::{Params, Rule};
 mod actions;
 mod commit;
 mod gather;
+mod ownership;
 mod plan;
 mod reconcile;
 mod runtime;
@@ -38,6 +39,7 @@ mod state;
 mod teams;
 pub use actions::{Action, RESOLVE_REASONS};
 pub use gather::RuleFailures;
+pub(crate) use ownership::Owned;
 pub(crate) use plan::plan;
 pub(crate) use samples::Work;
 use series::Samples;
@@ -77,6 +79,9 @@ pub struct Config {
     pub chains: Arc<crate::chain::Chains>,
     /// Repeat intervals per level.
     pub levels: crate::policy::Levels,
+    /// Which patients this node alerts for ([`ownership`]): everyone on a single node, the
+    /// partitions it holds leases on in a cluster.
+    pub ownership: Arc<dyn carewatch_store::lease::Ownership>,
 }
 
 impl Default for Config {
@@ -92,6 +97,7 @@ impl Default for Config {
             resolved_horizon: Duration::from_secs(48 * 3600),
             chains: Arc::default(),
             levels: crate::policy::Levels::default(),
+            ownership: Arc::new(carewatch_store::lease::Everything),
         }
     }
 }
@@ -138,9 +144,13 @@ struct Inner {
     state: Mutex<State>,
     /// Serialises the writers of the alerts ([`commit`]).
     writer: Mutex<()>,
+    /// Transitions other nodes wrote, applied by the next writer ([`commit`]).
+    foreign: Arc<Mutex<Vec<Arc<Transition>>>>,
     events: broadcast::Sender<Arc<Transition>>,
     wake: Notify,
     catch_up: std::sync::atomic::AtomicBool,
+    /// The partitions owned at the last run (a gain makes the next run a catch-up).
+    owned: Mutex<Owned>,
     last_run_us: std::sync::atomic::AtomicI64,
     runs: std::sync::atomic::AtomicU64,
     run_seconds: Mutex<carewatch_store::Histogram>,
@@ -192,12 +202,19 @@ impl AlertEngine {
         registry: Arc<Registry>,
         history: Arc<History>,
     ) -> AlertEngine {
+        // Other nodes' transitions (a cluster's shared history) wait here for the next writer.
+        let foreign: Arc<Mutex<Vec<Arc<Transition>>>> = Arc::default();
+        let queue = foreign.clone();
+        let before = history.follow_foreign(Box::new(move |ts: &[Arc<Transition>]| {
+            lock(&queue).extend(ts.iter().cloned());
+        }));
         let mut state = State::default();
-        for t in history.since(0) {
+        for t in before {
             state.apply(&t);
         }
         let (events, _) = broadcast::channel(4096);
         let bins = crate::minutes::live(&ctx, store, config.bins_window);
+        let owned = Mutex::new(Owned::now(config.ownership.as_ref()));
         let inner = Arc::new(Inner {
             config,
             rules: RwLock::new(Arc::new(rules)),
@@ -213,9 +230,11 @@ impl AlertEngine {
             running: tokio::sync::Mutex::new(()),
             state: Mutex::new(state),
             writer: Mutex::new(()),
+            foreign,
             events,
             wake: Notify::new(),
             catch_up: std::sync::atomic::AtomicBool::new(true),
+            owned,
             last_run_us: std::sync::atomic::AtomicI64::new(0),
             runs: std::sync::atomic::AtomicU64::new(0),
             run_seconds: Mutex::new(carewatch_store::Histogram::default()),
@@ -268,6 +287,20 @@ impl AlertEngine {
     /// lead`).
     pub fn team_lead(&self, team: &str) -> Option<crate::chain::LeadConfig> {
         self.inner.config.chains.get(team)?.lead().cloned()
+    }
+
+    /// Whether this node alerts for `patient` now (always on a single node).
+    pub fn owns(&self, patient: &str) -> bool {
+        self.inner.config.ownership.owns(patient)
+    }
+
+    /// Whether this node delivers webhooks now (a single node always does; in a cluster the
+    /// owner of [`carewatch_store::lease::DELIVERY_PARTITION`]).
+    pub fn delivers_webhooks(&self) -> bool {
+        self.inner
+            .config
+            .ownership
+            .owns_partition(carewatch_store::lease::DELIVERY_PARTITION)
     }
 
     /// The history.
@@ -370,23 +403,27 @@ impl AlertEngine {
         let inner = &self.inner;
         let _running = inner.running.lock().await;
         inner.bins.advance(now);
-        let moved = self.reassign_moved(now)?;
+        let (owned, gained) = self.ownership_round();
+        let moved = self.reassign_moved(&owned, now)?;
         let rules = self.rules();
         let catch_up = inner
             .catch_up
-            .swap(false, std::sync::atomic::Ordering::SeqCst);
-        let dirty: gather::Dirty = std::mem::take(&mut *lock(&inner.dirty));
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+            || gained;
+        let mut dirty: gather::Dirty = std::mem::take(&mut *lock(&inner.dirty));
+        ownership::keep_owned_dirty(&mut dirty, &owned);
         let ids = {
             let mut sm = lock(&inner.samples);
             sm.use_rules(&rules);
             sm.take_dirty(&dirty)
         };
         let clock = std::time::Instant::now();
-        let gathered = self.gather(&rules, (&dirty, &ids), catch_up, now).await;
+        let mut gathered = self.gather(&rules, (&dirty, &ids), catch_up, now).await;
+        ownership::keep_owned_found(&mut gathered.found, &owned, &lock(&inner.samples));
         let gathered_at = self.phase(0, clock);
         let work = self.absorb(&rules, gathered.found, now);
         let absorbed_at = self.phase(1, gathered_at);
-        let committed = self.commit_run(&rules, work, now);
+        let committed = self.commit_run(&rules, work, &owned, now);
         self.phase(2, absorbed_at);
         let written = match committed {
             Ok(w) => w,

@@ -23,6 +23,26 @@ pub(super) struct Alerting {
     pub notify_task: tokio::task::JoinHandle<()>,
 }
 
+/// The alert history: the data directory's file, or in a partitioned cluster the history
+/// shared in PostgreSQL (every node knows every alert; a partition's new owner continues them).
+async fn history(c: &ServeConfig) -> Result<Arc<carewatch_alert::history::History>> {
+    use carewatch_alert::history::History;
+    let Some(url) = c
+        .postgres_url
+        .clone()
+        .filter(|_| super::leases::partitioned(c))
+    else {
+        return Ok(Arc::new(
+            History::open(&c.data_dir, false).context("opening the alert history")?,
+        ));
+    };
+    let node = c.alert_engine.ownership.node().map(str::to_owned);
+    let dir = c.data_dir.clone();
+    tokio::task::spawn_blocking(move || History::open_shared(&url, &dir, node))
+        .await?
+        .context("opening the alert history in PostgreSQL")
+}
+
 /// Starts alerting over `store`, its `alerts` and `baselines` tables registered with `engine`.
 pub(super) async fn start(
     c: &ServeConfig,
@@ -31,10 +51,7 @@ pub(super) async fn start(
     engine: &carewatch_query::QueryEngine,
     shutdown: &CancellationToken,
 ) -> Result<Alerting> {
-    let history = Arc::new(
-        carewatch_alert::history::History::open(&c.data_dir, false)
-            .context("opening the alert history")?,
-    );
+    let history = history(c).await?;
     carewatch_alert::history::register(engine.context(), history.clone())
         .map_err(|e| anyhow::anyhow!("alerts table: {e}"))?;
     let rules = carewatch_alert::rules::load(c.rules_dir.as_deref())?;
@@ -86,14 +103,16 @@ pub(super) async fn start(
         tokio::spawn(async move {
             loop {
                 match rx.recv().await {
-                    Ok(t) => {
+                    // In a cluster every node hears every transition; the patient's owner
+                    // publishes it.
+                    Ok(t) if feed.owns(&t.patient_id) => {
                         if let Some((topic, body)) =
                             carewatch_alert::notify::mqtt_message(&feed, &t)
                         {
                             let _ = out.send((topic, bytes::Bytes::from(body)));
                         }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => return,
                 }
             }

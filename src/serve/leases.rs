@@ -1,7 +1,9 @@
 //! Cluster mode (`--postgres-url`): this node's leases on the alert partitions
 //! (`carewatch_store::lease`), renewed by a thread of their own, and the metric that shows
-//! them (`carewatch_alert_partitions_owned`). Alerting does not consult them yet (see
-//! ARCHITECTURE.md, "Partitioned alerting"): every node still evaluates what it receives.
+//! them (`carewatch_alert_partitions_owned`). With shared tables (`--object-store-url`) the
+//! alert engine follows them: each node alerts for the patients of the partitions it owns
+//! (ARCHITECTURE.md, "Partitioned alerting"). Without shared tables each node sees only its
+//! own readings, so each keeps alerting for everything it receives.
 
 use std::sync::Arc;
 
@@ -10,12 +12,37 @@ use carewatch_store::lease::{self, Leases, Ownership as _};
 
 use crate::config::ServeConfig;
 
+/// How soon a cluster node persists what it buffered (unless `persist_age_secs` says
+/// otherwise): a patient's owner hears of a reading another node took one persist later.
+pub(super) const CLUSTER_PERSIST_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether alerting is partitioned: a cluster member (`--postgres-url`) on shared tables.
+pub(super) fn partitioned(c: &ServeConfig) -> bool {
+    c.postgres_url.is_some() && c.tables_url.is_some() && c.partitioned_alerting
+}
+
+/// The configuration alerting runs with: owning the leased partitions when partitioned.
+pub(super) fn partition_alerting(mut c: ServeConfig, leases: Option<&Arc<Leases>>) -> ServeConfig {
+    match leases {
+        Some(l) if partitioned(&c) => {
+            c.alert_engine.ownership = l.clone();
+            tracing::info!("cluster mode: alerting for the partitions this node leases");
+        }
+        Some(_) => tracing::warn!(
+            "cluster mode without shared tables (--object-store-url) or with partitioned_alerting = false: every node alerts for what it receives"
+        ),
+        None => {}
+    }
+    c
+}
+
 /// Starts the leases when the node is a cluster member.
 pub(super) async fn start(c: &ServeConfig) -> Result<Option<Arc<Leases>>> {
     let Some(url) = c.postgres_url.clone() else {
         return Ok(None);
     };
     let config = lease::Config::random().map_err(anyhow::Error::msg)?;
+    tracing::info!(node = %config.node, "cluster node: holding alert partition leases under this name");
     let leases = tokio::task::spawn_blocking(move || Leases::start(&url, config))
         .await?
         .context("alert partition leases in PostgreSQL")?;

@@ -61,9 +61,11 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         audit,
     )
     .map_err(|e| anyhow::anyhow!("query engine: {e}"))?;
-    let alerting = alerting::start(&c, &store, &pipeline, &engine, &shutdown).await?;
-    // Cluster mode: this node's leases on the alert partitions.
+    // Cluster mode: this node's leases on the alert partitions, which its alerting follows
+    // when the tables are shared.
     let leases = leases::start(&c).await?;
+    let c = leases::partition_alerting(c, leases.as_ref());
+    let alerting = alerting::start(&c, &store, &pipeline, &engine, &shutdown).await?;
     let web = carewatch_web::WebState::wire(
         store.clone(),
         pipeline.registry.clone(),

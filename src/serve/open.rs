@@ -20,6 +20,12 @@ pub(super) async fn store(c: &ServeConfig) -> Result<Store> {
     sc.tables_url = c.tables_url.clone();
     // Cluster members serialise their Delta commits through PostgreSQL.
     sc.postgres_url = c.postgres_url.clone();
+    // Partitioned alerting: a reading may arrive at any node, and its patient's owner learns
+    // of it from the shared tables, so nodes persist often and follow each other's commits.
+    if super::leases::partitioned(c) {
+        sc.observe_other_nodes = true;
+        sc.persist_age = super::leases::CLUSTER_PERSIST_AGE;
+    }
     if let Some(n) = c.persist_rows {
         sc.persist_rows = n;
     }

@@ -32,6 +32,10 @@ use crate::{Error, Result};
 /// The number of partitions patients hash to. Fixed: changing it moves patients.
 pub const PARTITIONS: u16 = 64;
 
+/// The partition whose owner also delivers the cluster's webhooks (one deliverer at a time,
+/// moving with the lease).
+pub const DELIVERY_PARTITION: u16 = 0;
+
 /// The partition of a patient (the first 8 bytes of SHA-256 of its id, modulo
 /// [`PARTITIONS`]): the same on every node and every version.
 pub fn partition_of(patient: &str) -> u16 {
@@ -50,6 +54,11 @@ pub trait Ownership: Send + Sync + std::fmt::Debug {
     /// Whether this node alerts for `patient` now.
     fn owns(&self, patient: &str) -> bool {
         self.owns_partition(partition_of(patient))
+    }
+    /// The node's name in the lease table, which fences its writes for its partitions
+    /// (`None`: a single node, nothing to fence).
+    fn node(&self) -> Option<&str> {
+        None
     }
 }
 
@@ -131,6 +140,7 @@ struct Held {
 /// Leases in PostgreSQL, kept by a thread of their own.
 #[derive(Debug)]
 pub struct Leases {
+    node: String,
     held: Arc<Mutex<Held>>,
     stop: Mutex<Option<mpsc::Sender<bool>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -143,6 +153,9 @@ impl Ownership for Leases {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         h.until.is_some_and(|u| Instant::now() < u) && h.parts.contains(&p)
+    }
+    fn node(&self) -> Option<&str> {
+        Some(&self.node)
     }
     fn owned(&self) -> BTreeSet<u16> {
         let h = self
@@ -164,12 +177,14 @@ impl Leases {
         let held = Arc::new(Mutex::new(Held::default()));
         round(&mut client, &config, &held)?;
         let (stop, stopped) = mpsc::channel::<bool>();
+        let node = config.node.clone();
         let (url, h) = (url.to_owned(), held.clone());
         let thread = std::thread::Builder::new()
             .name("alert-leases".into())
             .spawn(move || keep(url, client, config, h, stopped))
             .map_err(|e| Error::Io(format!("alert leases thread: {e}")))?;
         Ok(Leases {
+            node,
             held,
             stop: Mutex::new(Some(stop)),
             thread: Mutex::new(Some(thread)),

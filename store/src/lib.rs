@@ -31,6 +31,7 @@ pub mod codec;
 pub mod dead;
 pub mod lease;
 pub mod registry;
+pub mod shared_log;
 pub mod tables;
 pub mod wal;
 

@@ -179,3 +179,39 @@ async fn wait_until_files(s: &Store, want: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A node whose own persist commits after another node's commit (its commit catches up over
+/// it, before any tick followed) still hears of the other node's rows. The alert engine of the
+/// rows' owner missed them (tests/cluster_alerts.rs) when the catch-up happened inside a
+/// persist: the tick then found nothing new to follow.
+#[tokio::test]
+async fn a_persist_that_catches_up_over_another_nodes_commit_tells_its_rows() {
+    use std::sync::{Arc, Mutex};
+    let t = tempfile::tempdir().expect("tmp");
+    let tables = t.path().join("tables");
+    std::fs::create_dir_all(&tables).expect("mkdir");
+    let a = Store::open(config(&t.path().join("a"), &tables))
+        .await
+        .expect("open a");
+    let mut cb = config(&t.path().join("b"), &tables);
+    cb.observe_other_nodes = true;
+    cb.tick = Duration::from_secs(3600); // no following but through its own commits
+    let b = Store::open(cb).await.expect("open b");
+    let heard: Arc<Mutex<Vec<String>>> = Arc::default();
+    let h = heard.clone();
+    b.observe_appends(Arc::new(move |sum: &carewatch_store::AppendSummary| {
+        let mut h = h.lock().expect("lock");
+        h.extend(sum.patients.iter().map(|(p, _, _)| p.clone()));
+    }));
+
+    a.append(rows("a", 0, 10), vec![]).await.expect("append a");
+    a.persist().await.expect("persist a");
+    b.append(rows("b", 0, 3), vec![]).await.expect("append b");
+    b.persist().await.expect("persist b");
+    assert_eq!(count(&b).await, 13, "b's snapshot has a's file");
+    assert_eq!(
+        heard.lock().expect("lock").clone(),
+        ["p-b", "p-a"],
+        "b hears its own append, then a's persisted rows"
+    );
+}

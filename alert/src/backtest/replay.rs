@@ -137,7 +137,7 @@ pub(crate) fn replay(
         }
         let idle = work.is_empty() && st.alerts.values().all(|a| a.status == Status::Resolved);
         if !idle {
-            let mut change = plan(&st, rules, config, work, now);
+            let mut change = plan(&st, rules, config, work, &|_| true, now);
             change.retire_before = Some(now.saturating_sub(horizon));
             let written = number(&mut out, change.out);
             st.apply_change(

@@ -33,7 +33,25 @@ pub(crate) struct Change {
 impl AlertEngine {
     /// Becomes the only writer until the guard is dropped.
     pub(super) fn writer(&self) -> Writer<'_> {
-        Writer(lock(&self.inner.writer))
+        let w = Writer(lock(&self.inner.writer));
+        self.take_foreign();
+        w
+    }
+
+    /// Applies what other nodes wrote (a cluster's shared history) and tells this node's
+    /// feeds; a writer decides from the alerts as everyone left them.
+    fn take_foreign(&self) {
+        let ts = std::mem::take(&mut *lock(&self.inner.foreign));
+        if ts.is_empty() {
+            return;
+        }
+        {
+            let mut st = lock(&self.inner.state);
+            for t in &ts {
+                st.apply(t);
+            }
+        }
+        self.publish(ts);
     }
 
     /// Writes `change`'s transitions durably, then applies the change. Nothing is applied when
@@ -61,6 +79,7 @@ impl AlertEngine {
         &self,
         rules: &[Rule],
         work: Vec<Work>,
+        owned: &super::Owned,
         now: i64,
     ) -> std::io::Result<Vec<Arc<Transition>>> {
         // The registry is read before the state lock is taken, never under it.
@@ -77,6 +96,7 @@ impl AlertEngine {
             rules,
             &self.inner.config,
             work,
+            &|p| owned.owns(p),
             now,
         );
         let horizon = self.inner.config.resolved_horizon.as_micros() as i64;

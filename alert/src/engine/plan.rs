@@ -23,16 +23,17 @@ use super::samples::Work;
 use super::state::{Current, State, fingerprint};
 
 /// The change one run makes: `work` reconciled (each with its patient's team now), then the
-/// clock's due work at `now`.
+/// clock's due work at `now` — both only for the patients this node alerts for (`mine`).
 pub(crate) fn plan(
     st: &State,
     rules: &[Rule],
     config: &Config,
     work: Vec<(Work, Option<String>)>,
+    mine: &dyn Fn(&str) -> bool,
     now: i64,
 ) -> Change {
     let mut change = Change::default();
-    for (w, team) in work {
+    for (w, team) in work.into_iter().filter(|(w, _)| mine(&w.patient)) {
         let rule = &rules[w.rule];
         let alerts = st.of_key(&(rule.id.clone(), w.patient.clone()));
         let retired = w
@@ -59,8 +60,9 @@ pub(crate) fn plan(
     let changed: HashSet<String> = change.out.iter().map(|t| t.alert_id.clone()).collect();
     let mut ids: Vec<&String> = st
         .alerts
-        .keys()
-        .filter(|id| !changed.contains(*id))
+        .iter()
+        .filter(|(id, a)| !changed.contains(*id) && mine(&a.patient_id))
+        .map(|(id, _)| id)
         .collect();
     ids.sort();
     for id in ids {

@@ -142,7 +142,7 @@ impl AlertEngine {
 
     /// Writes a `reassigned` transition for every open alert whose patient moved to another
     /// team (or lost theirs) since; returns how many. Called at the start of each run.
-    pub(super) fn reassign_moved(&self, now: i64) -> Result<usize, String> {
+    pub(super) fn reassign_moved(&self, owned: &super::Owned, now: i64) -> Result<usize, String> {
         let open: Vec<(String, String)> = lock(&self.inner.state)
             .alerts
             .values()
@@ -150,7 +150,7 @@ impl AlertEngine {
                 matches!(
                     a.status,
                     Status::Firing | Status::Acknowledged | Status::Snoozed
-                )
+                ) && owned.owns(&a.patient_id)
             })
             .map(|a| (a.alert_id.clone(), a.patient_id.clone()))
             .collect();

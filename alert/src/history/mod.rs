@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::rules::{Level, Severity};
 
+mod shared;
 mod table;
+pub use shared::ForeignListener;
 pub use table::{AlertsTable, register};
 
 /// Where an alert is in its life.
@@ -193,12 +195,14 @@ fn parse_line(line: &[u8]) -> Option<Transition> {
     Some(t)
 }
 
-/// The history file and its rows in memory.
+/// The history file (or, in a cluster, the shared log: [`History::open_shared`]) and its rows
+/// in memory.
 #[derive(Debug)]
 pub struct History {
     path: PathBuf,
     file: Mutex<Option<std::fs::File>>,
     rows: RwLock<Vec<Arc<Transition>>>,
+    shared: Option<shared::Shared>,
 }
 
 impl History {
@@ -253,6 +257,7 @@ impl History {
             path,
             file: Mutex::new(file),
             rows: RwLock::new(rows),
+            shared: None,
         })
     }
 
@@ -265,6 +270,9 @@ impl History {
     pub fn append(&self, mut ts: Vec<Transition>) -> std::io::Result<Vec<Arc<Transition>>> {
         if ts.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(s) = &self.shared {
+            return self.append_shared(s, ts);
         }
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let Some(f) = file.as_mut() else {

@@ -5,16 +5,16 @@
 //! is reported once (per failure stretch) to the escalation receiver.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use super::gauges::{Counters, Gauge, ReceiverKind};
+use super::positions::{Position, offset_file, position_name};
 use super::{Routes, payload, routed};
 use crate::chain::Chains;
 use crate::engine::AlertEngine;
@@ -23,7 +23,7 @@ use crate::history::{Event, History, Status, Transition};
 /// One receiver: a URL and what is routed to it (a URL configured twice is one receiver).
 #[derive(Debug, Clone)]
 pub(super) struct Receiver {
-    url: String,
+    pub(super) url: String,
     pub(super) kind: ReceiverKind,
     global: bool,
     teams: Vec<String>,
@@ -104,23 +104,65 @@ struct Failing {
     reported: bool,
 }
 
-/// Delivers to one receiver until shutdown.
+/// Delivers to one receiver until shutdown (a single node's history).
 pub(super) async fn receiver_loop(ctx: Ctx, r: Receiver, start: u64) {
+    let file = offset_file(ctx.engine.history().path(), &r);
+    walk(&ctx, &r, start, &Position::File(file)).await;
+}
+
+/// Delivers to one receiver until shutdown, while this node is the cluster's deliverer
+/// (`Engine::delivers_webhooks`): it waits for the role, starts from the shared position, and
+/// waits again when it loses the role (a position it could not save says so).
+pub(super) async fn shared_receiver_loop(ctx: Ctx, r: Receiver) {
+    let name = position_name(&r);
+    loop {
+        while !ctx.engine.delivers_webhooks() {
+            tokio::select! {
+                () = ctx.shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        let (h, n) = (ctx.engine.history().clone(), name.clone());
+        let start = match tokio::task::spawn_blocking(move || h.shared_position(&n)).await {
+            Ok(Ok(Some((Some(p), _)))) => p,
+            // A receiver added to a running cluster hears only of new transitions.
+            Ok(Ok(Some((None, true)))) => ctx.engine.history().len() as u64,
+            Ok(Ok(_)) => 0,
+            _ => {
+                tracing::warn!("webhook position not readable in PostgreSQL; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        tracing::info!("delivering the cluster's webhooks");
+        if !walk(&ctx, &r, start, &Position::Shared(name.clone())).await {
+            return;
+        }
+    }
+}
+
+/// Walks the history from `start`, delivering and saving the position: `false` on shutdown,
+/// `true` when this node lost the deliverer's role.
+async fn walk(ctx: &Ctx, r: &Receiver, start: u64, position: &Position) -> bool {
     let history = ctx.engine.history().clone();
-    let file = offset_file(history.path(), &r);
     let mut pos = start;
     let mut saved = pos;
     let mut failing = Failing::default();
     loop {
+        if !ctx.engine.delivers_webhooks() {
+            return true;
+        }
         let batch = history.since(pos);
         if batch.is_empty() {
             ctx.gauge.oldest_undelivered_us.store(0, Ordering::Relaxed);
             if saved != pos {
-                save_offset(file.clone(), pos).await;
+                if !position.save(ctx, pos).await {
+                    return true;
+                }
                 saved = pos;
             }
             tokio::select! {
-                () = ctx.shutdown.cancelled() => return,
+                () = ctx.shutdown.cancelled() => return false,
                 () = ctx.engine.written().notified() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
@@ -128,16 +170,18 @@ pub(super) async fn receiver_loop(ctx: Ctx, r: Receiver, start: u64) {
         }
         for t in batch {
             pos = t.seq + 1;
-            let Some(t) = route(&ctx.engine, &ctx.routes.chains, &r, &t) else {
+            let Some(t) = route(&ctx.engine, &ctx.routes.chains, r, &t) else {
                 continue;
             };
             ctx.gauge
                 .oldest_undelivered_us
                 .store(t.at_us.max(1), Ordering::Relaxed);
-            if !deliver_one(&ctx, &r, &history, &t, &mut failing).await {
-                return;
+            if !deliver_one(ctx, r, &history, &t, &mut failing).await {
+                return false;
             }
-            save_offset(file.clone(), pos).await;
+            if !position.save(ctx, pos).await {
+                return true;
+            }
             saved = pos;
         }
     }
@@ -287,7 +331,7 @@ pub(super) fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex(&m.finalize().into_bytes()))
 }
 
-fn hex(b: &[u8]) -> String {
+pub(super) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -329,65 +373,6 @@ pub(super) async fn post_notice(
     post(client, &r, body).await
 }
 
-/// `alerts/webhook.<kind>-<hash of the URL>.offset` (no URL or team name in the name).
-fn offset_file(history: &Path, r: &Receiver) -> PathBuf {
-    let h = hex(&Sha256::digest(r.url.as_bytes()));
-    history.with_file_name(format!("webhook.{}-{}.offset", r.kind.as_str(), &h[..16]))
-}
-
-fn read_offset(p: &Path) -> Option<u64> {
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
-}
-
-/// Each receiver's starting position: its own file; else, on the first start with
-/// per-receiver positions, the old shared `alerts/webhook.offset` (0 without it); else (a
-/// receiver added to a running deployment) the end of the history, as before, when one shared
-/// position made a new receiver hear only of new transitions. Blocking: call off the workers.
-pub(super) fn start_positions(history: &Path, receivers: &[Receiver], end: u64) -> Vec<u64> {
-    let own: Vec<Option<u64>> = receivers
-        .iter()
-        .map(|r| read_offset(&offset_file(history, r)))
-        .collect();
-    let upgraded = std::fs::read_dir(history.with_file_name(""))
-        .map(|d| {
-            d.flatten().any(|e| {
-                let n = e.file_name();
-                let n = n.to_string_lossy();
-                n.starts_with("webhook.") && n.ends_with(".offset") && n != "webhook.offset"
-            })
-        })
-        .unwrap_or(false);
-    let seed = if upgraded {
-        end
-    } else {
-        read_offset(&history.with_file_name("webhook.offset")).unwrap_or(0)
-    };
-    // Written at once, so that a restart before a receiver's first delivery still finds it.
-    for (r, o) in receivers.iter().zip(&own) {
-        if o.is_none() && write_offset(&offset_file(history, r), seed).is_err() {
-            tracing::warn!("webhook position not saved");
-        }
-    }
-    own.into_iter().map(|o| o.unwrap_or(seed)).collect()
-}
-
-fn write_offset(p: &Path, n: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = p.with_extension("offset.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(n.to_string().as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, p)
-}
-
-/// Writes the position durably (temp file, fsync, rename) on the blocking pool.
-async fn save_offset(p: PathBuf, n: u64) {
-    let r = tokio::task::spawn_blocking(move || write_offset(&p, n)).await;
-    if !matches!(r, Ok(Ok(()))) {
-        tracing::warn!("webhook position not saved");
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::expect_used)]
 mod tests {
@@ -399,30 +384,6 @@ mod tests {
             signature("Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
-    }
-
-    #[test]
-    fn the_old_shared_offset_seeds_every_receiver_once() {
-        let routes = Routes {
-            webhook_url: Some("http://a/".into()),
-            escalation_url: Some("http://c/".into()),
-            ..Routes::default()
-        };
-        let r = receivers(&routes);
-        let dir = tempfile::tempdir().expect("tmp");
-        let h = dir.path().join("history.jsonl");
-        assert_eq!(start_positions(&h, &r, 9), [0, 0], "fresh: from the start");
-        // Upgrade: the old shared position seeds both, and is written at once.
-        let dir = tempfile::tempdir().expect("tmp");
-        let h = dir.path().join("history.jsonl");
-        std::fs::write(dir.path().join("webhook.offset"), "5").expect("write");
-        assert_eq!(start_positions(&h, &r, 9), [5, 5], "upgrade");
-        // One receiver delivered, the other not yet; a restart: both keep their place.
-        std::fs::write(offset_file(&h, &r[0]), "7").expect("write");
-        assert_eq!(start_positions(&h, &r, 9), [7, 5], "restart mid-upgrade");
-        // A receiver added to a running deployment starts at the end.
-        std::fs::remove_file(offset_file(&h, &r[1])).expect("rm");
-        assert_eq!(start_positions(&h, &r, 9), [7, 9], "added later");
     }
 
     #[test]

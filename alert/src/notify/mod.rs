@@ -5,7 +5,9 @@
 //! receiver. Each receiver (URL) has its own task and its own durable position
 //! (`alerts/webhook.<kind>-<hash>.offset`, seeded from the old shared `alerts/webhook.offset`),
 //! so a dead receiver never delays another; see [`deliver`]. A restart re-sends at most the
-//! transition in flight (receivers de-duplicate on `fingerprint` + `seq`).
+//! transition in flight (receivers de-duplicate on `fingerprint` + `seq`). In a cluster (a
+//! shared history) one node delivers at a time — the owner of partition 0 — from positions
+//! kept in PostgreSQL; when it dies the next owner continues from there.
 //!
 //! The body carries our fields and, beside them, an Adaptive Card (`type: message`,
 //! `attachments`) that a Microsoft Teams workflow or a Power Automate "When an HTTP request is
@@ -24,6 +26,7 @@ use std::collections::BTreeMap;
 mod deliver;
 mod gauges;
 mod notice;
+mod positions;
 
 pub use notice::notify_lead;
 
@@ -195,11 +198,15 @@ pub async fn run(
         }
     };
     let history = engine.history().clone();
+    let shared = history.is_shared();
     let (path, rs, end) = (history.path().to_owned(), receivers.clone(), history.len());
-    let starts =
-        tokio::task::spawn_blocking(move || deliver::start_positions(&path, &rs, end as u64))
+    let starts = if shared {
+        vec![0; receivers.len()]
+    } else {
+        tokio::task::spawn_blocking(move || positions::start_positions(&path, &rs, end as u64))
             .await
-            .unwrap_or_default();
+            .unwrap_or_default()
+    };
     let escalation = receivers.iter().find(|r| r.escalation).cloned();
     let mut tasks = tokio::task::JoinSet::new();
     for (r, start) in receivers.into_iter().zip(starts) {
@@ -212,7 +219,11 @@ pub async fn run(
             gauge: counters.gauge(r.kind),
             shutdown: shutdown.clone(),
         };
-        tasks.spawn(deliver::receiver_loop(ctx, r, start));
+        if shared {
+            tasks.spawn(deliver::shared_receiver_loop(ctx, r));
+        } else {
+            tasks.spawn(deliver::receiver_loop(ctx, r, start));
+        }
     }
     while tasks.join_next().await.is_some() {}
 }

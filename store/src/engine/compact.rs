@@ -167,20 +167,12 @@ async fn compact_day(inner: &Inner, inputs: Vec<FileMeta>) -> Result<()> {
     sync_log(inner, log_file).await;
     let files = log.files();
     let mut st = lock(&inner.state);
-    replace_files(&mut st, table, files);
+    super::follow::take_files(inner, &mut st, table, files);
     let grace = Instant::now() + inner.config.delete_grace;
     st.graveyard
         .extend(inputs.iter().map(|f| (grace, f.path.clone())));
     st.stats.compactions += 1;
     Ok(())
-}
-
-/// A table's files in the state become its snapshot's.
-fn replace_files(st: &mut super::State, table: Table, files: Vec<FileMeta>) {
-    st.files.retain(|f| f.table != table);
-    st.files.extend(files);
-    st.files
-        .sort_by(|a, b| (a.table, &a.date, a.wal_first).cmp(&(b.table, &b.date, b.wal_first)));
 }
 
 /// Retention: one commit per table removes the days before `cutoff_date`; the files wait
@@ -209,7 +201,7 @@ pub(super) async fn retain(inner: &Inner, cutoff_date: &str) -> Result<usize> {
         sync_log(inner, log_file).await;
         let files = log.files();
         let mut st = lock(&inner.state);
-        replace_files(&mut st, table, files);
+        super::follow::take_files(inner, &mut st, table, files);
         let grace = Instant::now() + inner.config.delete_grace;
         n += gone.len();
         st.graveyard
@@ -225,7 +217,6 @@ async fn follow(inner: &Inner) -> Result<()> {
     if inner.config.tables_url.is_none() {
         return Ok(());
     }
-    let mut told = Vec::new();
     {
         let _g = inner.persist_lock.lock().await;
         let mut deltas = inner.deltas.lock().await;
@@ -233,19 +224,12 @@ async fn follow(inner: &Inner) -> Result<()> {
             if log.refresh().await? {
                 let files = log.files();
                 let mut st = lock(&inner.state);
-                let before: Vec<FileMeta> = st
-                    .files
-                    .iter()
-                    .filter(|f| f.table == *table)
-                    .cloned()
-                    .collect();
-                told.extend(super::follow::others_new(inner, *table, &before, &files));
-                replace_files(&mut st, *table, files);
+                super::follow::take_files(inner, &mut st, *table, files);
             }
         }
     }
     // Outside the locks: reading the files waits on the object store.
-    super::follow::tell(inner, told).await
+    super::follow::tell_untold(inner).await
 }
 
 /// Deletes the files whose grace period is over.

@@ -29,12 +29,7 @@ fn merged(path: &ObjPath) -> bool {
 }
 
 /// Files of `now` not in `before` that another node's persist wrote to `observations`.
-pub(super) fn others_new(
-    inner: &Inner,
-    table: Table,
-    before: &[FileMeta],
-    now: &[FileMeta],
-) -> Vec<ObjPath> {
+fn others_new(inner: &Inner, table: Table, before: &[FileMeta], now: &[FileMeta]) -> Vec<ObjPath> {
     if !inner.config.observe_other_nodes || table != Table::Observations {
         return Vec::new();
     }
@@ -45,8 +40,34 @@ pub(super) fn others_new(
         .collect()
 }
 
+/// A table's files in the state become its snapshot's (after any commit or refresh); the
+/// files other nodes' persists added meanwhile wait in `untold` for [`tell_untold`]. Every
+/// path that moves the snapshot goes through here: a commit of this node's that caught up over
+/// others' commits brings their files in too, and the next refresh finds nothing new.
+pub(super) fn take_files(inner: &Inner, st: &mut super::State, table: Table, files: Vec<FileMeta>) {
+    let before: Vec<FileMeta> = st
+        .files
+        .iter()
+        .filter(|f| f.table == table)
+        .cloned()
+        .collect();
+    let told = others_new(inner, table, &before, &files);
+    st.untold.extend(told);
+    st.files.retain(|f| f.table != table);
+    st.files.extend(files);
+    st.files
+        .sort_by(|a, b| (a.table, &a.date, a.wal_first).cmp(&(b.table, &b.date, b.wal_first)));
+}
+
+/// Tells the observers of the files [`take_files`] set aside. Call it with no lock held:
+/// reading the files waits on the object store.
+pub(super) async fn tell_untold(inner: &Inner) -> Result<()> {
+    let files = std::mem::take(&mut super::lock(&inner.state).untold);
+    tell(inner, files).await
+}
+
 /// Reads the files and tells the observers, one summary per file.
-pub(super) async fn tell(inner: &Inner, files: Vec<ObjPath>) -> Result<()> {
+async fn tell(inner: &Inner, files: Vec<ObjPath>) -> Result<()> {
     for path in files {
         // A file removed and vacuumed meanwhile (another node's compaction) is skipped: its
         // rows are in the merge, which the alert engine's catch-up reads.

@@ -75,6 +75,9 @@ struct State {
     leftovers: Vec<ObjPath>,
     /// Replaced files still readable until the instant, then deleted.
     graveyard: Vec<(Instant, ObjPath)>,
+    /// Other nodes' new files the snapshot took in, not yet told to the observers
+    /// ([`follow`]).
+    untold: Vec<ObjPath>,
     stats: StoreStats,
 }
 

@@ -274,10 +274,7 @@ async fn commit_tables(inner: &Inner, files: Vec<NewFile>, closed: u64) -> Resul
         durable &= sync_log(inner, log_file).await;
         let files = log.files();
         let mut st = lock(&inner.state);
-        st.files.retain(|f| f.table != table);
-        st.files.extend(files);
-        st.files
-            .sort_by(|a, b| (a.table, &a.date, a.wal_first).cmp(&(b.table, &b.date, b.wal_first)));
+        super::follow::take_files(inner, &mut st, table, files);
         let (mut rows, mut bytes) = (0, 0);
         st.chunks.retain(|c| {
             let keep = c.table != table || c.segment > closed;
@@ -312,7 +309,12 @@ pub(super) async fn persist(inner: &Inner) -> Result<usize> {
     let plan = encode(by_table, inner.config.row_group_rows).await?;
     let files = write_files(inner, plan, first, closed).await?;
     let n = files.len();
-    let durable = commit_tables(inner, files, closed).await?;
+    let durable = commit_tables(inner, files, closed).await;
+    // Other nodes' files this commit caught up over (read with no lock but the persist's).
+    if let Err(e) = super::follow::tell_untold(inner).await {
+        tracing::warn!(error = %e, "telling other nodes' rows failed");
+    }
+    let durable = durable?;
     {
         let mut st = lock(&inner.state);
         st.stats.persists += 1;
