@@ -8,11 +8,10 @@
 //! arrived meanwhile. The same happens to every rule's ranges when the run cannot be committed.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use crate::episodes::Sample;
-use crate::minutes::Scope;
 use crate::rules::{Params, Rule};
 
 use super::series::{Pid, Series};
@@ -128,7 +127,7 @@ fn with_carried<'a>(carried: &[Span], members: Cow<'a, Members>) -> Cow<'a, Memb
         return members;
     }
     let mut out: Vec<Span> = carried.to_vec();
-    let at: HashMap<Pid, usize> = out.iter().enumerate().map(|(k, m)| (m.0, k)).collect();
+    let at: foldhash::HashMap<Pid, usize> = out.iter().enumerate().map(|(k, m)| (m.0, k)).collect();
     for &(p, a, z) in members.iter() {
         match at.get(&p) {
             Some(&k) => (out[k].1, out[k].2) = (out[k].1.min(a), out[k].2.max(z)),
@@ -379,17 +378,18 @@ impl AlertEngine {
         let from = members.iter().map(|m| m.1).min().unwrap_or(0) - back;
         let to = members.iter().map(|m| m.2).max().unwrap_or(0);
         let ids: Vec<Pid> = members.iter().map(|m| m.0).collect();
-        let names: Vec<std::sync::Arc<str>> = {
-            let sm = lock(&self.inner.samples);
-            ids.iter().map(|p| sm.name(*p).clone()).collect()
-        };
         // Many patients: an open scope the bins read by (an `IN` list that long would cost more
         // to plan than the query); its guard lives until the query has run.
-        let (scope, _guard) = if names.len() <= IN_LIST_MAX {
+        let (scope, _guard) = if ids.len() <= IN_LIST_MAX {
+            let names: Vec<std::sync::Arc<str>> = {
+                let sm = lock(&self.inner.samples);
+                ids.iter().map(|p| sm.name(*p).clone()).collect()
+            };
             let names: Vec<&str> = names.iter().map(|s| &**s).collect();
             (scope_sql(from, to, Some(&names)), None)
         } else {
-            let g = self.inner.bins.open_scope(Scope::new(names));
+            let shared = lock(&self.inner.samples).scope_of(&ids);
+            let g = self.inner.bins.open_shared_scope(shared);
             (
                 format!("{} AND {}", scope_sql(from, to, None), g.sql()),
                 Some(g),
@@ -398,7 +398,7 @@ impl AlertEngine {
         let sql = rule.render(params, &scope)?;
         let err = |e: String| format!("rule {}: {e}", rule.id);
         let batches = rule_batches(&self.inner.ctx, &sql).await.map_err(err)?;
-        let set: HashSet<Pid> = ids.iter().copied().collect();
+        let set: foldhash::HashSet<Pid> = ids.iter().copied().collect();
         let sm = lock(&self.inner.samples);
         let mut rows = Vec::new();
         for_each_row(&batches, |p, t, s| {

@@ -13,7 +13,7 @@
 //! reused: a restart would not have its samples either (the catch-up reaches back at most that
 //! far). One with an open alert is kept, so that its data coming back resolves it as before.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::episodes::Sample;
@@ -98,7 +98,7 @@ impl Series {
 /// clears the series).
 #[derive(Debug, Default)]
 pub(super) struct Samples {
-    ids: HashMap<Arc<str>, Pid>,
+    ids: foldhash::HashMap<Arc<str>, Pid>,
     names: Vec<Arc<str>>,
     free: Vec<Pid>,
     /// Per patient id: the newest effective time seen (`None`: a free id).
@@ -117,6 +117,10 @@ pub(super) struct Samples {
     /// At most this many patients' closed buckets are read per rule and run (`None`:
     /// [`CARRY_LIMIT`]).
     limit: Option<usize>,
+    /// The last scope made for a query of many patients, by their ids: the spot rules of one
+    /// run query the same dirty set (ids stay a patient's until it is forgotten, which clears
+    /// this).
+    scope: Option<(Vec<Pid>, Arc<crate::minutes::Scope>)>,
 }
 
 /// Patients whose closed buckets one run reads per contiguous or absence rule; the others
@@ -148,6 +152,7 @@ impl Samples {
         self.rules = None;
         self.series.clear();
         self.carried.clear();
+        self.scope = None;
     }
 
     /// The patients carried for rule `rule` (taken: a run reads them or carries them again).
@@ -172,6 +177,20 @@ impl Samples {
     /// Patients carried over every rule.
     pub(super) fn carried(&self) -> usize {
         self.carried.iter().map(Vec::len).sum()
+    }
+
+    /// The scope of patients `ids` (made once for the same ids in a row).
+    pub(super) fn scope_of(&mut self, ids: &[Pid]) -> Arc<crate::minutes::Scope> {
+        if let Some((k, s)) = &self.scope
+            && k.as_slice() == ids
+        {
+            return s.clone();
+        }
+        let s = Arc::new(crate::minutes::Scope::new(
+            ids.iter().map(|p| self.names[*p as usize].clone()),
+        ));
+        self.scope = Some((ids.to_vec(), s.clone()));
+        s
     }
 
     /// How many patients' closed buckets a run reads per rule.
@@ -290,7 +309,8 @@ impl Samples {
         if ids.is_empty() {
             return;
         }
-        let gone: std::collections::HashSet<Pid> = ids.iter().copied().collect();
+        self.scope = None;
+        let gone: foldhash::HashSet<Pid> = ids.iter().copied().collect();
         for c in &mut self.carried {
             c.retain(|m| !gone.contains(&m.0));
         }

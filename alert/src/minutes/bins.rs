@@ -5,11 +5,13 @@
 //! code or the scope's patients, whichever is fewer, and within a patient a binary search of the
 //! minute range — no string compares on codes, no walk over every patient for a rare vital.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use carewatch_store::AppendSummary;
+use foldhash::{HashMap, HashSet};
 
 use super::scope::Scope;
 use super::{Bin, MINUTE_US, minute_of};
@@ -106,7 +108,7 @@ impl Shard {
                 codes.push((code, VecDeque::new()));
                 if self.holders.len() <= usize::from(code) {
                     self.holders
-                        .resize_with(usize::from(code) + 1, HashSet::new);
+                        .resize_with(usize::from(code) + 1, HashSet::default);
                 }
                 self.holders[usize::from(code)].insert(i);
                 codes.len() - 1
@@ -184,10 +186,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The shard of patient `p`.
 pub(super) fn shard_of(p: &str) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    p.hash(&mut h);
-    (h.finish() as usize) % SHARDS
+    (foldhash::fast::FixedState::with_seed(0x5eed).hash_one(p) as usize) % SHARDS
 }
 
 /// Minutes since the epoch of minute start `t`, clamped to the slots' range.

@@ -4,7 +4,6 @@
 //! takes that filter as exact (it reads only the scope's patients, from memory and from
 //! history alike), and any other table a rule reads evaluates the function per row.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -13,6 +12,7 @@ use arrow_schema::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{ColumnarValue, Expr, Volatility, create_udf};
+use foldhash::{HashSet, HashSetExt};
 
 use super::MinuteBins;
 use super::bins::{SHARDS, lock, shard_of};
@@ -30,8 +30,9 @@ pub struct Scope {
 impl Scope {
     /// The scope of `names` (duplicates collapse).
     pub fn new(names: impl IntoIterator<Item = Arc<str>>) -> Scope {
+        let names = names.into_iter();
         let mut s = Scope {
-            set: HashSet::new(),
+            set: HashSet::with_capacity(names.size_hint().0),
             by_shard: vec![Vec::new(); SHARDS],
         };
         for n in names {
@@ -91,8 +92,13 @@ impl Drop for ScopeGuard {
 impl MinuteBins {
     /// Opens `scope` for the rules' queries until the guard is dropped.
     pub fn open_scope(self: &Arc<Self>, scope: Scope) -> ScopeGuard {
+        self.open_shared_scope(Arc::new(scope))
+    }
+
+    /// [`MinuteBins::open_scope`] for a scope shared by several queries.
+    pub fn open_shared_scope(self: &Arc<Self>, scope: Arc<Scope>) -> ScopeGuard {
         let id = self.next_scope.fetch_add(1, Ordering::Relaxed);
-        lock(&self.scopes).insert(id, Arc::new(scope));
+        lock(&self.scopes).insert(id, scope);
         ScopeGuard {
             bins: self.clone(),
             id,
