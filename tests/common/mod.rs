@@ -8,8 +8,11 @@ use std::time::{Duration, Instant};
 
 use carewatch_store::{Config, Store, Table};
 
+mod delta;
 mod logs;
 mod webhook;
+#[allow(unused_imports)] // the cluster tests read the Delta table
+pub use delta::{S3, delta_counts, read_counts};
 pub use logs::*;
 #[allow(unused_imports)] // not every test delivers alerts
 pub use webhook::Webhook;

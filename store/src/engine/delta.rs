@@ -347,6 +347,9 @@ impl DeltaLog {
         }
         let nonce = nonce()?;
         let held = self.lock().await?;
+        if held.is_some() && !removes.is_empty() {
+            self.removes_still_live(removes).await?;
+        }
         let post = self.write(op, adds, removes, wal, &nonce).await?;
         let version = post.version;
         if let Some(h) = held
@@ -378,6 +381,27 @@ impl DeltaLog {
             }
         }
         Ok(log)
+    }
+
+    /// Cluster mode, under the commit lock: every file to remove is still in the latest
+    /// snapshot. deltalake does not count two removes of one file as a conflict when both are
+    /// `dataChange: false`, so two nodes compacting the same day would both commit their
+    /// merges and every row of the day would be in the table twice
+    /// (`store/tests/cluster_commits.rs`). A file already removed by another node's commit
+    /// refuses this one (nothing committed; the snapshot is reloaded on the next refresh, which
+    /// then reports it moved).
+    async fn removes_still_live(&mut self, removes: &[FileMeta]) -> Result<()> {
+        self.refresh().await?;
+        let live: std::collections::HashSet<ObjPath> =
+            self.files().into_iter().map(|f| f.path).collect();
+        if removes.iter().all(|f| live.contains(&f.path)) {
+            return Ok(());
+        }
+        self.stale = true;
+        Err(delta(format!(
+            "table {}: another node removed a file this commit removes (a concurrent compaction or retention); not committed",
+            self.table.name()
+        )))
     }
 
     /// Writes the commit's log entry (deltalake finds the latest version, checks conflicts
