@@ -65,6 +65,9 @@ pub enum Refusal {
     Conflict,
     /// The writer's node does not own a partition it wrote for.
     NotOwner,
+    /// An entry another node appended does not read (the writer's `readable` says no): the
+    /// writer cannot know what it decides from.
+    Unreadable,
 }
 
 /// What an append found and did.
@@ -123,7 +126,13 @@ impl SharedLog {
 
     /// Appends `entries` at `from` (the writer has read everything before it) as node `node`
     /// (`None`: no fencing, a single writer). Blocking.
-    pub fn append(&self, from: u64, entries: &[Entry], node: Option<&str>) -> Result<Appended> {
+    pub fn append(
+        &self,
+        from: u64,
+        entries: &[Entry],
+        node: Option<&str>,
+        readable: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<Appended> {
         self.with(|c| {
             let mut tx = c.transaction().map_err(pg_err)?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_KEY])
@@ -133,7 +142,11 @@ impl SharedLog {
                 foreign,
                 refused: None,
             };
-            out.refused = refusal(&mut tx, &out.foreign, entries, node)?;
+            out.refused = if out.foreign.iter().all(|(_, b)| readable(b)) {
+                refusal(&mut tx, &out.foreign, entries, node)?
+            } else {
+                Some(Refusal::Unreadable)
+            };
             if out.refused.is_some() || entries.is_empty() {
                 return Ok(out);
             }

@@ -18,6 +18,9 @@ use super::{History, Transition, parse_line};
 /// Told of transitions other nodes wrote, in history order.
 pub type ForeignListener = Box<dyn Fn(&[Arc<Transition>]) + Send + Sync>;
 
+/// Entries read per query (a node opening a long history reads it in such steps).
+const READ_AT_ONCE: i64 = 10_000;
+
 /// How often a node reads what the others appended.
 const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 
@@ -119,37 +122,49 @@ impl History {
     fn follow_once(&self) -> carewatch_store::Result<()> {
         let Some(s) = &self.shared else { return Ok(()) };
         let _g = lock(&s.sync);
-        let from = self.len() as u64;
-        let found = s.log.read_from(from, 10_000)?;
-        self.take_foreign(s, found);
-        Ok(())
+        loop {
+            let from = self.len() as u64;
+            let found = s.log.read_from(from, READ_AT_ONCE)?;
+            let more = found.len() as i64 == READ_AT_ONCE;
+            self.take_foreign(s, found)?;
+            if !more {
+                return Ok(());
+            }
+        }
     }
 
-    /// Adds other nodes' entries to the rows (a body that does not parse is kept as a gap
-    /// would not be: skipped with a warning) and tells the listeners. Under `sync`.
-    fn take_foreign(&self, s: &Shared, found: Vec<(u64, Vec<u8>)>) {
-        if found.is_empty() {
-            return;
-        }
+    /// Adds other nodes' entries to the rows and tells the listeners. Under `sync`. An entry
+    /// that does not parse (a newer version's?) stops it there: the rows stay numbered as the
+    /// log is, and following resumes once a node that reads it runs.
+    fn take_foreign(&self, s: &Shared, found: Vec<(u64, Vec<u8>)>) -> carewatch_store::Result<()> {
         let mut ts = Vec::with_capacity(found.len());
+        let mut bad = None;
         for (seq, body) in found {
             match parse_line(&body) {
                 Some(mut t) => {
                     t.seq = seq;
                     ts.push(Arc::new(t));
                 }
-                None => tracing::warn!(
-                    seq,
-                    "alert history: an entry of the shared log does not parse"
-                ),
+                None => {
+                    bad = Some(seq);
+                    break;
+                }
             }
         }
-        self.rows
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(ts.iter().cloned());
-        for l in lock(&s.listeners).iter() {
-            l(&ts);
+        if !ts.is_empty() {
+            self.rows
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(ts.iter().cloned());
+            for l in lock(&s.listeners).iter() {
+                l(&ts);
+            }
+        }
+        match bad {
+            Some(seq) => Err(carewatch_store::Error::Io(format!(
+                "alert history: entry {seq} of the shared log does not parse"
+            ))),
+            None => Ok(()),
         }
     }
 
@@ -173,14 +188,21 @@ impl History {
             .collect::<std::io::Result<Vec<Entry>>>()?;
         let done = s
             .log
-            .append(from, &entries, s.node.as_deref())
+            .append(from, &entries, s.node.as_deref(), &|b| {
+                parse_line(b).is_some()
+            })
             .map_err(io)?;
         let first = from + done.foreign.len() as u64;
-        self.take_foreign(s, done.foreign);
+        self.take_foreign(s, done.foreign).map_err(io)?;
         match done.refused {
             Some(Refusal::Conflict) => {
                 return Err(std::io::Error::other(
                     "another node changed the same alert meanwhile",
+                ));
+            }
+            Some(Refusal::Unreadable) => {
+                return Err(std::io::Error::other(
+                    "an entry of the shared alert history does not parse",
                 ));
             }
             Some(Refusal::NotOwner) => {
