@@ -19,7 +19,7 @@
 //! Bound: per patient, one 32-byte bin per (code, minute) for the minutes in
 //! `[horizon, now + 5 min future skew]`, i.e. at most `codes × (window + 5)` bins — 3 vitals and a
 //! 2 h window: 3 × 125 × 32 B ≈ 12 KB — plus the patient's interned id (its name, a map entry
-//! and a holder entry per code, ~150 B). Bins are pruned when the horizon passes a minute; a
+//! and a holder entry per code, ~250 B). Bins are pruned when the horizon passes a minute; a
 //! patient without bins left is forgotten.
 
 mod bins;
