@@ -24,7 +24,8 @@
 //! store buffer, bins, rules' samples, the generator) and the bins and rule samples held at the
 //! end. After the table, per scenario, the CPU per thread group and the mean time of a run's
 //! phases (gather: the rules' SQL; absorb: samples and episodes; commit: plan, history, apply),
-//! for where the time goes.
+//! for where the time goes, and when each run over a second ended (seconds into the scenario,
+//! wall-clock second of the minute: a minute boundary is :00).
 //!
 //! Run: `cargo bench -p carewatch-benches --bench alerts` (release). Optional environment:
 //! `ALERT_BENCH_PATIENTS` (10000), `ALERT_BENCH_SECS` (120), `ALERT_BENCH_ANALYSTS` (`0,2`: the
@@ -266,11 +267,42 @@ async fn setup(analysts: usize, variant: &str) -> Rig {
     }
 }
 
+/// When runs over a second end: (seconds since the scenario started, wall-clock second of the
+/// minute), from the engine's run histogram polled every 50 ms.
+fn slow_runs(engine: AlertEngine, stop: CancellationToken) -> Arc<Mutex<Vec<(f64, u32)>>> {
+    let out: Arc<Mutex<Vec<(f64, u32)>>> = Arc::default();
+    let o = out.clone();
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let over = |e: &AlertEngine| {
+            let h = e.run_seconds();
+            let bound = carewatch_store::Histogram::BOUNDS
+                .iter()
+                .position(|b| *b >= 1.0)
+                .unwrap_or(0);
+            h.counts.iter().skip(bound + 1).sum::<u64>()
+        };
+        let mut seen = over(&engine);
+        while !stop.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let n = over(&engine);
+            if n > seen {
+                let sec = (chrono::Utc::now().timestamp() % 60) as u32;
+                let mut g = o.lock().expect("lock");
+                g.extend((seen..n).map(|_| (start.elapsed().as_secs_f64(), sec)));
+                seen = n;
+            }
+        }
+    });
+    out
+}
+
 /// One scenario: a row of the table, and notes (CPU per thread group; whether the load
 /// generator fell behind).
 async fn run(plan: &Plan, analysts: usize, variant: &str) -> Vec<String> {
     let rss_start = procfs::rss_mib();
     let rig = setup(analysts, variant).await;
+    let slow = slow_runs(rig.engine.clone(), rig.stop.clone());
     let l = load::run(&rig.store, plan).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     rig.stop.cancel();
@@ -334,6 +366,16 @@ async fn run(plan: &Plan, analysts: usize, variant: &str) -> Vec<String> {
         ),
         format!("{variant} rules, {analysts} analysts, mean time per run by phase: {per_run}"),
     ];
+    let slow = slow.lock().expect("lock").clone();
+    if !slow.is_empty() {
+        notes.push(format!(
+            "{variant} rules, {analysts} analysts: runs over 1 s ended at (s into the scenario, wall-clock second of the minute): {}",
+            slow.iter()
+                .map(|(s, m)| format!("{s:.0} s (:{m:02})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     if l.late_ticks > 0 {
         notes.push(format!(
             "({variant} rules, {analysts} analysts: the load generator fell behind real time in {} of {} seconds)",
