@@ -10,19 +10,7 @@ mod common;
 use std::time::Duration;
 
 use carewatch_fixtures::postgres::Postgres;
-use common::{Server, curl, wait_until};
-
-/// The node's `carewatch_alert_partitions_owned` (-1: not answered).
-fn owned(srv: &Server, token: &str) -> i64 {
-    let (s, body) = curl("GET", &format!("{}/metrics", srv.http), token, "");
-    if s != 200 {
-        return -1;
-    }
-    body.lines()
-        .find_map(|l| l.strip_prefix("carewatch_alert_partitions_owned "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(-1)
-}
+use common::{Server, partitions_owned as owned, wait_until};
 
 #[test]
 fn a_killed_nodes_alert_partitions_move_to_the_others_within_ten_seconds() {

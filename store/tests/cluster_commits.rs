@@ -45,6 +45,17 @@ async fn table(dir: &Path, g: &Garage, pg: &Postgres) -> (Vec<String>, HashSet<S
     (batches.iter().flat_map(device_ids).collect(), files)
 }
 
+/// Nodes `a` and `b` on the tables, in cluster mode.
+async fn two_nodes(dir: &Path, g: &Garage, pg: &Postgres) -> (Store, Store) {
+    let a = Store::open(config(&dir.join("a"), g, Some(pg)))
+        .await
+        .expect("open a");
+    let b = Store::open(config(&dir.join("b"), g, Some(pg)))
+        .await
+        .expect("open b");
+    (a, b)
+}
+
 fn device_ids(b: &RecordBatch) -> Vec<String> {
     let col = b.column_by_name("device_id").expect("device_id");
     let s = col
@@ -56,15 +67,12 @@ fn device_ids(b: &RecordBatch) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_commits_of_two_nodes_all_survive_on_a_store_without_put_if_absent() {
-    let pg = Postgres::start();
-    let g = Garage::start();
-    let t = tempfile::tempdir().expect("tmp");
-    let a = Store::open(config(&t.path().join("a"), &g, Some(&pg)))
-        .await
-        .expect("open a");
-    let b = Store::open(config(&t.path().join("b"), &g, Some(&pg)))
-        .await
-        .expect("open b");
+    let (pg, g, t) = (
+        Postgres::start(),
+        Garage::start(),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let (a, b) = two_nodes(t.path(), &g, &pg).await;
     for round in 0..ROUNDS {
         let (ra, rb) = tokio::join!(
             async {
@@ -99,15 +107,12 @@ async fn concurrent_commits_of_two_nodes_all_survive_on_a_store_without_put_if_a
 /// whose inputs another node already removed is not committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_nodes_compacting_one_day_at_once_leave_each_row_once() {
-    let pg = Postgres::start();
-    let g = Garage::start();
-    let t = tempfile::tempdir().expect("tmp");
-    let a = Store::open(config(&t.path().join("a"), &g, Some(&pg)))
-        .await
-        .expect("open a");
-    let b = Store::open(config(&t.path().join("b"), &g, Some(&pg)))
-        .await
-        .expect("open b");
+    let (pg, g, t) = (
+        Postgres::start(),
+        Garage::start(),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let (a, b) = two_nodes(t.path(), &g, &pg).await;
     for round in 0..4 {
         a.append(rows("a", round * PER, PER), vec![])
             .await

@@ -11,6 +11,7 @@ use std::time::Duration;
 use carewatch_fixtures::garage::Garage;
 use carewatch_fixtures::postgres::Postgres;
 
+pub use crate::common::partitions_owned as owned;
 use crate::common::{S3, Server, Webhook, curl, free_port, read_counts, write_config};
 use crate::mosquitto::Mosquitto;
 
@@ -111,17 +112,6 @@ pub fn owners(pg: &Postgres) -> BTreeMap<u16, String> {
             Some((p.parse().ok()?, o.to_owned()))
         })
         .collect()
-}
-
-pub fn owned(srv: &Server, token: &str) -> i64 {
-    let (s, body) = curl("GET", &format!("{}/metrics", srv.http), token, "");
-    if s != 200 {
-        return -1;
-    }
-    body.lines()
-        .find_map(|l| l.strip_prefix("carewatch_alert_partitions_owned "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(-1)
 }
 
 /// NDJSON: heart rate every 10 s and steps 0 each minute, for `n` minutes from `start_ms`.

@@ -454,3 +454,15 @@ pub fn validate_fhir(prefix: &str, name: &str, v: &serde_json::Value) {
         );
     }
 }
+
+/// A cluster node's `carewatch_alert_partitions_owned` from `/metrics` (-1: not answered).
+pub fn partitions_owned(srv: &Server, token: &str) -> i64 {
+    let (s, body) = curl("GET", &format!("{}/metrics", srv.http), token, "");
+    if s != 200 {
+        return -1;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix("carewatch_alert_partitions_owned "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1)
+}

@@ -293,12 +293,17 @@ impl History {
             let _ = f.set_len(before);
             return Err(e);
         }
+        Ok(self.visible(ts))
+    }
+
+    /// Makes durable transitions visible (after the rows before them).
+    fn visible(&self, ts: Vec<Transition>) -> Vec<Arc<Transition>> {
         let out: Vec<Arc<Transition>> = ts.into_iter().map(Arc::new).collect();
         self.rows
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .extend(out.iter().cloned());
-        Ok(out)
+        out
     }
 
     /// [`History::append`] from async code: on a multi-threaded runtime the write and fsync

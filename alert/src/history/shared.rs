@@ -215,12 +215,7 @@ impl History {
         for (i, t) in ts.iter_mut().enumerate() {
             t.seq = first + i as u64;
         }
-        let out: Vec<Arc<Transition>> = ts.into_iter().map(Arc::new).collect();
-        self.rows
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(out.iter().cloned());
-        Ok(out)
+        Ok(self.visible(ts))
     }
 }
 
