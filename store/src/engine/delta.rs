@@ -25,6 +25,8 @@ use object_store::path::Path as ObjPath;
 use url::Url;
 
 use super::commit_lock::{self, CommitLock, Held};
+
+mod cluster;
 use crate::tables::{self, FileMeta, Table};
 use crate::{Error, Result};
 
@@ -383,27 +385,6 @@ impl DeltaLog {
         Ok(log)
     }
 
-    /// Cluster mode, under the commit lock: every file to remove is still in the latest
-    /// snapshot. deltalake does not count two removes of one file as a conflict when both are
-    /// `dataChange: false`, so two nodes compacting the same day would both commit their
-    /// merges and every row of the day would be in the table twice
-    /// (`store/tests/cluster_commits.rs`). A file already removed by another node's commit
-    /// refuses this one (nothing committed; the snapshot is reloaded on the next refresh, which
-    /// then reports it moved).
-    async fn removes_still_live(&mut self, removes: &[FileMeta]) -> Result<()> {
-        self.refresh().await?;
-        let live: std::collections::HashSet<ObjPath> =
-            self.files().into_iter().map(|f| f.path).collect();
-        if removes.iter().all(|f| live.contains(&f.path)) {
-            return Ok(());
-        }
-        self.stale = true;
-        Err(delta(format!(
-            "table {}: another node removed a file this commit removes (a concurrent compaction or retention); not committed",
-            self.table.name()
-        )))
-    }
-
     /// Writes the commit's log entry (deltalake finds the latest version, checks conflicts
     /// with the commits since this snapshot, and writes the next one).
     async fn write(
@@ -434,49 +415,6 @@ impl DeltaLog {
             .map_err(delta)?
             .await
             .map_err(delta)
-    }
-
-    /// Cluster mode, after writing `version` under the lock: it counts if the log entry there
-    /// is ours. A replaced entry (a writer without the lock) is an error: nothing committed.
-    /// The lock lost meanwhile (its connection dropped) is only reported when the entry is
-    /// ours; an entry that cannot be read back is taken as written (the PUT succeeded).
-    async fn check(&self, held: Held, version: u64, nonce: &str) -> Result<()> {
-        let alive = held.still_held().await;
-        drop(held);
-        let mut read = Err(delta("not read"));
-        for _ in 0..3 {
-            read = self
-                .log_store
-                .read_commit_entry(version)
-                .await
-                .map_err(delta);
-            if read.is_ok() {
-                break;
-            }
-        }
-        let table = self.table.name();
-        match read {
-            Ok(Some(bytes)) if contains(&bytes, nonce.as_bytes()) => {
-                if let Err(e) = alive {
-                    tracing::warn!(error = %e, table, version, "the commit lock was lost during a commit that stands; another node may have written the same version");
-                }
-                Ok(())
-            }
-            Ok(_) => {
-                tracing::error!(
-                    table,
-                    version,
-                    "a delta commit was replaced by another writer's (one not taking the commit lock?); its rows stay buffered and are committed again"
-                );
-                Err(delta(format!(
-                    "table {table}: commit {version} replaced by another writer"
-                )))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, table, version, "reading a delta commit back failed; taking it as written");
-                Ok(())
-            }
-        }
     }
 
     /// Catches up with commits other nodes made since this snapshot. `Ok(true)`: the
