@@ -98,26 +98,30 @@ async fn two_nodes_keep_their_own_wal_positions_in_shared_tables() {
     wait_count(&a, 55).await;
 }
 
+/// What a node's append observers heard: (patient, readings) per patient of each summary.
+type Heard = std::sync::Arc<std::sync::Mutex<Vec<(String, usize)>>>;
+
+fn listen(s: &Store) -> Heard {
+    let heard: Heard = Heard::default();
+    let h = heard.clone();
+    s.observe_appends(std::sync::Arc::new(
+        move |sum: &carewatch_store::AppendSummary| {
+            let mut h = h.lock().expect("lock");
+            for (i, (p, _, _)) in sum.patients.iter().enumerate() {
+                let n = sum.readings.iter().filter(|r| r.0 as usize == i).count();
+                h.push((p.clone(), n));
+            }
+        },
+    ));
+    heard
+}
+
 /// With `observe_other_nodes`, a node's append observers hear of the rows another node
 /// persisted (read from its new files when the tick follows its commit): once each, with
 /// patient, time range and every reading; a compaction's merge adds nothing to hear, and the
 /// node's own persisted rows are not told twice. A node without the flag hears only its own.
 #[tokio::test]
 async fn observers_hear_of_rows_other_nodes_persisted_once() {
-    use std::sync::{Arc, Mutex};
-    type Heard = Arc<Mutex<Vec<(String, usize)>>>;
-    let listen = |s: &Store| -> Heard {
-        let heard: Heard = Arc::default();
-        let h = heard.clone();
-        s.observe_appends(Arc::new(move |sum: &carewatch_store::AppendSummary| {
-            let mut h = h.lock().expect("lock");
-            for (i, (p, _, _)) in sum.patients.iter().enumerate() {
-                let n = sum.readings.iter().filter(|r| r.0 as usize == i).count();
-                h.push((p.clone(), n));
-            }
-        }));
-        heard
-    };
     let t = tempfile::tempdir().expect("tmp");
     let tables = t.path().join("tables");
     std::fs::create_dir_all(&tables).expect("mkdir");
@@ -186,7 +190,6 @@ async fn wait_until_files(s: &Store, want: usize) {
 /// persist: the tick then found nothing new to follow.
 #[tokio::test]
 async fn a_persist_that_catches_up_over_another_nodes_commit_tells_its_rows() {
-    use std::sync::{Arc, Mutex};
     let t = tempfile::tempdir().expect("tmp");
     let tables = t.path().join("tables");
     std::fs::create_dir_all(&tables).expect("mkdir");
@@ -197,12 +200,7 @@ async fn a_persist_that_catches_up_over_another_nodes_commit_tells_its_rows() {
     cb.observe_other_nodes = true;
     cb.tick = Duration::from_secs(3600); // no following but through its own commits
     let b = Store::open(cb).await.expect("open b");
-    let heard: Arc<Mutex<Vec<String>>> = Arc::default();
-    let h = heard.clone();
-    b.observe_appends(Arc::new(move |sum: &carewatch_store::AppendSummary| {
-        let mut h = h.lock().expect("lock");
-        h.extend(sum.patients.iter().map(|(p, _, _)| p.clone()));
-    }));
+    let heard = listen(&b);
 
     a.append(rows("a", 0, 10), vec![]).await.expect("append a");
     a.persist().await.expect("persist a");
@@ -210,7 +208,12 @@ async fn a_persist_that_catches_up_over_another_nodes_commit_tells_its_rows() {
     b.persist().await.expect("persist b");
     assert_eq!(count(&b).await, 13, "b's snapshot has a's file");
     assert_eq!(
-        heard.lock().expect("lock").clone(),
+        heard
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|h| h.0.clone())
+            .collect::<Vec<_>>(),
         ["p-b", "p-a"],
         "b hears its own append, then a's persisted rows"
     );
