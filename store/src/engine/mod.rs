@@ -8,6 +8,7 @@ mod adopt;
 mod commit_lock;
 mod compact;
 mod delta;
+mod encode;
 mod follow;
 mod node;
 mod open;

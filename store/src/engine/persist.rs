@@ -17,6 +17,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::sync::oneshot;
 
 use super::delta::{NewFile, Op};
+use super::encode::{Planned, encode};
 use super::writer::Cmd;
 use super::{Inner, io, lock};
 use crate::tables::{self, FileMeta, Table};
@@ -106,14 +107,6 @@ async fn rotate(inner: &Inner) -> Result<u64> {
     wait.await.map_err(|_| Error::Closed)?
 }
 
-/// One file a persist is about to write.
-struct Planned {
-    table: Table,
-    date: String,
-    rows: u64,
-    bytes: bytes::Bytes,
-}
-
 /// The buffered batches of segments up to `closed`, per table, and the first segment.
 fn collect(inner: &Inner, closed: u64) -> (u64, BTreeMap<Table, Vec<RecordBatch>>) {
     let st = lock(&inner.state);
@@ -124,29 +117,6 @@ fn collect(inner: &Inner, closed: u64) -> (u64, BTreeMap<Table, Vec<RecordBatch>
         by.entry(c.table).or_default().push(c.batch.clone());
     }
     (first, by)
-}
-
-/// Sorts, de-duplicates, splits by day and encodes (CPU work, on the blocking pool).
-async fn encode(by_table: BTreeMap<Table, Vec<RecordBatch>>, rgs: usize) -> Result<Vec<Planned>> {
-    blocking(move || {
-        let mut out = Vec::new();
-        for (table, batches) in by_table {
-            let all = tables::concat(&table.schema(), &batches)?;
-            let sorted = tables::sort_dedupe(table, &all)?;
-            for (date, part) in tables::split_by_day(table, &sorted)? {
-                let bytes = tables::encode_parquet(&part, rgs)?;
-                let rows = part.num_rows() as u64;
-                out.push(Planned {
-                    table,
-                    date,
-                    rows,
-                    bytes,
-                });
-            }
-        }
-        Ok(out)
-    })
-    .await
 }
 
 /// Deletes files; returns those that could not be deleted.
