@@ -32,6 +32,7 @@ pub mod dead;
 pub mod lease;
 pub mod registry;
 pub mod shared_log;
+pub mod sorted;
 pub mod tables;
 pub mod wal;
 

@@ -196,16 +196,18 @@ pub fn split_by_day(table: Table, batch: &RecordBatch) -> Result<Vec<(String, Re
     Ok(out)
 }
 
-/// Encodes a batch as ZSTD Parquet with statistics.
-pub fn encode_parquet(batch: &RecordBatch, row_group_rows: usize) -> Result<Bytes> {
+/// The properties (but the row group size) every persisted file is written with: ZSTD, page statistics, timestamps
+/// delta-encoded.
+pub fn writer_properties(
+    schema: &arrow_schema::Schema,
+) -> Result<parquet::file::properties::WriterPropertiesBuilder> {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).map_err(|e| Error::Encode(e.to_string()))?,
         ))
-        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
         .set_statistics_enabled(EnabledStatistics::Page);
     // Sorted timestamps delta-encode to almost nothing; a dictionary only gets in the way.
-    for f in batch.schema().fields() {
+    for f in schema.fields() {
         if matches!(f.data_type(), arrow_schema::DataType::Timestamp(..)) {
             let col = parquet::schema::types::ColumnPath::from(f.name().as_str());
             props = props
@@ -213,7 +215,14 @@ pub fn encode_parquet(batch: &RecordBatch, row_group_rows: usize) -> Result<Byte
                 .set_column_encoding(col, parquet::basic::Encoding::DELTA_BINARY_PACKED);
         }
     }
-    let props = props.build();
+    Ok(props)
+}
+
+/// Encodes a batch as ZSTD Parquet with statistics.
+pub fn encode_parquet(batch: &RecordBatch, row_group_rows: usize) -> Result<Bytes> {
+    let props = writer_properties(&batch.schema())?
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        .build();
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);
     let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))
         .map_err(|e| Error::Encode(e.to_string()))?;
