@@ -1,7 +1,12 @@
 //! Store benchmarks (plain harness; prints a Markdown table):
 //! - append throughput (rows/s) and ack latency p50/p99 at several writer concurrencies, fsync on;
 //! - bytes on disk per heart-rate reading at 1 Hz (a day of 100 patients, integer bpm);
-//! - WAL replay rate on open.
+//! - WAL replay rate on open;
+//! - persist at 100 000 patients (issue 19): 1M buffered rows (a heart rate per patient per
+//!   second for 9 s and an SpO2 each, arriving in 2,000-row appends), per phase for the old
+//!   path (`concat`, `sort_dedupe`, `split_by_day`, `encode_parquet`) and the persist's
+//!   (`sorted::sort_split`, `sorted::encode_parallel`), and `Store::persist` end to end.
+//!   `PERSIST_ONLY=1` runs this part only.
 //!
 //! Run: `cargo bench -p carewatch-benches --bench store` (release). Uses a temp dir on the
 //! same file system as `$TMPDIR`.
@@ -83,6 +88,10 @@ async fn append_bench(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if std::env::var("PERSIST_ONLY").is_ok_and(|v| v == "1") {
+        persist_bench().await;
+        return;
+    }
     println!("| writers | rows/append | appends | rows/s | ack p50 | ack p99 |");
     println!("|---:|---:|---:|---:|---:|---:|");
     for (writers, per, n) in [
@@ -179,5 +188,108 @@ async fn main() {
     println!(
         "WAL replay on open: {n} rows in {secs:.2} s = {:.0} rows/s",
         n as f64 / secs
+    );
+}
+
+/// The persist's input at 100 000 patients: 9 s of heart rate and one SpO2 per patient, in
+/// 2,000-row appends whose patients interleave (as many phones' requests do).
+fn fleet_rows(patients: usize) -> Vec<Vec<Row>> {
+    let spo2 = catalogue::by_key("spo2").expect("spo2");
+    let mut all: Vec<Row> = Vec::with_capacity(patients * 10);
+    for s in 0..10i64 {
+        for p in 0..patients {
+            let mut r = hr_row(p, s, 60.0 + ((p as i64 * 7 + s) % 40) as f64);
+            r.reading.device_id = format!("dev-{p:07}");
+            r.reading.patient_id = Some(format!("pat-{p:07}"));
+            if s == 9 {
+                r.reading.vital = spo2;
+                r.reading.value = 94.0 + (p % 5) as f64;
+            }
+            all.push(r);
+        }
+    }
+    all.chunks(2000).map(<[Row]>::to_vec).collect()
+}
+
+async fn persist_bench() {
+    use carewatch_store::{sorted, tables};
+    let patients = 100_000;
+    let appends = fleet_rows(patients);
+    let rows: usize = appends.iter().map(Vec::len).sum();
+    let batches: Vec<arrow_array::RecordBatch> = appends
+        .iter()
+        .map(|a| {
+            let mut b = carewatch_transform::schema::ObservationBatchBuilder::new(a.len());
+            for r in a {
+                b.push(&r.reading, r.received_us, r.source, r.format);
+            }
+            b.finish()
+        })
+        .collect();
+    let t = Table::Observations;
+    let rgs = Config::new("/").row_group_rows;
+    let ms = |i: Instant| i.elapsed().as_secs_f64() * 1000.0;
+    println!(
+        "persist phases, {rows} rows of {patients} patients in {} batches:",
+        batches.len()
+    );
+    let i = Instant::now();
+    let all = tables::concat(&t.schema(), &batches).expect("concat");
+    let concat = ms(i);
+    let i = Instant::now();
+    let sorted_all = tables::sort_dedupe(t, &all).expect("sort");
+    let sort = ms(i);
+    let i = Instant::now();
+    let days = tables::split_by_day(t, &sorted_all).expect("split");
+    let split = ms(i);
+    let i = Instant::now();
+    let old: Vec<bytes::Bytes> = days
+        .iter()
+        .map(|(_, b)| tables::encode_parquet(b, rgs).expect("encode"))
+        .collect();
+    let encode = ms(i);
+    println!(
+        "  old: concat {concat:.0} ms, sort_dedupe {sort:.0} ms, split {split:.0} ms, encode {encode:.0} ms = {:.0} rows/s",
+        rows as f64 / ((concat + sort + split + encode) / 1000.0)
+    );
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let i = Instant::now();
+    let new_days = sorted::sort_split(t, &batches).expect("sort_split");
+    let sort_split = ms(i);
+    let i = Instant::now();
+    let new: Vec<bytes::Bytes> = new_days
+        .iter()
+        .map(|(_, b)| sorted::encode_parallel(b, rgs, threads).expect("encode"))
+        .collect();
+    let encode_par = ms(i);
+    let i = Instant::now();
+    for (_, b) in &new_days {
+        tables::encode_parquet(b, rgs).expect("encode");
+    }
+    let encode_one = ms(i);
+    println!(
+        "  new: sort_split {sort_split:.0} ms, encode_parallel ({threads} threads) {encode_par:.0} ms (one thread: {encode_one:.0} ms) = {:.0} rows/s",
+        rows as f64 / ((sort_split + encode_par) / 1000.0)
+    );
+    assert_eq!(days.len(), new_days.len(), "days");
+    for ((d0, b0), (d1, b1)) in days.iter().zip(&new_days) {
+        assert_eq!(d0, d1, "dates");
+        assert_eq!(b0, b1, "the fast path's rows differ");
+    }
+    let size = |v: &[bytes::Bytes]| v.iter().map(bytes::Bytes::len).sum::<usize>();
+    println!("  file bytes: old {}, new {}", size(&old), size(&new));
+    drop((all, sorted_all, days, new_days, old, new));
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(quiet(dir.path())).await.expect("open");
+    for a in appends {
+        store.append(a, vec![]).await.expect("append");
+    }
+    let i = Instant::now();
+    store.persist().await.expect("persist");
+    let secs = i.elapsed().as_secs_f64();
+    println!(
+        "  Store::persist end to end (sort, encode, fsync, Delta commit): {rows} rows in {secs:.2} s = {:.0} rows/s",
+        rows as f64 / secs
     );
 }
