@@ -19,6 +19,9 @@ if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d "$HOME/.cache/carewatch-target" ]; the
   export CARGO_TARGET_DIR="$HOME/.cache/carewatch-target"
 fi
 target="${CARGO_TARGET_DIR:-$PWD/target}"
+# A build from scratch gains nothing from incremental state, which takes gigabytes of disk
+# (a CI run once failed on a full disk).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 py="${CAREWATCH_VENV:-$HOME/.cache/carewatch-venv}/bin/python"
 
 bash scripts/setup-test-deps.sh
@@ -30,7 +33,7 @@ rm -rf "$out" && mkdir -p "$out/fhir"
 rm -rf "$target"/test-logs.run.* 2>/dev/null || true
 mkdir -p "$target"
 logs="$(mktemp -d "$target/test-logs.run.XXXXXX")"
-echo "== cargo test"
+echo "== cargo test ($(df -h "$target" | awk 'NR==2 {print $4}') free)"
 CAREWATCH_FHIR_OUT="$out/fhir" CAREWATCH_PARQUET_OUT="$out/parquet" CAREWATCH_TEST_LOGS="$logs" \
   cargo test --workspace --locked --no-fail-fast
 

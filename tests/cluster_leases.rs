@@ -52,3 +52,24 @@ fn a_killed_nodes_alert_partitions_move_to_the_others_within_ten_seconds() {
     );
     assert_eq!(a.stop(), 0);
 }
+
+/// A node cut off from the cluster's PostgreSQL (here: the server stops) owns nothing and
+/// cannot commit: `/readyz` answers 503 with the reason, so a load balancer sends its
+/// traffic to the others; before, it answered 200 throughout.
+#[test]
+fn a_node_cut_off_from_postgresql_is_not_ready() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = Server::start(dir.path(), &["--postgres-url", &pg.url]);
+    let ready = || common::curl("GET", &format!("{}/readyz", a.http), "", "");
+    wait_until("ready", Duration::from_secs(30), || ready().0 == 200);
+    drop(pg);
+    wait_until(
+        "not ready without PostgreSQL",
+        Duration::from_secs(15),
+        || ready().0 == 503,
+    );
+    let (_, body) = ready();
+    assert!(body.contains("PostgreSQL is unreachable"), "{body}");
+    assert_eq!(a.stop(), 0, "still shuts down cleanly");
+}

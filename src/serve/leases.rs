@@ -36,6 +36,18 @@ pub(super) fn partition_alerting(mut c: ServeConfig, leases: Option<&Arc<Leases>
     c
 }
 
+/// On shared tables, only the holder of the maintenance partition compacts and applies
+/// retention (one node rewrites the tables at a time; it moves with the lease).
+pub(super) fn maintenance(
+    c: &ServeConfig,
+    store: &carewatch_store::Store,
+    leases: Option<&Arc<Leases>>,
+) {
+    if let (Some(l), Some(_)) = (leases, &c.tables_url) {
+        store.maintain_while(l.clone());
+    }
+}
+
 /// Starts the leases when the node is a cluster member.
 pub(super) async fn start(c: &ServeConfig) -> Result<Option<Arc<Leases>>> {
     let Some(url) = c.postgres_url.clone() else {
@@ -60,6 +72,13 @@ pub(super) fn metrics(leases: &Arc<Leases>) -> carewatch_web::ExtraMetrics {
             l.owned().len()
         );
     })
+}
+
+/// `/readyz`'s condition in cluster mode: in touch with PostgreSQL (a node cut off cannot
+/// commit, own partitions or append alerts; a load balancer should send its traffic elsewhere).
+pub(super) fn ready(leases: &Arc<Leases>) -> carewatch_web::ReadyCheck {
+    let l = leases.clone();
+    Arc::new(move || (!l.in_touch()).then_some("the cluster's PostgreSQL is unreachable"))
 }
 
 /// Gives the leases back on a clean shutdown (the other nodes take them at once).

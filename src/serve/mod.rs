@@ -65,6 +65,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     // when the tables are shared.
     let leases = leases::start(&c).await?;
     let c = leases::partition_alerting(c, leases.as_ref());
+    leases::maintenance(&c, &store, leases.as_ref());
     let alerting = alerting::start(&c, &store, &pipeline, &engine, &shutdown).await?;
     let web = carewatch_web::WebState::wire(
         store.clone(),
@@ -80,12 +81,15 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         let d = d.clone();
         extra_metrics.push(Arc::new(move |out: &mut String| d.write_metrics(out)));
     }
+    let mut ready_checks: Vec<carewatch_web::ReadyCheck> = Vec::new();
     if let Some(l) = &leases {
         extra_metrics.push(leases::metrics(l));
+        ready_checks.push(leases::ready(l));
     }
     let web = carewatch_web::WebState {
         metrics_require_token: c.metrics_require_token,
         extra_metrics,
+        ready_checks,
         ..web
     };
     // The Postgres wire: bound before it is announced (a failed bind stops `serve`), TLS when

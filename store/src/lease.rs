@@ -170,6 +170,17 @@ impl Ownership for Leases {
 }
 
 impl Leases {
+    /// Whether this node is in touch with PostgreSQL: its last lease round succeeded less
+    /// than a lease's life ago (less the margin). A node out of touch owns nothing, cannot
+    /// commit to shared tables nor append to the shared alert history: `/readyz` says so.
+    pub fn in_touch(&self) -> bool {
+        let h = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        h.until.is_some_and(|u| Instant::now() < u)
+    }
+
     /// Connects, creates the tables if they are missing, runs a first round and keeps renewing.
     pub fn start(url: &str, config: Config) -> Result<Leases> {
         let mut client = connect(url).map_err(pg_err)?;

@@ -163,10 +163,11 @@ pub struct Config {
     pub persist_bytes: usize,
     /// Rotate WAL segments beyond this size.
     pub segment_bytes: u64,
-    /// Compact a day once it has this many files.
+    /// Merge the files of a day's size tier once it has this many (size-tiered compaction:
+    /// each tier this many times the size of the one below).
     pub compact_min_files: usize,
-    /// Compaction reads a day's files into memory; days whose files add up to more than this
-    /// many bytes of Parquet are left as they are (bounded memory).
+    /// Compaction reads the files it merges into memory: one merge reads at most this many
+    /// bytes of Parquet, and files of half of it or more are never merged again.
     pub compact_max_bytes: u64,
     /// Drop days older than this (by effective date); `None` keeps everything.
     pub retention: Option<Duration>,

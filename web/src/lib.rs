@@ -68,7 +68,13 @@ pub struct WebState {
     /// More metric families written by other parts (the FHIR destination), appended to
     /// `/metrics` in Prometheus text format.
     pub extra_metrics: Vec<ExtraMetrics>,
+    /// More conditions of readiness (cluster mode: in touch with PostgreSQL): each answers
+    /// why the node is not ready, or `None`.
+    pub ready_checks: Vec<ReadyCheck>,
 }
+
+/// A condition of `/readyz`: why the node is not ready (a fixed phrase, never an id), or `None`.
+pub type ReadyCheck = Arc<dyn Fn() -> Option<&'static str> + Send + Sync>;
 
 /// A writer of metric families in Prometheus text format (labels without ids).
 pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
@@ -130,6 +136,7 @@ impl WebState {
             webhooks,
             metrics_require_token: false,
             extra_metrics: Vec::new(),
+            ready_checks: Vec::new(),
         }
     }
 }

@@ -277,21 +277,26 @@ pub async fn metrics(
 }
 
 /// `GET /readyz`: 200 once the rules have run at least once (store open, rules planned,
-/// evaluation working); 503 before.
+/// evaluation working) and every other condition holds (cluster mode: in touch with
+/// PostgreSQL); 503 with the first reason otherwise.
 pub async fn ready(State(s): State<WebState>) -> Response {
     let (runs, _) = s.alerts.runs();
-    if runs > 0 {
-        (
+    let why = if runs > 0 {
+        s.ready_checks.iter().find_map(|c| c())
+    } else {
+        Some("rules have not run yet")
+    };
+    match why {
+        None => (
             StatusCode::OK,
             axum::Json(serde_json::json!({"ready": true})),
         )
-            .into_response()
-    } else {
-        (
+            .into_response(),
+        Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"ready": false, "reason": "rules have not run yet"})),
+            axum::Json(serde_json::json!({"ready": false, "reason": reason})),
         )
-            .into_response()
+            .into_response(),
     }
 }
 

@@ -4,7 +4,6 @@
 //! catches up with their commits). Intent files are what compaction used
 //! before the Delta log; open still finishes one a crash left in a pre-Delta directory.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -71,19 +70,19 @@ pub(super) async fn recover_compaction(dir: &Path, objects: &dyn ObjectStore) ->
     Ok(())
 }
 
-/// Days (per table) with enough files to merge, within the memory bound.
-fn due_days(inner: &Inner, min_files: usize) -> Vec<Vec<FileMeta>> {
+/// The groups of files to merge (size-tiered, within the memory bound: `merge_plan`).
+fn due_merges(inner: &Inner, min_files: usize) -> Vec<Vec<FileMeta>> {
     let st = lock(&inner.state);
-    let mut by: BTreeMap<(Table, String), Vec<FileMeta>> = BTreeMap::new();
-    for f in &st.files {
-        by.entry((f.table, f.date.clone()))
-            .or_default()
-            .push(f.clone());
-    }
-    let max = inner.config.compact_max_bytes;
-    by.into_values()
-        .filter(|v| v.len() >= min_files.max(2) && v.iter().map(|f| f.size).sum::<u64>() <= max)
-        .collect()
+    super::merge_plan::plan_merges(&st.files, min_files, inner.config.compact_max_bytes)
+}
+
+/// Whether the background maintenance (compaction, retention) is this node's to do: always
+/// on a single node; in cluster mode only while it holds the maintenance partition.
+fn maintains(inner: &Inner) -> bool {
+    inner
+        .maintainer
+        .get()
+        .is_none_or(|o| o.owns_partition(crate::lease::DELIVERY_PARTITION))
 }
 
 pub(super) async fn compact(inner: &Inner, min_files: usize) -> Result<usize> {
@@ -92,14 +91,14 @@ pub(super) async fn compact(inner: &Inner, min_files: usize) -> Result<usize> {
     }
     let _g = inner.persist_lock.lock().await;
     let mut done = 0;
-    for inputs in due_days(inner, min_files) {
+    for inputs in due_merges(inner, min_files) {
         compact_day(inner, inputs).await?;
         done += 1;
     }
     Ok(done)
 }
 
-/// Merges one day's files: the merged file is written and made durable, then one commit
+/// Merges files of one table and day: the merged file is written and made durable, then one commit
 /// removes the inputs (`dataChange: false`) and adds it. The inputs go to the graveyard
 /// (deleted after the grace period). A crash before the commit leaves the merged file
 /// unreferenced: open deletes it.
@@ -273,6 +272,10 @@ pub(super) async fn background(inner: std::sync::Weak<Inner>) {
         };
         if due && let Err(e) = persist(&inn).await {
             tracing::error!(error = %e, "persist failed; will retry");
+        }
+        if !maintains(&inn) {
+            vacuum(&inn).await;
+            continue;
         }
         if let Err(e) = compact(&inn, inn.config.compact_min_files).await {
             tracing::error!(error = %e, "compaction failed; will retry");

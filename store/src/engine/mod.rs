@@ -10,6 +10,7 @@ mod compact;
 mod delta;
 mod encode;
 mod follow;
+mod merge_plan;
 mod node;
 mod open;
 mod persist;
@@ -102,6 +103,9 @@ struct Inner {
     /// The earliest `received_us` of each append not yet answered (count per time): readers
     /// that follow the table by received time stop short of it ([`Store::received_floor`]).
     inflight: Mutex<std::collections::BTreeMap<i64, usize>>,
+    /// Cluster mode: the background compaction and retention run only while this says the
+    /// node holds the maintenance partition (unset: always, a single node).
+    maintainer: std::sync::OnceLock<Arc<dyn crate::lease::Ownership>>,
 }
 
 /// Removes an append's received time from the in-flight set when the append ends (durable
@@ -341,6 +345,14 @@ impl Store {
     /// Persists everything buffered now. Returns the number of files written.
     pub async fn persist(&self) -> Result<usize> {
         persist::persist(&self.inner).await
+    }
+
+    /// Cluster mode on shared tables: the background compaction and retention run only while
+    /// `ownership` holds [`crate::lease::DELIVERY_PARTITION`], so one node at a time rewrites
+    /// the tables (the others' commits would be refused under the commit lock anyway, after
+    /// the work). Set once; an explicit [`Store::compact`] still runs on any node.
+    pub fn maintain_while(&self, ownership: Arc<dyn crate::lease::Ownership>) {
+        let _ = self.inner.maintainer.set(ownership);
     }
 
     /// Compacts every day that has at least `compact_min_files` files of a table.

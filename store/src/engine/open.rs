@@ -224,6 +224,7 @@ pub(super) async fn open(config: Config) -> Result<Store> {
         observers: std::sync::RwLock::new(Vec::new()),
         health: Arc::new(Health::default()),
         inflight: Mutex::new(std::collections::BTreeMap::new()),
+        maintainer: std::sync::OnceLock::new(),
     });
     let Some(wal) = wal else {
         // Read-only: no writer, so appends find the channel closed.

@@ -148,3 +148,25 @@ fn an_unreachable_postgres_is_a_clear_error() {
         "no connection string in errors: {msg}"
     );
 }
+
+/// A reading of a device another opener enrolled a moment ago (sent under a gateway's or
+/// service token, so no unknown credential made this one look) is attributed, not dead-lettered
+/// as an unknown device until the next refresh.
+fn a_device_just_enrolled_elsewhere_is_attributed_at_once(at: &Place) {
+    let (a, _) = at.open();
+    let (b, _) = at.open();
+    assert_eq!(b.attribute("fresh", 5_000), Attribution::UnknownDevice);
+    // Past the least time between two such looks.
+    std::thread::sleep(Duration::from_millis(60));
+    a.register_device("fresh", "pf", Some(1)).expect("enrol");
+    assert_eq!(
+        b.attribute("fresh", 5_000),
+        Attribution::Patient("pf".into()),
+        "b looked before answering"
+    );
+}
+
+#[test]
+fn both_backends_attribute_a_device_enrolled_on_another_node_at_once() {
+    both(a_device_just_enrolled_elsewhere_is_attributed_at_once);
+}

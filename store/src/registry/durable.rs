@@ -14,6 +14,9 @@ fn legacy(bytes: &[u8]) -> Result<Vec<Tx>> {
     Ok(d.snapshot())
 }
 
+/// The least time between two looks for changes caused by unknown device ids (UTC micros).
+const MISS_LOOK_US: i64 = 20_000;
+
 impl Registry {
     pub(super) fn with(data: Data, backend: Box<dyn Backend>, read_only: bool) -> Registry {
         Registry {
@@ -23,6 +26,7 @@ impl Registry {
             last_used: Mutex::default(),
             seen: Mutex::default(),
             usage_written_us: std::sync::atomic::AtomicI64::new(now_us()),
+            looked_on_miss_us: std::sync::atomic::AtomicI64::new(0),
             generation: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -125,6 +129,30 @@ impl Registry {
             && let Ok(c) = b.poll()
         {
             self.absorb(c);
+        }
+    }
+
+    /// Like [`Registry::refresh_if_idle`], at most once per [`MISS_LOOK_US`]: a device id the
+    /// registry does not know may be one another node enrolled a moment ago (cluster mode),
+    /// but a stream of unknown ids must not cost a PostgreSQL round trip each.
+    pub(super) fn look_on_miss(&self) {
+        use std::sync::atomic::Ordering;
+        let now = now_us();
+        let last = self.looked_on_miss_us.load(Ordering::Relaxed);
+        if now - last >= MISS_LOOK_US
+            && self
+                .looked_on_miss_us
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            // A round trip to PostgreSQL: off the async workers when called on one.
+            let multi = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            if multi {
+                tokio::task::block_in_place(|| self.refresh_if_idle());
+            } else {
+                self.refresh_if_idle();
+            }
         }
     }
 

@@ -1,0 +1,213 @@
+//! Size-tiered compaction: a day is merged in parts within the memory bound (before, a day
+//! whose files added up to more than the bound was never compacted again, so its files piled
+//! up at one per persist), and a merged file is not rewritten each time the next small files
+//! of its day are merged (before, every compaction rewrote the whole day).
+
+use std::time::Duration;
+
+use carewatch_store::{Config, Row, Store, Table};
+use carewatch_transform::catalogue;
+use carewatch_transform::{Format, Reading, Source};
+
+const T0: i64 = 1_700_000_000_000_000; // 2023-11-14T22:13:20Z
+/// Readings start here, so the files of a test all fall on one day.
+const DAY: i64 = 1_700_006_400_000_000; // 2023-11-15T00:00:00Z
+
+fn quiet(dir: &std::path::Path) -> Config {
+    let mut c = Config::new(dir);
+    c.tick = Duration::from_secs(3600);
+    c.delete_grace = Duration::ZERO;
+    c
+}
+
+/// `n` heart-rate readings of one device from `start`, with values that do not compress away
+/// (a file of 5,000 is some tens of kB).
+fn rows(start: i64, n: i64, seed: &mut u64) -> Vec<Row> {
+    (0..n)
+        .map(|i| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            Row {
+                reading: Reading {
+                    device_id: "d1".to_owned(),
+                    patient_id: Some("p-d1".to_owned()),
+                    vital: catalogue::by_key("heart_rate").expect("vital"),
+                    value: 40.0 + (*seed >> 11) as f64 / (1u64 << 53) as f64 * 100.0,
+                    effective_us: start + i * 1_000_003,
+                    effective_end_us: None,
+                    offset_min: Some(0),
+                    extra: None,
+                },
+                received_us: T0,
+                source: Source::Http,
+                format: Format::Carewatch,
+            }
+        })
+        .collect()
+}
+
+/// Appends and persists `files` files of `per` rows each, continuing at `*at`.
+async fn persist_files(s: &Store, files: usize, per: i64, at: &mut i64, seed: &mut u64) {
+    for _ in 0..files {
+        s.append(rows(*at, per, seed), vec![])
+            .await
+            .expect("append");
+        *at += per * 1_000_003;
+        s.persist().await.expect("persist");
+    }
+}
+
+async fn count(s: &Store) -> usize {
+    s.read_all(Table::Observations)
+        .await
+        .expect("read")
+        .iter()
+        .map(|b| b.num_rows())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_day_larger_than_one_merge_is_still_compacted_in_parts() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (mut at, mut seed) = (DAY, 7u64);
+    let s = Store::open(quiet(dir.path())).await.expect("open");
+    persist_files(&s, 12, 500, &mut at, &mut seed).await;
+    let biggest = s
+        .snapshot()
+        .files
+        .iter()
+        .map(|f| f.size)
+        .max()
+        .expect("files");
+    drop(s);
+    // One merge may read about four files: the day (twelve) is more than that.
+    let mut c = quiet(dir.path());
+    c.compact_min_files = 8;
+    c.compact_max_bytes = biggest * 9 / 2;
+    let s = Store::open(c).await.expect("reopen");
+    let merges = s.compact().await.expect("compact");
+    assert!(merges >= 2, "{merges} merges");
+    let files = s.snapshot().files.len();
+    assert!(
+        files <= 12 - 2 * merges,
+        "{files} files after {merges} merges"
+    );
+    assert_eq!(count(&s).await, 12 * 500);
+}
+
+#[tokio::test]
+async fn a_merged_file_is_not_rewritten_when_the_next_small_files_merge() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = quiet(dir.path());
+    c.compact_min_files = 4;
+    let s = Store::open(c).await.expect("open");
+    let (mut at, mut seed) = (DAY, 11u64);
+    persist_files(&s, 4, 5000, &mut at, &mut seed).await;
+    let sizes: Vec<u64> = s.snapshot().files.iter().map(|f| f.size).collect();
+    // The premise: the new files are in the smallest tier (under 64 kB), their merge is not.
+    assert!(sizes.iter().all(|&b| b < 64 << 10), "{sizes:?}");
+    assert!(sizes.iter().sum::<u64>() >= 64 << 10, "{sizes:?}");
+    assert_eq!(s.compact().await.expect("compact"), 1);
+    let merged = s.snapshot().files;
+    assert_eq!(merged.len(), 1);
+    persist_files(&s, 4, 5000, &mut at, &mut seed).await;
+    assert_eq!(s.compact().await.expect("compact"), 1);
+    let after = s.snapshot().files;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        after.iter().any(|f| f.path == merged[0].path),
+        "the first merge's file was rewritten"
+    );
+    assert_eq!(count(&s).await, 8 * 5000);
+}
+
+/// Cluster mode on shared tables: only the holder of the maintenance partition compacts in
+/// the background, and the role moves with its lease. Node `owner` never ticks; `other`
+/// ticks every 100 ms but does not hold the partition, so nothing is merged (without the
+/// gate `other` merges at its next tick) — until `owner` shuts down and `other` takes it.
+#[tokio::test]
+async fn only_the_maintenance_partitions_owner_compacts_shared_tables() {
+    use carewatch_store::lease::{self, DELIVERY_PARTITION, Leases, Ownership as _};
+    use std::sync::Arc;
+    let pg = carewatch_fixtures::postgres::Postgres::start();
+    let t = tempfile::tempdir().expect("tmp");
+    let tables = t.path().join("tables");
+    std::fs::create_dir_all(&tables).expect("mkdir");
+    let node = |name: &str, tick_ms: u64| {
+        let mut c = quiet(&t.path().join(name));
+        c.tables_url = Some(format!("file://{}", tables.display()));
+        c.tick = Duration::from_millis(tick_ms);
+        c.persist_age = Duration::from_secs(3600);
+        c.compact_min_files = 4;
+        c
+    };
+    let lease_config = |name: &str| {
+        let mut c = lease::Config::new(name);
+        c.ttl = Duration::from_secs(2);
+        c.renew = Duration::from_millis(300);
+        c.margin = Duration::from_millis(300);
+        c
+    };
+    let url = pg.url.clone();
+    let (la, lb) = tokio::task::spawn_blocking(move || {
+        let la = Leases::start(&url, lease_config("a")).expect("leases a");
+        let lb = Leases::start(&url, lease_config("b")).expect("leases b");
+        // Rebalanced: each holds half; wait until `a`'s extra half is released to `b`.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while la.owned().len() + lb.owned().len() != usize::from(lease::PARTITIONS)
+            || la.owned().is_empty()
+            || lb.owned().is_empty()
+        {
+            assert!(std::time::Instant::now() < deadline, "never rebalanced");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (Arc::new(la), Arc::new(lb))
+    })
+    .await
+    .expect("leases");
+    let (owner_l, other_l) = if la.owns_partition(DELIVERY_PARTITION) {
+        (la, lb)
+    } else {
+        (lb, la)
+    };
+    let owner = Store::open(node("owner", 3_600_000)).await.expect("owner");
+    let other = Store::open(node("other", 100)).await.expect("other");
+    owner.maintain_while(owner_l.clone());
+    other.maintain_while(other_l.clone());
+    let (mut at, mut seed) = (DAY, 3u64);
+    persist_files(&owner, 3, 50, &mut at, &mut seed).await;
+    persist_files(&other, 3, 50, &mut at, &mut seed).await;
+    let merged = |s: &Store| {
+        s.snapshot()
+            .files
+            .iter()
+            .filter(|f| f.path.as_ref().contains("-c"))
+            .count()
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        other.snapshot().files.len(),
+        6,
+        "a node without the partition compacted"
+    );
+    assert_eq!(merged(&other), 0);
+    // The owner shuts down (its leases given back): the other node takes the partition and,
+    // with it, the compaction.
+    tokio::task::spawn_blocking(move || owner_l.stop(true))
+        .await
+        .expect("stop");
+    drop(owner);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while merged(&other) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new owner never compacted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&other).await, 6 * 50);
+    tokio::task::spawn_blocking(move || other_l.stop(true))
+        .await
+        .expect("stop");
+}
