@@ -27,6 +27,7 @@ mod alerting;
 mod fhir;
 mod leases;
 mod open;
+mod wal_adoption;
 mod wires;
 
 pub async fn run(c: ServeConfig) -> Result<()> {
@@ -65,6 +66,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     // when the tables are shared.
     let leases = leases::start(&c).await?;
     let c = leases::partition_alerting(c, leases.as_ref());
+    wal_adoption::start(&c, &store, leases.as_ref(), &shutdown);
     leases::maintenance(&c, &store, leases.as_ref());
     let alerting = alerting::start(&c, &store, &pipeline, &engine, &shutdown).await?;
     let web = carewatch_web::WebState::wire(

@@ -146,6 +146,11 @@ pub struct Config {
     /// rows other nodes persisted, when this node follows their commits (see
     /// [`Store::observe_appends`]). Off by default: a node's observers hear of its own appends.
     pub observe_other_nodes: bool,
+    /// Cluster mode (`tables_url` and `postgres_url`): how long after its last liveness
+    /// renewal a node is taken for dead and its WAL objects are adopted by another node
+    /// ([`Store::adopt_wals`]). A node renews every quarter of it and stops acknowledging
+    /// appends when three quarters pass without a renewal.
+    pub wal_node_ttl: Duration,
     /// Extra time a group commit waits for more appends before its fsync.
     pub commit_delay: Duration,
     /// Most rows in one group commit.
@@ -191,6 +196,7 @@ impl Config {
             object_store_options: Vec::new(),
             postgres_url: None,
             observe_other_nodes: false,
+            wal_node_ttl: Duration::from_secs(10),
             commit_delay: Duration::ZERO,
             max_commit_rows: 100_000,
             persist_rows: 1_000_000,

@@ -123,6 +123,23 @@ pub(crate) struct DeltaLog {
     stale: bool,
     /// Cluster mode: the lock every node takes around its commits to this table, and its key.
     lock: Option<(Arc<CommitLock>, i64)>,
+    /// This node's WAL position in the table as this node last set or saw it. Cluster mode: a
+    /// persist finding a higher one under the commit lock was adopted by another node.
+    mine: Option<u64>,
+    /// The position another node's adoption moved this node's `txn` to, found by a refused
+    /// persist ([`DeltaLog::take_adopted`]).
+    adopted: Option<u64>,
+}
+
+/// What a commit checks under the commit lock about a node's `txn` before it writes.
+#[derive(Debug, Clone)]
+enum Expect {
+    /// Nothing (a commit without a WAL position).
+    Nothing,
+    /// This node's position is still the one it last knew (no other node adopted its WAL).
+    Mine,
+    /// Another node's app id is still at this position (no one adopted the frames meanwhile).
+    Other(String, Option<u64>),
 }
 
 impl std::fmt::Debug for DeltaLog {
@@ -157,14 +174,18 @@ impl DeltaLog {
         } else {
             None
         };
-        Ok(DeltaLog {
+        let mut log = DeltaLog {
             table,
             app_id,
             log_store,
             state,
             stale: false,
             lock,
-        })
+            mine: None,
+            adopted: None,
+        };
+        log.mine = log.wal_position().await?;
+        Ok(log)
     }
 
     /// Cluster mode: waits for this table's commit lock.
@@ -232,6 +253,7 @@ impl DeltaLog {
             .await
             .map_err(delta)?;
         self.state = Some(table.snapshot().map_err(delta)?.clone());
+        self.mine = Some(wal);
         Ok(())
     }
 
@@ -267,11 +289,16 @@ impl DeltaLog {
 
     /// The last WAL segment a commit recorded as persisted into this table.
     pub(crate) async fn wal_position(&self) -> Result<Option<u64>> {
+        self.position_of(&self.app_id).await
+    }
+
+    /// The last WAL segment a commit recorded under the `txn` app id `app_id` (any node's).
+    pub(crate) async fn position_of(&self, app_id: &str) -> Result<Option<u64>> {
         let Some(state) = &self.state else {
             return Ok(None);
         };
         let v = state
-            .transaction_version(self.log_store.as_ref(), &self.app_id)
+            .transaction_version(self.log_store.as_ref(), app_id)
             .await
             .map_err(delta)?;
         Ok(v.and_then(|v| u64::try_from(v).ok()))
@@ -336,13 +363,53 @@ impl DeltaLog {
 
     /// One commit: `adds` and `removes` (and, for a persist, the WAL position `wal`). Returns
     /// the log file written (to make durable). An `Err` means nothing was committed. In
-    /// cluster mode it runs under the table's commit lock, and is checked before it counts.
+    /// cluster mode it runs under the table's commit lock, and is checked before it counts; a
+    /// persist whose node's WAL was adopted meanwhile is refused ([`DeltaLog::take_adopted`]).
     pub(crate) async fn commit(
         &mut self,
         op: Op<'_>,
         adds: &[NewFile],
         removes: &[FileMeta],
         wal: Option<u64>,
+    ) -> Result<ObjPath> {
+        let (txn, expect) = match wal {
+            Some(w) => (Some((self.app_id.clone(), w)), Expect::Mine),
+            None => (None, Expect::Nothing),
+        };
+        let log = self.commit_txn(op, adds, removes, txn, expect).await?;
+        if wal.is_some() {
+            self.mine = wal;
+        }
+        Ok(log)
+    }
+
+    /// Cluster mode: commits `adds` (the rows of another node's WAL frames) with that node's
+    /// `txn` (`app_id`) moved to `upto`, if under the commit lock its position is still
+    /// `expect` (else nothing is committed: another node adopted them first).
+    pub(crate) async fn commit_adopted(
+        &mut self,
+        adds: &[NewFile],
+        app_id: &str,
+        (expect, upto): (Option<u64>, u64),
+    ) -> Result<ObjPath> {
+        let txn = Some((app_id.to_owned(), upto));
+        let expect = Expect::Other(app_id.to_owned(), expect);
+        self.commit_txn(Op::Persist, adds, &[], txn, expect).await
+    }
+
+    /// The position an adoption moved this node's `txn` to, when a persist was refused for it
+    /// (its buffered rows of segments up to there are in the table already).
+    pub(crate) fn take_adopted(&mut self) -> Option<u64> {
+        self.adopted.take()
+    }
+
+    async fn commit_txn(
+        &mut self,
+        op: Op<'_>,
+        adds: &[NewFile],
+        removes: &[FileMeta],
+        txn: Option<(String, u64)>,
+        expect: Expect,
     ) -> Result<ObjPath> {
         if self.stale {
             self.reload(None).await?;
@@ -352,7 +419,10 @@ impl DeltaLog {
         if held.is_some() && !removes.is_empty() {
             self.removes_still_live(removes).await?;
         }
-        let post = self.write(op, adds, removes, wal, &nonce).await?;
+        if held.is_some() {
+            self.txn_as_expected(&expect).await?;
+        }
+        let post = self.write(op, adds, removes, txn, &nonce).await?;
         let version = post.version;
         if let Some(h) = held
             && let Err(e) = self.check(h, version, &nonce).await
@@ -392,7 +462,7 @@ impl DeltaLog {
         op: Op<'_>,
         adds: &[NewFile],
         removes: &[FileMeta],
-        wal: Option<u64>,
+        txn: Option<(String, u64)>,
         nonce: &str,
     ) -> Result<PostCommit> {
         let Some(state) = &self.state else {
@@ -404,8 +474,8 @@ impl DeltaLog {
         actions.extend(adds.iter().map(|f| self.add(f, now, dc)));
         let mut props = CommitProperties::default()
             .with_metadata([(NONCE_KEY.to_owned(), serde_json::Value::from(nonce))]);
-        if let Some(w) = wal {
-            props = props.with_application_transaction(Transaction::new(&self.app_id, w as i64));
+        if let Some((app, w)) = txn {
+            props = props.with_application_transaction(Transaction::new(&app, w as i64));
         }
         CommitBuilder::from(props)
             .with_actions(actions)

@@ -2,7 +2,8 @@
 //! modules: `open` (lock, recovery, replay), `adopt` (the tables' Delta logs at open),
 //! `writer` (group commit), `persist` (buffer to Parquet, Delta commit, checkpoint),
 //! `compact` (compaction, retention, vacuum, the background task), `delta` (one table's
-//! Delta log) and `stats` (counters and append summaries).
+//! Delta log), `remote_wal` (cluster mode: the WAL on the object store, and taking over a
+//! dead node's) and `stats` (counters and append summaries).
 
 mod adopt;
 mod commit_lock;
@@ -15,6 +16,7 @@ mod node;
 mod open;
 mod persist;
 mod prefix;
+mod remote_wal;
 mod stats;
 mod writer;
 
@@ -103,6 +105,10 @@ struct Inner {
     /// The earliest `received_us` of each append not yet answered (count per time): readers
     /// that follow the table by received time stop short of it ([`Store::received_floor`]).
     inflight: Mutex<std::collections::BTreeMap<i64, usize>>,
+    /// Cluster mode: this node's WAL on the shared store and its liveness ([`remote_wal`]).
+    remote: Option<Arc<remote_wal::RemoteWal>>,
+    /// Cluster mode: where the writer thread hands written groups to be PUT.
+    upload: Option<mpsc::Sender<remote_wal::Job>>,
     /// Cluster mode: the background compaction and retention run only while this says the
     /// node holds the maintenance partition (unset: always, a single node).
     maintainer: std::sync::OnceLock<Arc<dyn crate::lease::Ownership>>,
@@ -345,6 +351,25 @@ impl Store {
     /// Persists everything buffered now. Returns the number of files written.
     pub async fn persist(&self) -> Result<usize> {
         persist::persist(&self.inner).await
+    }
+
+    /// Cluster mode: takes over the WAL objects of nodes that are no longer alive (their
+    /// liveness in PostgreSQL ran out) beyond what they persisted: their rows are committed to
+    /// the tables with the dead node's `txn` moved past them, then the objects are deleted.
+    /// Run by one node at a time (the holder of [`crate::lease::DELIVERY_PARTITION`]); two at
+    /// once are safe (the commit lock and the `txn` check let only one commit). Returns the
+    /// rows committed (0 when not in cluster mode).
+    pub async fn adopt_wals(&self) -> Result<usize> {
+        remote_wal::adopt(&self.inner).await
+    }
+
+    /// Tests only: stops renewing this node's cluster liveness, as a node cut off from
+    /// PostgreSQL would: it looks dead to the others while it still runs.
+    #[doc(hidden)]
+    pub fn inject_liveness_stop(&self) {
+        if let Some(r) = &self.inner.remote {
+            r.stop_heartbeat();
+        }
     }
 
     /// Cluster mode on shared tables: the background compaction and retention run only while

@@ -170,6 +170,26 @@ pub(super) async fn open(config: Config) -> Result<Store> {
         (Some(url), Some(_), false) => Some(super::commit_lock::CommitLock::open(url).await?),
         _ => None,
     };
+    // Cluster mode: the WAL goes to the shared store too, and this node's liveness is kept.
+    let remote = match (&config.postgres_url, &commit_lock) {
+        (Some(url), Some(_)) => Some(
+            super::remote_wal::RemoteWal::start(
+                objects.clone(),
+                &node.app_id(),
+                url,
+                config.wal_node_ttl,
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+    let (upload, upload_rx) = match remote {
+        Some(_) => {
+            let (tx, rx) = mpsc::channel(2 * super::remote_wal::IN_FLIGHT);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let checkpoint = read_checkpoint(&config.data_dir)?;
     let superseded = if ro {
         superseded_inputs(&config.data_dir, objects.as_ref()).await
@@ -224,6 +244,8 @@ pub(super) async fn open(config: Config) -> Result<Store> {
         observers: std::sync::RwLock::new(Vec::new()),
         health: Arc::new(Health::default()),
         inflight: Mutex::new(std::collections::BTreeMap::new()),
+        remote,
+        upload,
         maintainer: std::sync::OnceLock::new(),
     });
     let Some(wal) = wal else {
@@ -238,6 +260,11 @@ pub(super) async fn open(config: Config) -> Result<Store> {
         .spawn(move || writer(wal, rx, weak, health))
         .map_err(io)?;
     let store = Store { inner };
+    if let (Some(remote), Some(rx)) = (store.inner.remote.clone(), upload_rx) {
+        let weak = Arc::downgrade(&store.inner);
+        tokio::spawn(super::remote_wal::uploader(rx, weak.clone(), remote));
+        tokio::spawn(super::remote_wal::keep_alive(weak));
+    }
     let bg = Arc::downgrade(&store.inner);
     tokio::spawn(async move { background(bg).await });
     Ok(store)

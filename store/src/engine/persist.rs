@@ -231,6 +231,9 @@ async fn commit_tables(inner: &Inner, files: Vec<NewFile>, closed: u64) -> Resul
         let log_file = match log.commit(Op::Persist, &adds, &[], Some(closed)).await {
             Ok(p) => p,
             Err(e) => {
+                if let Some(upto) = log.take_adopted() {
+                    super::remote_wal::drop_adopted(inner, table, upto);
+                }
                 let paths = adds
                     .iter()
                     .chain(by.values().flatten())
@@ -292,6 +295,9 @@ pub(super) async fn persist(inner: &Inner) -> Result<usize> {
     }
     if !durable {
         return Ok(n);
+    }
+    if let Some(remote) = &inner.remote {
+        remote.persisted(closed).await;
     }
     // The tables' logs hold the segments now; the checkpoint only saves replaying them. If it
     // does not move, the WAL stays and open skips what the logs record.

@@ -3,7 +3,8 @@
 //! Whatever queued while the previous fsync ran is one group: it is cut into frames no larger
 //! than replay accepts ([`wal::MAX_FRAME`]), written, and synced once. Then the group's rows
 //! become buffer chunks (one batch per frame, so no Arrow array nears its 2 GiB offset limit)
-//! and every append of the group is answered. A writer that cannot go on says so through
+//! and every append of the group is answered — in cluster mode by the uploader
+//! ([`remote_wal`]) once the group's frames are also an object on the shared store. A writer that cannot go on says so through
 //! [`Health`]; it never dies quietly.
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use arrow_array::RecordBatch;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Chunk, Health, Inner, chunk_bytes, dead_batch, lock, rows_batch};
+use super::{Chunk, Health, Inner, chunk_bytes, dead_batch, lock, remote_wal, rows_batch};
 use crate::tables::Table;
 use crate::wal::{self, Wal};
 use crate::{Config, DeadLetter, Error, Result, Row};
@@ -105,7 +106,7 @@ fn gather(first: Append, rx: &mut mpsc::Receiver<Cmd>, config: &Config) -> (Grou
 }
 
 /// Buffer batches and counters of a written group.
-struct Built {
+pub(super) struct Built {
     batches: Vec<(Table, RecordBatch)>,
     by_source: Vec<(&'static str, u64)>,
     by_reason: Vec<((&'static str, &'static str), u64)>,
@@ -153,7 +154,7 @@ fn build(group: &mut Group) -> Result<Built> {
 }
 
 /// Makes a written group visible in the buffer and counts it.
-fn publish(inner: &Inner, segment: u64, built: Built, took: Duration) {
+pub(super) fn publish(inner: &Inner, segment: u64, built: Built, took: Duration) {
     let mut st = lock(&inner.state);
     let now = Instant::now();
     for (table, batch) in built.batches {
@@ -215,6 +216,8 @@ fn commit(wal: &mut Wal, mut group: Group, inner: &Inner, health: &Health) {
     let started = Instant::now();
     let res = wal.append_frames(&frames);
     let took = started.elapsed();
+    // Cluster mode: the same frames as one object for the shared store.
+    let body = inner.upload.as_ref().map(|_| remote_wal::body(&frames));
     drop(frames);
     if let Err(e) = res {
         tracing::error!(error = %e, "WAL write failed; appends refused until it succeeds");
@@ -223,12 +226,25 @@ fn commit(wal: &mut Wal, mut group: Group, inner: &Inner, health: &Health) {
         return;
     }
     match build(&mut group) {
-        Ok(built) => {
-            publish(inner, wal.id(), built, took);
-            for a in group.appends() {
-                let _ = a.done.send(Ok(()));
+        Ok(built) => match (&inner.upload, &inner.remote, body) {
+            (Some(up), Some(remote), Some(body)) => {
+                let job = remote_wal::Job::Group(Box::new(remote_wal::Upload {
+                    path: remote.next_path(wal.id()),
+                    body,
+                    segment: wal.id(),
+                    built,
+                    took,
+                    appends: group.appends().collect(),
+                }));
+                hand_over(up, job);
             }
-        }
+            _ => {
+                publish(inner, wal.id(), built, took);
+                for a in group.appends() {
+                    let _ = a.done.send(Ok(()));
+                }
+            }
+        },
         Err(e) => {
             // Durable in the WAL but not buffered: replay will bring it back.
             tracing::error!(error = %e, "building buffer batch failed");
@@ -241,6 +257,24 @@ fn commit(wal: &mut Wal, mut group: Group, inner: &Inner, health: &Health) {
         && let Err(e) = wal.rotate()
     {
         tracing::error!(error = %e, "WAL rotation failed");
+    }
+}
+
+/// Cluster mode: gives a written group (or a rotation's answer) to the uploader, which
+/// answers it in order once its object is on the store.
+fn hand_over(up: &mpsc::Sender<remote_wal::Job>, job: remote_wal::Job) {
+    if let Err(mpsc::error::SendError(job)) = up.blocking_send(job) {
+        let why = "the WAL uploader stopped";
+        match job {
+            remote_wal::Job::Group(u) => {
+                for a in u.appends {
+                    let _ = a.done.send(Err(Error::Wal(std::io::Error::other(why))));
+                }
+            }
+            remote_wal::Job::Barrier(done, _) => {
+                let _ = done.send(Err(Error::Closed));
+            }
+        }
     }
 }
 
@@ -279,7 +313,14 @@ pub(super) fn writer(
         match cmd {
             Cmd::Rotate { done } => {
                 let r = ensure_clean(&mut wal, &health).and_then(|()| wal.rotate());
-                let _ = done.send(r.map_err(Error::Wal));
+                let r = r.map_err(Error::Wal);
+                match &inn.upload {
+                    // Answered once the groups before it are on the store and visible.
+                    Some(up) => hand_over(up, remote_wal::Job::Barrier(done, r)),
+                    None => {
+                        let _ = done.send(r);
+                    }
+                }
             }
             Cmd::InjectPanic => {
                 #[allow(clippy::panic)]

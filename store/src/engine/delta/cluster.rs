@@ -1,11 +1,13 @@
 //! Cluster mode's checks around a commit made under the table's commit lock
 //! ([`super::super::commit_lock`]): before it, that the files it removes are still in the
-//! table; after it, that the log entry written is this node's.
+//! table and that the `txn` of the WAL it persists was not moved by another node (an
+//! adoption of that WAL's frames, `remote_wal`); after it, that the log entry written is
+//! this node's.
 
 use object_store::path::Path as ObjPath;
 
 use super::super::commit_lock::Held;
-use super::{DeltaLog, contains, delta};
+use super::{DeltaLog, Expect, contains, delta};
 use crate::Result;
 use crate::tables::FileMeta;
 
@@ -72,5 +74,38 @@ impl DeltaLog {
                 Ok(())
             }
         }
+    }
+
+    /// Cluster mode, under the commit lock: the `txn` position the commit builds on is the
+    /// latest snapshot's. A persist of this node's finding its own position moved was adopted
+    /// by another node (its frames are in the table): refused, and the position kept for
+    /// [`DeltaLog::take_adopted`]. An adoption finding the dead node's position moved was
+    /// beaten to it: refused.
+    pub(super) async fn txn_as_expected(&mut self, expect: &Expect) -> Result<()> {
+        let (app, want) = match expect {
+            Expect::Nothing => return Ok(()),
+            Expect::Mine => (self.app_id.clone(), self.mine),
+            Expect::Other(app, at) => (app.clone(), *at),
+        };
+        self.refresh().await?;
+        let now = self.position_of(&app).await?;
+        if now == want {
+            return Ok(());
+        }
+        let table = self.table.name();
+        if matches!(expect, Expect::Mine) {
+            self.adopted = now;
+            self.mine = now;
+            tracing::warn!(
+                table,
+                "another node adopted this node's WAL frames (it was taken for dead); this persist is refused and the adopted rows leave the buffer"
+            );
+            return Err(delta(format!(
+                "table {table}: this node's WAL was adopted by another node; not committed"
+            )));
+        }
+        Err(delta(format!(
+            "table {table}: another node adopted these WAL frames first; not committed"
+        )))
     }
 }
