@@ -16,6 +16,12 @@ use crate::config::ServeConfig;
 /// otherwise): a patient's owner hears of a reading another node took one persist later.
 pub(super) const CLUSTER_PERSIST_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How often a cluster node's store checks whether a persist is due and follows the other
+/// nodes' commits (the single-node tick is 1 s): a reading another node took reaches its
+/// owner within persist age + 2 ticks, ~1.5 s instead of ~3 s, for 12 more LISTs and GETs of
+/// the Delta logs a second (deploy/README.md, "Capacity model").
+pub(super) const CLUSTER_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Whether alerting is partitioned: a cluster member (`--postgres-url`) on shared tables.
 pub(super) fn partitioned(c: &ServeConfig) -> bool {
     c.postgres_url.is_some() && c.tables_url.is_some() && c.partitioned_alerting

@@ -25,6 +25,7 @@ pub(super) async fn store(c: &ServeConfig) -> Result<Store> {
     if super::leases::partitioned(c) {
         sc.observe_other_nodes = true;
         sc.persist_age = super::leases::CLUSTER_PERSIST_AGE;
+        sc.tick = super::leases::CLUSTER_TICK;
     }
     if let Some(n) = c.persist_rows {
         sc.persist_rows = n;
