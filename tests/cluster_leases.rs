@@ -73,3 +73,45 @@ fn a_node_cut_off_from_postgresql_is_not_ready() {
     assert!(body.contains("PostgreSQL is unreachable"), "{body}");
     assert_eq!(a.stop(), 0, "still shuts down cleanly");
 }
+
+fn sql(srv: &Server, token: &str, q: &str) -> (u16, String) {
+    let body = serde_json::json!({ "sql": q }).to_string();
+    common::curl("POST", &format!("{}/v1/sql", srv.http), token, &body)
+}
+
+/// The audit trail is the cluster's (in PostgreSQL): a statement an analyst ran on one node is
+/// in `audit_log` on another, and stays there after the first node is killed and its data
+/// directory deleted. Before, each node wrote `audit.jsonl` in its own data directory.
+#[test]
+fn the_audit_trail_is_shared_and_outlives_a_lost_node() {
+    let pg = Postgres::start();
+    let (da, db) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let mut a = Server::start(da.path(), &["--postgres-url", &pg.url]);
+    let mut b = Server::start(db.path(), &["--postgres-url", &pg.url]);
+    let admin = a.admin().to_owned();
+    b.admin = Some(admin.clone());
+    let analyst = a.token("analyst", None);
+    let q = "SELECT count(*) AS n FROM observations WHERE value > 41";
+    let (s, body) = sql(&a, &analyst, q);
+    assert_eq!(s, 200, "{body}");
+    a.child.kill().expect("kill -9 a");
+    let _ = a.child.wait();
+    drop(da);
+    let (s, body) = sql(
+        &b,
+        &admin,
+        "SELECT statement, role, outcome FROM audit_log WHERE role = 'analyst'",
+    );
+    assert_eq!(s, 200, "{body}");
+    let rows: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let rows = rows.as_array().expect("rows");
+    assert!(
+        rows.iter()
+            .any(|r| r["statement"] == q && r["outcome"] == "ok"),
+        "node b's audit_log lacks node a's statement: {body}"
+    );
+    assert_eq!(b.stop(), 0);
+}

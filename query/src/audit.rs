@@ -5,7 +5,10 @@
 //! `person_name`: their display name), not only the credential.
 //!
 //! Append-only JSON lines in `audit.jsonl` in the data directory, each line synced to disk
-//! before the answer leaves. Readable as the `audit_log` table — by admins only.
+//! before the answer leaves; in cluster mode (`--postgres-url`) the same lines are rows of
+//! one PostgreSQL table every node appends to (`carewatch_store::shared_audit`), committed
+//! before the answer leaves, so every node's `audit_log` shows the whole cluster's accesses and
+//! a node lost with its disk loses none. Readable as the `audit_log` table — by admins only.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,12 +20,15 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde_json::{Value, json};
 
 use carewatch_store::registry::Principal;
+use carewatch_store::shared_audit::SharedAudit;
 
 /// The audit log.
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
     file: Mutex<Option<std::fs::File>>,
+    /// Cluster mode: the lines go to PostgreSQL instead of the file.
+    shared: Option<SharedAudit>,
 }
 
 impl AuditLog {
@@ -42,6 +48,17 @@ impl AuditLog {
         Ok(AuditLog {
             path,
             file: Mutex::new(file),
+            shared: None,
+        })
+    }
+
+    /// The cluster's audit trail in PostgreSQL at `url` (the table is created if missing).
+    /// Blocking.
+    pub fn open_shared(url: &str) -> Result<AuditLog, carewatch_store::Error> {
+        Ok(AuditLog {
+            path: PathBuf::new(),
+            file: Mutex::new(None),
+            shared: Some(SharedAudit::open(url)?),
         })
     }
 
@@ -79,6 +96,12 @@ impl AuditLog {
             "rows": rows,
             "outcome": outcome,
         });
+        if let Some(shared) = &self.shared {
+            if let Err(e) = blocking(|| shared.append(&line.to_string())) {
+                tracing::error!(error = %e, "writing the audit log failed");
+            }
+            return;
+        }
         let write = || {
             let mut g = self
                 .file
@@ -95,7 +118,12 @@ impl AuditLog {
     }
 
     fn batch(&self, schema: &SchemaRef) -> datafusion::error::Result<RecordBatch> {
-        let text = blocking(|| std::fs::read_to_string(&self.path).unwrap_or_default());
+        let text = match &self.shared {
+            Some(shared) => blocking(|| shared.lines())
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
+                .join("\n"),
+            None => blocking(|| std::fs::read_to_string(&self.path).unwrap_or_default()),
+        };
         let mut t = TimestampMicrosecondBuilder::new().with_timezone("UTC");
         let (mut p, mut r, mut c, mut s, mut o, mut tb) = (
             StringBuilder::new(),

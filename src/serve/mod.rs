@@ -51,10 +51,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
         "http{} listening on {http_addr}",
         if tls.is_some() { "s" } else { "" }
     );
-    let audit = Arc::new(
-        carewatch_query::audit::AuditLog::open(&c.data_dir, false)
-            .context("opening the audit log")?,
-    );
+    let audit = Arc::new(open::audit(&c).await?);
     let engine = carewatch_query::QueryEngine::new(
         store.clone(),
         pipeline.registry.clone(),

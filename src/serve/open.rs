@@ -141,3 +141,15 @@ async fn refresh_registry(registry: Arc<Registry>, shutdown: CancellationToken) 
         let _ = tokio::task::spawn_blocking(move || r.refresh()).await;
     }
 }
+
+/// The audit trail: `audit.jsonl` in the data directory, or on a cluster member
+/// (`--postgres-url`) the cluster's table in PostgreSQL, which every node appends to.
+pub(super) async fn audit(c: &ServeConfig) -> Result<carewatch_query::audit::AuditLog> {
+    use carewatch_query::audit::AuditLog;
+    match c.postgres_url.clone() {
+        Some(url) => tokio::task::spawn_blocking(move || AuditLog::open_shared(&url))
+            .await?
+            .context("opening the cluster's audit trail in PostgreSQL"),
+        None => AuditLog::open(&c.data_dir, false).context("opening the audit log"),
+    }
+}

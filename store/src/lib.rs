@@ -30,7 +30,9 @@
 pub mod codec;
 pub mod dead;
 pub mod lease;
+mod pg_conn;
 pub mod registry;
+pub mod shared_audit;
 pub mod shared_log;
 pub mod sorted;
 pub mod tables;

@@ -20,11 +20,9 @@
 //! receiver was told. One node delivers at a time (the owner of partition 0); its position
 //! updates are fenced by that lease, so a node that lost it cannot move a position back.
 
-use std::sync::Mutex;
-
 use postgres::Client;
 
-use crate::engine::connect;
+use crate::pg_conn::PgConn;
 use crate::{Error, Result};
 
 const SCHEMA: &str = "
@@ -82,8 +80,7 @@ pub struct Appended {
 
 /// The shared log: one connection, used by one caller at a time.
 pub struct SharedLog {
-    url: String,
-    client: Mutex<Option<Client>>,
+    conn: PgConn,
 }
 
 impl std::fmt::Debug for SharedLog {
@@ -95,28 +92,14 @@ impl std::fmt::Debug for SharedLog {
 impl SharedLog {
     /// Connects and creates the table if it is missing. Blocking.
     pub fn open(url: &str) -> Result<SharedLog> {
-        let mut c = connect(url).map_err(pg_err)?;
-        c.batch_execute(SCHEMA).map_err(pg_err)?;
         Ok(SharedLog {
-            url: url.to_owned(),
-            client: Mutex::new(Some(c)),
+            conn: PgConn::open(url, "alert history", SCHEMA)?,
         })
     }
 
-    /// Runs `f` on the connection, reconnecting first when the last one failed; a failure
-    /// drops the connection.
+    /// Runs `f` on the connection (see [`PgConn::with`]).
     fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
-        let mut g = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        let c = match &mut *g {
-            Some(c) => c,
-            slot => slot.insert(connect(&self.url).map_err(pg_err)?),
-        };
-        let r = f(c);
-        if r.is_err() {
-            // Unknown state (a transaction cut off mid-way): start afresh next time.
-            *g = None;
-        }
-        r
+        self.conn.with(f)
     }
 
     /// Entries from `seq` on, in order, at most `limit`. Blocking.
