@@ -3,9 +3,9 @@
 //! - bytes on disk per heart-rate reading at 1 Hz (a day of 100 patients, integer bpm);
 //! - WAL replay rate on open;
 //! - persist at 100 000 patients (issue 19): 1M buffered rows (a heart rate per patient per
-//!   second for 9 s and an SpO2 each, arriving in 2,000-row appends), per phase for the old
-//!   path (`concat`, `sort_dedupe`, `split_by_day`, `encode_parquet`) and the persist's
-//!   (`sorted::sort_split`, `sorted::encode_parallel`), and `Store::persist` end to end.
+//!   second for 9 s and an SpO2 each, arriving in 2,000-row appends), per phase (`concat`,
+//!   `sort_dedupe`, `split_by_day`, `encode_parquet` on one thread, and
+//!   `sorted::encode_parallel`, what the persist encodes with), and `Store::persist` end to end.
 //!   `PERSIST_ONLY=1` runs this part only.
 //!
 //! Run: `cargo bench -p carewatch-benches --bench store` (release). Uses a temp dir on the
@@ -249,36 +249,24 @@ async fn persist_bench() {
         .collect();
     let encode = ms(i);
     println!(
-        "  old: concat {concat:.0} ms, sort_dedupe {sort:.0} ms, split {split:.0} ms, encode {encode:.0} ms = {:.0} rows/s",
+        "  one thread: concat {concat:.0} ms, sort_dedupe {sort:.0} ms, split {split:.0} ms, encode {encode:.0} ms = {:.0} rows/s",
         rows as f64 / ((concat + sort + split + encode) / 1000.0)
     );
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     let i = Instant::now();
-    let new_days = sorted::sort_split(t, &batches).expect("sort_split");
-    let sort_split = ms(i);
-    let i = Instant::now();
-    let new: Vec<bytes::Bytes> = new_days
+    let new: Vec<bytes::Bytes> = days
         .iter()
         .map(|(_, b)| sorted::encode_parallel(b, rgs, threads).expect("encode"))
         .collect();
     let encode_par = ms(i);
-    let i = Instant::now();
-    for (_, b) in &new_days {
-        tables::encode_parquet(b, rgs).expect("encode");
-    }
-    let encode_one = ms(i);
     println!(
-        "  new: sort_split {sort_split:.0} ms, encode_parallel ({threads} threads) {encode_par:.0} ms (one thread: {encode_one:.0} ms) = {:.0} rows/s",
-        rows as f64 / ((sort_split + encode_par) / 1000.0)
+        "  persist now: the same sort, encode_parallel ({threads} threads) {encode_par:.0} ms = {:.0} rows/s",
+        rows as f64 / ((concat + sort + split + encode_par) / 1000.0)
     );
-    assert_eq!(days.len(), new_days.len(), "days");
-    for ((d0, b0), (d1, b1)) in days.iter().zip(&new_days) {
-        assert_eq!(d0, d1, "dates");
-        assert_eq!(b0, b1, "the fast path's rows differ");
-    }
+    assert_eq!(old, new, "encode_parallel wrote another file");
     let size = |v: &[bytes::Bytes]| v.iter().map(bytes::Bytes::len).sum::<usize>();
     println!("  file bytes: old {}, new {}", size(&old), size(&new));
-    drop((all, sorted_all, days, new_days, old, new));
+    drop((all, sorted_all, days, old, new));
 
     let dir = tempfile::tempdir().expect("tmp");
     let store = Store::open(quiet(dir.path())).await.expect("open");

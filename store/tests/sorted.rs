@@ -1,8 +1,7 @@
-//! The persist's fast path (`carewatch_store::sorted`) against the plain one it replaced
-//! (`tables::concat`, `sort_dedupe`, `split_by_day`, `encode_parquet`): the same rows in the
-//! same order per day, the same duplicates dropped, and the same Parquet file, on data with
-//! what makes a sort key hard — null patients, ids that are prefixes of each other, non-ASCII
-//! ids, several days, redelivered readings, many small batches.
+//! The persist's parallel Parquet encoding (`carewatch_store::sorted::encode_parallel`) against
+//! the one-thread writer it replaced (`tables::encode_parquet`): byte for byte the same file,
+//! for several row-group sizes and thread counts, on sorted days of varied data — null
+//! patients, ids that are prefixes of each other, non-ASCII ids, redelivered readings.
 
 use arrow_array::RecordBatch;
 use carewatch_store::{Row, Table, sorted, tables};
@@ -78,35 +77,6 @@ fn plain(batches: &[RecordBatch]) -> Vec<(String, RecordBatch)> {
     let all = tables::concat(&t.schema(), batches).expect("concat");
     let sorted = tables::sort_dedupe(t, &all).expect("sort");
     tables::split_by_day(t, &sorted).expect("split")
-}
-
-#[test]
-fn sort_split_gives_each_day_the_rows_and_order_of_the_plain_path() {
-    for (seed, n, per) in [(1, 5000, 37), (2, 20_000, 2000), (3, 3, 1), (4, 4000, 4000)] {
-        let b = batches(&readings(n, seed), per);
-        let want = plain(&b);
-        let got = sorted::sort_split(Table::Observations, &b).expect("sort_split");
-        let rows = |d: &[(String, RecordBatch)]| d.iter().map(|(_, b)| b.num_rows()).sum::<usize>();
-        assert!(n < 10 || rows(&want) < n, "seed {seed}: no duplicate to drop");
-        assert_eq!(
-            got.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(),
-            want.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(),
-            "seed {seed}: days"
-        );
-        for ((day, g), (_, w)) in got.iter().zip(&want) {
-            assert_eq!(g, w, "seed {seed}, {day}: rows or order differ");
-        }
-    }
-}
-
-#[test]
-fn sort_split_of_no_rows_is_no_file() {
-    let b = batches(&[], 10);
-    assert!(
-        sorted::sort_split(Table::Observations, &b)
-            .expect("sort_split")
-            .is_empty()
-    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
-//! Persist's CPU phase: the buffered batches of each table are sorted by key and
-//! de-duplicated, split by day and encoded as Parquet, on the blocking pool
-//! ([`crate::sorted`]: no concatenation, integer sort keys, columns encoded in parallel).
+//! Persist's CPU phase: the buffered batches of each table are concatenated, sorted by key
+//! and de-duplicated, split by day and encoded as Parquet (a file's columns on several
+//! threads, [`crate::sorted`]), on the blocking pool.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -10,7 +10,7 @@ use arrow_array::RecordBatch;
 use super::persist::blocking;
 use crate::Result;
 use crate::sorted;
-use crate::tables::Table;
+use crate::tables::{self, Table};
 
 /// One file a persist is about to write.
 pub(super) struct Planned {
@@ -35,8 +35,12 @@ pub(super) async fn encode(
         let mut out = Vec::new();
         for (table, batches) in by_table {
             let t = Instant::now();
-            let days = sorted::sort_split(table, &batches)?;
+            let all = tables::concat(&table.schema(), &batches)?;
             drop(batches);
+            let sorted_all = tables::sort_dedupe(table, &all)?;
+            drop(all);
+            let days = tables::split_by_day(table, &sorted_all)?;
+            drop(sorted_all);
             let sort = t.elapsed();
             let t = Instant::now();
             let mut rows = 0;
