@@ -18,9 +18,10 @@
 //! Readings also stream through Mosquitto (a shared subscription of the three nodes) before
 //! and after the kill, and the `deltalake` Python package reads the table throughout: its row
 //! count never goes down, no natural key appears twice, and in the end it holds every reading
-//! acknowledged, once. (A node's last second of acknowledged readings is still in its local
-//! WAL until it persists: the WAL is not on the object store yet, so the test lets the
-//! persist happen before the kill.) The broker keeps A's share of the messages published
+//! acknowledged, once — as Polars reads it too. A is killed right after acknowledging readings
+//! it has not persisted (its buffer was empty, so none is older than its persist age): they
+//! survive only as A's WAL objects on the shared store, which the deliverer adopts once A's
+//! liveness runs out. The broker keeps A's share of the messages published
 //! after the kill in A's session; A's replacement (a new empty data directory, the same MQTT
 //! client id, as a rescheduled pod) takes them, and its share of the partitions, without
 //! raising any alert again.
@@ -47,8 +48,8 @@ use carewatch_store::lease::partition_of;
 
 use common::{Server, Webhook, delta_counts, wait_until};
 use nodes::{
-    Engines, count, engines, minutes, node, node_name, owned, owners, post, publish, raised,
-    watch_table,
+    Engines, count, engines, minutes, node, node_name, owned, owners, polars_counts, post, publish,
+    raised, watch_table,
 };
 
 /// What the scenario ended with.
@@ -68,6 +69,8 @@ struct Outcome {
     last: (i64, i64),
     /// Every read of the table during the run.
     reads: Vec<(i64, i64)>,
+    /// The table's rows and distinct keys at the end as Polars reads them.
+    polars: (i64, i64),
 }
 
 /// Four patients of A's partitions (the first whose partition A holds a lease on).
@@ -268,9 +271,13 @@ fn scenario(partitioned: bool) -> Outcome {
         .map(|(i, p)| (format!("cw{i}"), p.clone()))
         .collect();
     devices.push(("cwm".into(), "cpm".into()));
+    devices.push(("cwk".into(), "cpk".into()));
     let secrets = run.register(&devices);
     before_kill(&mut run, &ps, &secrets);
 
+    // Acknowledged by A and not persisted (A's buffer was empty; these are younger than its
+    // persist age when it dies): only its WAL objects on the shared store keep them.
+    run.post("a", &secrets[5], &minutes(run.t0, 10, 70.0));
     let killed = run.kill("a");
     let rest = minutes(run.t0 + 6 * 60_000, 7, 125.0);
     run.post("b", &secrets[2], &rest);
@@ -280,7 +287,11 @@ fn scenario(partitioned: bool) -> Outcome {
     replace_a(&mut run);
     let last = run.table_settles();
     let acked = run.acked as i64;
-    eprintln!("acknowledged {acked}; the table has {last:?}");
+    let polars = polars_counts(
+        &run.e.g,
+        &format!("s3://{}/tables/observations", run.e.g.bucket),
+    );
+    eprintln!("acknowledged {acked}; the table has {last:?} (deltalake), {polars:?} (Polars)");
     let second = if partitioned {
         vec![second_kill(&mut run)]
     } else {
@@ -297,6 +308,7 @@ fn scenario(partitioned: bool) -> Outcome {
         acked,
         last,
         reads: reader.join().expect("reader"),
+        polars,
     };
     run.stop();
     out
@@ -316,6 +328,7 @@ fn reads_consistent(o: &Outcome) {
         assert_eq!(r.0, r.1, "a natural key twice in one snapshot");
     }
     assert_eq!(o.last, (o.acked, o.acked));
+    assert_eq!(o.polars, (o.acked, o.acked), "Polars reads the same");
 }
 
 /// Every episode raised as exactly one alert (a delivery repeated with the same seq is the

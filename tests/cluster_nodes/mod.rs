@@ -170,3 +170,44 @@ pub fn engines(tmp: &Path) -> Engines {
         mqtt_port,
     }
 }
+
+/// Rows and distinct natural keys (device, code, effective time) of the Delta table at an
+/// s3:// URL, read by Polars (`pl.read_delta`), the second outside reader the issue names.
+const POLARS: &str = r#"
+import json, os, sys, polars as pl
+url, endpoint, key, secret, region = sys.argv[1:6]
+opts = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_REGION": region, "AWS_ALLOW_HTTP": "true", "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
+df = pl.read_delta(url, storage_options=opts, columns=["device_id", "code", "effective_time"])
+print(json.dumps({"rows": df.height, "keys": df.unique().height}), flush=True)
+os._exit(0)
+"#;
+
+/// [`POLARS`] on Garage `g`: `(rows, keys)`, `(-1, -1)` when the read failed.
+pub fn polars_counts(g: &Garage, table_url: &str) -> (i64, i64) {
+    let s = S3::of(g);
+    let out = std::process::Command::new(crate::common::python())
+        .args([
+            "-c",
+            POLARS,
+            table_url,
+            &s.endpoint,
+            &s.key_id,
+            &s.secret,
+            &s.region,
+        ])
+        .output()
+        .expect("python venv (scripts/setup-test-deps.sh)");
+    if !out.status.success() {
+        eprintln!(
+            "polars read failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return (-1, -1);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    (
+        v["rows"].as_i64().unwrap_or(-1),
+        v["keys"].as_i64().unwrap_or(-1),
+    )
+}
