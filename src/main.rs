@@ -128,7 +128,12 @@ fn serve(a: cli::ServeArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve::run(c))?;
+    let res = rt.block_on(serve::run(c));
+    if res.is_err() {
+        // Report the error even if some blocking task does not end (it is cut off after 10 s).
+        rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    }
+    res?;
     Ok(ExitCode::SUCCESS)
 }
 

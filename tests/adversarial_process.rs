@@ -94,3 +94,51 @@ fn idle_sockets_and_open_streams_neither_block_https_nor_shutdown() {
     );
     drop(idle);
 }
+
+/// A start-up error after the store is open (here the Postgres wire's port is taken) ends
+/// `serve` with that error. Before, the alert engine's runtime waited for a shutdown that
+/// never came, so the process hung with its HTTP port bound, printing nothing (found as a
+/// test server that reset its first connection when the free port it was given got taken).
+#[test]
+fn a_taken_postgres_port_ends_serve_with_the_error() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--pg-addr", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn carewatch");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve hung for 60 s after failing to bind the Postgres wire");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    use std::io::Read as _;
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("binding Postgres wire"), "{err}");
+    drop(taken);
+}

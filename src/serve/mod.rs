@@ -33,6 +33,9 @@ mod wires;
 pub async fn run(c: ServeConfig) -> Result<()> {
     let store = open::store(&c).await?;
     let shutdown = CancellationToken::new();
+    // Any early return (a start-up error) ends what was started too: the alert engine's own
+    // runtime waits for this token, and the process could not exit before it ends.
+    let _stop_on_return = shutdown.clone().drop_guard();
     let (pipeline, auth) = open::pipeline(&c, &store, &shutdown)?;
     let tls = match &c.tls {
         Some((cert, key)) => {

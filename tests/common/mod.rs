@@ -47,7 +47,8 @@ impl Server {
         let log = log_file("serve");
         let err = std::fs::File::create(&log).expect("log file");
         let mut out_log = err.try_clone().expect("log file");
-        let pg = format!("127.0.0.1:{}", free_port());
+        // Every port ephemeral, read back from the announcements: a port picked free here
+        // could be taken by another test's process before the server binds it.
         let mut args = vec![
             "serve",
             "--http-addr",
@@ -55,7 +56,7 @@ impl Server {
             "--mqtt-addr",
             "127.0.0.1:0",
             "--pg-addr",
-            &pg,
+            "127.0.0.1:0",
             "--data-dir",
         ];
         let data = dir.join("data");
@@ -88,7 +89,7 @@ impl Server {
         // Generous: a debug build starting on a 2-core machine that is also compiling (CI's
         // size-budget build, other test binaries) once took over 30 s to reach its last port.
         let deadline = Instant::now() + Duration::from_secs(90);
-        while http.is_none() || (mqtt.is_none() && !extra.contains(&"--mqtt-url")) {
+        while http.is_none() || pg.is_none() || (mqtt.is_none() && !extra.contains(&"--mqtt-url")) {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| {
