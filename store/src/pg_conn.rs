@@ -16,6 +16,15 @@ pub(crate) struct PgConn {
     client: Mutex<Option<Client>>,
 }
 
+impl std::fmt::Debug for PgConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the URL: it may carry a password.
+        f.debug_struct("PgConn")
+            .field("what", &self.what)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PgConn {
     /// Connects and runs `schema` (idempotent `CREATE … IF NOT EXISTS`).
     pub(crate) fn open(url: &str, what: &'static str, schema: &str) -> Result<PgConn> {

@@ -18,14 +18,9 @@ CREATE TABLE IF NOT EXISTS carewatch_audit_log (
 ";
 
 /// The shared audit trail.
+#[derive(Debug)]
 pub struct SharedAudit {
     conn: PgConn,
-}
-
-impl std::fmt::Debug for SharedAudit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedAudit").finish_non_exhaustive()
-    }
 }
 
 impl SharedAudit {

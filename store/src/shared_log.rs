@@ -79,14 +79,9 @@ pub struct Appended {
 }
 
 /// The shared log: one connection, used by one caller at a time.
+#[derive(Debug)]
 pub struct SharedLog {
     conn: PgConn,
-}
-
-impl std::fmt::Debug for SharedLog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedLog").finish_non_exhaustive()
-    }
 }
 
 impl SharedLog {

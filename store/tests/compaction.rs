@@ -6,10 +6,9 @@
 use std::time::Duration;
 
 use carewatch_store::{Config, Row, Store, Table};
-use carewatch_transform::catalogue;
-use carewatch_transform::{Format, Reading, Source};
 
-const T0: i64 = 1_700_000_000_000_000; // 2023-11-14T22:13:20Z
+mod support;
+
 /// Readings start here, so the files of a test all fall on one day.
 const DAY: i64 = 1_700_006_400_000_000; // 2023-11-15T00:00:00Z
 
@@ -23,28 +22,15 @@ fn quiet(dir: &std::path::Path) -> Config {
 /// `n` heart-rate readings of one device from `start`, with values that do not compress away
 /// (a file of 5,000 is some tens of kB).
 fn rows(start: i64, n: i64, seed: &mut u64) -> Vec<Row> {
-    (0..n)
-        .map(|i| {
-            *seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            Row {
-                reading: Reading {
-                    device_id: "d1".to_owned(),
-                    patient_id: Some("p-d1".to_owned()),
-                    vital: catalogue::by_key("heart_rate").expect("vital"),
-                    value: 40.0 + (*seed >> 11) as f64 / (1u64 << 53) as f64 * 100.0,
-                    effective_us: start + i * 1_000_003,
-                    effective_end_us: None,
-                    offset_min: Some(0),
-                    extra: None,
-                },
-                received_us: T0,
-                source: Source::Http,
-                format: Format::Carewatch,
-            }
-        })
-        .collect()
+    let mut out = support::rows("d1", 0, n);
+    for (i, r) in (0..).zip(out.iter_mut()) {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        r.reading.value = 40.0 + (*seed >> 11) as f64 / (1u64 << 53) as f64 * 100.0;
+        r.reading.effective_us = start + i * 1_000_003;
+    }
+    out
 }
 
 /// Appends and persists `files` files of `per` rows each, continuing at `*at`.
