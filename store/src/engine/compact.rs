@@ -140,17 +140,7 @@ async fn compact_day(inner: &Inner, inputs: Vec<FileMeta>) -> Result<()> {
             return Err(e);
         }
     }
-    let out = NewFile {
-        meta: FileMeta {
-            table,
-            path: path.clone(),
-            date,
-            wal_first: first,
-            wal_last: last,
-            size,
-        },
-        rows: Some(rows),
-    };
+    let out = NewFile::new(table, path.clone(), date, (first, last), size, rows);
     let mut deltas = inner.deltas.lock().await;
     let Some(log) = deltas.get_mut(&table) else {
         return Ok(());

@@ -111,6 +111,31 @@ pub(crate) struct NewFile {
     pub(crate) rows: Option<u64>,
 }
 
+impl NewFile {
+    /// A file of `rows` rows of `table` for `date` at `path`, holding WAL segments
+    /// `wal.0..=wal.1`.
+    pub(crate) fn new(
+        table: Table,
+        path: object_store::path::Path,
+        date: String,
+        wal: (u64, u64),
+        size: u64,
+        rows: u64,
+    ) -> NewFile {
+        NewFile {
+            meta: FileMeta {
+                table,
+                path,
+                date,
+                wal_first: wal.0,
+                wal_last: wal.1,
+                size,
+            },
+            rows: Some(rows),
+        }
+    }
+}
+
 /// One table's Delta log.
 pub(crate) struct DeltaLog {
     table: Table,

@@ -20,7 +20,7 @@ use super::delta::{NewFile, Op};
 use super::encode::{Planned, encode};
 use super::writer::Cmd;
 use super::{Inner, io, lock};
-use crate::tables::{self, FileMeta, Table};
+use crate::tables::{self, Table};
 use crate::wal;
 use crate::{Error, Result};
 
@@ -167,17 +167,14 @@ async fn write_files(
         let size = p.bytes.len() as u64;
         let bytes = p.bytes;
         // Recorded before the PUT: a failed PUT may still leave the file behind.
-        metas.push(NewFile {
-            meta: FileMeta {
-                table,
-                path: path.clone(),
-                date,
-                wal_first: first,
-                wal_last: closed,
-                size,
-            },
-            rows: Some(p.rows),
-        });
+        metas.push(NewFile::new(
+            table,
+            path.clone(),
+            date,
+            (first, closed),
+            size,
+            p.rows,
+        ));
         if let Err(e) = inner.objects.put(&path, bytes.into()).await {
             res = Err(io(e));
             break;
@@ -248,17 +245,7 @@ async fn commit_tables(inner: &Inner, files: Vec<NewFile>, closed: u64) -> Resul
         let files = log.files();
         let mut st = lock(&inner.state);
         super::follow::take_files(inner, &mut st, table, files);
-        let (mut rows, mut bytes) = (0, 0);
-        st.chunks.retain(|c| {
-            let keep = c.table != table || c.segment > closed;
-            if !keep {
-                rows += c.batch.num_rows();
-                bytes += super::chunk_bytes(&c.batch);
-            }
-            keep
-        });
-        st.rows -= rows;
-        st.bytes -= bytes;
+        drop_buffered(&mut st, table, closed);
     }
     Ok(durable)
 }
@@ -310,4 +297,21 @@ pub(super) async fn persist(inner: &Inner) -> Result<usize> {
         Err(e) => tracing::error!(error = %e, "writing the checkpoint failed; the WAL is kept"),
     }
     Ok(n)
+}
+
+/// Removes from the buffer the rows of `table` from WAL segments up to `upto` (they are in the
+/// table now: persisted here, or adopted by another node); returns how many.
+pub(super) fn drop_buffered(st: &mut super::State, table: Table, upto: u64) -> usize {
+    let (mut rows, mut bytes) = (0, 0);
+    st.chunks.retain(|c| {
+        let keep = c.table != table || c.segment > upto;
+        if !keep {
+            rows += c.batch.num_rows();
+            bytes += super::chunk_bytes(&c.batch);
+        }
+        keep
+    });
+    st.rows -= rows;
+    st.bytes -= bytes;
+    rows
 }

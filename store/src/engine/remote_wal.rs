@@ -336,18 +336,7 @@ pub(super) async fn keep_alive(inner: Weak<Inner>) {
 /// buffered rows of `table` from those segments are in the table already, so they leave the
 /// buffer (never committed twice).
 pub(super) fn drop_adopted(inner: &Inner, table: Table, upto: u64) {
-    let mut st = lock(&inner.state);
-    let (mut rows, mut bytes) = (0, 0);
-    st.chunks.retain(|c| {
-        let keep = c.table != table || c.segment > upto;
-        if !keep {
-            rows += c.batch.num_rows();
-            bytes += super::chunk_bytes(&c.batch);
-        }
-        keep
-    });
-    st.rows -= rows;
-    st.bytes -= bytes;
+    let rows = super::persist::drop_buffered(&mut lock(&inner.state), table, upto);
     tracing::warn!(
         table = table.name(),
         rows,

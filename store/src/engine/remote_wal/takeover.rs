@@ -21,7 +21,7 @@ use super::super::persist::{blocking, delete_all};
 use super::super::{Inner, dead_batch, io, lock, rows_batch};
 use super::{RemoteWal, app_id_of};
 use crate::codec::{self, Record};
-use crate::tables::{self, FileMeta, Table};
+use crate::tables::{self, Table};
 use crate::{Result, wal};
 
 /// Adopts the WAL objects of every node no longer alive. Returns the rows committed.
@@ -133,17 +133,15 @@ async fn write(
     let mut files = Vec::new();
     for (date, rows, bytes) in parts {
         let path = tables::file_path(table, &date, first, last, &suffix);
-        files.push(NewFile {
-            meta: FileMeta {
-                table,
-                path: path.clone(),
-                date,
-                wal_first: first,
-                wal_last: last,
-                size: bytes.len() as u64,
-            },
-            rows: Some(rows),
-        });
+        let size = bytes.len() as u64;
+        files.push(NewFile::new(
+            table,
+            path.clone(),
+            date,
+            (first, last),
+            size,
+            rows,
+        ));
         if let Err(e) = inner.objects.put(&path, bytes.into()).await {
             let paths = files.into_iter().map(|f| f.meta.path).collect();
             let left = delete_all(inner.objects.as_ref(), paths).await;
