@@ -404,15 +404,20 @@ impl Store {
     }
 }
 
-/// Reads one Parquet file of ours from the object store.
-async fn read_file(objects: &dyn ObjectStore, path: &ObjPath) -> Result<Vec<RecordBatch>> {
-    let bytes = objects
+/// The whole object at `path`.
+async fn get_bytes(objects: &dyn ObjectStore, path: &ObjPath) -> Result<bytes::Bytes> {
+    objects
         .get(path)
         .await
         .map_err(io)?
         .bytes()
         .await
-        .map_err(io)?;
+        .map_err(io)
+}
+
+/// Reads one Parquet file of ours from the object store.
+async fn read_file(objects: &dyn ObjectStore, path: &ObjPath) -> Result<Vec<RecordBatch>> {
+    let bytes = get_bytes(objects, path).await?;
     let table = tables::parse_path(path, 0).map(|f| f.table);
     let batches = tables::decode_parquet(bytes)?;
     match table {

@@ -75,14 +75,7 @@ async fn read_frames(
         if *seg <= at(Table::Observations) && *seg <= at(Table::DeadLetters) {
             continue;
         }
-        let bytes = remote
-            .objects
-            .get(path)
-            .await
-            .map_err(io)?
-            .bytes()
-            .await
-            .map_err(io)?;
+        let bytes = super::super::get_bytes(remote.objects.as_ref(), path).await?;
         let (payloads, damage) = wal::scan(&bytes);
         if damage.is_some() {
             // A PUT is all or nothing: a damaged object was never acknowledged whole.
