@@ -38,6 +38,10 @@
 mod load;
 #[path = "alerts/procfs.rs"]
 mod procfs;
+#[path = "util.rs"]
+mod util;
+
+use util::{env_or, pct};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,21 +59,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Arrival times of each episode's `firing` deliveries, by `patient|episode_start`.
 type Arrivals = Arc<Mutex<HashMap<String, Vec<Instant>>>>;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
 
 /// What every scenario shares.
 struct Plan {

@@ -27,8 +27,15 @@
 mod hook;
 #[path = "load/phones.rs"]
 mod phones;
+#[path = "alerts/procfs.rs"]
+#[allow(dead_code)]
+mod procfs;
 #[path = "load/server.rs"]
 mod server;
+#[path = "util.rs"]
+mod util;
+
+use util::{env_or, pct};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,21 +44,6 @@ use std::time::{Duration, Instant};
 
 use phones::{Live, Plan, Role, Sent};
 use server::Server;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
 
 /// Prints a line every 10 s until `stop`; returns the RSS samples (MiB).
 async fn report(

@@ -9,7 +9,12 @@ const TICKS: f64 = 100.0;
 
 /// The resident set, MiB.
 pub fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_mib_of("/proc/self/status")
+}
+
+/// The resident set (`VmRSS`) from a `/proc/<pid>/status` file, MiB.
+pub fn rss_mib_of(path: &str) -> f64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             s.lines()
@@ -60,7 +65,13 @@ pub fn cpu_since(before: &HashMap<u64, (String, f64)>, prefix: &str) -> f64 {
 
 /// CPU seconds (user + system) of the whole process so far, ended threads included.
 pub fn process_cpu() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    cpu_of("/proc/self/stat")
+}
+
+/// CPU seconds (user + system) from a `/proc/<pid>/stat` file (after the comm, utime and
+/// stime are fields 14 and 15, 1-based, man 5 proc).
+pub fn cpu_of(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return f64::NAN;
     };
     let Some(close) = stat.rfind(')') else {

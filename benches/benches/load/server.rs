@@ -73,14 +73,7 @@ impl Server {
 
     /// Resident set, MiB (`VmRSS`).
     pub fn rss_mib(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            })
-            .map_or(f64::NAN, |kb| kb / 1024.0)
+        crate::procfs::rss_mib_of(&format!("/proc/{}/status", self.pid))
     }
 
     /// CPU seconds (user + system) the server used so far.
@@ -189,22 +182,7 @@ impl Drop for Server {
     }
 }
 
-/// CPU seconds (user + system) from a `/proc/.../stat` file.
-pub fn cpu_of(path: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(path) else {
-        return f64::NAN;
-    };
-    let Some(close) = stat.rfind(')') else {
-        return f64::NAN;
-    };
-    let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    // After the comm, utime and stime are fields 14 and 15 (1-based, man 5 proc).
-    let ticks = |i: usize| f.get(i - 3).and_then(|s| s.parse::<f64>().ok());
-    match (ticks(14), ticks(15)) {
-        (Some(u), Some(s)) => (u + s) / 100.0,
-        _ => f64::NAN,
-    }
-}
+pub use crate::procfs::cpu_of;
 
 pub fn device(i: usize) -> String {
     format!("load-dev-{i:06}")
