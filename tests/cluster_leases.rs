@@ -81,7 +81,9 @@ fn sql(srv: &Server, token: &str, q: &str) -> (u16, String) {
 
 /// The audit trail is the cluster's (in PostgreSQL): a statement an analyst ran on one node is
 /// in `audit_log` on another, and stays there after the first node is killed and its data
-/// directory deleted. Before, each node wrote `audit.jsonl` in its own data directory.
+/// directory deleted. Before, each node wrote `audit.jsonl` in its own data directory. (The
+/// line is written as the answer ends, after its bytes left: the test waits for it to show
+/// before the kill rather than racing it.)
 #[test]
 fn the_audit_trail_is_shared_and_outlives_a_lost_node() {
     let pg = Postgres::start();
@@ -97,21 +99,27 @@ fn the_audit_trail_is_shared_and_outlives_a_lost_node() {
     let q = "SELECT count(*) AS n FROM observations WHERE value > 41";
     let (s, body) = sql(&a, &analyst, q);
     assert_eq!(s, 200, "{body}");
+    let seen_on_b = || {
+        let (s, body) = sql(
+            &b,
+            &admin,
+            "SELECT statement, role, outcome FROM audit_log WHERE role = 'analyst'",
+        );
+        assert_eq!(s, 200, "{body}");
+        let rows: serde_json::Value = serde_json::from_str(&body).expect("json");
+        rows.as_array()
+            .expect("rows")
+            .iter()
+            .any(|r| r["statement"] == q && r["outcome"] == "ok")
+    };
+    wait_until(
+        "node a's statement in node b's audit_log",
+        Duration::from_secs(10),
+        seen_on_b,
+    );
     a.child.kill().expect("kill -9 a");
     let _ = a.child.wait();
     drop(da);
-    let (s, body) = sql(
-        &b,
-        &admin,
-        "SELECT statement, role, outcome FROM audit_log WHERE role = 'analyst'",
-    );
-    assert_eq!(s, 200, "{body}");
-    let rows: serde_json::Value = serde_json::from_str(&body).expect("json");
-    let rows = rows.as_array().expect("rows");
-    assert!(
-        rows.iter()
-            .any(|r| r["statement"] == q && r["outcome"] == "ok"),
-        "node b's audit_log lacks node a's statement: {body}"
-    );
+    assert!(seen_on_b(), "the line went with node a");
     assert_eq!(b.stop(), 0);
 }

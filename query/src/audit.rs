@@ -5,10 +5,12 @@
 //! `person_name`: their display name), not only the credential.
 //!
 //! Append-only JSON lines in `audit.jsonl` in the data directory, each line synced to disk
-//! before the answer leaves; in cluster mode (`--postgres-url`) the same lines are rows of
-//! one PostgreSQL table every node appends to (`carewatch_store::shared_audit`), committed
-//! before the answer leaves, so every node's `audit_log` shows the whole cluster's accesses and
-//! a node lost with its disk loses none. Readable as the `audit_log` table — by admins only.
+//! when the answer ends; in cluster mode (`--postgres-url`) the same lines are rows of one
+//! PostgreSQL table every node appends to (`carewatch_store::shared_audit`), so every node's
+//! `audit_log` shows the whole cluster's accesses and a node lost with its disk loses none.
+//! A streamed SQL answer's line is written when the stream ends, after its last rows left:
+//! a process killed in that instant loses the line (not yet closed). Readable as the
+//! `audit_log` table — by admins only.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
