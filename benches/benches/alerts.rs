@@ -171,12 +171,7 @@ async fn receiver(arrived: Arrivals) -> String {
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/hook", l.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(l, app).await });
-    url
+    util::serve_hook(app).await
 }
 
 /// A store, an alert engine on it as `serve` wires them (own session, own runtime thread,

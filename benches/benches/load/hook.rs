@@ -39,10 +39,5 @@ pub async fn start(arrived: Arrivals) -> String {
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/hook", l.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(l, app).await });
-    url
+    crate::util::serve_hook(app).await
 }
