@@ -7,7 +7,10 @@
 //! Run: `cargo bench -p carewatch-benches --bench cluster_wal` (release; needs
 //! `scripts/setup-test-deps.sh`'s Garage and PostgreSQL).
 
-use std::time::{Duration, Instant};
+#[path = "appends.rs"]
+mod appends;
+
+use std::time::Duration;
 
 use carewatch_fixtures::garage::Garage;
 use carewatch_fixtures::postgres::Postgres;
@@ -35,41 +38,10 @@ fn row(patient: usize, second: i64) -> Row {
     }
 }
 
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort_unstable();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// `writers` tasks appending `per` single-reading appends each: rows/s, ack p50, p99.
 async fn run(c: Config, writers: usize, per: usize) -> (f64, Duration, Duration) {
     let store = Store::open(c).await.expect("open");
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per);
-            for i in 0..per {
-                let t = Instant::now();
-                store
-                    .append(vec![row(w, i as i64)], vec![])
-                    .await
-                    .expect("append");
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("join"));
-    }
-    let secs = start.elapsed().as_secs_f64();
-    (
-        (writers * per) as f64 / secs,
-        pct(&mut all, 0.5),
-        pct(&mut all, 0.99),
-    )
+    appends::concurrent(&store, writers, per, |w, i| vec![row(w, i as i64)]).await
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,9 @@
 //! Run: `cargo bench -p carewatch-benches --bench store` (release). Uses a temp dir on the
 //! same file system as `$TMPDIR`.
 
+#[path = "appends.rs"]
+mod appends;
+
 use std::time::{Duration, Instant};
 
 use carewatch_store::{Config, Row, Store, Table};
@@ -48,11 +51,6 @@ fn quiet(dir: &std::path::Path) -> Config {
     c
 }
 
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort_unstable();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 async fn append_bench(
     writers: usize,
     rows_per_append: usize,
@@ -60,30 +58,12 @@ async fn append_bench(
 ) -> (f64, Duration, Duration) {
     let dir = tempfile::tempdir().expect("tmp");
     let store = Store::open(quiet(dir.path())).await.expect("open");
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(appends_per_writer);
-            for i in 0..appends_per_writer {
-                let rows: Vec<Row> = (0..rows_per_append)
-                    .map(|j| hr_row(w, (i * rows_per_append + j) as i64, 72.0))
-                    .collect();
-                let t = Instant::now();
-                store.append(rows, vec![]).await.expect("append");
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("join"));
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let rows = (writers * rows_per_append * appends_per_writer) as f64;
-    (rows / secs, pct(&mut all, 0.5), pct(&mut all, 0.99))
+    appends::concurrent(&store, writers, appends_per_writer, move |w, i| {
+        (0..rows_per_append)
+            .map(|j| hr_row(w, (i * rows_per_append + j) as i64, 72.0))
+            .collect()
+    })
+    .await
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
