@@ -112,10 +112,7 @@ impl Drop for Broker {
 }
 
 fn broker(dir: &std::path::Path) -> (Broker, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
+    let port = carewatch_fixtures::free_port();
     let conf = dir.join("m.conf");
     std::fs::write(
         &conf,

@@ -319,13 +319,9 @@ pub fn python() -> String {
     format!("{venv}/bin/python")
 }
 
-/// A free TCP port on loopback.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
+/// A free TCP port on loopback, below the ephemeral range (`carewatch_fixtures::ports`).
+#[allow(unused_imports)]
+pub use carewatch_fixtures::free_port;
 
 /// Runs `carewatch serve --config cfg` on a data directory under `dir`, expecting it to refuse
 /// to start; its stderr.

@@ -30,16 +30,24 @@ impl Idp {
             .arg(port.to_string())
             .arg(carewatch)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("node (scripts/setup-test-deps.sh installs oidc-provider)");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let first = lines.next().and_then(Result::ok).unwrap_or_default();
-        assert!(
-            first.starts_with("oidc-provider listening on "),
-            "provider did not start: {first:?}"
-        );
+        if !first.starts_with("oidc-provider listening on ") {
+            let _ = child.kill();
+            let mut why = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut why);
+            }
+            panic!("provider did not start: {first:?}\n{why}");
+        }
+        // Its stderr is drained so that the provider never blocks on a full pipe.
+        if let Some(e) = child.stderr.take() {
+            std::thread::spawn(move || for _ in BufReader::new(e).lines().map_while(Result::ok) {});
+        }
         std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
         Idp {
             child,
