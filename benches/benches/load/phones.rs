@@ -11,11 +11,12 @@
 //!   it they post normal minutes.
 //!
 //! Times are the scheduled ones (cycle start + the phone's offset), so a phone's posts cover
-//! consecutive minutes exactly and no reading is sent twice.
+//! consecutive minutes exactly and no reading is sent twice. Requests go to the [`Targets`]
+//! in turn, as a load balancer would spread them over a cluster's nodes.
 
 use std::fmt::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -59,9 +60,46 @@ impl Plan {
     }
 }
 
+/// The `/v1/readings` URLs requests go to, round-robin over those not marked down (a load
+/// balancer whose health check noticed a dead node).
+pub struct Targets {
+    urls: Vec<String>,
+    down: Vec<AtomicBool>,
+    next: AtomicUsize,
+}
+
+impl Targets {
+    pub fn new(urls: Vec<String>) -> Targets {
+        let down = urls.iter().map(|_| AtomicBool::new(false)).collect();
+        Targets {
+            urls,
+            down,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Sends no more requests to target `i`.
+    pub fn set_down(&self, i: usize) {
+        self.down[i].store(true, Ordering::Relaxed);
+    }
+
+    /// The next target up (the next one at all when every target is down): its index and URL.
+    fn pick(&self) -> (usize, &str) {
+        let n = self.urls.len();
+        let k = self.next.fetch_add(1, Ordering::Relaxed);
+        let i = (0..n)
+            .map(|d| (k + d) % n)
+            .find(|i| !self.down[*i].load(Ordering::Relaxed))
+            .unwrap_or(k % n);
+        (i, &self.urls[i])
+    }
+}
+
 /// One request's outcome, for the report.
 pub struct Sent {
     pub phone: usize,
+    /// Which target it went to.
+    pub node: usize,
     pub cycle: u64,
     pub status: u16,
     pub accepted: u64,
@@ -130,7 +168,7 @@ pub fn body(plan: &Plan, i: usize, cycle: u64, end_ms: i64) -> Option<String> {
 pub async fn run(
     plan: Arc<Plan>,
     http: reqwest::Client,
-    url: String,
+    targets: Arc<Targets>,
     secrets: Arc<Vec<String>>,
     live: Arc<Live>,
     start: Instant,
@@ -155,7 +193,8 @@ pub async fn run(
         let permit = sem.clone().acquire_owned().await.expect("semaphore");
         let lag = start.elapsed().saturating_sub(due).as_millis() as u64;
         live.max_lag_ms.fetch_max(lag, Ordering::Relaxed);
-        let req = http.post(&url).bearer_auth(&secrets[i]).body(b);
+        let (node, url) = targets.pick();
+        let req = http.post(url).bearer_auth(&secrets[i]).body(b);
         let (tx, live) = (tx.clone(), live.clone());
         live.in_flight.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
@@ -180,6 +219,7 @@ pub async fn run(
             }
             let _ = tx.send(Sent {
                 phone: i,
+                node,
                 cycle,
                 status,
                 accepted,

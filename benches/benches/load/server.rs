@@ -1,5 +1,7 @@
 //! The server under load: a real `carewatch serve` process (the release binary), its fleet
-//! enrolled through `POST /v1/devices`, and what the kernel and `/metrics` say about it.
+//! enrolled through `POST /v1/devices`, and what the kernel and `/metrics` say about it. A
+//! cluster member is the same process with `--postgres-url`, `--object-store-url` and the
+//! store's `AWS_*` environment ([`Server::start_with`]).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +20,19 @@ pub struct Server {
 impl Server {
     /// Starts `bin serve` on ephemeral ports, a data directory under `dir`, alerts to `hook`.
     pub fn start(bin: &str, dir: &std::path::Path, hook: &str) -> Server {
+        Server::start_with(bin, dir, hook, &[], &[])
+    }
+
+    /// [`Server::start`] with more arguments and environment (a later `CAREWATCH_LOG` wins).
+    /// Returns once the server announced its last listener. Only the first node of a cluster
+    /// prints the admin token: on the others `admin` is empty (set it to the first's).
+    pub fn start_with(
+        bin: &str,
+        dir: &std::path::Path,
+        hook: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Server {
         let cfg = dir.join("carewatch.toml");
         // Escalations would re-send the same episode; the harness counts first deliveries.
         std::fs::write(
@@ -38,7 +53,9 @@ impl Server {
             .arg(dir.join("data"))
             .arg("--config")
             .arg(&cfg)
+            .args(args)
             .env("CAREWATCH_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -50,9 +67,10 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let (mut http, mut admin) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while http.is_none() || admin.is_none() {
+        // The admin token (on a fresh registry) comes first, the Postgres wire last.
+        let (mut http, mut admin, mut ready) = (None, None, false);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !ready {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("carewatch did not start (see serve.log)");
@@ -61,6 +79,7 @@ impl Server {
             } else if let Some(t) = line.strip_prefix("admin token: ") {
                 admin = Some(t.to_owned());
             }
+            ready = line.starts_with("postgres listening on ");
         }
         let pid = child.id();
         Server {
@@ -86,6 +105,7 @@ impl Server {
         let text = http
             .get(format!("{}/metrics", self.http))
             .bearer_auth(&self.admin)
+            .timeout(Duration::from_secs(5))
             .send()
             .await
             .ok()?
@@ -164,6 +184,13 @@ impl Server {
             .await;
         got.sort_by_key(|(from, _)| *from);
         got.into_iter().flat_map(|(_, s)| s).collect()
+    }
+
+    /// SIGKILL: the process dies at once, its buffer unpersisted (its WAL is what is left).
+    pub fn kill9(&self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .status();
     }
 
     /// SIGTERM, then wait (a clean stop persists the buffer).
