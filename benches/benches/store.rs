@@ -6,13 +6,19 @@
 //!   second for 9 s and an SpO2 each, arriving in 2,000-row appends), per phase (`concat`,
 //!   `sort_dedupe`, `split_by_day`, `encode_parquet` on one thread, and
 //!   `sorted::encode_parallel`, what the persist encodes with), and `Store::persist` end to end.
-//!   `PERSIST_ONLY=1` runs this part only.
+//!   `PERSIST_ONLY=1` runs this part only;
+//! - compaction's memory (issue 19): 8 persisted files of 1M rows of 100,000 patients merged
+//!   by `Store::compact` (a streaming merge), against decoding, sorting and encoding them whole
+//!   (what compaction did before) in the same run: peak resident set above the start, time.
+//!   `COMPACT_ONLY=1` runs this part only.
 //!
 //! Run: `cargo bench -p carewatch-benches --bench store` (release). Uses a temp dir on the
 //! same file system as `$TMPDIR`.
 
 #[path = "appends.rs"]
 mod appends;
+#[path = "store/compact.rs"]
+mod compact;
 
 use std::time::{Duration, Instant};
 
@@ -70,6 +76,10 @@ async fn append_bench(
 async fn main() {
     if std::env::var("PERSIST_ONLY").is_ok_and(|v| v == "1") {
         persist_bench().await;
+        return;
+    }
+    if std::env::var("COMPACT_ONLY").is_ok_and(|v| v == "1") {
+        compact::bench().await;
         return;
     }
     println!("| writers | rows/append | appends | rows/s | ack p50 | ack p99 |");
@@ -173,15 +183,15 @@ async fn main() {
 
 /// The persist's input at 100 000 patients: 9 s of heart rate and one SpO2 per patient, in
 /// 2,000-row appends whose patients interleave (as many phones' requests do).
-fn fleet_rows(patients: usize) -> Vec<Vec<Row>> {
+fn fleet_rows(patients: usize, from_second: i64) -> Vec<Vec<Row>> {
     let spo2 = catalogue::by_key("spo2").expect("spo2");
     let mut all: Vec<Row> = Vec::with_capacity(patients * 10);
-    for s in 0..10i64 {
+    for s in from_second..from_second + 10 {
         for p in 0..patients {
             let mut r = hr_row(p, s, 60.0 + ((p as i64 * 7 + s) % 40) as f64);
             r.reading.device_id = format!("dev-{p:07}");
             r.reading.patient_id = Some(format!("pat-{p:07}"));
-            if s == 9 {
+            if s % 10 == 9 {
                 r.reading.vital = spo2;
                 r.reading.value = 94.0 + (p % 5) as f64;
             }
@@ -194,7 +204,7 @@ fn fleet_rows(patients: usize) -> Vec<Vec<Row>> {
 async fn persist_bench() {
     use carewatch_store::{sorted, tables};
     let patients = 100_000;
-    let appends = fleet_rows(patients);
+    let appends = fleet_rows(patients, 0);
     let rows: usize = appends.iter().map(Vec::len).sum();
     let batches: Vec<arrow_array::RecordBatch> = appends
         .iter()

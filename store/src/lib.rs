@@ -30,6 +30,7 @@
 pub mod codec;
 pub mod dead;
 pub mod lease;
+pub mod merge;
 mod pg_conn;
 pub mod registry;
 pub mod shared_audit;

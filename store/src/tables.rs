@@ -116,11 +116,10 @@ fn column<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T> {
         .ok_or_else(|| Error::Encode(format!("column {name} missing or mistyped")))
 }
 
-/// Sorts a batch of one table into its persisted order and, for observations, drops
-/// duplicates of the natural key (device, code, effective time), keeping the first received.
-pub fn sort_dedupe(table: Table, batch: &RecordBatch) -> Result<RecordBatch> {
-    let enc = |e: arrow_schema::ArrowError| Error::Encode(e.to_string());
-    let names: &[&str] = match table {
+/// The columns a table's files are sorted by (ascending, nulls first). For observations the
+/// first four are the natural key: rows equal in them are duplicates.
+pub fn sort_columns(table: Table) -> &'static [&'static str] {
+    match table {
         Table::Observations => &[
             "patient_id",
             "code",
@@ -129,8 +128,14 @@ pub fn sort_dedupe(table: Table, batch: &RecordBatch) -> Result<RecordBatch> {
             "received_time",
         ],
         Table::DeadLetters => &["received_time"],
-    };
-    let cols: Vec<SortColumn> = names
+    }
+}
+
+/// Sorts a batch of one table into its persisted order and, for observations, drops
+/// duplicates of the natural key (device, code, effective time), keeping the first received.
+pub fn sort_dedupe(table: Table, batch: &RecordBatch) -> Result<RecordBatch> {
+    let enc = |e: arrow_schema::ArrowError| Error::Encode(e.to_string());
+    let cols: Vec<SortColumn> = sort_columns(table)
         .iter()
         .map(|n| {
             batch

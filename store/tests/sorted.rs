@@ -1,9 +1,15 @@
-//! The persist's parallel Parquet encoding (`carewatch_store::sorted::encode_parallel`) against
-//! the one-thread writer it replaced (`tables::encode_parquet`): byte for byte the same file,
-//! for several row-group sizes and thread counts, on sorted days of varied data — null
-//! patients, ids that are prefixes of each other, non-ASCII ids, redelivered readings.
+//! The fast paths of persist and compaction against the plain code they replaced, on sorted
+//! days of varied data — null patients, ids that are prefixes of each other, non-ASCII ids,
+//! redelivered readings:
+//! - the persist's parallel Parquet encoding (`sorted::encode_parallel`) against the one-thread
+//!   writer (`tables::encode_parquet`): byte for byte the same file, for several row-group
+//!   sizes and thread counts;
+//! - compaction's streaming merge of sorted files (`merge::merge_sorted`) against decoding,
+//!   concatenating and sorting them whole (`tables::sort_dedupe`): the same rows in the same
+//!   order, duplicates across files dropped the same way, inputs longer than a decoded batch.
 
 use arrow_array::RecordBatch;
+use carewatch_store::merge::{Merged, merge_sorted};
 use carewatch_store::{Row, Table, sorted, tables};
 use carewatch_transform::schema::ObservationBatchBuilder;
 use carewatch_transform::{Format, Reading, Source, catalogue};
@@ -102,4 +108,67 @@ fn encode_parallel_writes_the_file_encode_parquet_writes() {
     let want = tables::encode_parquet(part, 7).expect("encode");
     let got = sorted::encode_parallel(part, 7, 2).expect("encode_parallel");
     assert_eq!(got, want, "7-row groups");
+}
+
+/// A day's rows as the files of several persists: each file sorted and deduplicated alone.
+fn persisted_files(rows: &[Row], files: usize) -> Vec<bytes::Bytes> {
+    rows.chunks(rows.len().div_ceil(files))
+        .map(|c| {
+            let (_, part) = plain(&batches(c, c.len())).remove(0);
+            tables::encode_parquet(&part, 1 << 20).expect("encode")
+        })
+        .collect()
+}
+
+fn read_all(file: bytes::Bytes) -> RecordBatch {
+    let t = Table::Observations;
+    let back = tables::decode_parquet(file).expect("decode");
+    tables::concat(&t.schema(), &back).expect("concat")
+}
+
+/// One day of `readings` (the generator spreads them over three).
+fn one_day(n: usize, seed: u64) -> Vec<Row> {
+    let mut rows = readings(n, seed);
+    for r in &mut rows {
+        r.reading.effective_us = T0 + (r.reading.effective_us - T0).rem_euclid(86_400_000_000);
+    }
+    rows
+}
+
+#[test]
+fn the_streaming_merge_gives_the_rows_the_whole_sort_gives() {
+    let t = Table::Observations;
+    for (n, files, seed) in [(60_000, 5, 3), (20_000, 2, 11), (3_000, 9, 17), (1, 1, 5)] {
+        let rows = one_day(n, seed);
+        let inputs = persisted_files(&rows, files);
+        let whole: Vec<RecordBatch> = inputs.iter().cloned().map(read_all).collect();
+        let all = tables::concat(&t.schema(), &whole).expect("concat");
+        let want = tables::sort_dedupe(t, &all).expect("sort");
+        let Merged::File(got, count) = merge_sorted(t, inputs, 7_000).expect("merge") else {
+            panic!("sorted inputs taken for unsorted");
+        };
+        let got = read_all(got);
+        if files > 1 {
+            assert!(
+                want.num_rows() < all.num_rows(),
+                "no duplicate across files to drop"
+            );
+        }
+        assert_eq!(count as usize, want.num_rows());
+        assert_eq!(got, want, "{n} rows in {files} files");
+    }
+}
+
+#[test]
+fn an_input_out_of_order_is_reported_not_merged() {
+    let t = Table::Observations;
+    let rows = one_day(20_000, 23);
+    let mut inputs = persisted_files(&rows, 2);
+    // The second file as arrival order, not sorted.
+    let raw = tables::concat(&t.schema(), &batches(&rows[10_000..], 1000)).expect("concat");
+    inputs[1] = tables::encode_parquet(&raw, 1 << 20).expect("encode");
+    assert!(matches!(
+        merge_sorted(t, inputs, 1 << 20).expect("merge"),
+        Merged::Unsorted
+    ));
 }

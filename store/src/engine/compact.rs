@@ -12,8 +12,9 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::delta::{NewFile, Op};
 use super::persist::{blocking, delete_all, persist, sync_local, sync_log};
-use super::{Inner, Store, io, lock, read_file};
+use super::{Inner, Store, get_bytes, io, lock};
 use crate::Result;
+use crate::merge::{Merged, merge_sorted};
 use crate::tables::{self, FileMeta, Table};
 
 #[derive(Debug)]
@@ -43,6 +44,30 @@ pub(super) fn intent_files(dir: &Path) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
+}
+
+/// The files merged into one in the table's order: streamed when every input is in that order
+/// (as everything this version writes is), else decoded, sorted and encoded whole.
+fn merge_files(table: Table, files: Vec<bytes::Bytes>, rgs: usize) -> Result<(bytes::Bytes, u64)> {
+    if let Merged::File(bytes, rows) = merge_sorted(table, files.clone(), rgs)? {
+        return Ok((bytes, rows));
+    }
+    tracing::info!(
+        table = table.name(),
+        "an input of a merge is not sorted; merging in memory"
+    );
+    let mut batches = Vec::new();
+    for f in files {
+        for b in tables::decode_parquet(f)? {
+            batches.push(tables::conform(table, &b)?);
+        }
+    }
+    let all = tables::concat(&table.schema(), &batches)?;
+    let merged = tables::sort_dedupe(table, &all)?;
+    Ok((
+        tables::encode_parquet(&merged, rgs)?,
+        merged.num_rows() as u64,
+    ))
 }
 
 /// Finishes or undoes compactions a crash interrupted.
@@ -109,20 +134,14 @@ async fn compact_day(inner: &Inner, inputs: Vec<FileMeta>) -> Result<()> {
     let (table, date) = (head.table, head.date.clone());
     let first = inputs.iter().map(|f| f.wal_first).min().unwrap_or(0);
     let last = inputs.iter().map(|f| f.wal_last).max().unwrap_or(0);
-    let mut batches = Vec::new();
+    // The inputs' compressed bytes (at most `compact_max_bytes`); the merge decodes a batch of
+    // each at a time.
+    let mut files = Vec::with_capacity(inputs.len());
     for f in &inputs {
-        batches.extend(read_file(inner.objects.as_ref(), &f.path).await?);
+        files.push(get_bytes(inner.objects.as_ref(), &f.path).await?);
     }
     let rgs = inner.config.row_group_rows;
-    let (bytes, rows) = blocking(move || {
-        let all = tables::concat(&table.schema(), &batches)?;
-        let merged = tables::sort_dedupe(table, &all)?;
-        Ok((
-            tables::encode_parquet(&merged, rgs)?,
-            merged.num_rows() as u64,
-        ))
-    })
-    .await?;
+    let (bytes, rows) = blocking(move || merge_files(table, files, rgs)).await?;
     let stamp = chrono::Utc::now().timestamp_micros();
     let path = tables::file_path(
         table,
