@@ -170,3 +170,49 @@ fn a_device_just_enrolled_elsewhere_is_attributed_at_once(at: &Place) {
 fn both_backends_attribute_a_device_enrolled_on_another_node_at_once() {
     both(a_device_just_enrolled_elsewhere_is_attributed_at_once);
 }
+
+/// Runs `f` while another thread holds `r`'s backend for 300 ms (as a refresh or a write does).
+fn while_busy<T>(r: &Registry, f: impl FnOnce() -> T) -> T {
+    std::thread::scope(|s| {
+        let (held, is_held) = std::sync::mpsc::channel();
+        s.spawn(move || {
+            let _busy = r.backend();
+            held.send(()).expect("signal");
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        is_held.recv().expect("busy");
+        f()
+    })
+}
+
+/// The look for others' changes that an unknown credential or device id causes waits for a
+/// look already under way (a refresh, a write) instead of skipping: a device enrolled on another
+/// node is accepted at once even when this node happens to be busy with its registry (the load
+/// harness saw 401s right after a fleet enrolment on another node).
+fn a_busy_registry_still_finds_what_another_node_enrolled(at: &Place) {
+    let (a, _) = at.open();
+    let (b, _) = at.open();
+    let secret = while_busy(&b, || {
+        let secret = a.register_device("busy", "pb", Some(1)).expect("enrol");
+        assert!(
+            b.device_login("busy", &secret),
+            "b looked for the new credential once it could"
+        );
+        secret
+    });
+    assert!(b.device_login("busy", &secret));
+    std::thread::sleep(Duration::from_millis(60));
+    while_busy(&b, || {
+        a.register_device("busy2", "pb2", Some(1)).expect("enrol");
+        assert_eq!(
+            b.attribute("busy2", 5_000),
+            Attribution::Patient("pb2".into()),
+            "b looked for the new device once it could"
+        );
+    });
+}
+
+#[test]
+fn both_backends_find_what_another_node_enrolled_while_busy() {
+    both(a_busy_registry_still_finds_what_another_node_enrolled);
+}

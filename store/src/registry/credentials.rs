@@ -98,7 +98,7 @@ impl Registry {
 
     /// Every credential, oldest first (never a secret).
     pub fn tokens(&self) -> Vec<CredentialInfo> {
-        self.refresh_if_idle();
+        self.catch_up(now_us());
         let used = lock(&self.last_used).latest();
         let mut out: Vec<CredentialInfo> = self.read(|d| {
             d.credentials
@@ -143,7 +143,7 @@ impl Registry {
     pub fn authenticate(&self, token: &str) -> Option<Principal> {
         let h = hash(token);
         if self.read(|d| !d.credentials.contains_key(&h)) {
-            self.refresh_if_idle();
+            self.catch_up(now_us());
         }
         let now = now_us();
         let p = self.read(|d| d.usable(&h, now).map(|c| c.principal.clone()))?;

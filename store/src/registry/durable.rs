@@ -14,8 +14,9 @@ fn legacy(bytes: &[u8]) -> Result<Vec<Tx>> {
     Ok(d.snapshot())
 }
 
-/// The least time between two looks for changes caused by unknown device ids (UTC micros).
-const MISS_LOOK_US: i64 = 20_000;
+/// How old a look for others' changes may be when an unknown device id is attributed (UTC
+/// micros): a stream of readings of unknown devices costs at most one look per 20 ms.
+pub(super) const MISS_LOOK_US: i64 = 20_000;
 
 impl Registry {
     pub(super) fn with(data: Data, backend: Box<dyn Backend>, read_only: bool) -> Registry {
@@ -26,7 +27,7 @@ impl Registry {
             last_used: Mutex::default(),
             seen: Mutex::default(),
             usage_written_us: std::sync::atomic::AtomicI64::new(now_us()),
-            looked_on_miss_us: std::sync::atomic::AtomicI64::new(0),
+            fresh_as_of_us: std::sync::atomic::AtomicI64::new(0),
             generation: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -115,44 +116,56 @@ impl Registry {
             }
             return;
         }
-        let c = self.backend().poll();
-        match c {
-            Ok(c) => self.absorb(c),
-            Err(e) => tracing::warn!(error = %e, "registry: reading others' changes failed"),
+        let mut b = self.backend();
+        if let Err(e) = self.look(&mut b, |b| b.poll()) {
+            tracing::warn!(error = %e, "registry: reading others' changes failed");
         }
     }
 
-    /// Like [`Registry::refresh`] without writing, and only if no write is under way (an
-    /// unknown token must not wait for a disk).
-    pub(super) fn refresh_if_idle(&self) {
-        if let Ok(mut b) = self.backend.try_lock()
-            && let Ok(c) = b.poll()
-        {
-            self.absorb(c);
-        }
+    /// Takes in what `look` (a poll, or a write's begin) found others did, and notes when it
+    /// started.
+    fn look(
+        &self,
+        b: &mut Box<dyn Backend>,
+        look: impl FnOnce(&mut Box<dyn Backend>) -> Result<Changes>,
+    ) -> Result<()> {
+        let started = now_us();
+        self.absorb(look(b)?);
+        self.fresh_as_of_us
+            .fetch_max(started, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
     }
 
-    /// Like [`Registry::refresh_if_idle`], at most once per [`MISS_LOOK_US`]: a device id the
-    /// registry does not know may be one another node enrolled a moment ago (cluster mode),
-    /// but a stream of unknown ids must not cost a PostgreSQL round trip each.
-    pub(super) fn look_on_miss(&self) {
-        use std::sync::atomic::Ordering;
-        let now = now_us();
-        let last = self.looked_on_miss_us.load(Ordering::Relaxed);
-        if now - last >= MISS_LOOK_US
-            && self
-                .looked_on_miss_us
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            // A round trip to PostgreSQL: off the async workers when called on one.
-            let multi = tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            if multi {
-                tokio::task::block_in_place(|| self.refresh_if_idle());
-            } else {
-                self.refresh_if_idle();
+    fn fresh_since(&self, since_us: i64) -> bool {
+        self.fresh_as_of_us
+            .load(std::sync::atomic::Ordering::Acquire)
+            >= since_us
+    }
+
+    /// Makes sure a look for others' changes that started at or after `since_us` has been
+    /// taken in: waits for one under way (a refresh, a write) rather than skipping it, and
+    /// looks itself only if that one started too early. An unknown credential or device id
+    /// calls this: it may be one another node enrolled a moment ago, and many of them arriving
+    /// together share one look. Runs off the async workers when called on one (a round trip to
+    /// PostgreSQL, or a wait for a write's fsync).
+    pub(super) fn catch_up(&self, since_us: i64) {
+        if self.fresh_since(since_us) {
+            return;
+        }
+        let catch_up = || {
+            let mut b = self.backend();
+            if !self.fresh_since(since_us)
+                && let Err(e) = self.look(&mut b, |b| b.poll())
+            {
+                tracing::warn!(error = %e, "registry: reading others' changes failed");
             }
+        };
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi {
+            tokio::task::block_in_place(catch_up);
+        } else {
+            catch_up();
         }
     }
 
@@ -176,8 +189,7 @@ impl Registry {
     /// state again: it runs under the read lock.
     pub(super) fn write<T>(&self, f: impl FnOnce(&Data) -> Result<(T, Vec<Tx>)>) -> Result<T> {
         let mut b = self.backend();
-        let changes = b.begin()?;
-        self.absorb(changes);
+        self.look(&mut b, |b| b.begin())?;
         let staged = {
             let d = self.data.read().unwrap_or_else(PoisonError::into_inner);
             f(&d).map(|(out, mut txs)| {
@@ -216,8 +228,7 @@ impl Registry {
 
     /// Rewrites the backend's history as the current state (the log has doubled).
     fn compact(&self, b: &mut Box<dyn Backend>) {
-        let out = b.begin().and_then(|c| {
-            self.absorb(c);
+        let out = self.look(b, |b| b.begin()).and_then(|()| {
             let state = {
                 let d = self.data.read().unwrap_or_else(PoisonError::into_inner);
                 d.snapshot()

@@ -314,8 +314,9 @@ pub struct Registry {
     seen: Mutex<marks::Marks>,
     /// When usage was last written, UTC micros.
     usage_written_us: std::sync::atomic::AtomicI64,
-    /// When an unknown device id last made the registry look for others' changes.
-    looked_on_miss_us: std::sync::atomic::AtomicI64,
+    /// When the last completed look for others' changes (a poll, or a write's begin) started,
+    /// UTC micros: everything others made durable before then is in `data`.
+    fresh_as_of_us: std::sync::atomic::AtomicI64,
     /// Bumped on every change (own writes and others'), for sessions that must end when their
     /// credential does.
     generation: tokio::sync::watch::Sender<u64>,
@@ -374,12 +375,13 @@ impl Registry {
             .is_some_and(|p| p.role == Role::Device && p.subject.as_deref() == Some(device_id))
     }
 
-    /// Who a device's reading at `t_us` belongs to. A device it does not know makes it look for other writers' changes first (at most
-    /// once per 20 ms): in a cluster, another node may have enrolled it a moment ago.
+    /// Who a device's reading at `t_us` belongs to. A device it does not know makes it take in
+    /// other writers' changes first (unless a look started less than 20 ms ago): in a cluster,
+    /// another node may have enrolled it a moment ago.
     pub fn attribute(&self, device_id: &str, t_us: i64) -> Attribution {
         match self.attribute_now(device_id, t_us) {
             Attribution::UnknownDevice => {
-                self.look_on_miss();
+                self.catch_up(now_us() - durable::MISS_LOOK_US);
                 self.attribute_now(device_id, t_us)
             }
             a => a,
