@@ -20,6 +20,13 @@ use carewatch_transform::template::Templates;
 use carewatch_transform::time::{ZonePolicy, format_rfc3339};
 use carewatch_transform::{Context, normalise};
 
+/// jemalloc, not glibc's malloc: at 100,000 patients glibc's allocator took about a fifth of the
+/// server's CPU (`_int_malloc`, `malloc_consolidate`, `unlink_chunk`: a `perf` profile in
+/// BENCHMARKS.md) and its arenas kept what persists and queries freed; under jemalloc (same
+/// binary, `LD_PRELOAD`) the server kept up with more readings at a lower resident set.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub(crate) use cli::{BacktestArgs, ReplayArgs, SqlArgs, parse_duration};
 use cli::{Cli, Command, RulesCommand, TemplateCommand};
 

@@ -147,6 +147,11 @@ fn feeds_are_scoped_to_the_care_team_and_metrics_move() {
     assert!(stored > 1000.0, "{stored}");
     assert!(metric("carewatch_wal_commit_seconds_count") > 0.0);
     assert!(metric("carewatch_rule_runs_total") > 0.0);
+    // The rules' minute bins: 3 patients' 10 minutes, at least one 32-byte slot a minute.
+    wait_until("minute bins", Duration::from_secs(10), || {
+        metric("carewatch_minute_bins_patients") == 3.0
+    });
+    assert!(metric("carewatch_minute_bins_bytes") >= 3.0 * 10.0 * 32.0);
     // A rejected reading moves the rejection counter (by reason, never by device).
     let (s, _) = curl(
         "POST",

@@ -43,6 +43,7 @@ pub(crate) use ownership::Owned;
 pub(crate) use plan::plan;
 pub(crate) use samples::Work;
 use series::Samples;
+pub(crate) use series::keep_us;
 pub use session::{rules_context, rules_context_with};
 pub(crate) use sql::{for_each_row, rule_batches};
 pub use sql::{run_rule_sql, scope_sql, ts_sql};
@@ -59,8 +60,9 @@ pub struct Config {
     /// Appends trigger a run this long after the first one that found the engine idle
     /// (micro-batching: the appends meanwhile share the run).
     pub batch: Duration,
-    /// Minute bins ([`crate::minutes`]) are kept in memory for this long before "now".
-    pub bins_window: Duration,
+    /// Minute bins ([`crate::minutes`]) are kept in memory for this long before "now"
+    /// (`None`: [`bins_window_for`] the rules, following reloads).
+    pub bins_window: Option<Duration>,
     /// An unacknowledged firing alert is re-notified (escalated) this long after the last
     /// notification.
     pub escalate_after: Duration,
@@ -89,7 +91,7 @@ impl Default for Config {
         Config {
             interval: Duration::from_secs(1),
             batch: Duration::from_millis(200),
-            bins_window: Duration::from_secs(2 * 3600),
+            bins_window: None,
             escalate_after: Duration::from_secs(15 * 60),
             max_escalations: 3,
             rule_timeout: Duration::from_secs(10),
@@ -187,6 +189,31 @@ pub(crate) fn lookback_us(rule: &Rule, params: &Params) -> i64 {
     s.for_us + s.clear_us + 2 * s.bucket_us
 }
 
+/// [`lookback_us`] over every patient's parameters of `rule` (its defaults and overrides).
+pub(crate) fn max_lookback_us(rule: &Rule) -> i64 {
+    std::iter::once(lookback_us(rule, &rule.params))
+        .chain(
+            rule.overrides
+                .keys()
+                .map(|p| lookback_us(rule, &rule.params_for(Some(p)))),
+        )
+        .max()
+        .unwrap_or(0)
+}
+
+/// How long minute bins stay in memory when `alerts.bins_minutes` is not set: the longest
+/// look-back of `rules` plus an hour for late readings (a reading `d` late makes its rules read
+/// from `d + look-back` ago), whole minutes — 122 minutes with the shipped rules. A read behind
+/// it is folded from `observations`, which is correct but scans Parquet on the rules' thread:
+/// with only 5 minutes of margin, the load bench's phones that sync 5 minutes late sent every
+/// run there (the rules thread decoding Parquet, the server short of CPU at 100,000 patients).
+pub fn bins_window_for(rules: &[Rule]) -> Duration {
+    const MIN_US: i64 = 60_000_000;
+    let lb = rules.iter().map(max_lookback_us).max().unwrap_or(0);
+    let minutes = (lb + 60 * MIN_US + MIN_US - 1) / MIN_US;
+    Duration::from_secs(minutes as u64 * 60)
+}
+
 fn floor(t: i64, b: i64) -> i64 {
     t.div_euclid(b) * b
 }
@@ -213,7 +240,10 @@ impl AlertEngine {
             state.apply(&t);
         }
         let (events, _) = broadcast::channel(4096);
-        let bins = crate::minutes::live(&ctx, store, config.bins_window);
+        let window = config
+            .bins_window
+            .unwrap_or_else(|| bins_window_for(&rules));
+        let bins = crate::minutes::live(&ctx, store, window);
         let owned = Mutex::new(Owned::now(config.ownership.as_ref()));
         let inner = Arc::new(Inner {
             config,
@@ -272,6 +302,9 @@ impl AlertEngine {
 
     /// Replaces the rules (already checked); samples are rebuilt by a catch-up run.
     pub fn set_rules(&self, rules: Vec<Rule>) {
+        if self.inner.config.bins_window.is_none() {
+            self.inner.bins.set_window(bins_window_for(&rules));
+        }
         *self
             .inner
             .rules
@@ -364,6 +397,12 @@ impl AlertEngine {
     /// The live minute bins (patients, bins held).
     pub fn bins_size(&self) -> (usize, usize) {
         self.inner.bins.size()
+    }
+
+    /// The live minute bins' memory: (patients, bytes of their rings' slots).
+    pub fn bins_bytes(&self) -> (usize, usize) {
+        let (patients, _, slots) = self.inner.bins.footprint();
+        (patients, slots * crate::minutes::SLOT_BYTES)
     }
 
     /// Runs the evaluation loop until `shutdown`: `batch` after appends made patients dirty,

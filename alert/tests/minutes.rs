@@ -156,7 +156,7 @@ async fn every_rewritten_rule_answers_as_its_raw_sql_live_and_in_the_backtest() 
     let live_q = context(&base).await;
     let history_q = context(&base).await;
     let config = Config {
-        bins_window: Duration::from_secs(30 * 60),
+        bins_window: Some(Duration::from_secs(30 * 60)),
         ..Config::default()
     };
     let live = engine(&base, &live_q, rules::load(None).expect("rules"), config);

@@ -265,7 +265,7 @@ fn live_engine(w: &World, rule: &Rule, history: Arc<History>) -> AlertEngine {
             escalate_after: Duration::from_secs(15 * 60),
             max_escalations: 2,
             // The scenarios' minute bins all stay in memory (the live `vital_minutes`).
-            bins_window: Duration::from_secs(24 * 3600),
+            bins_window: Some(Duration::from_secs(24 * 3600)),
             ..Config::default()
         },
         vec![rule.clone()],

@@ -23,7 +23,7 @@ fn engine_with(b: &support::Base, rule_id: &str) -> AlertEngine {
     let history = Arc::new(History::open(&b.dir, false).expect("history"));
     AlertEngine::new(
         Config {
-            bins_window: Duration::from_secs(24 * 3600),
+            bins_window: Some(Duration::from_secs(24 * 3600)),
             ..Config::default()
         },
         vec![rule],

@@ -29,7 +29,8 @@ pub struct AlertsConfig {
     pub interval_secs: Option<f64>,
     /// Appends trigger a run this many milliseconds after the first (default 200).
     pub batch_millis: Option<u64>,
-    /// Minute bins are kept in memory for this many minutes before now (default 120).
+    /// Minute bins are kept in memory for this many minutes before now (default: the longest
+    /// look-back of the loaded rules + 60 for late readings, i.e. 122 with the shipped rules).
     pub bins_minutes: Option<u64>,
     /// Escalation chains and on-call rotas by care team (`[alerts.escalation.<team>]`); a team
     /// with one escalates along it instead of `escalate_after_secs` / `max_escalations`.
@@ -118,7 +119,7 @@ pub(super) fn resolve(
         if !(10..=24 * 60).contains(&m) {
             bail!("alerts.bins_minutes must be between 10 and 1440");
         }
-        alert_engine.bins_window = Duration::from_secs(m * 60);
+        alert_engine.bins_window = Some(Duration::from_secs(m * 60));
     }
     if let Some(s) = a.escalate_after_secs {
         alert_engine.escalate_after = Duration::from_secs(s.max(1));

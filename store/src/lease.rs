@@ -183,7 +183,7 @@ impl Leases {
 
     /// Connects, creates the tables if they are missing, runs a first round and keeps renewing.
     pub fn start(url: &str, config: Config) -> Result<Leases> {
-        let mut client = connect(url).map_err(pg_err)?;
+        let mut client = connect(url, "alert leases")?;
         setup(&mut client)?;
         let held = Arc::new(Mutex::new(Held::default()));
         round(&mut client, &config, &held)?;
@@ -291,8 +291,7 @@ fn keep(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if client.is_none() {
-            client = connect(&url)
-                .map_err(pg_err)
+            client = connect(&url, "alert leases")
                 .inspect_err(|e| tracing::warn!(error = %e, "alert leases: reconnecting failed"))
                 .ok();
         }

@@ -32,6 +32,7 @@ pub mod dead;
 pub mod lease;
 pub mod merge;
 mod pg_conn;
+mod pg_connect;
 pub mod registry;
 pub mod shared_audit;
 pub mod shared_log;
@@ -48,6 +49,11 @@ pub(crate) fn pg_error(what: &str, e: postgres::Error) -> Error {
     let class = match e.code() {
         Some(c) => format!("SQLSTATE {}", c.code()),
         None if e.is_closed() => "connection closed".to_owned(),
+        // The server's certificate or host name did not verify (pg_connect), or the server
+        // broke off the handshake.
+        None if e.to_string().starts_with("error performing TLS handshake") => {
+            "TLS handshake failed".to_owned()
+        }
         None => "connection or request failed".to_owned(),
     };
     tracing::debug!(error = %e, "{what}: postgres");

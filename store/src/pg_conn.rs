@@ -28,7 +28,7 @@ impl std::fmt::Debug for PgConn {
 impl PgConn {
     /// Connects and runs `schema` (idempotent `CREATE … IF NOT EXISTS`).
     pub(crate) fn open(url: &str, what: &'static str, schema: &str) -> Result<PgConn> {
-        let mut c = connect(url).map_err(|e| crate::pg_error(what, e))?;
+        let mut c = connect(url, what)?;
         c.batch_execute(schema)
             .map_err(|e| crate::pg_error(what, e))?;
         Ok(PgConn {
@@ -49,7 +49,7 @@ impl PgConn {
         let mut g = self.client.lock().unwrap_or_else(|e| e.into_inner());
         let c = match &mut *g {
             Some(c) => c,
-            slot => slot.insert(connect(&self.url).map_err(|e| self.err(e))?),
+            slot => slot.insert(connect(&self.url, self.what)?),
         };
         let r = f(c);
         if r.is_err() {

@@ -25,6 +25,11 @@ impl Out {
         let _ = writeln!(self.0, "# HELP {name} {help}");
         let _ = writeln!(self.0, "# TYPE {name} {kind}");
     }
+    /// A family of one unlabelled sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, v: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], v);
+    }
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
         self.0.push_str(name);
         if !labels.is_empty() {
@@ -134,18 +139,18 @@ pub async fn metrics(
         "Buffer-to-Parquet persist duration.",
         &st.persist_seconds,
     );
-    o.family(
+    o.single(
         "carewatch_buffer_rows",
         "gauge",
         "Rows in the in-memory buffer (acknowledged, not yet in Parquet).",
+        st.buffered_rows as f64,
     );
-    o.sample("carewatch_buffer_rows", &[], st.buffered_rows as f64);
-    o.family(
+    o.single(
         "carewatch_wal_commits_total",
         "counter",
         "WAL group commits.",
+        st.commits as f64,
     );
-    o.sample("carewatch_wal_commits_total", &[], st.commits as f64);
     // Files per day: the total and the most in any one day (compaction keeps it small).
     let snap = s.store.snapshot();
     let mut per_day: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
@@ -185,12 +190,12 @@ pub async fn metrics(
         );
     }
     let (runs, _) = s.alerts.runs();
-    o.family(
+    o.single(
         "carewatch_rule_runs_total",
         "counter",
         "Rule evaluation runs.",
+        runs as f64,
     );
-    o.sample("carewatch_rule_runs_total", &[], runs as f64);
     let failed = s.alerts.rule_failures();
     o.family(
         "carewatch_rule_failures_total",
@@ -208,6 +213,19 @@ pub async fn metrics(
         "carewatch_rule_run_seconds",
         "Duration of one evaluation of all rules.",
         &s.alerts.run_seconds(),
+    );
+    let (bin_patients, bin_bytes) = s.alerts.bins_bytes();
+    o.single(
+        "carewatch_minute_bins_patients",
+        "gauge",
+        "Patients with minute bins in memory (the rules' vital_minutes).",
+        bin_patients as f64,
+    );
+    o.single(
+        "carewatch_minute_bins_bytes",
+        "gauge",
+        "Bytes allocated for the minute bins' slots (32 per slot; excludes the interned ids).",
+        bin_bytes as f64,
     );
     let admin = Principal {
         id: "metrics".into(),

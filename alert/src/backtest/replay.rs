@@ -80,7 +80,8 @@ pub(crate) fn replay(
     let mut script: Vec<&Scripted> = script.iter().collect();
     script.sort_by_key(|s| s.at_us);
     let mut next_action = 0;
-    let keep: Vec<i64> = rules.iter().map(keep_us).collect();
+    // As live evaluation keeps them.
+    let keep: Vec<i64> = rules.iter().map(crate::engine::keep_us).collect();
     let horizon = config.resolved_horizon.as_micros() as i64;
     let mut now = from_us.div_euclid(MINUTE) * MINUTE;
     while now < to_us {
@@ -184,18 +185,4 @@ fn act(st: &State, s: &Scripted, now: i64) -> Option<Transition> {
         person: None,
     };
     s.action.apply(&a, &who, now).ok().flatten()
-}
-
-/// How long a rule keeps samples behind the watermark (its look-back over every patient's
-/// parameters, plus a bucket), as live evaluation does.
-fn keep_us(r: &Rule) -> i64 {
-    let lb = std::iter::once(crate::engine::lookback_us(r, &r.params))
-        .chain(
-            r.overrides
-                .keys()
-                .map(|p| crate::engine::lookback_us(r, &r.params_for(Some(p)))),
-        )
-        .max()
-        .unwrap_or(0);
-    lb + r.bucket_us
 }

@@ -233,15 +233,8 @@ impl AlertEngine {
     /// Everything in the rule's look-back window, every patient.
     async fn catch_up_query(&self, i: usize, rule: &Rule, now: i64) -> Result<Found, String> {
         let ctx = &self.inner.ctx;
-        let lb = lookback_us(rule, &rule.params)
-            .max(if rule.absence { 24 * 3_600_000_000 } else { 0 })
-            .max(
-                rule.overrides
-                    .keys()
-                    .map(|p| lookback_us(rule, &rule.params_for(Some(p))))
-                    .max()
-                    .unwrap_or(0),
-            );
+        let lb =
+            super::max_lookback_us(rule).max(if rule.absence { 24 * 3_600_000_000 } else { 0 });
         let from = floor(now - lb, rule.bucket_us);
         let err = |e: String| format!("rule {}: {e}", rule.id);
         let sql = rule.render(&rule.params, &scope_sql(from, i64::MAX / 2, None))?;

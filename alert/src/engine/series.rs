@@ -19,8 +19,6 @@ use std::sync::Arc;
 use crate::episodes::Sample;
 use crate::rules::Rule;
 
-use super::lookback_us;
-
 /// A patient's id in the samples (valid while the samples' patient is not forgotten).
 pub(super) type Pid = u32;
 
@@ -333,13 +331,5 @@ impl Samples {
 /// How long rule `r` keeps samples behind the watermark: its look-back over every patient's
 /// parameters, plus a bucket.
 pub(crate) fn keep_us(r: &Rule) -> i64 {
-    let lb = std::iter::once(lookback_us(r, &r.params))
-        .chain(
-            r.overrides
-                .keys()
-                .map(|p| lookback_us(r, &r.params_for(Some(p)))),
-        )
-        .max()
-        .unwrap_or(0);
-    lb + r.bucket_us
+    super::max_lookback_us(r) + r.bucket_us
 }

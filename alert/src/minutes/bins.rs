@@ -19,7 +19,10 @@ use super::{Bin, MINUTE_US, minute_of};
 /// Shards of the patients (each its own lock: an append and a read meet on one at a time).
 pub(super) const SHARDS: usize = 16;
 
-/// One bin in memory: minute (minutes since the epoch) and aggregate; 32 bytes.
+/// Bytes of one bin in memory (32).
+pub const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
+
+/// One bin in memory: minute (minutes since the epoch) and aggregate.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     minute: i32,
@@ -40,8 +43,10 @@ impl Slot {
     }
 }
 
-/// Adds `v` at minute `m` to slots sorted by minute.
-fn add_slot(slots: &mut VecDeque<Slot>, m: i32, v: f64) {
+/// Adds `v` at minute `m` to slots sorted by minute, growing the ring to at most `cap` slots
+/// (doubling from 4 like a `VecDeque`, but never past `cap` while it holds fewer: a ring of a
+/// 67-minute window ends at 73 slots, not the 128 of a plain doubling).
+fn add_slot(slots: &mut VecDeque<Slot>, m: i32, v: f64, cap: usize) {
     let at = slots.partition_point(|s| s.minute < m);
     match slots.get_mut(at) {
         Some(s) if s.minute == m => {
@@ -50,6 +55,10 @@ fn add_slot(slots: &mut VecDeque<Slot>, m: i32, v: f64) {
             (s.count, s.sum, s.min, s.max) = (b.count, b.sum, b.min, b.max);
         }
         _ => {
+            if slots.len() == slots.capacity() {
+                let want = (slots.len() * 2).max(4).min(cap).max(slots.len() + 1);
+                slots.reserve_exact(want - slots.len());
+            }
             let b = Bin::of(v);
             let s = Slot {
                 minute: m,
@@ -100,7 +109,7 @@ impl Shard {
         i
     }
 
-    fn add(&mut self, i: u32, code: u16, m: i32, v: f64) {
+    fn add(&mut self, i: u32, code: u16, m: i32, v: f64, cap: usize) {
         let codes = &mut self.bins[i as usize];
         let k = match codes.iter().position(|(c, _)| *c == code) {
             Some(k) => k,
@@ -114,7 +123,7 @@ impl Shard {
                 codes.len() - 1
             }
         };
-        add_slot(&mut codes[k].1, m, v);
+        add_slot(&mut codes[k].1, m, v, cap);
     }
 
     /// Drops the slots before minute `hm`; forgets patients left without any.
@@ -171,7 +180,8 @@ pub struct MinuteBins {
     horizon: AtomicI64,
     /// The first minute every append of which was seen.
     from_us: i64,
-    window_us: i64,
+    /// How far before "now" the horizon lies ([`MinuteBins::set_window`]).
+    window_us: AtomicI64,
     /// The rules' open patient scopes ([`super::scope`]), by id.
     pub(super) scopes: Mutex<HashMap<u64, Arc<Scope>>>,
     pub(super) next_scope: AtomicU64,
@@ -187,6 +197,11 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The shard of patient `p`.
 pub(super) fn shard_of(p: &str) -> usize {
     (foldhash::fast::FixedState::with_seed(0x5eed).hash_one(p) as usize) % SHARDS
+}
+
+/// A window in µs, at least a minute.
+fn window_us(window: std::time::Duration) -> i64 {
+    (window.as_micros() as i64).max(MINUTE_US)
 }
 
 /// Minutes since the epoch of minute start `t`, clamped to the slots' range.
@@ -209,10 +224,23 @@ impl MinuteBins {
             codes: RwLock::default(),
             horizon: AtomicI64::new(from),
             from_us: from,
-            window_us: (window.as_micros() as i64).max(MINUTE_US),
+            window_us: AtomicI64::new(window_us(window)),
             scopes: Mutex::default(),
             next_scope: AtomicU64::new(1),
         }
+    }
+
+    /// Keeps `window` before "now" from the next [`MinuteBins::advance`] on (a rule reload
+    /// changed the longest look-back). A wider window fills as time passes: the horizon never
+    /// moves back, minutes already dropped are read from `observations`.
+    pub fn set_window(&self, window: std::time::Duration) {
+        self.window_us.store(window_us(window), Ordering::SeqCst);
+    }
+
+    /// Most slots a ring of one patient's code grows to: the window's minutes, the one being
+    /// filled and 5 of future skew.
+    fn ring_cap(&self) -> usize {
+        (self.window_us.load(Ordering::Relaxed) / MINUTE_US) as usize + 6
     }
 
     /// Minutes from this one on are answered from memory.
@@ -246,6 +274,7 @@ impl MinuteBins {
     /// scan-time fold over `observations`).
     pub fn add(&self, sum: &AppendSummary) {
         let h = self.horizon();
+        let cap = self.ring_cap();
         let keep = |t: i64| t >= h && t < i64::from(i32::MAX) * MINUTE_US;
         // The append's codes, interned once (an append has a handful).
         let mut seen: Vec<(&'static str, u16)> = Vec::new();
@@ -278,7 +307,7 @@ impl MinuteBins {
             let mut g = lock(&self.shards[shard_of(p)]);
             let id = g.intern(p);
             for (&(_, _, t, v), c) in run.iter().filter(|x| keep(x.2)).zip(codes) {
-                g.add(id, c, minute_index(t), v);
+                g.add(id, c, minute_index(t), v, cap);
             }
         }
     }
@@ -286,7 +315,9 @@ impl MinuteBins {
     /// Moves the horizon to `now − window` (not before the start) and prunes what fell behind
     /// it. Called at each evaluation with the engine's clock.
     pub fn advance(&self, now_us: i64) {
-        let h = self.from_us.max(minute_of(now_us) - self.window_us);
+        let h = self
+            .from_us
+            .max(minute_of(now_us) - self.window_us.load(Ordering::SeqCst));
         if self.horizon.fetch_max(h, Ordering::SeqCst) >= h {
             return;
         }
@@ -373,15 +404,23 @@ impl MinuteBins {
 
     /// Patients and bins held (for the memory figures).
     pub fn size(&self) -> (usize, usize) {
-        let mut n = (0, 0);
+        let (p, bins, _) = self.footprint();
+        (p, bins)
+    }
+
+    /// Patients, bins held and slots allocated (each [`Slot`] is 32 bytes): what the rings
+    /// take, for the bytes-per-patient figure.
+    pub fn footprint(&self) -> (usize, usize, usize) {
+        let mut n = (0, 0, 0);
         for s in &self.shards {
             let g = lock(s);
             n.0 += g.ids.len();
-            n.1 += g
-                .bins
-                .iter()
-                .map(|c| c.iter().map(|(_, s)| s.len()).sum::<usize>())
-                .sum::<usize>();
+            for c in &g.bins {
+                for (_, s) in c {
+                    n.1 += s.len();
+                    n.2 += s.capacity();
+                }
+            }
         }
         n
     }

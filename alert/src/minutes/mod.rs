@@ -17,16 +17,17 @@
 //! than an `IN` list should name passes them as a [`Scope`] (`rule_scope(patient_id, id)`).
 //!
 //! Bound: per patient, one 32-byte bin per (code, minute) for the minutes in
-//! `[horizon, now + 5 min future skew]`, i.e. at most `codes × (window + 5)` bins — 3 vitals and a
-//! 2 h window: 3 × 125 × 32 B ≈ 12 KB — plus the patient's interned id (its name, a map entry
-//! and a holder entry per code, ~250 B). Bins are pruned when the horizon passes a minute; a
-//! patient without bins left is forgotten.
+//! `[horizon, now + 5 min future skew]`, in a ring that grows to at most `window + 6` slots —
+//! 3 vitals and the shipped rules' 122-minute window ([`crate::engine::bins_window_for`]):
+//! 3 × 128 × 32 B ≈ 12 KB — plus the patient's interned id (its name, a map entry and a holder
+//! entry per code, ~250 B). Bins are pruned when the horizon passes a minute; a patient without
+//! bins left is forgotten.
 
 mod bins;
 pub mod scope;
 pub mod table;
 
-pub use bins::{BinRow, MinuteBins};
+pub use bins::{BinRow, MinuteBins, SLOT_BYTES};
 pub use scope::{Scope, ScopeGuard};
 
 /// One minute.

@@ -278,3 +278,46 @@ async fn an_open_scope_reads_the_same_rows_as_the_in_list_and_ends_with_its_guar
     };
     assert!(err.contains("no open rule scope"), "{err}");
 }
+
+#[test]
+fn a_ring_grows_to_its_window_and_no_further() {
+    // 67 minutes (the shipped rules' window): a patient's heart rate at 1 Hz for 3 hours.
+    let bins = MinuteBins::new(Duration::from_secs(67 * 60), i64::MIN);
+    for s in 0..3 * 3600 {
+        let t = T + s * 1_000_000;
+        bins.add(&append(&[("a", "8867-4", t, 60.0)]));
+        if s % 60 == 59 {
+            bins.advance(t);
+        }
+    }
+    let (patients, held, slots) = bins.footprint();
+    assert_eq!((patients, held), (1, 68));
+    // At most window + 6 slots (a plain doubling ring would hold 128).
+    assert!(slots <= 73, "{slots} slots allocated");
+    assert_eq!(SLOT_BYTES, 32);
+    // A window set later (a rule reload) bounds the ring from then on.
+    bins.set_window(Duration::from_secs(20 * 60));
+    bins.advance(T + 3 * 3600 * 1_000_000);
+    assert_eq!(bins.size(), (1, 20));
+}
+
+#[test]
+fn the_default_window_is_the_rules_longest_look_back_and_an_hour() {
+    let rules = crate::rules::load(None).expect("shipped rules");
+    // device silent (60 min), fever and blood pressure (clear after 60 min): 60 + 2 buckets,
+    // and an hour of lateness.
+    assert_eq!(
+        crate::engine::bins_window_for(&rules),
+        Duration::from_secs(122 * 60)
+    );
+    let short: Vec<_> = rules.into_iter().filter(|r| r.id == "hr_low").collect();
+    // hr_low: 10 + 5 + 2 minutes, + 60.
+    assert_eq!(
+        crate::engine::bins_window_for(&short),
+        Duration::from_secs(77 * 60)
+    );
+    assert_eq!(
+        crate::engine::bins_window_for(&[]),
+        Duration::from_secs(60 * 60)
+    );
+}

@@ -117,10 +117,13 @@ fn header(nodes: &[Arc<Server>]) -> String {
         } else {
             format!("n{}", i + 1)
         };
-        let _ = write!(h, " {l} RSS MiB | {l} cores | {l} buffer rows |");
+        let _ = write!(
+            h,
+            " {l} RSS MiB | {l} cores | {l} buffer rows | {l} bins MiB |"
+        );
     }
     h.push_str(" requests | readings/s | in flight | generator cores | dispatch lag max ms |\n|");
-    h.push_str(&"---:|".repeat(3 * nodes.len() + 6));
+    h.push_str(&"---:|".repeat(4 * nodes.len() + 6));
     h
 }
 
@@ -143,7 +146,13 @@ async fn report(
             let (c, r) = (n.cpu_secs(), n.rss_mib());
             let buffer = n.metric(&http, "carewatch_buffer_rows").await;
             let b = buffer.map_or("?".into(), |b| format!("{b:.0}"));
-            let _ = write!(line, " {r:.0} | {:.2} | {b} |", (c - cpu[i]) / 10.0);
+            let bins = n.metric(&http, "carewatch_minute_bins_bytes").await;
+            let bins = bins.map_or("?".into(), |b| format!("{:.0}", b / 1048576.0));
+            let _ = write!(
+                line,
+                " {r:.0} | {:.2} | {b} | {bins} |",
+                (c - cpu[i]) / 10.0
+            );
             rss[i].push(r);
             cpu[i] = c;
         }

@@ -19,7 +19,9 @@
 
 use std::sync::{Arc, mpsc};
 
-use postgres::{Client, NoTls};
+use postgres::Client;
+
+use crate::pg_connect::connect;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
@@ -30,16 +32,6 @@ const LOCK_TIMEOUT: &str = "30s";
 
 fn pg_err(e: postgres::Error) -> Error {
     crate::pg_error("delta commit lock", e)
-}
-
-/// Connects, giving up after 10 s unless the URL says otherwise (`connect_timeout`): an
-/// unreachable server fails the commit rather than hanging the persist for minutes.
-pub(crate) fn connect(url: &str) -> std::result::Result<Client, postgres::Error> {
-    let mut c: postgres::Config = url.parse()?;
-    if c.get_connect_timeout().is_none() {
-        c.connect_timeout(std::time::Duration::from_secs(10));
-    }
-    c.connect(NoTls)
 }
 
 /// The advisory lock key of a table (by its URL, so every node naming the same tables agrees).
@@ -58,7 +50,7 @@ struct Conn {
 impl Conn {
     fn client(&mut self) -> Result<&mut Client> {
         if self.client.is_none() {
-            self.client = Some(connect(&self.url).map_err(pg_err)?);
+            self.client = Some(connect(&self.url, "delta commit lock")?);
         }
         self.client
             .as_mut()

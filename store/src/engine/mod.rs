@@ -34,7 +34,7 @@ use crate::codec;
 use crate::tables::{self, FileMeta, Table};
 use crate::{Config, DeadLetter, Error, Result, Row};
 
-pub(crate) use commit_lock::connect;
+pub(crate) use crate::pg_connect::connect;
 use stats::summarise;
 pub use stats::{AppendObserver, AppendSummary, Histogram, StoreStats};
 use writer::{Append, Cmd};

@@ -106,7 +106,7 @@ impl Pg {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if slot.is_none() {
-                *slot = Some(super::connect(&pg.url).map_err(pg_err)?);
+                *slot = Some(super::connect(&pg.url, "cluster WAL liveness")?);
             }
             let out = match slot.as_mut() {
                 Some(c) => f(c),

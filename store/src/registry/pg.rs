@@ -19,7 +19,7 @@
 
 use std::sync::mpsc;
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use super::persist::{Backend, Changes, Tx};
 use crate::{Error, Result};
@@ -57,7 +57,7 @@ struct Conn {
 impl Conn {
     fn client(&mut self) -> Result<&mut Client> {
         if self.client.is_none() {
-            let c = Client::connect(&self.url, NoTls).map_err(pg_err)?;
+            let c = crate::pg_connect::connect(&self.url, "registry")?;
             self.client = Some(c);
         }
         self.client
