@@ -14,6 +14,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Wall time per phase, printed at the end (also when a phase fails): CI has 90 minutes, and a
+# fresh run should stay under 45.
+t0=$(date +%s) prev=$(date +%s) phase="setup (installs, once per machine)" times=()
+step() { # NAME: ends the current phase, starts NAME
+  local now
+  now=$(date +%s)
+  times+=("$((now - prev)) s  $phase")
+  prev=$now phase=$1
+  echo "== $1"
+}
+trap 'step end >/dev/null; printf "timing: %s\n" "${times[@]}"; echo "timing: $(($(date +%s) - t0)) s in all"' EXIT
+
 # Reuse a persistent cargo target directory outside the clone when there is one.
 if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d "$HOME/.cache/carewatch-target" ]; then
   export CARGO_TARGET_DIR="$HOME/.cache/carewatch-target"
@@ -33,33 +45,33 @@ rm -rf "$out" && mkdir -p "$out/fhir"
 rm -rf "$target"/test-logs.run.* 2>/dev/null || true
 mkdir -p "$target"
 logs="$(mktemp -d "$target/test-logs.run.XXXXXX")"
-echo "== cargo test ($(df -h "$target" | awk 'NR==2 {print $4}') free)"
+step "cargo test ($(df -h "$target" | awk 'NR==2 {print $4}') free)"
 CAREWATCH_FHIR_OUT="$out/fhir" CAREWATCH_PARQUET_OUT="$out/parquet" CAREWATCH_TEST_LOGS="$logs" \
   cargo test --workspace --locked --no-fail-fast
 
-echo "== no patient id, device id or token in any log line at INFO or above"
+step "no patient id, device id or token in any log line at INFO or above"
 "$py" scripts/check_logs_phi.py --self-test
 "$py" scripts/check_logs_phi.py "$logs"
 
-echo "== FHIR from \`carewatch template check --fhir\` on MedTech's sample mapping"
+step "FHIR from \`carewatch template check --fhir\` on MedTech's sample mapping"
 for p in fixtures/payloads/medtech-sample-*.json; do
   "$target/debug/carewatch" template check fixtures/templates/medtech-sample.devicemapping.json "$p" \
     --fhir-mapping fixtures/templates/medtech-sample.fhirmapping.json --fhir > "$out/fhir/template-$(basename "$p")"
 done
 
-echo "== external FHIR validation of what carewatch emits"
+step "external FHIR validation of what carewatch emits"
 "$py" scripts/fhir_validate.py "$out/fhir"
-echo "== the validator itself: official R4 examples pass, each broken case fails its own check"
+step "the validator itself: official R4 examples pass, each broken case fails its own check"
 bash scripts/test_fhir_validate.sh
 
-echo "== DuckDB and pyarrow read carewatch's Parquet"
+step "DuckDB and pyarrow read carewatch's Parquet"
 "$py" scripts/check_parquet.py "$out/parquet"
 
-echo "== deployment files: compose, Kubernetes manifests, systemd unit, Dockerfile"
+step "deployment files: compose, Kubernetes manifests, systemd unit, Dockerfile"
 bash scripts/check-deploy.sh --self-test
 
-echo "== the binary the README builds: size budget, no DWARF, symbol table kept (issue 17)"
+step "the binary the README builds: size budget, no DWARF, symbol table kept (issue 17)"
 bash scripts/size-budget.sh --self-test
 
-echo "== fuzzing: every cargo-fuzz target for 5 s (installs cargo-fuzz into ~/.cache on first use)"
+step "fuzzing: every cargo-fuzz target for 5 s (installs cargo-fuzz into ~/.cache on first use)"
 bash scripts/fuzz.sh 5

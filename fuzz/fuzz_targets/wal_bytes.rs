@@ -4,8 +4,8 @@
 //! the frames found lie inside the segment, and what decodes survives encode + decode unchanged.
 #![no_main]
 
-use carewatch_store::codec::{Record, decode, encode_dead, encode_rows};
-use carewatch_store::wal::{MAX_FRAME, scan};
+use carewatch_wal::codec::{Record, decode, encode_dead, encode_rows};
+use carewatch_wal::wal::{MAX_FRAME, scan};
 use libfuzzer_sys::fuzz_target;
 
 carewatch_fuzz::capped_allocator!();

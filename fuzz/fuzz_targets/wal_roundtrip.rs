@@ -5,11 +5,11 @@
 //! anywhere reads back exactly the frames before the cut, with the damage at the cut frame.
 #![no_main]
 
-use carewatch_store::codec::{Record, decode, encode_dead, encode_rows};
-use carewatch_store::wal::{FRAME_HEADER, MAGIC, frame_header, scan};
-use carewatch_store::{DeadLetter, Row};
 use carewatch_transform::catalogue::VITALS;
 use carewatch_transform::{Format, Reading, Reason, Source};
+use carewatch_wal::codec::{Record, decode, encode_dead, encode_rows};
+use carewatch_wal::wal::{FRAME_HEADER, MAGIC, frame_header, scan};
+use carewatch_wal::{DeadLetter, Row};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 

@@ -13,10 +13,10 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 
-use carewatch_store::Row;
-use carewatch_store::codec::{Record, decode, encode_rows};
 use carewatch_transform::schema::{ObservationBatchBuilder, readings_from_batch};
 use carewatch_transform::{Context, Format, Outcome, Reading, Source, ZonePolicy, normalise};
+use carewatch_wal::Row;
+use carewatch_wal::codec::{Record, decode, encode_rows};
 
 /// No single allocation may exceed this: fuzz inputs are a few KiB, so a larger one can only
 /// come from a length or count field believed without checking (an OOM waiting for a crafted

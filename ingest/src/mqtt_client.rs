@@ -158,17 +158,13 @@ fn options(
         opts.set_credentials(u, p);
     }
     if tls {
-        let mut roots = rustls::RootCertStore::empty();
-        let found = rustls_native_certs();
-        for c in found {
-            let _ = roots.add(c);
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        // The system's trusted roots, plus `CAREWATCH_MQTT_CA` (a PEM file) for private brokers.
+        let ca = std::env::var_os("CAREWATCH_MQTT_CA").map(std::path::PathBuf::from);
+        let config = carewatch_store::tls::client_config(
+            ca.as_deref(),
+            "CAREWATCH_MQTT_CA",
+            carewatch_store::tls::ExtraRoots::BestEffort,
+        )?;
         opts.set_transport(Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
         ));
@@ -315,17 +311,4 @@ async fn subscribe_loop(
     poll_stop.cancel();
     let _ = poller.await;
     Ok(())
-}
-
-/// The system's trusted roots, plus `CAREWATCH_MQTT_CA` (a PEM file) for private brokers.
-fn rustls_native_certs() -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    let mut certs = rustls_native_certs::load_native_certs().certs;
-    if let Some(path) = std::env::var_os("CAREWATCH_MQTT_CA") {
-        match rustls::pki_types::CertificateDer::pem_file_iter(&path) {
-            Ok(it) => certs.extend(it.flatten()),
-            Err(e) => tracing::warn!(error = %e, "cannot read CAREWATCH_MQTT_CA"),
-        }
-    }
-    certs
 }

@@ -12,8 +12,9 @@
 //! old days, each one commit; removed files are deleted after a grace period. Every reader —
 //! carewatch's queries, the `deltalake` package, Polars, Spark — sees a committed snapshot.
 //!
-//! Modules: [`wal`] (segments and frames), [`codec`] (record encoding), [`tables`] (Parquet
-//! layout, writing, reading), [`dead`] (the dead-letters schema).
+//! Modules: [`wal`] (segments and frames) and [`codec`] (record encoding), both from the
+//! `carewatch-wal` crate; [`tables`] (Parquet layout, writing, reading), [`dead`] (the
+//! dead-letters schema).
 //!
 //! Invariants:
 //! - acknowledged ⇒ in an fsynced WAL frame, or in a Parquet file a durable Delta commit added;
@@ -27,7 +28,6 @@
 //! What it must not do: parse payloads, know about HTTP or MQTT, or hold a lock across I/O
 //! that an append waits on.
 
-pub mod codec;
 pub mod dead;
 pub mod lease;
 pub mod merge;
@@ -38,7 +38,7 @@ pub mod shared_audit;
 pub mod shared_log;
 pub mod sorted;
 pub mod tables;
-pub mod wal;
+pub mod tls;
 
 mod engine;
 
@@ -60,49 +60,12 @@ pub(crate) fn pg_error(what: &str, e: postgres::Error) -> Error {
     Error::Io(format!("{what}: postgres: {class}"))
 }
 
+pub use carewatch_wal::{DeadLetter, Row, codec, wal};
 pub use engine::{AppendObserver, AppendSummary, Histogram, Snapshot, Store, StoreStats};
 pub use tables::{FileMeta, Table};
 
 use std::path::PathBuf;
 use std::time::Duration;
-
-use carewatch_transform::{Format, Reading, Reason, Source};
-
-/// One row to store: a normalised reading plus how and when it arrived.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    /// The reading (patient already resolved by the edge).
-    pub reading: Reading,
-    /// When carewatch received it, UTC microseconds.
-    pub received_us: i64,
-    /// Transport.
-    pub source: Source,
-    /// Payload format.
-    pub format: Format,
-}
-
-/// One rejected item, kept with its raw payload.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetter {
-    /// When carewatch received it, UTC microseconds.
-    pub received_us: i64,
-    /// Transport.
-    pub source: Source,
-    /// The device, when known.
-    pub device_id: Option<String>,
-    /// Stable reason.
-    pub reason: Reason,
-    /// Human-readable reason.
-    pub message: String,
-    /// Item index within the payload.
-    pub index: Option<u32>,
-    /// The raw payload bytes. A message's payload is stored once: with its first dead letter;
-    /// the others of the same message leave this empty and share [`DeadLetter::raw_sha256`].
-    pub raw: Vec<u8>,
-    /// SHA-256 of the message's raw payload (the `raw_sha256` column, hex), linking every dead
-    /// letter of a message to the one that carries `raw`. `None`: computed from `raw`.
-    pub raw_sha256: Option<[u8; 32]>,
-}
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]

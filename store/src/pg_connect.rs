@@ -13,9 +13,8 @@
 //! `key=value` string is passed to rust-postgres as it is.
 
 use postgres::{Client, NoTls, config::SslMode};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
+use crate::tls::{ExtraRoots, client_config};
 use crate::{Error, Result};
 
 /// Splits libpq's `sslrootcert` out of a URL's query and maps `sslmode=verify-*` to `require`
@@ -46,28 +45,6 @@ pub(crate) fn split_url(url: &str) -> (String, Option<String>) {
     }
 }
 
-/// The TLS client settings: ring, TLS 1.2+, the system's roots plus the PEM file `extra`.
-fn client_config(extra: Option<&str>) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    if let Some(path) = extra {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("sslrootcert: {e}"))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("sslrootcert: {e}"))?;
-        if certs.is_empty() {
-            return Err("sslrootcert: no certificate in the file".into());
-        }
-        roots.add_parsable_certificates(certs);
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
 /// Connects, giving up after 10 s unless the URL says otherwise (`connect_timeout`): an
 /// unreachable server fails the caller rather than hanging it for minutes. `what` names the
 /// connection's purpose in the error (never the URL: it may carry a password).
@@ -82,8 +59,9 @@ pub(crate) fn connect(url: &str, what: &str) -> Result<Client> {
         return c.connect(NoTls).map_err(pg);
     }
     let root = root.or_else(|| std::env::var("PGSSLROOTCERT").ok());
-    let tls =
-        client_config(root.as_deref()).map_err(|m| Error::Io(format!("{what}: postgres: {m}")))?;
+    let root = root.as_deref().map(std::path::Path::new);
+    let tls = client_config(root, "sslrootcert", ExtraRoots::Required)
+        .map_err(|m| Error::Io(format!("{what}: postgres: {m}")))?;
     c.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
         .map_err(pg)
 }

@@ -1,4 +1,6 @@
 //! A real Mosquitto broker with a persistent store, started for a test (shared by MQTT tests).
+// Shared by several test crates, each using part of it.
+#![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -12,11 +14,21 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(dir: &std::path::Path, port: u16) -> Mosquitto {
+        Mosquitto::start_with(dir, port, "")
+    }
+
+    /// A broker that speaks only TLS on `port`, with this certificate and key (PEM files).
+    pub fn start_tls(dir: &std::path::Path, port: u16, cert: &str, key: &str) -> Mosquitto {
+        Mosquitto::start_with(dir, port, &format!("certfile {cert}\nkeyfile {key}\n"))
+    }
+
+    /// `listener_conf`: lines for the listener (after `listener PORT 127.0.0.1`).
+    fn start_with(dir: &std::path::Path, port: u16, listener_conf: &str) -> Mosquitto {
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
-                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
+                "user root\nlistener {port} 127.0.0.1\n{listener_conf}allow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n",
                 dir.display()
             ),
         )

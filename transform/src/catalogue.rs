@@ -547,10 +547,19 @@ pub static VITALS: &[Vital] = &[
 /// Lowercases and strips separators (`_ - . space`) so `heartRate`, `heart_rate` and
 /// `Heart-Rate` are one name.
 pub fn name_key(name: &str) -> String {
+    name_chars(name).collect()
+}
+
+/// The characters of [`name_key`], without building the string (lookups run per reading).
+fn name_chars(name: &str) -> impl Iterator<Item = char> + '_ {
     name.chars()
         .filter(|c| !matches!(c, '_' | '-' | ' ' | '.'))
         .flat_map(char::to_lowercase)
-        .collect()
+}
+
+/// Whether `name`'s key is `key` (a key already: lowercase, no separators).
+pub fn is_key(name: &str, key: &str) -> bool {
+    name == key || name_chars(name).eq(key.chars())
 }
 
 /// Looks up a vital by LOINC code (also input-only codes such as 59408-5 or MDC codes).
@@ -566,10 +575,9 @@ pub fn by_name(name: &str) -> Option<&'static Vital> {
     if let Some(v) = by_code(name) {
         return Some(v);
     }
-    let k = name_key(name);
     VITALS
         .iter()
-        .find(|v| name_key(v.key) == k || v.names.contains(&k.as_str()))
+        .find(|v| name_chars(name).eq(name_chars(v.key)) || v.names.iter().any(|n| is_key(name, n)))
 }
 
 /// Looks up by our key (`heart_rate`).
@@ -577,24 +585,27 @@ pub fn by_key(key: &str) -> Option<&'static Vital> {
     VITALS.iter().find(|v| v.key == key)
 }
 
-fn unit_key(unit: &str) -> String {
+/// A unit's spelling without white space, lowercased (compared, never built).
+fn unit_chars(unit: &str) -> impl Iterator<Item = char> + '_ {
     unit.chars()
         .filter(|c| !c.is_whitespace())
         .flat_map(char::to_lowercase)
-        .collect()
+}
+
+fn same_unit(a: &str, b: &str) -> bool {
+    a == b || unit_chars(a).eq(unit_chars(b))
 }
 
 impl Vital {
     /// The conversion for a unit spelling, or `None` when it is not one we accept.
     /// An empty unit means the canonical unit.
     pub fn conversion(&self, unit: &str) -> Option<Conversion> {
-        let k = unit_key(unit);
-        if k.is_empty() || k == unit_key(self.unit) {
+        if unit_chars(unit).next().is_none() || same_unit(unit, self.unit) {
             return Some(Conversion::ID);
         }
         self.units
             .iter()
-            .find(|a| unit_key(a.unit) == k)
+            .find(|a| same_unit(unit, a.unit))
             .map(|a| a.conversion)
     }
 

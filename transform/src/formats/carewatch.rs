@@ -156,10 +156,9 @@ fn single(o: &Map<String, Value>, h: &Head, out: &mut Outcome) -> Result<(), Rej
 }
 
 fn is_bp(name: &str) -> bool {
-    matches!(
-        catalogue::name_key(name).as_str(),
-        "bloodpressure" | "bp" | "85354-9" | "nibp"
-    )
+    ["bloodpressure", "bp", "85354-9", "nibp"]
+        .iter()
+        .any(|k| catalogue::is_key(name, k))
 }
 
 fn unknown_vital(field: &str, name: &str) -> Rejection {
@@ -280,6 +279,35 @@ mod tests {
         assert_eq!(
             o.readings[3].observation_id(),
             o.readings[4].observation_id()
+        );
+    }
+
+    #[test]
+    fn blood_pressure_by_type_names_and_panel_code() {
+        for ty in ["bloodPressure", "BP", "85354-9", "nibp"] {
+            let o = run(&format!(
+                r#"{{"device_id":"d1","time":1714550400000,"type":"{ty}","value":{{"systolic":121,"diastolic":79}}}}"#
+            ));
+            assert_eq!(o.rejections, vec![], "{ty}");
+            let got: Vec<(&str, f64)> = o.readings.iter().map(|r| (r.code(), r.value)).collect();
+            assert_eq!(got, vec![("8480-6", 121.0), ("8462-4", 79.0)], "{ty}");
+        }
+        let o = run(r#"{"device_id":"d1","time":1714550400000,"type":"b p x","value":1}"#);
+        assert_eq!(o.rejections[0].reason, Reason::UnknownVital);
+    }
+
+    #[test]
+    fn units_match_without_case_or_spaces() {
+        let o = run(
+            r#"[{"device_id":"d1","time":1714550400000,"type":"temperature","value":98.6,"unit":" [DEGF] "},
+                {"device_id":"d1","time":1714550400000,"type":"Heart-Rate","value":60,"unit":"/ MIN"},
+                {"device_id":"d1","time":1714550400000,"type":"spo2","value":97,"unit":"  "}]"#,
+        );
+        assert_eq!(o.rejections, vec![]);
+        let got: Vec<(&str, f64)> = o.readings.iter().map(|r| (r.code(), r.value)).collect();
+        assert_eq!(
+            got,
+            vec![("8310-5", 37.0), ("8867-4", 60.0), ("2708-6", 97.0)]
         );
     }
 
