@@ -173,6 +173,14 @@ fn psql_over_the_postgres_wire() {
     );
     assert!(ok, "{err}");
     assert_eq!(out, "29");
+    // DuckDB's form of several exact quantiles in one aggregate (query/src/quantile.rs).
+    let (ok, out, err) = psql(
+        &pg,
+        &analyst,
+        "SELECT round(q[1], 2), q[2], round(q[3], 2) FROM (SELECT quantile_cont(value, [0.05, 0.5, 0.95]) AS q FROM observations WHERE patient_id = 'alice') t",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "91.45|104.5|117.55");
     // \d lists the tables.
     let (ok, out, err) = psql(&pg, &analyst, "\\d");
     assert!(ok, "{err}");

@@ -7,6 +7,10 @@
 //! Run: `cargo bench -p carewatch-benches --bench ingest` (release; needs `mosquitto` on PATH or
 //! at /usr/sbin/mosquitto for the MQTT part — scripts/setup-test-deps.sh installs it).
 
+/// The allocator the server binary runs with (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

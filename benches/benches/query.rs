@@ -15,6 +15,10 @@
 #[path = "query/forms.rs"]
 mod forms;
 
+/// The allocator the server binary runs with (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

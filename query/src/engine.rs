@@ -124,6 +124,7 @@ impl QueryEngine {
             .with_default_catalog_and_schema("carewatch", "public");
         let ctx = SessionContext::new_with_config(config);
         crate::fhir_read::register_udfs(&ctx);
+        crate::quantile::register(&ctx);
         let url = url::Url::parse(TABLES_URL).map_err(|_| QueryError::Internal)?;
         ctx.register_object_store(&url, store.objects());
         let reg = |name: &str, t: Arc<dyn datafusion::datasource::TableProvider>| {

@@ -26,6 +26,7 @@ pub mod fhir_subscription;
 pub mod gate;
 pub mod http;
 pub mod pgwire;
+pub mod quantile;
 pub mod run;
 pub mod subscriptions;
 pub mod table;

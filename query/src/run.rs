@@ -92,10 +92,12 @@ impl QueryEngine {
         if let Some(tz) = &settings.time_zone {
             config.options_mut().execution.time_zone = Some(tz.clone());
         }
-        Ok(SessionStateBuilder::new_from_existing(base)
+        let mut state = SessionStateBuilder::new_from_existing(base)
             .with_config(config)
             .with_runtime_env(runtime)
-            .build())
+            .build();
+        crate::quantile::reregister(&mut state);
+        Ok(state)
     }
 
     /// Runs one SQL text (exactly one statement) through the gate.

@@ -114,7 +114,7 @@ pub fn queries(patient: &str, day: &str, next: &str) -> Vec<Query> {
         },
         Query {
             name: "p5 / p50 / p95 per patient (exact)",
-            carewatch: vec![pct_within.clone()],
+            carewatch: vec![pct_within.clone(), pct_list.clone()],
             duckdb: vec![pct_within, pct_list],
         },
         Query {

@@ -1,6 +1,6 @@
 //! Compaction (a day's small files merged into one, one Delta commit), retention (one commit
 //! of removes per table), vacuum (removed files deleted once their grace period is over), and
-//! the background task that does all of it on a tick (and, on tables other nodes write too,
+//! the background tasks that persist and maintain on a tick (and, on tables other nodes write too,
 //! catches up with their commits). Intent files are what compaction used
 //! before the Delta log; open still finishes one a crash left in a pre-Delta directory.
 
@@ -114,7 +114,8 @@ pub(super) async fn compact(inner: &Inner, min_files: usize) -> Result<usize> {
     if inner.config.read_only {
         return Ok(0);
     }
-    let _g = inner.persist_lock.lock().await;
+    // One merge at a time; it holds the persist lock only to commit, so persists go on meanwhile.
+    let _m = inner.maintain_lock.lock().await;
     let mut done = 0;
     for inputs in due_merges(inner, min_files) {
         compact_day(inner, inputs).await?;
@@ -140,6 +141,11 @@ async fn compact_day(inner: &Inner, inputs: Vec<FileMeta>) -> Result<()> {
     for f in &inputs {
         files.push(get_bytes(inner.objects.as_ref(), &f.path).await?);
     }
+    let pause = lock(&inner.state).merge_pause.take();
+    if let Some((reached, release)) = pause {
+        let _ = reached.send(());
+        let _ = release.await;
+    }
     let rgs = inner.config.row_group_rows;
     let (bytes, rows) = blocking(move || merge_files(table, files, rgs)).await?;
     let stamp = chrono::Utc::now().timestamp_micros();
@@ -160,6 +166,7 @@ async fn compact_day(inner: &Inner, inputs: Vec<FileMeta>) -> Result<()> {
         }
     }
     let out = NewFile::new(table, path.clone(), date, (first, last), size, rows);
+    let _g = inner.persist_lock.lock().await;
     let mut deltas = inner.deltas.lock().await;
     let Some(log) = deltas.get_mut(&table) else {
         return Ok(());
@@ -189,6 +196,7 @@ pub(super) async fn retain(inner: &Inner, cutoff_date: &str) -> Result<usize> {
     if inner.config.read_only {
         return Ok(0);
     }
+    let _m = inner.maintain_lock.lock().await;
     let _g = inner.persist_lock.lock().await;
     let old: Vec<FileMeta> = lock(&inner.state)
         .files
@@ -259,6 +267,10 @@ async fn vacuum(inn: &Inner) {
     }
 }
 
+/// The persist loop: on each tick, other nodes' commits (shared tables), then a persist when
+/// the buffer is due. Compaction has a loop of its own ([`maintenance`]) so a long merge never
+/// holds back the persists the buffer's bound depends on (a ~64 M-row merge once refused appends
+/// for a minute at 100,000 patients).
 pub(super) async fn background(inner: std::sync::Weak<Inner>) {
     loop {
         let tick = match inner.upgrade() {
@@ -282,6 +294,18 @@ pub(super) async fn background(inner: std::sync::Weak<Inner>) {
         if due && let Err(e) = persist(&inn).await {
             tracing::error!(error = %e, "persist failed; will retry");
         }
+    }
+}
+
+/// The maintenance loop: compaction, retention and vacuum on each tick, beside the persists.
+pub(super) async fn maintenance(inner: std::sync::Weak<Inner>) {
+    loop {
+        let tick = match inner.upgrade() {
+            Some(i) => i.config.tick,
+            None => return,
+        };
+        tokio::time::sleep(tick).await;
+        let Some(inn) = inner.upgrade() else { return };
         if !maintains(&inn) {
             vacuum(&inn).await;
             continue;

@@ -83,6 +83,9 @@ struct State {
     /// ([`follow`]).
     untold: Vec<ObjPath>,
     stats: StoreStats,
+    /// Tests only ([`Store::pause_next_merge`]): the next merge signals the first and waits
+    /// for the second once it has read its inputs.
+    merge_pause: Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>,
 }
 
 struct Inner {
@@ -97,6 +100,9 @@ struct Inner {
     /// Each table's Delta log; changed only under `persist_lock`.
     deltas: tokio::sync::Mutex<std::collections::BTreeMap<Table, delta::DeltaLog>>,
     persist_lock: tokio::sync::Mutex<()>,
+    /// One compaction or retention at a time (taken before `persist_lock`, which a merge
+    /// holds only to commit).
+    maintain_lock: tokio::sync::Mutex<()>,
     wal_dir: PathBuf,
     /// The tables' directory when they are on this machine (files are fsynced there).
     local_root: Option<PathBuf>,
@@ -280,6 +286,16 @@ impl Store {
     #[doc(hidden)]
     pub async fn inject_writer_failure(&self) {
         let _ = self.inner.tx.send(Cmd::InjectPanic).await;
+    }
+
+    /// Tests only: the next merge stops once it has read its inputs, tells the first
+    /// receiver, and goes on when the sender is dropped or sends.
+    #[doc(hidden)]
+    pub fn pause_next_merge(&self) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let (reached_tx, reached_rx) = oneshot::channel();
+        let (release_tx, release_rx) = oneshot::channel();
+        lock(&self.inner.state).merge_pause = Some((reached_tx, release_rx));
+        (reached_rx, release_tx)
     }
 
     /// The earliest received time of rows being appended right now (not yet durable and

@@ -240,6 +240,7 @@ pub(super) async fn open(config: Config) -> Result<Store> {
         objects,
         deltas: tokio::sync::Mutex::new(opened.deltas),
         persist_lock: tokio::sync::Mutex::new(()),
+        maintain_lock: tokio::sync::Mutex::new(()),
         wal_dir,
         observers: std::sync::RwLock::new(Vec::new()),
         health: Arc::new(Health::default()),
@@ -265,7 +266,7 @@ pub(super) async fn open(config: Config) -> Result<Store> {
         tokio::spawn(super::remote_wal::uploader(rx, weak.clone(), remote));
         tokio::spawn(super::remote_wal::keep_alive(weak));
     }
-    let bg = Arc::downgrade(&store.inner);
-    tokio::spawn(async move { background(bg).await });
+    tokio::spawn(background(Arc::downgrade(&store.inner)));
+    tokio::spawn(super::compact::maintenance(Arc::downgrade(&store.inner)));
     Ok(store)
 }
