@@ -152,6 +152,13 @@ fn feeds_are_scoped_to_the_care_team_and_metrics_move() {
         metric("carewatch_minute_bins_patients") == 3.0
     });
     assert!(metric("carewatch_minute_bins_bytes") >= 3.0 * 10.0 * 32.0);
+    // The allocator's view (jemalloc, the binary's allocator): what it holds, within what is
+    // resident.
+    let (held, resident) = (
+        metric("carewatch_allocator_allocated_bytes"),
+        metric("carewatch_allocator_resident_bytes"),
+    );
+    assert!(held > 1e6 && resident >= held, "{held} {resident}");
     // A rejected reading moves the rejection counter (by reason, never by device).
     let (s, _) = curl(
         "POST",

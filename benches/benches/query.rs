@@ -9,7 +9,8 @@
 //!
 //! Run: `cargo bench -p carewatch-benches --bench query` (release). `QUERY_BENCH_SETS` picks data
 //! sets (`day1000,month100`; `PATIENTSxDAYS` for others, e.g. `200x1`), `QUERY_BENCH_RUNS` the
-//! runs per form (default 3, the median is reported). DuckDB runs from the test venv
+//! runs per form (default 3, the median is reported), `QUERY_BENCH_ONLY` the questions whose name
+//! contains it (e.g. `p5`). DuckDB runs from the test venv
 //! (`scripts/setup-test-deps.sh`).
 
 #[path = "query/forms.rs"]
@@ -286,7 +287,12 @@ async fn run_set(patients: usize, days: i64, runs: usize) {
     };
     let mid = days / 2;
     let patient = format!("pat-{:05}", 42.min(patients - 1));
+    // `QUERY_BENCH_ONLY=<part of a question's name>`: only the questions it names.
+    let only = std::env::var("QUERY_BENCH_ONLY").unwrap_or_default();
     for q in forms::queries(&patient, &day(mid), &day(mid + 1)) {
+        if !q.name.contains(only.as_str()) {
+            continue;
+        }
         let (ours, answer, failed) = carewatch(&engine, &q, runs).await;
         let Some(answer) = answer else {
             println!(

@@ -24,6 +24,7 @@ macro_rules! announce {
 }
 
 mod alerting;
+mod allocator;
 mod fhir;
 mod leases;
 mod open;
@@ -78,7 +79,7 @@ pub async fn run(c: ServeConfig) -> Result<()> {
     )
     .await;
     let fhir = fhir::start(&c, &store, &pipeline, &engine, &alerting.alerts, &shutdown)?;
-    let mut extra_metrics: Vec<carewatch_web::ExtraMetrics> = Vec::new();
+    let mut extra_metrics: Vec<carewatch_web::ExtraMetrics> = vec![allocator::metrics()];
     if let Some((d, _)) = &fhir.destination {
         let d = d.clone();
         extra_metrics.push(Arc::new(move |out: &mut String| d.write_metrics(out)));

@@ -119,11 +119,11 @@ fn header(nodes: &[Arc<Server>]) -> String {
         };
         let _ = write!(
             h,
-            " {l} RSS MiB | {l} cores | {l} buffer rows | {l} bins MiB |"
+            " {l} RSS MiB | {l} allocated MiB | {l} cores | {l} buffer rows | {l} bins MiB |"
         );
     }
     h.push_str(" requests | readings/s | in flight | generator cores | dispatch lag max ms |\n|");
-    h.push_str(&"---:|".repeat(4 * nodes.len() + 6));
+    h.push_str(&"---:|".repeat(5 * nodes.len() + 6));
     h
 }
 
@@ -148,9 +148,12 @@ async fn report(
             let b = buffer.map_or("?".into(), |b| format!("{b:.0}"));
             let bins = n.metric(&http, "carewatch_minute_bins_bytes").await;
             let bins = bins.map_or("?".into(), |b| format!("{:.0}", b / 1048576.0));
+            // What jemalloc says the server holds (RSS less this: pages not returned yet).
+            let held = n.metric(&http, "carewatch_allocator_allocated_bytes").await;
+            let held = held.map_or("?".into(), |b| format!("{:.0}", b / 1048576.0));
             let _ = write!(
                 line,
-                " {r:.0} | {:.2} | {b} | {bins} |",
+                " {r:.0} | {held} | {:.2} | {b} | {bins} |",
                 (c - cpu[i]) / 10.0
             );
             rss[i].push(r);

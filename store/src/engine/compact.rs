@@ -267,11 +267,12 @@ async fn vacuum(inn: &Inner) {
     }
 }
 
-/// The persist loop: on each tick, other nodes' commits (shared tables), then a persist when
-/// the buffer is due. Compaction has a loop of its own ([`maintenance`]) so a long merge never
-/// holds back the persists the buffer's bound depends on (a ~64 M-row merge once refused appends
-/// for a minute at 100,000 patients).
-pub(super) async fn background(inner: std::sync::Weak<Inner>) {
+/// Runs `step` on every tick while the store is open.
+async fn each_tick<F, Fut>(inner: std::sync::Weak<Inner>, step: F)
+where
+    F: Fn(std::sync::Arc<Inner>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     loop {
         let tick = match inner.upgrade() {
             Some(i) => i.config.tick,
@@ -279,6 +280,16 @@ pub(super) async fn background(inner: std::sync::Weak<Inner>) {
         };
         tokio::time::sleep(tick).await;
         let Some(inn) = inner.upgrade() else { return };
+        step(inn).await;
+    }
+}
+
+/// The persist loop: on each tick, other nodes' commits (shared tables), then a persist when
+/// the buffer is due. Compaction has a loop of its own ([`maintenance`]) so a long merge never
+/// holds back the persists the buffer's bound depends on (a ~64 M-row merge once refused appends
+/// for a minute at 100,000 patients).
+pub(super) async fn background(inner: std::sync::Weak<Inner>) {
+    each_tick(inner, |inn| async move {
         if let Err(e) = follow(&inn).await {
             tracing::warn!(error = %e, "reading other nodes' commits failed; will retry");
         }
@@ -294,21 +305,16 @@ pub(super) async fn background(inner: std::sync::Weak<Inner>) {
         if due && let Err(e) = persist(&inn).await {
             tracing::error!(error = %e, "persist failed; will retry");
         }
-    }
+    })
+    .await
 }
 
 /// The maintenance loop: compaction, retention and vacuum on each tick, beside the persists.
 pub(super) async fn maintenance(inner: std::sync::Weak<Inner>) {
-    loop {
-        let tick = match inner.upgrade() {
-            Some(i) => i.config.tick,
-            None => return,
-        };
-        tokio::time::sleep(tick).await;
-        let Some(inn) = inner.upgrade() else { return };
+    each_tick(inner, |inn| async move {
         if !maintains(&inn) {
             vacuum(&inn).await;
-            continue;
+            return;
         }
         if let Err(e) = compact(&inn, inn.config.compact_min_files).await {
             tracing::error!(error = %e, "compaction failed; will retry");
@@ -321,5 +327,6 @@ pub(super) async fn maintenance(inner: std::sync::Weak<Inner>) {
             }
         }
         vacuum(&inn).await;
-    }
+    })
+    .await
 }
