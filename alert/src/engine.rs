@@ -158,6 +158,8 @@ struct Inner {
     run_seconds: Mutex<carewatch_store::Histogram>,
     /// Time spent in gather, absorb and commit over all runs, µs.
     phase_us: [std::sync::atomic::AtomicU64; 3],
+    /// Samples held at the last once-a-minute sweep (`/metrics`).
+    samples_held: std::sync::atomic::AtomicUsize,
 }
 
 /// The live alert engine (cheap to clone).
@@ -201,16 +203,21 @@ pub(crate) fn max_lookback_us(rule: &Rule) -> i64 {
         .unwrap_or(0)
 }
 
+/// Minutes of lateness the live bins absorb beyond the rules' look-back (see [`bins_window_for`]).
+pub const LATE_MARGIN_MINUTES: i64 = 15;
+
 /// How long minute bins stay in memory when `alerts.bins_minutes` is not set: the longest
-/// look-back of `rules` plus an hour for late readings (a reading `d` late makes its rules read
-/// from `d + look-back` ago), whole minutes — 122 minutes with the shipped rules. A read behind
-/// it is folded from `observations`, which is correct but scans Parquet on the rules' thread:
-/// with only 5 minutes of margin, the load bench's phones that sync 5 minutes late sent every
-/// run there (the rules thread decoding Parquet, the server short of CPU at 100,000 patients).
+/// look-back of `rules` plus [`LATE_MARGIN_MINUTES`] for late readings (a reading `d` late makes
+/// its rules read from `d + look-back` ago), whole minutes — 77 minutes with the shipped rules.
+/// A read behind it is folded from `observations`, which is correct but scans Parquet on the
+/// rules' thread: with only 5 minutes of margin, the load bench's phones that sync 5 minutes late
+/// sent every run there (the rules thread decoding Parquet, the server short of CPU at 100,000
+/// patients). An hour of margin (122 minutes) held 1.2 GiB of bins at 100,000 patients; 15
+/// minutes is three times the load bench's lateness at 0.63 of the memory.
 pub fn bins_window_for(rules: &[Rule]) -> Duration {
     const MIN_US: i64 = 60_000_000;
     let lb = rules.iter().map(max_lookback_us).max().unwrap_or(0);
-    let minutes = (lb + 60 * MIN_US + MIN_US - 1) / MIN_US;
+    let minutes = (lb + LATE_MARGIN_MINUTES * MIN_US + MIN_US - 1) / MIN_US;
     Duration::from_secs(minutes as u64 * 60)
 }
 
@@ -269,6 +276,7 @@ impl AlertEngine {
             runs: std::sync::atomic::AtomicU64::new(0),
             run_seconds: Mutex::new(carewatch_store::Histogram::default()),
             phase_us: Default::default(),
+            samples_held: Default::default(),
         });
         let weak = Arc::downgrade(&inner);
         store.observe_appends(Arc::new(move |sum: &carewatch_store::AppendSummary| {

@@ -17,8 +17,6 @@
 //! - an `absence` rule (device silent) turns gaps between data buckets of at least `for`
 //!   into episodes; the gap open at `now` is an unresolved one.
 
-use std::collections::BTreeMap;
-
 /// One bucket's condition.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
@@ -75,9 +73,14 @@ fn worse(shape: &Shape, a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-/// Every episode and the trailing pending run (if any) in `samples`, looking only at buckets
-/// that end at or before `closed_until` (for `absence`, `closed_until` is "now").
-pub fn episodes(samples: &BTreeMap<i64, Sample>, shape: &Shape, closed_until: i64) -> Vec<Episode> {
+/// Every episode and the trailing pending run (if any) in `samples` (by bucket start, in
+/// order: a `&BTreeMap<i64, Sample>` or the live engine's sorted vector), looking only at
+/// buckets that end at or before `closed_until` (for `absence`, `closed_until` is "now").
+pub fn episodes<'a>(
+    samples: impl IntoIterator<Item = (&'a i64, &'a Sample)>,
+    shape: &Shape,
+    closed_until: i64,
+) -> Vec<Episode> {
     if shape.absence {
         return absences(samples, shape, closed_until);
     }
@@ -93,7 +96,7 @@ pub fn episodes(samples: &BTreeMap<i64, Sample>, shape: &Shape, closed_until: i6
     } else {
         closed_until
     };
-    for (&t, s) in samples.range(..=last) {
+    for (&t, s) in samples.into_iter().take_while(|(t, _)| **t <= last) {
         if s.hit {
             if let Some((mut e, nonhit)) = cur.take() {
                 let gap = t - e.end_us; // time without a hit since the run's last hit bucket
@@ -149,11 +152,15 @@ pub fn episodes(samples: &BTreeMap<i64, Sample>, shape: &Shape, closed_until: i6
     out
 }
 
-fn absences(samples: &BTreeMap<i64, Sample>, shape: &Shape, now: i64) -> Vec<Episode> {
+fn absences<'a>(
+    samples: impl IntoIterator<Item = (&'a i64, &'a Sample)>,
+    shape: &Shape,
+    now: i64,
+) -> Vec<Episode> {
     let b = shape.bucket_us.max(1);
     let mut out = Vec::new();
     let mut prev: Option<i64> = None;
-    for &t in samples.range(..now).map(|(t, _)| t) {
+    for (&t, _) in samples.into_iter().take_while(|(t, _)| **t < now) {
         if let Some(p) = prev
             && t - (p + b) >= shape.for_us.max(1)
         {
@@ -183,6 +190,8 @@ fn absences(samples: &BTreeMap<i64, Sample>, shape: &Shape, now: i64) -> Vec<Epi
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     const M: i64 = 60_000_000;

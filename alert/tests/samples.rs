@@ -70,6 +70,8 @@ async fn samples_stay_within_the_look_back_and_a_patient_silent_for_a_day_is_for
         (100 * 17..=100 * 19).contains(&held),
         "samples held after an hour: {held}"
     );
+    // `/metrics` has the count as of the last once-a-minute prune, which that run made.
+    assert_eq!(engine.samples_held(), held);
     // A day later only the patient still sending is held.
     let late = 25 * 60;
     b.store
@@ -83,6 +85,11 @@ async fn samples_stay_within_the_look_back_and_a_patient_silent_for_a_day_is_for
     let (held_patients, held) = engine.samples_size();
     assert_eq!(held_patients, 1, "patients silent for a day are forgotten");
     assert!(held <= 19, "samples held: {held}");
+    assert_eq!(
+        engine.samples_held(),
+        held,
+        "the forgotten patients' samples are not counted"
+    );
 }
 
 #[tokio::test]

@@ -30,7 +30,7 @@ pub struct AlertsConfig {
     /// Appends trigger a run this many milliseconds after the first (default 200).
     pub batch_millis: Option<u64>,
     /// Minute bins are kept in memory for this many minutes before now (default: the longest
-    /// look-back of the loaded rules + 60 for late readings, i.e. 122 with the shipped rules).
+    /// look-back of the loaded rules + 15 for late readings, i.e. 77 with the shipped rules).
     pub bins_minutes: Option<u64>,
     /// Escalation chains and on-call rotas by care team (`[alerts.escalation.<team>]`); a team
     /// with one escalates along it instead of `escalate_after_secs` / `max_escalations`.

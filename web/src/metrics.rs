@@ -227,6 +227,12 @@ pub async fn metrics(
         "Bytes allocated for the minute bins' slots (32 per slot; excludes the interned ids).",
         bin_bytes as f64,
     );
+    o.single(
+        "carewatch_rule_samples",
+        "gauge",
+        "Per-bucket samples the rules keep between runs (all rules and patients, as of the once-a-minute prune).",
+        s.alerts.samples_held() as f64,
+    );
     let admin = Principal {
         id: "metrics".into(),
         role: Role::Admin,

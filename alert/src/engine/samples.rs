@@ -9,6 +9,8 @@
 //! reconciled — the reconcile of no episodes changes nothing unless there were some before
 //! (it clears the pending one), so that pair goes once more.
 
+use std::sync::atomic::Ordering;
+
 use crate::episodes::{Episode, Shape, episodes};
 use crate::rules::Rule;
 
@@ -120,6 +122,9 @@ impl AlertEngine {
             drop(st);
             sm.forget_all(&gone);
         }
+        if let Some(held) = sm.held_at_sweep() {
+            self.inner.samples_held.store(held, Ordering::Relaxed);
+        }
         work.sort_by(|a, b| (&rules[a.rule].id, &a.patient).cmp(&(&rules[b.rule].id, &b.patient)));
         work
     }
@@ -140,6 +145,12 @@ impl AlertEngine {
         let sm = lock(&self.inner.samples);
         (sm.patients(), sm.held())
     }
+
+    /// Samples held by the rules as of the last once-a-minute sweep (without the samples'
+    /// lock, for `/metrics`); 0 before the first.
+    pub fn samples_held(&self) -> usize {
+        self.inner.samples_held.load(Ordering::Relaxed)
+    }
 }
 
 /// The series' episodes, when reconciling them may change something: there are some, or
@@ -153,7 +164,7 @@ fn changed(s: &mut Series, shape: &Shape, closed_until: i64) -> Option<Vec<Episo
     let episodes = if none {
         Vec::new()
     } else {
-        episodes(s.samples(), shape, closed_until)
+        episodes(s.samples().iter().map(|(t, v)| (t, v)), shape, closed_until)
     };
     let was_quiet = std::mem::replace(&mut s.quiet, episodes.is_empty());
     (!(was_quiet && episodes.is_empty())).then_some(episodes)
@@ -165,7 +176,7 @@ fn no_gap(s: &Series, shape: &Shape, now: i64) -> bool {
     let b = shape.bucket_us.max(1);
     let min = shape.for_us.max(1);
     let mut prev: Option<i64> = None;
-    for &t in s.samples().range(..now).map(|(t, _)| t) {
+    for &(t, _) in s.before(now) {
         if prev.is_some_and(|p| t - (p + b) >= min) {
             return false;
         }
@@ -179,11 +190,11 @@ fn no_gap(s: &Series, shape: &Shape, now: i64) -> bool {
 /// buckets from after `now` (future-skewed data, which the clock reaching them brings into
 /// view). Other gaps cannot have appeared without new samples, which touch the series anyway.
 fn silence_may_start(s: &Series, shape: &Shape, now: i64) -> bool {
-    if s.samples().range(now..).next().is_some() {
+    if s.samples().last().is_some_and(|e| e.0 >= now) {
         return true;
     }
-    match s.samples().range(..now).next_back() {
-        Some((&t, _)) => now - (t + shape.bucket_us.max(1)) >= shape.for_us.max(1),
+    match s.before(now).last() {
+        Some(&(t, _)) => now - (t + shape.bucket_us.max(1)) >= shape.for_us.max(1),
         None => true,
     }
 }

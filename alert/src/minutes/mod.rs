@@ -18,8 +18,8 @@
 //!
 //! Bound: per patient, one 32-byte bin per (code, minute) for the minutes in
 //! `[horizon, now + 5 min future skew]`, in a ring that grows to at most `window + 6` slots —
-//! 3 vitals and the shipped rules' 122-minute window ([`crate::engine::bins_window_for`]):
-//! 3 × 128 × 32 B ≈ 12 KB — plus the patient's interned id (its name, a map entry and a holder
+//! 3 vitals and the shipped rules' 77-minute window ([`crate::engine::bins_window_for`]):
+//! 3 × 83 × 32 B ≈ 8 KB — plus the patient's interned id (its name, a map entry and a holder
 //! entry per code, ~250 B). Bins are pruned when the horizon passes a minute; a patient without
 //! bins left is forgotten.
 

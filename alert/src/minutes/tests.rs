@@ -302,22 +302,22 @@ fn a_ring_grows_to_its_window_and_no_further() {
 }
 
 #[test]
-fn the_default_window_is_the_rules_longest_look_back_and_an_hour() {
+fn the_default_window_is_the_rules_longest_look_back_and_a_late_margin() {
     let rules = crate::rules::load(None).expect("shipped rules");
     // device silent (60 min), fever and blood pressure (clear after 60 min): 60 + 2 buckets,
-    // and an hour of lateness.
+    // and 15 minutes of lateness.
     assert_eq!(
         crate::engine::bins_window_for(&rules),
-        Duration::from_secs(122 * 60)
+        Duration::from_secs(77 * 60)
     );
     let short: Vec<_> = rules.into_iter().filter(|r| r.id == "hr_low").collect();
-    // hr_low: 10 + 5 + 2 minutes, + 60.
+    // hr_low: 10 + 5 + 2 minutes, + 15.
     assert_eq!(
         crate::engine::bins_window_for(&short),
-        Duration::from_secs(77 * 60)
+        Duration::from_secs(32 * 60)
     );
     assert_eq!(
         crate::engine::bins_window_for(&[]),
-        Duration::from_secs(60 * 60)
+        Duration::from_secs(15 * 60)
     );
 }

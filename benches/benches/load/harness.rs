@@ -119,11 +119,11 @@ fn header(nodes: &[Arc<Server>]) -> String {
         };
         let _ = write!(
             h,
-            " {l} RSS MiB | {l} allocated MiB | {l} cores | {l} buffer rows | {l} bins MiB |"
+            " {l} RSS MiB | {l} allocated MiB | {l} cores | {l} buffer rows | {l} bins MiB | {l} rule samples k |"
         );
     }
     h.push_str(" requests | readings/s | in flight | generator cores | dispatch lag max ms |\n|");
-    h.push_str(&"---:|".repeat(5 * nodes.len() + 6));
+    h.push_str(&"---:|".repeat(6 * nodes.len() + 6));
     h
 }
 
@@ -151,9 +151,11 @@ async fn report(
             // What jemalloc says the server holds (RSS less this: pages not returned yet).
             let held = n.metric(&http, "carewatch_allocator_allocated_bytes").await;
             let held = held.map_or("?".into(), |b| format!("{:.0}", b / 1048576.0));
+            let samples = n.metric(&http, "carewatch_rule_samples").await;
+            let samples = samples.map_or("?".into(), |s| format!("{:.0}", s / 1000.0));
             let _ = write!(
                 line,
-                " {r:.0} | {held} | {:.2} | {b} | {bins} |",
+                " {r:.0} | {held} | {:.2} | {b} | {bins} | {samples} |",
                 (c - cpu[i]) / 10.0
             );
             rss[i].push(r);
