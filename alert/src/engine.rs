@@ -27,6 +27,7 @@ use crate::rules::{Params, Rule};
 mod actions;
 mod commit;
 mod gather;
+mod measure;
 mod ownership;
 mod plan;
 mod reconcile;
@@ -149,7 +150,7 @@ struct Inner {
     /// Transitions other nodes wrote, applied by the next writer ([`commit`]).
     foreign: Arc<Mutex<Vec<Arc<Transition>>>>,
     events: broadcast::Sender<Arc<Transition>>,
-    wake: Notify,
+    wake: Arc<Notify>,
     catch_up: std::sync::atomic::AtomicBool,
     /// The partitions owned at the last run (a gain makes the next run a catch-up).
     owned: Mutex<Owned>,
@@ -237,10 +238,14 @@ impl AlertEngine {
         history: Arc<History>,
     ) -> AlertEngine {
         // Other nodes' transitions (a cluster's shared history) wait here for the next writer.
+        // The webhook notifier reads the history itself, so it is woken at once.
         let foreign: Arc<Mutex<Vec<Arc<Transition>>>> = Arc::default();
-        let queue = foreign.clone();
+        let wake = Arc::new(Notify::new());
+        let (queue, woken) = (foreign.clone(), wake.clone());
         let before = history.follow_foreign(Box::new(move |ts: &[Arc<Transition>]| {
             lock(&queue).extend(ts.iter().cloned());
+            woken.notify_waiters();
+            woken.notify_one();
         }));
         let mut state = State::default();
         for t in before {
@@ -269,7 +274,7 @@ impl AlertEngine {
             writer: Mutex::new(()),
             foreign,
             events,
-            wake: Notify::new(),
+            wake,
             catch_up: std::sync::atomic::AtomicBool::new(true),
             owned,
             last_run_us: std::sync::atomic::AtomicI64::new(0),
@@ -359,38 +364,6 @@ impl AlertEngine {
         &self.inner.wake
     }
 
-    /// Evaluation runs so far and the wall time of the last one.
-    pub fn runs(&self) -> (u64, i64) {
-        (
-            self.inner.runs.load(std::sync::atomic::Ordering::Relaxed),
-            self.inner
-                .last_run_us
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
-    }
-
-    /// Seconds spent so far in each phase of the evaluation runs: gather (the rules' SQL),
-    /// absorb (samples and episodes), commit (plan, history write, apply).
-    pub fn phase_seconds(&self) -> [(&'static str, f64); 3] {
-        let s = |i: usize| {
-            self.inner.phase_us[i].load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6
-        };
-        [("gather", s(0)), ("absorb", s(1)), ("commit", s(2))]
-    }
-
-    /// Adds the time since `since` to phase `i`; returns now.
-    fn phase(&self, i: usize, since: std::time::Instant) -> std::time::Instant {
-        let now = std::time::Instant::now();
-        let us = now.duration_since(since).as_micros() as u64;
-        self.inner.phase_us[i].fetch_add(us, std::sync::atomic::Ordering::Relaxed);
-        now
-    }
-
-    /// Durations of evaluation runs.
-    pub fn run_seconds(&self) -> carewatch_store::Histogram {
-        lock(&self.inner.run_seconds).clone()
-    }
-
     fn publish(&self, written: Vec<Arc<Transition>>) {
         if written.is_empty() {
             return;
@@ -400,17 +373,6 @@ impl AlertEngine {
         }
         self.inner.wake.notify_waiters();
         self.inner.wake.notify_one();
-    }
-
-    /// The live minute bins (patients, bins held).
-    pub fn bins_size(&self) -> (usize, usize) {
-        self.inner.bins.size()
-    }
-
-    /// The live minute bins' memory: (patients, bytes of their rings' slots).
-    pub fn bins_bytes(&self) -> (usize, usize) {
-        let (patients, _, slots) = self.inner.bins.footprint();
-        (patients, slots * crate::minutes::SLOT_BYTES)
     }
 
     /// Runs the evaluation loop until `shutdown`: `batch` after appends made patients dirty,

@@ -243,6 +243,7 @@ async fn main() {
     let dead = kill_at.map(|(i, _)| i);
     let query = (0..n).find(|i| Some(*i) != dead).unwrap_or(0);
     let settle = Duration::from_secs(if dead.is_some() { 60 } else { 30 });
+    harness::stages(&nodes, &http, dead).await;
     let eps = harness::finish(&run, &http, &nodes[query], settle, kill_at.map(|k| k.1)).await;
     by_owner(&eps, &parts, start);
     for s in nodes {

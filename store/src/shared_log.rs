@@ -138,9 +138,48 @@ impl SharedLog {
                 tx.execute(&st, &[&seq, &e.key, &part, &e.body])
                     .map_err(pg_err)?;
             }
+            // Delivered to the listeners at the commit ([`AppendWatch`]).
+            tx.batch_execute(NOTIFY).map_err(pg_err)?;
             tx.commit().map_err(pg_err)?;
             Ok(out)
         })
+    }
+
+    /// A connection of its own that hears of every append any node commits (PostgreSQL's
+    /// LISTEN / NOTIFY). Blocking.
+    pub fn watch(url: &str) -> Result<AppendWatch> {
+        let mut client = crate::engine::connect(url, "alert history")?;
+        client.batch_execute(LISTEN).map_err(pg_err)?;
+        Ok(AppendWatch { client })
+    }
+}
+
+/// The channel appends notify at their commit, so followers read at once rather than at
+/// their next poll.
+const NOTIFY: &str = "NOTIFY carewatch_alert_history";
+const LISTEN: &str = "LISTEN carewatch_alert_history";
+
+/// Hears of appends ([`SharedLog::watch`]).
+pub struct AppendWatch {
+    client: Client,
+}
+
+impl std::fmt::Debug for AppendWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendWatch").finish_non_exhaustive()
+    }
+}
+
+impl AppendWatch {
+    /// Waits until some node commits an append or `timeout` passes, whichever is first
+    /// (`Ok(true)`: an append); notifications already queued are taken together. An error
+    /// means the connection is lost: watch again. Blocking.
+    pub fn wait(&mut self, timeout: std::time::Duration) -> Result<bool> {
+        use postgres::fallible_iterator::FallibleIterator as _;
+        let mut n = self.client.notifications();
+        let heard = n.timeout_iter(timeout).next().map_err(pg_err)?.is_some();
+        while n.iter().next().map_err(pg_err)?.is_some() {}
+        Ok(heard)
     }
 }
 

@@ -91,3 +91,35 @@ fn appends_take_in_others_entries_and_refuse_conflicts_strangers_and_unreadable_
         .expect("a");
     assert_eq!(done.refused, Some(Refusal::NotOwner));
 }
+
+/// A follower hears of another node's append when it commits (NOTIFY), not at its next poll;
+/// a refused append, or none, wakes nobody.
+#[test]
+fn a_watch_hears_each_committed_append_at_once() {
+    let pg = Postgres::start();
+    let (a, mut watch) = (
+        SharedLog::open(&pg.url).expect("a"),
+        SharedLog::watch(&pg.url).expect("watch"),
+    );
+    assert!(
+        !watch.wait(Duration::from_millis(300)).expect("wait"),
+        "no append: the wait runs out"
+    );
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        a.append(0, &[entry("k1", None)], None, &any).expect("a");
+        a
+    });
+    assert!(
+        watch.wait(Duration::from_secs(60)).expect("wait"),
+        "woken by the append's commit, long before the wait runs out"
+    );
+    let a = writer.join().expect("writer");
+    // Refused (a conflict): nothing committed, nothing told.
+    let done = a.append(0, &[entry("k1", None)], None, &any).expect("a");
+    assert_eq!(done.refused, Some(Refusal::Conflict));
+    assert!(
+        !watch.wait(Duration::from_millis(300)).expect("wait"),
+        "a refused append wakes nobody"
+    );
+}

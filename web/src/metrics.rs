@@ -139,6 +139,11 @@ pub async fn metrics(
         "Buffer-to-Parquet persist duration.",
         &st.persist_seconds,
     );
+    o.histogram(
+        "carewatch_follow_seconds",
+        "Cluster mode: following other nodes' commits to the shared tables (log refresh, reading their new files, telling the alert engine).",
+        &st.follow_seconds,
+    );
     o.single(
         "carewatch_buffer_rows",
         "gauge",

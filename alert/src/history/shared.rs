@@ -1,6 +1,7 @@
 //! The history shared by a cluster's nodes in PostgreSQL ([`carewatch_store::shared_log`]):
 //! every node holds every transition in memory, as a single node does with its file; a
-//! thread follows what the other nodes append (every 250 ms) and tells the engine
+//! thread follows what the other nodes append (woken by PostgreSQL NOTIFY at each append's
+//! commit, and every 250 ms) and tells the engine
 //! ([`History::follow_foreign`]) so that its alerts stand as everyone wrote them. An append
 //! first takes in what others wrote since; it is refused, with nothing written, when one of
 //! those touched an alert it is about to change (the engine decides again next run) or when
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use carewatch_store::lease::{DELIVERY_PARTITION, partition_of};
-use carewatch_store::shared_log::{Entry, Refusal, SharedLog};
+use carewatch_store::shared_log::{AppendWatch, Entry, Refusal, SharedLog};
 
 use super::{History, Transition, parse_line};
 
@@ -21,7 +22,7 @@ pub type ForeignListener = Box<dyn Fn(&[Arc<Transition>]) + Send + Sync>;
 /// Entries read per query (a node opening a long history reads it in such steps).
 const READ_AT_ONCE: i64 = 10_000;
 
-/// How often a node reads what the others appended.
+/// How often a node reads what the others appended when no notification woke it.
 const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 
 /// The shared part of a [`History`].
@@ -71,11 +72,13 @@ impl History {
                 listeners: Mutex::new(Vec::new()),
             }),
         });
+        // Listening before the first read, so no append after it goes unheard.
+        let watch = Watch::open(url);
         h.follow_once().map_err(io)?;
         let weak = Arc::downgrade(&h);
         std::thread::Builder::new()
             .name("alert-history".into())
-            .spawn(move || follow(weak))?;
+            .spawn(move || follow(weak, watch))?;
         Ok(h)
     }
 
@@ -219,11 +222,62 @@ impl History {
     }
 }
 
+/// What wakes the follower: an append any node commits (PostgreSQL NOTIFY), or
+/// [`FOLLOW_EVERY`] passing — the poll stays, for a notification lost with a connection.
+struct Watch {
+    url: String,
+    watch: Option<AppendWatch>,
+    /// The last attempt to listen succeeded (or none was made yet).
+    listened: bool,
+}
+
+impl Watch {
+    fn open(url: &str) -> Watch {
+        let mut w = Watch {
+            url: url.to_owned(),
+            watch: None,
+            listened: true,
+        };
+        w.connect();
+        w
+    }
+
+    /// Listens again; only the first of a run of failures is logged.
+    fn connect(&mut self) {
+        let was_listening = self.listened;
+        self.watch = SharedLog::watch(&self.url)
+            .inspect_err(|e| {
+                if was_listening {
+                    tracing::warn!(error = %e, "alert history: cannot listen for appends; polling");
+                }
+            })
+            .ok();
+        self.listened = self.watch.is_some();
+    }
+
+    /// Until an append or [`FOLLOW_EVERY`]; a lost connection is opened again on the next
+    /// wait (the poll covers the gap).
+    fn wait(&mut self) {
+        match &mut self.watch {
+            Some(w) => {
+                if w.wait(FOLLOW_EVERY).is_err() {
+                    self.watch = None;
+                    std::thread::sleep(FOLLOW_EVERY);
+                }
+            }
+            None => {
+                std::thread::sleep(FOLLOW_EVERY);
+                self.connect();
+            }
+        }
+    }
+}
+
 /// Follows the shared log until the history is dropped.
-fn follow(h: Weak<History>) {
+fn follow(h: Weak<History>, mut watch: Watch) {
     let mut failing = false;
     loop {
-        std::thread::sleep(FOLLOW_EVERY);
+        watch.wait();
         let Some(h) = h.upgrade() else { return };
         match h.follow_once() {
             Ok(()) if failing => {

@@ -286,6 +286,35 @@ fn acks(sent: &[Sent], nodes: usize, start: Instant) {
     }
 }
 
+/// Most rows the final check counts distinct natural keys of (one DISTINCT in memory).
+const DISTINCT_ROWS_MAX: i64 = 20_000_000;
+
+/// Per node: mean seconds of a WAL group commit, a persist and a follow of the other nodes'
+/// commits (`/metrics`), the stages a reading takes to its patient's owner in cluster mode.
+pub async fn stages(nodes: &[Arc<Server>], http: &reqwest::Client, skip: Option<usize>) {
+    for (i, n) in nodes.iter().enumerate() {
+        if Some(i) == skip {
+            continue;
+        }
+        let mut parts = Vec::new();
+        for stage in ["wal_commit", "persist", "follow"] {
+            let name = format!("carewatch_{stage}_seconds");
+            let sum = n.metric(http, &format!("{name}_sum")).await.unwrap_or(0.0);
+            let count = n
+                .metric(http, &format!("{name}_count"))
+                .await
+                .unwrap_or(0.0);
+            let mean = if count > 0.0 {
+                sum / count * 1e3
+            } else {
+                f64::NAN
+            };
+            parts.push(format!("{stage} {count:.0} x {mean:.1} ms"));
+        }
+        println!("node {} stages (mean): {}", i + 1, parts.join(", "));
+    }
+}
+
 /// `count(*)` of `observations` on `query`, asked every 2 s until it reaches `acked` or
 /// `settle` has passed: (rows, seconds waited).
 async fn rows(query: &Server, http: &reqwest::Client, acked: u64, settle: Duration) -> (i64, f64) {
@@ -320,13 +349,41 @@ pub async fn finish(
         .sum();
     let (n, waited) = rows(query, http, acked, settle).await;
     acks(&run.sent, run.rss.len(), run.start);
-    let same = if n as u64 == acked {
-        "equal"
+    // Requests left unanswered (a node killed with them in flight) may have been stored: at
+    // least once is the contract, so their readings may or may not be rows.
+    let in_doubt: u64 = run
+        .sent
+        .iter()
+        .filter(|s| s.status == 0)
+        .map(|s| s.readings)
+        .sum();
+    // Natural keys stored twice: a DISTINCT over every row, so only where it fits in memory.
+    let distinct = if n <= DISTINCT_ROWS_MAX {
+        let token = query.analyst(http).await;
+        let q =
+            "SELECT count(*) AS n FROM (SELECT DISTINCT observation_id, code FROM observations) k";
+        Some(query.sql_count(http, &token, q).await)
     } else {
-        "DIFFERENT"
+        None
+    };
+    let rows = n as u64;
+    let same = if rows == acked {
+        "equal".to_owned()
+    } else if rows > acked && rows <= acked + in_doubt {
+        format!(
+            "the {} more are of the {in_doubt} readings sent in requests left unanswered",
+            rows - acked
+        )
+    } else {
+        "DIFFERENT".to_owned()
+    };
+    let dup = match distinct {
+        Some(d) if d == n => format!("natural keys {d}: none twice"),
+        Some(d) => format!("natural keys {d}: SOME TWICE"),
+        None => "natural keys not counted (too many rows)".to_owned(),
     };
     println!(
-        "readings acknowledged {acked}, rows in observations {n} ({same}; after {waited:.0} s)"
+        "readings acknowledged {acked}, rows in observations {n} ({same}; after {waited:.0} s); {dup}"
     );
     let eps = episodes(run);
     summarise("", &eps.iter().collect::<Vec<_>>());

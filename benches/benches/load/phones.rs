@@ -103,6 +103,8 @@ pub struct Sent {
     pub cycle: u64,
     pub status: u16,
     pub accepted: u64,
+    /// Readings in the body (what an unanswered request may or may not have stored).
+    pub readings: u64,
     pub ack: Duration,
     /// When the answer came (for alert latency: the request that completes an episode).
     pub at: Instant,
@@ -141,6 +143,13 @@ fn minute(b: &mut String, i: usize, end_ms: i64, cycle: u64, hr: Option<f64>, fe
         }
         b.push_str("},");
     }
+}
+
+/// Readings in a body of [`body`]'s: each object's keys but its `time`.
+fn readings_in(b: &str) -> u64 {
+    let keys = b.bytes().filter(|c| *c == b':').count();
+    let objects = b.bytes().filter(|c| *c == b'{').count();
+    (keys - objects) as u64
 }
 
 /// The body a phone posts in `cycle` whose slot ends at `end_ms`; `None`: it posts nothing.
@@ -194,6 +203,7 @@ pub async fn run(
         let lag = start.elapsed().saturating_sub(due).as_millis() as u64;
         live.max_lag_ms.fetch_max(lag, Ordering::Relaxed);
         let (node, url) = targets.pick();
+        let readings = readings_in(&b);
         let req = http.post(url).bearer_auth(&secrets[i]).body(b);
         let (tx, live) = (tx.clone(), live.clone());
         live.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -223,6 +233,7 @@ pub async fn run(
                 cycle,
                 status,
                 accepted,
+                readings,
                 ack: at - t,
                 at,
             });

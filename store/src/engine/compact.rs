@@ -233,6 +233,7 @@ async fn follow(inner: &Inner) -> Result<()> {
     if inner.config.tables_url.is_none() {
         return Ok(());
     }
+    let started = Instant::now();
     {
         let _g = inner.persist_lock.lock().await;
         let mut deltas = inner.deltas.lock().await;
@@ -245,7 +246,12 @@ async fn follow(inner: &Inner) -> Result<()> {
         }
     }
     // Outside the locks: reading the files waits on the object store.
-    super::follow::tell_untold(inner).await
+    let told = super::follow::tell_untold(inner).await;
+    lock(&inner.state)
+        .stats
+        .follow_seconds
+        .observe(started.elapsed());
+    told
 }
 
 /// Deletes the files whose grace period is over.
@@ -267,18 +273,22 @@ async fn vacuum(inn: &Inner) {
     }
 }
 
-/// Runs `step` on every tick while the store is open.
+/// Runs `step` on every tick while the store is open. Ticks are at a fixed rate (a step that
+/// outlasts one runs again at once, missed ticks are not made up), so a step's own duration
+/// does not add to the wait before the next — the persist check and the follow of other nodes'
+/// commits come every tick, not every tick plus a persist.
 async fn each_tick<F, Fut>(inner: std::sync::Weak<Inner>, step: F)
 where
     F: Fn(std::sync::Arc<Inner>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    let Some(tick) = inner.upgrade().map(|i| i.config.tick) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let tick = match inner.upgrade() {
-            Some(i) => i.config.tick,
-            None => return,
-        };
-        tokio::time::sleep(tick).await;
+        ticks.tick().await;
         let Some(inn) = inner.upgrade() else { return };
         step(inn).await;
     }

@@ -66,12 +66,21 @@ pub(super) async fn tell_untold(inner: &Inner) -> Result<()> {
     tell(inner, files).await
 }
 
-/// Reads the files and tells the observers, one summary per file.
+/// Files read at once when telling: a tick finds one file per other node and date, and each
+/// read is a round trip to the object store.
+const READS_AT_ONCE: usize = 8;
+
+/// Reads the files (several at once) and tells the observers, one summary per file, in order.
 async fn tell(inner: &Inner, files: Vec<ObjPath>) -> Result<()> {
-    for path in files {
+    use futures::StreamExt as _;
+    let objects = inner.objects.as_ref();
+    let mut read = futures::stream::iter(files)
+        .map(|path| async move { read_file(objects, &path).await })
+        .buffered(READS_AT_ONCE);
+    while let Some(res) = read.next().await {
         // A file removed and vacuumed meanwhile (another node's compaction) is skipped: its
         // rows are in the merge, which the alert engine's catch-up reads.
-        let batches = match read_file(inner.objects.as_ref(), &path).await {
+        let batches = match res {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "reading another node's new file failed; its rows are not told");

@@ -35,6 +35,9 @@ pub struct StoreStats {
     pub commit_seconds: Histogram,
     /// Persist (buffer to Parquet + checkpoint) durations.
     pub persist_seconds: Histogram,
+    /// Shared tables: following other nodes' commits (refresh the logs, read the files they
+    /// added and tell the observers) — a stage of a reading's way to its patient's owner.
+    pub follow_seconds: Histogram,
 }
 
 /// A latency histogram with fixed bucket bounds (seconds), Prometheus-style cumulative on output.
