@@ -268,25 +268,16 @@ async fn subscribe_loop(
             }
         }
     });
-    // Batches of messages being stored concurrently, each by a task of its own (each batch one
-    // append; batches share group commits); acks go out in arrival order as each completes.
+    // Batches of messages being stored concurrently (each batch one append; batches share
+    // group commits); acks go out in arrival order as each batch completes.
     let mut inflight = futures::stream::FuturesOrdered::new();
     let mut held = 0usize;
     loop {
         tokio::select! {
             biased;
-            Some((n, joined)) = futures::StreamExt::next(&mut inflight), if !inflight.is_empty() => {
-                held -= n;
-                let (batch, res): (Vec<rumqttc::Publish>, _) = match joined {
-                    Ok(done) => done,
-                    Err(e) => {
-                        // The batch's task failed: nothing of it is acknowledged, so the
-                        // broker redelivers it after we reconnect.
-                        tracing::error!(error = %e, "storing broker messages failed; disconnecting");
-                        let _ = client.disconnect().await;
-                        continue;
-                    }
-                };
+            Some((batch, res)) = futures::StreamExt::next(&mut inflight), if !inflight.is_empty() => {
+                let batch: Vec<rumqttc::Publish> = batch;
+                held -= batch.len();
                 match res {
                     Ok(()) => {
                         for p in &batch {
@@ -306,14 +297,11 @@ async fn subscribe_loop(
             Some(p) = incoming.recv(), if held < MAX_INFLIGHT => {
                 let batch = take_batch(p, &mut incoming, MAX_INFLIGHT - held);
                 held += batch.len();
-                let (pipeline, n) = (pipeline.clone(), batch.len());
-                // A task per batch: parsing and normalising (most of a message's cost) run on
-                // every worker, not all on this loop's.
-                let stored = tokio::spawn(async move {
+                let pipeline = pipeline.clone();
+                inflight.push_back(async move {
                     let res = store_batch(&pipeline, &batch).await;
                     (batch, res)
                 });
-                inflight.push_back(async move { (n, stored.await) });
             }
         }
     }

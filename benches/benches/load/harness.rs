@@ -250,8 +250,21 @@ fn acks(sent: &[Sent], nodes: usize, start: Instant) {
         *failed.entry(s.status).or_default() += 1;
     }
     let mut ack: Vec<f64> = sent.iter().map(|s| s.ack.as_secs_f64() * 1000.0).collect();
+    let mut refused: Vec<String> = failed
+        .iter()
+        .map(|(status, n)| match status {
+            0 => format!("{n} unanswered"),
+            s => format!("{n} answered {s}"),
+        })
+        .collect();
+    refused.sort();
+    let refused = if refused.is_empty() {
+        "all 202".to_owned()
+    } else {
+        refused.join(", ")
+    };
     println!(
-        "requests: {} ({failed:?} not accepted; 0 = no answer); ack ms p50 {:.1} p99 {:.1} max {:.1}",
+        "requests: {} ({refused}); ack ms p50 {:.1} p99 {:.1} max {:.1}",
         sent.len(),
         pct(&mut ack, 0.5),
         pct(&mut ack, 0.99),
@@ -259,12 +272,17 @@ fn acks(sent: &[Sent], nodes: usize, start: Instant) {
     );
     for s in sent.iter().filter(|s| s.status != 202).take(5) {
         println!(
-            "  not accepted: {} from node {}, sent at {:.2} s, answered after {:.0} ms",
+            "  not accepted: {} from node {}, sent at {:.2} s, {} after {:.0} ms",
             s.status,
             s.node + 1,
             (s.at - s.ack)
                 .saturating_duration_since(start)
                 .as_secs_f64(),
+            if s.status == 0 {
+                "connection lost"
+            } else {
+                "answered"
+            },
             s.ack.as_secs_f64() * 1000.0
         );
     }
@@ -360,8 +378,9 @@ pub async fn finish(
     // Natural keys stored twice: a DISTINCT over every row, so only where it fits in memory.
     let distinct = if n <= DISTINCT_ROWS_MAX {
         let token = query.analyst(http).await;
-        let q =
-            "SELECT count(*) AS n FROM (SELECT DISTINCT observation_id, code FROM observations) k";
+        // The natural key: device, code, effective time (ARCHITECTURE.md, "Redelivery").
+        let q = "SELECT count(*) AS n FROM \
+                 (SELECT DISTINCT device_id, code, effective_time FROM observations) k";
         Some(query.sql_count(http, &token, q).await)
     } else {
         None
