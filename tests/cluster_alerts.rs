@@ -48,8 +48,8 @@ use carewatch_store::lease::partition_of;
 
 use common::{Server, Webhook, delta_counts, wait_until};
 use nodes::{
-    Engines, count, engines, minutes, node, node_name, owned, owners, polars_counts, post, publish,
-    raised, watch_table,
+    Engines, alert_history, count, engines, minutes, node, node_name, owned, owners, polars_counts,
+    post, publish, raised, watch_table,
 };
 
 /// What the scenario ended with.
@@ -71,6 +71,9 @@ struct Outcome {
     reads: Vec<(i64, i64)>,
     /// The table's rows and distinct keys at the end as Polars reads them.
     polars: (i64, i64),
+    /// The `alerts` Delta table at the end (partitioned runs): each row's `seq`, and the
+    /// alerts of its `firing` rows.
+    history: (Vec<i64>, Vec<String>),
 }
 
 /// Four patients of A's partitions (the first whose partition A holds a lease on).
@@ -299,7 +302,13 @@ fn scenario(partitioned: bool) -> Outcome {
     };
     std::thread::sleep(Duration::from_secs(3));
     done.store(true, Ordering::SeqCst);
+    let history = if partitioned {
+        exported_history(&run, &raised(&run.e.hook))
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let out = Outcome {
+        history,
         raised: raised(&run.e.hook),
         whole: ps[..2].to_vec(),
         split: ps[2..].to_vec(),
@@ -312,6 +321,41 @@ fn scenario(partitioned: bool) -> Outcome {
     };
     run.stop();
     out
+}
+
+/// The `alerts` Delta table once it holds every alert the webhook received (partition 0's
+/// owner exports the shared history every 10 s), or as it is after 40 s.
+fn exported_history(
+    run: &Run,
+    raised: &BTreeMap<String, BTreeMap<String, BTreeSet<u64>>>,
+) -> (Vec<i64>, Vec<String>) {
+    let want: BTreeSet<&String> = raised.values().flat_map(BTreeMap::keys).collect();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let h = alert_history(&run.e.g);
+        if want.iter().all(|f| h.1.contains(f)) || Instant::now() > deadline {
+            return h;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The alert history as a Delta table on the shared store: no transition twice, and each
+/// alert raised (as the webhook got it) fired once in it.
+fn history_once(o: &Outcome) {
+    let (seqs, firing) = &o.history;
+    let mut distinct = seqs.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        seqs.len(),
+        "a transition twice in the alerts Delta table"
+    );
+    for f in o.raised.values().flat_map(BTreeMap::keys) {
+        let n = firing.iter().filter(|x| *x == f).count();
+        assert_eq!(n, 1, "alert {f}: {n} firing rows in the alerts Delta table");
+    }
 }
 
 /// The outside reader's view: never fewer rows than before, never a key twice, and in the
@@ -355,6 +399,7 @@ fn a_killed_nodes_patients_are_alerted_by_the_others_once_each() {
     let after = o.resumed_after.expect("alerting resumed");
     eprintln!("alerting for the killed node's patients resumed {after:?} after the kill");
     reads_consistent(&o);
+    history_once(&o);
     eprintln!(
         "{} reads of the table by deltalake, {} readings acknowledged",
         o.reads.len(),

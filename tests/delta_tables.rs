@@ -1,7 +1,8 @@
 //! Delta Lake tables at the edge (issue 13): readings in over HTTP, persisted by a running
 //! `carewatch serve`; the `deltalake` Python package and Polars read `<data-dir>/observations`
 //! and `<data-dir>/dead_letters` in place, beside the running server, and get exactly the rows
-//! carewatch's own SQL (`POST /v1/sql`) returns.
+//! carewatch's own SQL (`POST /v1/sql`) returns; `<data-dir>/alerts` holds the alert
+//! history's transitions, each once.
 
 mod common;
 
@@ -125,5 +126,114 @@ fn python_deltalake_and_polars_get_exactly_the_rows_carewatch_sql_returns() {
     assert_eq!(keys_of(&delta, cols), ours, "deltalake");
     assert_eq!(keys_of(&polars, cols), ours, "polars");
     assert!(data.join("observations/_delta_log").is_dir());
+    assert_eq!(srv.stop(), 0);
+}
+
+/// Posts a body temperature of 39.5 °C now (the shipped fever rule fires on it).
+fn fever(srv: &Server, device: &str, patient: &str) {
+    let secret = srv.register(device, patient);
+    let body = format!(
+        r#"{{"time":"{}","body_temperature":39.5}}"#,
+        chrono::Utc::now().to_rfc3339()
+    );
+    let (s, b) = curl("POST", &format!("{}/v1/readings", srv.http), &secret, &body);
+    assert_eq!(s, 202, "{b}");
+}
+
+/// The `alerts` table's transitions as keys: (alert, status, event, -, seq).
+fn transitions(srv: &Server) -> Vec<Key> {
+    let rows = sql(srv, "SELECT alert_id, status, event, seq FROM alerts");
+    keys_of(&rows, ["alert_id", "status", "event", "-", "seq"])
+}
+
+/// The `alerts` Delta table's rows as deltalake and Polars read them (empty before
+/// the first export creates it).
+fn exported(dir: &std::path::Path) -> (Vec<Key>, Vec<Key>) {
+    let table = dir.join("alerts");
+    if !table.join("_delta_log").is_dir() {
+        return (Vec::new(), Vec::new());
+    }
+    let (d, p) = read_delta(&table, "alert_id,status,event,seq");
+    let cols = ["alert_id", "status", "event", "-", "seq"];
+    (keys_of(&d, cols), keys_of(&p, cols))
+}
+
+/// Checks what deltalake and Polars read of the `alerts` Delta table: every transition of `want` is
+/// in it, each row is a transition of the `alerts` table (read after it), and no `seq` twice.
+fn exported_once(srv: &Server, want: &[Key]) {
+    let (delta, polars) = exported(&srv.dir);
+    let now = transitions(srv);
+    for (reader, rows) in [("deltalake", &delta), ("polars", &polars)] {
+        let mut seqs: Vec<i64> = rows.iter().map(|k| k.4).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(
+            seqs.len(),
+            rows.len(),
+            "{reader}: a transition twice: {rows:?}"
+        );
+        for k in want {
+            assert!(rows.contains(k), "{reader}: {k:?} missing from {rows:?}");
+        }
+        for k in rows {
+            assert!(
+                now.contains(k),
+                "{reader}: {k:?} is not in the alerts table {now:?}"
+            );
+        }
+    }
+}
+
+/// The alert history is a Delta table too (issue 13): `<data-dir>/alerts` holds every
+/// transition of the `alerts` table once — firing, then acknowledged — as the `deltalake`
+/// package and Polars read it in place, and after a restart the export continues where the
+/// table stops instead of writing the earlier transitions again.
+#[test]
+fn the_alert_history_is_a_delta_table_with_each_transition_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = write_config(tmp.path(), "[alerts]\ninterval_secs = 0.3\n");
+    let srv = Server::start(tmp.path(), &["--config", &cfg]);
+    fever(&srv, "ah-d1", "ah-p1");
+    fever(&srv, "ah-d2", "ah-p2");
+    wait_until("two alerts firing", Duration::from_secs(30), || {
+        transitions(&srv).iter().filter(|k| k.1 == "firing").count() >= 2
+    });
+    let id = transitions(&srv)[0].0.clone();
+    let (s, b) = curl(
+        "POST",
+        &format!("{}/v1/alerts/{id}/ack", srv.http),
+        srv.admin(),
+        "",
+    );
+    assert!(s == 200 || s == 204, "{s} {b}");
+    let ours = transitions(&srv);
+    assert!(ours.iter().any(|k| k.1 == "acknowledged"), "{ours:?}");
+    let dir = srv.dir.clone();
+    wait_until(
+        "the alerts Delta table to hold every transition",
+        Duration::from_secs(40),
+        || exported(&dir).0.len() >= ours.len(),
+    );
+    exported_once(&srv, &ours);
+    let admin = srv.admin().to_owned();
+    assert_eq!(srv.stop(), 0);
+
+    let mut srv = Server::start(tmp.path(), &["--config", &cfg]);
+    srv.admin = Some(admin);
+    fever(&srv, "ah-d3", "ah-p3");
+    wait_until("the third alert", Duration::from_secs(30), || {
+        transitions(&srv)
+            .iter()
+            .any(|k| k.1 == "firing" && k.4 as usize >= ours.len())
+    });
+    let ours = transitions(&srv);
+    wait_until(
+        "the new transitions in the alerts Delta table",
+        Duration::from_secs(40),
+        || exported(&dir).0.len() >= ours.len(),
+    );
+    // Another export interval: still each transition once.
+    std::thread::sleep(Duration::from_secs(11));
+    exported_once(&srv, &ours);
     assert_eq!(srv.stop(), 0);
 }

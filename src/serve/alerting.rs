@@ -52,6 +52,21 @@ pub(super) async fn start(
     shutdown: &CancellationToken,
 ) -> Result<Alerting> {
     let history = history(c).await?;
+    // The history as the `alerts` Delta table, for lakehouse readers: on one node, or
+    // in a cluster whose nodes share the history (partitioned alerting). Nodes on shared
+    // tables that each keep a history of their own have no one history to export.
+    let shared_tables = c.postgres_url.is_some() && c.tables_url.is_some();
+    if !shared_tables || super::leases::partitioned(c) {
+        tokio::spawn(carewatch_alert::history::export_loop(
+            history.clone(),
+            store.clone(),
+            carewatch_alert::history::EXPORT_EVERY,
+        ));
+    } else {
+        tracing::warn!(
+            "shared tables without partitioned alerting: the alert history is not exported to the alerts Delta table"
+        );
+    }
     carewatch_alert::history::register(engine.context(), history.clone())
         .map_err(|e| anyhow::anyhow!("alerts table: {e}"))?;
     let rules = carewatch_alert::rules::load(c.rules_dir.as_deref())?;

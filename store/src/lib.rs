@@ -28,6 +28,7 @@
 //! What it must not do: parse payloads, know about HTTP or MQTT, or hold a lock across I/O
 //! that an append waits on.
 
+pub mod alert_history;
 pub mod dead;
 pub mod lease;
 pub mod merge;

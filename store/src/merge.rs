@@ -71,7 +71,7 @@ impl Keys {
                 let c = cols[..cols.len() - 1].to_vec();
                 Some((RowConverter::new(fields(&c)).map_err(enc)?, c))
             }
-            Table::DeadLetters => None,
+            Table::DeadLetters | Table::Alerts => None,
         };
         Ok(Keys {
             order: RowConverter::new(fields(&cols)).map_err(enc)?,

@@ -26,6 +26,9 @@ pub enum Table {
     Observations,
     /// `dead_letters`.
     DeadLetters,
+    /// `alerts`: the alert history's transitions, exported from the history (not fed
+    /// by the WAL, so not in [`Table::ALL`]; `Store::export_alert_history`).
+    Alerts,
 }
 
 impl Table {
@@ -34,6 +37,7 @@ impl Table {
         match self {
             Table::Observations => "observations",
             Table::DeadLetters => "dead_letters",
+            Table::Alerts => "alerts",
         }
     }
     /// The column that decides the day partition.
@@ -41,6 +45,7 @@ impl Table {
         match self {
             Table::Observations => "effective_time",
             Table::DeadLetters => "received_time",
+            Table::Alerts => "at",
         }
     }
     /// The table's schema.
@@ -48,9 +53,10 @@ impl Table {
         match self {
             Table::Observations => carewatch_transform::schema::observations_schema(),
             Table::DeadLetters => crate::dead::dead_letters_schema(),
+            Table::Alerts => crate::alert_history::alert_history_schema(),
         }
     }
-    /// Both tables.
+    /// The tables the WAL feeds (persisted, followed, compacted, adopted).
     pub const ALL: [Table; 2] = [Table::Observations, Table::DeadLetters];
 }
 
@@ -128,6 +134,7 @@ pub fn sort_columns(table: Table) -> &'static [&'static str] {
             "received_time",
         ],
         Table::DeadLetters => &["received_time"],
+        Table::Alerts => &["seq"],
     }
 }
 

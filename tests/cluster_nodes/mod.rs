@@ -178,13 +178,18 @@ import json, os, sys, polars as pl
 url, endpoint, key, secret, region = sys.argv[1:6]
 opts = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
         "AWS_REGION": region, "AWS_ALLOW_HTTP": "true", "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
-df = pl.read_delta(url, storage_options=opts, columns=["device_id", "code", "effective_time"])
-print(json.dumps({"rows": df.height, "keys": df.unique().height}), flush=True)
+if url.endswith("/alerts"):
+    df = pl.read_delta(url, storage_options=opts, columns=["alert_id", "event", "seq"])
+    print(json.dumps({"seqs": df["seq"].to_list(),
+                      "firing": df.filter(pl.col("event") == "firing")["alert_id"].to_list()}), flush=True)
+else:
+    df = pl.read_delta(url, storage_options=opts, columns=["device_id", "code", "effective_time"])
+    print(json.dumps({"rows": df.height, "keys": df.unique().height}), flush=True)
 os._exit(0)
 "#;
 
-/// [`POLARS`] on Garage `g`: `(rows, keys)`, `(-1, -1)` when the read failed.
-pub fn polars_counts(g: &Garage, table_url: &str) -> (i64, i64) {
+/// [`POLARS`] on Garage `g` for the table at `table_url`; `None` when the read failed.
+fn polars_read(g: &Garage, table_url: &str) -> Option<serde_json::Value> {
     let s = S3::of(g);
     let out = std::process::Command::new(crate::common::python())
         .args([
@@ -203,11 +208,39 @@ pub fn polars_counts(g: &Garage, table_url: &str) -> (i64, i64) {
             "polars read failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        return (-1, -1);
+        return None;
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    Some(serde_json::from_slice(&out.stdout).expect("json"))
+}
+
+/// Rows and distinct natural keys of `observations` as Polars reads them, `(-1, -1)` when the
+/// read failed.
+pub fn polars_counts(g: &Garage, table_url: &str) -> (i64, i64) {
+    let Some(v) = polars_read(g, table_url) else {
+        return (-1, -1);
+    };
     (
         v["rows"].as_i64().unwrap_or(-1),
         v["keys"].as_i64().unwrap_or(-1),
+    )
+}
+
+/// The `alerts` Delta table on Garage as Polars reads it: every row's `seq`, and the alerts
+/// of its `firing` rows (empty before the first export).
+pub fn alert_history(g: &Garage) -> (Vec<i64>, Vec<String>) {
+    let url = format!("s3://{}/tables/alerts", g.bucket);
+    let Some(v) = polars_read(g, &url) else {
+        return (Vec::new(), Vec::new());
+    };
+    let list = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+    (
+        list("seqs")
+            .iter()
+            .filter_map(serde_json::Value::as_i64)
+            .collect(),
+        list("firing")
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect(),
     )
 }

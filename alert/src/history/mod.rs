@@ -1,5 +1,5 @@
-//! The alert history: every transition of every alert, appended to `alerts/history.jsonl` in
-//! the data directory (fsynced before anyone is told) and served as the `alerts` table. The
+//! The alert history: every transition of every alert, appended to
+//! `alerts/_carewatch/history.jsonl` in the data directory (fsynced before anyone is told) and served as the `alerts` table. The
 //! current state of each alert is the fold of its transitions, so a restart rebuilds it.
 
 use std::io::{BufRead, Write};
@@ -10,8 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::rules::{Level, Severity};
 
+mod export;
+mod files;
 mod shared;
 mod table;
+pub use export::{EXPORT_EVERY, export_loop, export_once};
 pub use shared::ForeignListener;
 pub use table::{AlertsTable, register};
 
@@ -206,13 +209,12 @@ pub struct History {
 }
 
 impl History {
-    /// Opens (creating unless `read_only`) `dir/alerts/history.jsonl`. A torn last line from a
+    /// Opens (creating unless `read_only`) `dir/alerts/_carewatch/history.jsonl` (`files`). A torn last line from a
     /// crash (no newline) is ignored (and cut, when writable). A complete line that does not
     /// parse is skipped with a warning and everything after it is kept: one damaged line must
     /// never cost the transitions written after it.
     pub fn open(data_dir: &Path, read_only: bool) -> std::io::Result<History> {
-        let dir = data_dir.join("alerts");
-        let path = dir.join("history.jsonl");
+        let path = files::history_path(data_dir, !read_only)?;
         let mut rows = Vec::new();
         let mut good_len = 0u64;
         if let Ok(f) = std::fs::File::open(&path) {
@@ -241,7 +243,9 @@ impl History {
         let file = if read_only {
             None
         } else {
-            std::fs::create_dir_all(&dir)?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -386,7 +390,7 @@ mod torn_tests {
         h.append(vec![transition("a"), transition("b"), transition("c")])
             .expect("append");
         drop(h);
-        let path = dir.path().join("alerts/history.jsonl");
+        let path = dir.path().join("alerts/_carewatch/history.jsonl");
         let text = std::fs::read_to_string(&path).expect("read");
         let lines: Vec<&str> = text.lines().collect();
         let damaged = format!("{}\n{{\"broken\n{}\n{{\"torn", lines[0], lines[2]);

@@ -62,7 +62,7 @@ impl History {
     ) -> std::io::Result<Arc<History>> {
         let log = SharedLog::open(url).map_err(io)?;
         let h = Arc::new(History {
-            path: data_dir.join("alerts").join("history.jsonl"),
+            path: super::files::history_path(data_dir, true)?,
             file: Mutex::new(None),
             rows: Default::default(),
             shared: Some(Shared {

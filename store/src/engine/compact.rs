@@ -103,7 +103,7 @@ fn due_merges(inner: &Inner, min_files: usize) -> Vec<Vec<FileMeta>> {
 
 /// Whether the background maintenance (compaction, retention) is this node's to do: always
 /// on a single node; in cluster mode only while it holds the maintenance partition.
-fn maintains(inner: &Inner) -> bool {
+pub(super) fn maintains(inner: &Inner) -> bool {
     inner
         .maintainer
         .get()

@@ -2,7 +2,8 @@
 //! modules: `open` (lock, recovery, replay), `adopt` (the tables' Delta logs at open),
 //! `writer` (group commit), `persist` (buffer to Parquet, Delta commit, checkpoint),
 //! `compact` (compaction, retention, vacuum, the background task), `delta` (one table's
-//! Delta log), `remote_wal` (cluster mode: the WAL on the object store, and taking over a
+//! Delta log), `export` (the alert history as the `alerts` Delta table), `remote_wal`
+//! (cluster mode: the WAL on the object store, and taking over a
 //! dead node's) and `stats` (counters and append summaries).
 
 mod adopt;
@@ -10,6 +11,7 @@ mod commit_lock;
 mod compact;
 mod delta;
 mod encode;
+mod export;
 mod follow;
 mod merge_plan;
 mod node;
@@ -56,6 +58,7 @@ impl Snapshot {
         match t {
             Table::Observations => &self.observations,
             Table::DeadLetters => &self.dead_letters,
+            Table::Alerts => &[],
         }
     }
 }
@@ -99,6 +102,8 @@ struct Inner {
     objects: Arc<dyn ObjectStore>,
     /// Each table's Delta log; changed only under `persist_lock`.
     deltas: tokio::sync::Mutex<std::collections::BTreeMap<Table, delta::DeltaLog>>,
+    /// The `alerts` Delta table's log ([`export`]).
+    history_table: tokio::sync::Mutex<delta::DeltaLog>,
     persist_lock: tokio::sync::Mutex<()>,
     /// One compaction or retention at a time (taken before `persist_lock`, which a merge
     /// holds only to commit).
@@ -332,6 +337,7 @@ impl Store {
             match c.table {
                 Table::Observations => s.observations.push(c.batch.clone()),
                 Table::DeadLetters => s.dead_letters.push(c.batch.clone()),
+                Table::Alerts => {}
             }
         }
         s

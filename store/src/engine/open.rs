@@ -16,6 +16,7 @@ use super::node::Node;
 use super::persist::{read_checkpoint, write_checkpoint};
 use super::writer::writer;
 use super::{Chunk, Health, Inner, State, Store, chunk_bytes, dead_batch, io, rows_batch};
+use crate::alert_history::EXPORT_APP_ID;
 use crate::codec::{self, Record};
 use crate::tables::Table;
 use crate::wal::{self, Wal};
@@ -196,6 +197,13 @@ pub(super) async fn open(config: Config) -> Result<Store> {
     } else {
         Vec::new()
     };
+    let history_table = super::delta::DeltaLog::open(
+        &location,
+        &objects,
+        Table::Alerts,
+        (EXPORT_APP_ID.to_owned(), commit_lock.clone()),
+    )
+    .await?;
     let opened = open_tables(
         &config,
         &location,
@@ -239,6 +247,7 @@ pub(super) async fn open(config: Config) -> Result<Store> {
         state: Mutex::new(state),
         objects,
         deltas: tokio::sync::Mutex::new(opened.deltas),
+        history_table: tokio::sync::Mutex::new(history_table),
         persist_lock: tokio::sync::Mutex::new(()),
         maintain_lock: tokio::sync::Mutex::new(()),
         wal_dir,

@@ -164,6 +164,7 @@ pub(super) fn publish(inner: &Inner, segment: u64, built: Built, took: Duration)
         match table {
             Table::Observations => st.stats.rows_appended += n as u64,
             Table::DeadLetters => st.stats.dead_appended += n as u64,
+            Table::Alerts => {}
         }
         st.chunks.push(Chunk {
             segment,
