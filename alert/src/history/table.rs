@@ -6,13 +6,9 @@ use arrow_array::builder::{
     Float64Builder, StringBuilder, TimestampMicrosecondBuilder, UInt32Builder, UInt64Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use super::History;
-
-fn ts_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
 
 /// The `alerts` table: one row per transition.
 #[derive(Debug)]
@@ -31,36 +27,21 @@ impl AlertsTable {
     }
 }
 
-/// The `alerts` table's columns (the `alerts` Delta table has the same ones, with
-/// signed integers: `carewatch_store::alert_history`).
+/// The `alerts` SQL table's columns: the `alerts` Delta table's (one list of them, in
+/// `carewatch_store::alert_history`), with `seq` and `escalation_level` unsigned as the history
+/// holds them (Delta has no unsigned integers; the export casts back with `tables::conform`).
 pub(super) fn alerts_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("seq", DataType::UInt64, false),
-        Field::new("at", ts_type(), false),
-        Field::new("alert_id", DataType::Utf8, false),
-        Field::new("rule", DataType::Utf8, false),
-        Field::new("severity", DataType::Utf8, false),
-        Field::new("patient_id", DataType::Utf8, false),
-        Field::new("care_team", DataType::Utf8, true),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("event", DataType::Utf8, false),
-        Field::new("episode_start", ts_type(), false),
-        Field::new("episode_end", ts_type(), false),
-        Field::new("value", DataType::Float64, true),
-        Field::new("message", DataType::Utf8, false),
-        Field::new("escalation_level", DataType::UInt32, false),
-        Field::new("acknowledged_by", DataType::Utf8, true),
-        Field::new("previous_care_team", DataType::Utf8, true),
-        Field::new("assignee", DataType::Utf8, true),
-        Field::new("snoozed_until", ts_type(), true),
-        Field::new("note", DataType::Utf8, true),
-        Field::new("reason", DataType::Utf8, true),
-        Field::new("actor", DataType::Utf8, true),
-        Field::new("notified", DataType::Utf8, true),
-        Field::new("level", DataType::Utf8, false),
-        Field::new("held", DataType::Utf8, true),
-        Field::new("held_until", ts_type(), true),
-    ]))
+    let delta = carewatch_store::alert_history::alert_history_schema();
+    let fields: Vec<Field> = delta
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "seq" => Field::new("seq", DataType::UInt64, false),
+            "escalation_level" => Field::new("escalation_level", DataType::UInt32, false),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 impl carewatch_query::table::BatchSource for AlertsTable {
