@@ -101,6 +101,11 @@ fn next_batch(table: Table, r: &mut ParquetRecordBatchReader) -> Result<Option<R
 pub fn merge_sorted(table: Table, inputs: Vec<Bytes>, row_group_rows: usize) -> Result<Merged> {
     let schema = table.schema();
     let keys = Keys::new(table, &schema)?;
+    // The output is about the inputs' size: reserved once, it is never copied into a buffer of
+    // twice its size as it grows (by doubling, a 256 MiB merge's output reached a 512 MiB buffer
+    // with the 256 MiB one still held during the copy, beside the inputs).
+    let reserve = inputs.iter().map(Bytes::len).sum::<usize>();
+    let reserve = reserve + reserve / 16 + (64 << 10);
     let mut sources: Vec<RecordBatch> = Vec::new();
     let mut cursors: Vec<Cursor> = Vec::new();
     for bytes in inputs {
@@ -123,7 +128,7 @@ pub fn merge_sorted(table: Table, inputs: Vec<Bytes>, row_group_rows: usize) -> 
     let props = tables::writer_properties(&schema)?
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
         .build();
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(reserve);
     let mut w = ArrowWriter::try_new(&mut out, schema.clone(), Some(props)).map_err(enc)?;
     // Live cursors ordered by current row, the smallest last; among equal rows the earlier
     // input goes last, so it wins.

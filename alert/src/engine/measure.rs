@@ -43,7 +43,7 @@ impl AlertEngine {
 
     /// The live minute bins' memory: (patients, bytes of their rings' slots).
     pub fn bins_bytes(&self) -> (usize, usize) {
-        let (patients, _, slots) = self.inner.bins.footprint();
-        (patients, slots * crate::minutes::SLOT_BYTES)
+        let (patients, _, bytes) = self.inner.bins.footprint();
+        (patients, bytes)
     }
 }

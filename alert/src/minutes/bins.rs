@@ -1,8 +1,9 @@
 //! The live bins' storage: patients sharded by a hash of their id, interned within their shard
-//! to dense indexes; per patient and interned vital code, a vector of 32-byte slots sorted by
-//! minute; per shard and code, the set of patients holding bins of that code. A read names its
-//! codes, minutes and (optionally) patients ([`Scope`]) and touches only those: the holders of a
-//! code or the scope's patients, whichever is fewer, and within a patient a binary search of the
+//! to dense indexes; per patient and interned vital code, a ring of slots sorted by minute (20
+//! bytes while every sum, min and max is exactly an `f32`, as integer vitals' are, else 32);
+//! per shard and code, the set of patients holding bins of that code. A read names its codes,
+//! minutes and (optionally) patients ([`Scope`]) and touches only those: the holders of a code
+//! or the scope's patients, whichever is fewer, and within a patient a binary search of the
 //! minute range — no string compares on codes, no walk over every patient for a rare vital.
 
 use std::collections::VecDeque;
@@ -19,8 +20,11 @@ use super::{Bin, MINUTE_US, minute_of};
 /// Shards of the patients (each its own lock: an append and a read meet on one at a time).
 pub(super) const SHARDS: usize = 16;
 
-/// Bytes of one bin in memory (32).
+/// Bytes of one bin in memory whose values need an `f64` (32).
 pub const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
+
+/// Bytes of one bin in memory whose sum, min and max are each exactly an `f32` (20).
+pub const NARROW_SLOT_BYTES: usize = std::mem::size_of::<Narrow>();
 
 /// One bin in memory: minute (minutes since the epoch) and aggregate.
 #[derive(Debug, Clone, Copy)]
@@ -32,7 +36,30 @@ struct Slot {
     max: f64,
 }
 
-impl Slot {
+/// One bin whose sum, min and max are each exactly an `f32` — what integer vitals (heart rate,
+/// SpO2, steps: most of the bins) always give — stored in 20 bytes and read back as the very
+/// same `f64`s, so a rule sees the same values as from a [`Slot`] or the scan-time fold.
+#[derive(Debug, Clone, Copy)]
+struct Narrow {
+    minute: i32,
+    count: u32,
+    sum: f32,
+    min: f32,
+    max: f32,
+}
+
+/// A slot kind of a ring.
+trait SlotKind: Copy {
+    fn minute(&self) -> i32;
+    fn bin(&self) -> Bin;
+    /// The slot of `b` at minute `m`, if this kind holds `b` exactly.
+    fn of(m: i32, b: &Bin) -> Option<Self>;
+}
+
+impl SlotKind for Slot {
+    fn minute(&self) -> i32 {
+        self.minute
+    }
     fn bin(&self) -> Bin {
         Bin {
             count: self.count,
@@ -41,40 +68,139 @@ impl Slot {
             max: self.max,
         }
     }
+    fn of(minute: i32, b: &Bin) -> Option<Slot> {
+        Some(Slot {
+            minute,
+            count: b.count,
+            sum: b.sum,
+            min: b.min,
+            max: b.max,
+        })
+    }
+}
+
+/// `x` as an `f32`, if that is exactly `x`.
+fn exact(x: f64) -> Option<f32> {
+    let f = x as f32;
+    (f64::from(f) == x).then_some(f)
+}
+
+impl SlotKind for Narrow {
+    fn minute(&self) -> i32 {
+        self.minute
+    }
+    fn bin(&self) -> Bin {
+        Bin {
+            count: self.count,
+            sum: f64::from(self.sum),
+            min: f64::from(self.min),
+            max: f64::from(self.max),
+        }
+    }
+    fn of(minute: i32, b: &Bin) -> Option<Narrow> {
+        Some(Narrow {
+            minute,
+            count: b.count,
+            sum: exact(b.sum)?,
+            min: exact(b.min)?,
+            max: exact(b.max)?,
+        })
+    }
 }
 
 /// Adds `v` at minute `m` to slots sorted by minute, growing the ring to at most `cap` slots
 /// (doubling from 4 like a `VecDeque`, but never past `cap` while it holds fewer: a ring of a
-/// 67-minute window ends at 73 slots, not the 128 of a plain doubling).
-fn add_slot(slots: &mut VecDeque<Slot>, m: i32, v: f64, cap: usize) {
-    let at = slots.partition_point(|s| s.minute < m);
+/// 67-minute window ends at 73 slots, not the 128 of a plain doubling). False, and nothing
+/// changed, when the resulting bin does not fit this kind of slot.
+fn add_slot<S: SlotKind>(slots: &mut VecDeque<S>, m: i32, v: f64, cap: usize) -> bool {
+    let at = slots.partition_point(|s| s.minute() < m);
     match slots.get_mut(at) {
-        Some(s) if s.minute == m => {
+        Some(s) if s.minute() == m => {
             let mut b = s.bin();
             b.add(v);
-            (s.count, s.sum, s.min, s.max) = (b.count, b.sum, b.min, b.max);
+            let Some(n) = S::of(m, &b) else {
+                return false;
+            };
+            *s = n;
         }
         _ => {
+            let Some(n) = S::of(m, &Bin::of(v)) else {
+                return false;
+            };
             if slots.len() == slots.capacity() {
                 let want = (slots.len() * 2).max(4).min(cap).max(slots.len() + 1);
                 slots.reserve_exact(want - slots.len());
             }
-            let b = Bin::of(v);
-            let s = Slot {
-                minute: m,
-                count: b.count,
-                sum: b.sum,
-                min: b.min,
-                max: b.max,
-            };
-            slots.insert(at, s);
+            slots.insert(at, n);
+        }
+    }
+    true
+}
+
+/// One patient's bins of one code, sorted by minute (a ring: the horizon drops the oldest
+/// without moving the rest): narrow until a value needs an `f64`, then wide for good.
+#[derive(Debug)]
+enum Ring {
+    Narrow(VecDeque<Narrow>),
+    Wide(VecDeque<Slot>),
+}
+
+impl Ring {
+    fn add(&mut self, m: i32, v: f64, cap: usize) {
+        let slots = match self {
+            Ring::Wide(slots) => {
+                add_slot(slots, m, v, cap);
+                return;
+            }
+            Ring::Narrow(slots) => slots,
+        };
+        if add_slot(slots, m, v, cap) {
+            return;
+        }
+        let mut wide = VecDeque::with_capacity(slots.capacity());
+        wide.extend(slots.iter().filter_map(|s| Slot::of(s.minute, &s.bin())));
+        add_slot(&mut wide, m, v, cap);
+        *self = Ring::Wide(wide);
+    }
+
+    /// Drops the slots before minute `hm`; true if none is left.
+    fn prune(&mut self, hm: i32) -> bool {
+        fn cut<S: SlotKind>(slots: &mut VecDeque<S>, hm: i32) -> bool {
+            let n = slots.partition_point(|s| s.minute() < hm);
+            slots.drain(..n);
+            slots.is_empty()
+        }
+        match self {
+            Ring::Narrow(s) => cut(s, hm),
+            Ring::Wide(s) => cut(s, hm),
+        }
+    }
+
+    /// Calls `f(minute, bin)` for the slots of minutes in `[lo, hi)`.
+    fn each(&self, (lo, hi): (i32, i32), f: &mut impl FnMut(i32, Bin)) {
+        fn walk<S: SlotKind>(slots: &VecDeque<S>, lo: i32, hi: i32, f: &mut impl FnMut(i32, Bin)) {
+            let a = slots.partition_point(|s| s.minute() < lo);
+            for s in slots.range(a..).take_while(|s| s.minute() < hi) {
+                f(s.minute(), s.bin());
+            }
+        }
+        match self {
+            Ring::Narrow(s) => walk(s, lo, hi, f),
+            Ring::Wide(s) => walk(s, lo, hi, f),
+        }
+    }
+
+    /// Bins held, and bytes of the slots allocated.
+    fn footprint(&self) -> (usize, usize) {
+        match self {
+            Ring::Narrow(s) => (s.len(), s.capacity() * NARROW_SLOT_BYTES),
+            Ring::Wide(s) => (s.len(), s.capacity() * SLOT_BYTES),
         }
     }
 }
 
-/// A patient's bins: per code id, slots sorted by minute (a ring: the horizon drops the oldest
-/// without moving the rest).
-type Patient = Vec<(u16, VecDeque<Slot>)>;
+/// A patient's bins: per code id, a ring.
+type Patient = Vec<(u16, Ring)>;
 
 /// One shard's patients.
 #[derive(Debug, Default)]
@@ -114,7 +240,7 @@ impl Shard {
         let k = match codes.iter().position(|(c, _)| *c == code) {
             Some(k) => k,
             None => {
-                codes.push((code, VecDeque::new()));
+                codes.push((code, Ring::Narrow(VecDeque::new())));
                 if self.holders.len() <= usize::from(code) {
                     self.holders
                         .resize_with(usize::from(code) + 1, HashSet::default);
@@ -123,17 +249,15 @@ impl Shard {
                 codes.len() - 1
             }
         };
-        add_slot(&mut codes[k].1, m, v, cap);
+        codes[k].1.add(m, v, cap);
     }
 
     /// Drops the slots before minute `hm`; forgets patients left without any.
     fn prune(&mut self, hm: i32) {
         for i in 0..self.bins.len() {
             let holders = &mut self.holders;
-            self.bins[i].retain_mut(|(c, slots)| {
-                let cut = slots.partition_point(|s| s.minute < hm);
-                slots.drain(..cut);
-                if slots.is_empty() {
+            self.bins[i].retain_mut(|(c, ring)| {
+                if ring.prune(hm) {
                     holders[usize::from(*c)].remove(&(i as u32));
                     return false;
                 }
@@ -150,23 +274,16 @@ impl Shard {
     }
 
     /// Calls `f` for patient `i`'s bins of `code` in minutes `[lo, hi)`.
-    fn emit(
-        &self,
-        i: u32,
-        code: u16,
-        (lo, hi): (i32, i32),
-        f: &mut impl FnMut(&str, u16, i64, Bin),
-    ) {
+    fn emit(&self, i: u32, code: u16, range: (i32, i32), f: &mut impl FnMut(&str, u16, i64, Bin)) {
         let Some(name) = self.names[i as usize].as_deref() else {
             return;
         };
-        let Some((_, slots)) = self.bins[i as usize].iter().find(|(c, _)| *c == code) else {
+        let Some((_, ring)) = self.bins[i as usize].iter().find(|(c, _)| *c == code) else {
             return;
         };
-        let a = slots.partition_point(|s| s.minute < lo);
-        for s in slots.range(a..).take_while(|s| s.minute < hi) {
-            f(name, code, i64::from(s.minute) * MINUTE_US, s.bin());
-        }
+        ring.each(range, &mut |m, b| {
+            f(name, code, i64::from(m) * MINUTE_US, b)
+        });
     }
 }
 
@@ -408,7 +525,7 @@ impl MinuteBins {
         (p, bins)
     }
 
-    /// Patients, bins held and slots allocated (each [`Slot`] is 32 bytes): what the rings
+    /// Patients, bins held and bytes of the slots allocated (20 or 32 a slot): what the rings
     /// take, for the bytes-per-patient figure.
     pub fn footprint(&self) -> (usize, usize, usize) {
         let mut n = (0, 0, 0);
@@ -416,9 +533,10 @@ impl MinuteBins {
             let g = lock(s);
             n.0 += g.ids.len();
             for c in &g.bins {
-                for (_, s) in c {
-                    n.1 += s.len();
-                    n.2 += s.capacity();
+                for (_, ring) in c {
+                    let (held, bytes) = ring.footprint();
+                    n.1 += held;
+                    n.2 += bytes;
                 }
             }
         }

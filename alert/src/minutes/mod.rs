@@ -16,10 +16,11 @@
 //! the bins it returns (plus one lookup per patient it names). A rule query over more patients
 //! than an `IN` list should name passes them as a [`Scope`] (`rule_scope(patient_id, id)`).
 //!
-//! Bound: per patient, one 32-byte bin per (code, minute) for the minutes in
-//! `[horizon, now + 5 min future skew]`, in a ring that grows to at most `window + 6` slots —
-//! 3 vitals and the shipped rules' 77-minute window ([`crate::engine::bins_window_for`]):
-//! 3 × 83 × 32 B ≈ 8 KB — plus the patient's interned id (its name, a map entry and a holder
+//! Bound: per patient, one bin per (code, minute) for the minutes in
+//! `[horizon, now + 5 min future skew]`, in a ring that grows to at most `window + 6` slots of
+//! 20 bytes (a code whose sums, minima and maxima are all exact in an `f32`: integer vitals) or
+//! 32 — 3 integer vitals and the shipped rules' 77-minute window
+//! ([`crate::engine::bins_window_for`]): 3 × 83 × 20 B ≈ 5 KB (8 KB at 32 B) — plus the patient's interned id (its name, a map entry and a holder
 //! entry per code, ~250 B). Bins are pruned when the horizon passes a minute; a patient without
 //! bins left is forgotten.
 
@@ -27,7 +28,7 @@ mod bins;
 pub mod scope;
 pub mod table;
 
-pub use bins::{BinRow, MinuteBins, SLOT_BYTES};
+pub use bins::{BinRow, MinuteBins, NARROW_SLOT_BYTES, SLOT_BYTES};
 pub use scope::{Scope, ScopeGuard};
 
 /// One minute.

@@ -290,10 +290,13 @@ fn a_ring_grows_to_its_window_and_no_further() {
             bins.advance(t);
         }
     }
-    let (patients, held, slots) = bins.footprint();
+    let (patients, held, bytes) = bins.footprint();
     assert_eq!((patients, held), (1, 68));
-    // At most window + 6 slots (a plain doubling ring would hold 128).
-    assert!(slots <= 73, "{slots} slots allocated");
+    // At most window + 6 slots (a plain doubling ring would hold 128), narrow ones.
+    assert!(
+        bytes <= 73 * crate::minutes::NARROW_SLOT_BYTES,
+        "{bytes} B allocated"
+    );
     assert_eq!(SLOT_BYTES, 32);
     // A window set later (a rule reload) bounds the ring from then on.
     bins.set_window(Duration::from_secs(20 * 60));
@@ -320,4 +323,79 @@ fn the_default_window_is_the_rules_longest_look_back_and_a_late_margin() {
         crate::engine::bins_window_for(&[]),
         Duration::from_secs(15 * 60)
     );
+}
+
+#[test]
+fn integer_vitals_take_narrow_slots_and_every_bin_reads_back_exactly() {
+    use crate::minutes::NARROW_SLOT_BYTES;
+    assert_eq!(NARROW_SLOT_BYTES, 20);
+    let bins = MinuteBins::new(Duration::from_secs(60 * 60), i64::MIN);
+    let m = |k: i64, s: i64| T + k * MINUTE_US + s * 1_000_000;
+    // Heart rate: integers, narrow slots for good.
+    let hr = [(m(0, 0), 61.0), (m(0, 30), 64.0), (m(1, 0), 70.0)];
+    // Temperature: 36.6 is not an f32; the ring turns wide at its second minute, and the first
+    // minute (exact so far) must read back the same.
+    let temp = [
+        (m(0, 5), 37.0),
+        (m(0, 50), 37.5),
+        (m(1, 5), 36.6),
+        (m(1, 9), 1e40),
+    ];
+    for &(t, v) in &hr {
+        bins.add(&append(&[("a", "8867-4", t, v)]));
+    }
+    let (_, held, bytes) = bins.footprint();
+    assert_eq!(held, 2);
+    assert_eq!(
+        bytes % NARROW_SLOT_BYTES,
+        0,
+        "heart rate in narrow slots: {bytes} B"
+    );
+    assert!(
+        bytes < 4 * SLOT_BYTES,
+        "heart rate in narrow slots: {bytes} B"
+    );
+    for &(t, v) in &temp {
+        bins.add(&append(&[("a", "8310-5", t, v)]));
+    }
+    let mut want: Vec<(String, i64, Bin)> = Vec::new();
+    for &(code, series) in &[("8867-4", &hr[..]), ("8310-5", &temp[..])] {
+        for &(t, v) in series {
+            let minute = minute_of(t);
+            match want
+                .iter_mut()
+                .find(|(c, mm, _)| c == code && *mm == minute)
+            {
+                Some((_, _, b)) => b.add(v),
+                None => want.push((code.to_owned(), minute, Bin::of(v))),
+            }
+        }
+    }
+    let mut got: Vec<(String, i64, Bin)> = bins
+        .read(None, None, T, T + 10 * MINUTE_US)
+        .into_iter()
+        .map(|(_, c, t, b)| (c, t, b))
+        .collect();
+    let key = |x: &(String, i64, Bin)| (x.0.clone(), x.1);
+    got.sort_by_key(key);
+    want.sort_by_key(key);
+    // Bit for bit: the same f64 sums, minima and maxima as an f64 fold.
+    let bits = |v: &[(String, i64, Bin)]| {
+        v.iter()
+            .map(|(c, t, b)| {
+                (
+                    c.clone(),
+                    *t,
+                    b.count,
+                    b.sum.to_bits(),
+                    b.min.to_bits(),
+                    b.max.to_bits(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&got), bits(&want));
+    let (_, held, bytes) = bins.footprint();
+    assert_eq!(held, 4);
+    assert!(bytes >= 2 * SLOT_BYTES + 2 * NARROW_SLOT_BYTES, "{bytes} B");
 }

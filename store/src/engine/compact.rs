@@ -12,6 +12,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::delta::{NewFile, Op};
 use super::persist::{blocking, delete_all, persist, sync_local, sync_log};
+use super::priority::{MERGE_NICE, yielding};
 use super::{Inner, Store, get_bytes, io, lock};
 use crate::Result;
 use crate::merge::{Merged, merge_sorted};
@@ -147,7 +148,8 @@ async fn compact_day(inner: &Inner, inputs: Vec<FileMeta>) -> Result<()> {
         let _ = release.await;
     }
     let rgs = inner.config.row_group_rows;
-    let (bytes, rows) = blocking(move || merge_files(table, files, rgs)).await?;
+    let merge = move || merge_files(table, files, rgs);
+    let (bytes, rows) = yielding("carewatch-merge", MERGE_NICE, merge).await?;
     let stamp = chrono::Utc::now().timestamp_micros();
     let path = tables::file_path(
         table,

@@ -1,13 +1,13 @@
 //! Persist's CPU phase: the buffered batches of each table are concatenated, sorted by key
 //! and de-duplicated, split by day and encoded as Parquet (a file's columns on several
-//! threads, [`crate::sorted`]), on the blocking pool.
+//! threads, [`crate::sorted`]), on a thread of lower priority ([`super::priority`]).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use arrow_array::RecordBatch;
 
-use super::persist::blocking;
+use super::priority::{PERSIST_NICE, yielding};
 use crate::Result;
 use crate::sorted;
 use crate::tables::{self, Table};
@@ -26,12 +26,12 @@ fn encode_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
-/// Sorts, de-duplicates, splits by day and encodes (CPU work, on the blocking pool).
+/// Sorts, de-duplicates, splits by day and encodes (CPU work, on a thread of lower priority).
 pub(super) async fn encode(
     by_table: BTreeMap<Table, Vec<RecordBatch>>,
     rgs: usize,
 ) -> Result<Vec<Planned>> {
-    blocking(move || {
+    yielding("carewatch-persist", PERSIST_NICE, move || {
         let mut out = Vec::new();
         for (table, batches) in by_table {
             let t = Instant::now();

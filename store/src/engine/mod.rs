@@ -18,6 +18,7 @@ mod node;
 mod open;
 mod persist;
 mod prefix;
+mod priority;
 mod remote_wal;
 mod stats;
 mod writer;
