@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use arrow_array::RecordBatch;
 use datafusion::error::DataFusionError;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
@@ -122,7 +123,12 @@ impl QueryEngine {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("carewatch", "public");
-        let ctx = SessionContext::new_with_config(config);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_physical_optimizer_rules(crate::join_order::physical_rules())
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         crate::fhir_read::register_udfs(&ctx);
         crate::quantile::register(&ctx);
         let url = url::Url::parse(TABLES_URL).map_err(|_| QueryError::Internal)?;

@@ -25,6 +25,7 @@ pub mod fhir_search;
 pub mod fhir_subscription;
 pub mod gate;
 pub mod http;
+pub mod join_order;
 pub mod pgwire;
 pub mod quantile;
 pub mod run;
