@@ -25,10 +25,12 @@
 //! bins left is forgotten.
 
 mod bins;
+mod ring;
 pub mod scope;
 pub mod table;
 
-pub use bins::{BinRow, MinuteBins, NARROW_SLOT_BYTES, SLOT_BYTES};
+pub use bins::{BinRow, MinuteBins};
+pub use ring::{NARROW_SLOT_BYTES, SLOT_BYTES};
 pub use scope::{Scope, ScopeGuard};
 
 /// One minute.
