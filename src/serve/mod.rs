@@ -32,6 +32,7 @@ mod wal_adoption;
 mod wires;
 
 pub async fn run(c: ServeConfig) -> Result<()> {
+    allocator::tune();
     let store = open::store(&c).await?;
     let shutdown = CancellationToken::new();
     // Any early return (a start-up error) ends what was started too: the alert engine's own

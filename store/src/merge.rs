@@ -1,20 +1,26 @@
 //! Compaction's merge: Parquet files each already in the table's persisted order (what
 //! persist, adoption and earlier merges write) are merged row by row into one file in that
 //! order, observations' duplicates dropped as [`tables::sort_dedupe`] drops them. Only one
-//! decoded batch per input and one output batch are in memory at a time, plus the files'
-//! compressed bytes, so a merge of ten million rows holds megabytes of decoded data rather than
-//! the gigabytes that decoding, concatenating and sorting every input at once took (which a
-//! 100,000-patient load run showed as RSS jumping by 2 GB at each compaction).
+//! decoded batch per input and one output batch are in memory at a time, so a merge of ten
+//! million rows holds megabytes of decoded data rather than the gigabytes that decoding,
+//! concatenating and sorting every input at once took (which a 100,000-patient load run showed
+//! as RSS jumping by 2 GB at each compaction). The inputs are read and the output written
+//! through whatever the caller gives: files on disk in compaction (the compressed bytes of a
+//! 256 MiB merge held in memory, inputs and output, were another ~0.5 GiB at each merge of a
+//! 100,000-patient soak), bytes in tests.
 //!
 //! An input found out of order makes the merge return [`Merged::Unsorted`]; the caller then
 //! falls back to the whole-file sort (files of older versions, whatever wrote them).
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+
 use arrow_array::RecordBatch;
 use arrow_row::{RowConverter, Rows, SortField};
 use arrow_schema::SchemaRef;
-use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::file::reader::ChunkReader;
 
 use crate::tables::{self, Table};
 use crate::{Error, Result};
@@ -26,11 +32,15 @@ fn enc(e: impl std::fmt::Display) -> Error {
     Error::Encode(e.to_string())
 }
 
+fn io(e: std::io::Error) -> Error {
+    Error::Io(e.to_string())
+}
+
 /// The outcome of [`merge_sorted`].
 #[derive(Debug)]
-pub enum Merged {
-    /// The merged file and its row count.
-    File(Bytes, u64),
+pub enum Merged<W> {
+    /// The output the merged file was written to, and its row count.
+    File(W, u64),
     /// An input was not in the table's persisted order.
     Unsorted,
 }
@@ -97,19 +107,24 @@ fn next_batch(table: Table, r: &mut ParquetRecordBatchReader) -> Result<Option<R
     Ok(None)
 }
 
-/// The files' rows merged into one file in the table's order, duplicates dropped.
-pub fn merge_sorted(table: Table, inputs: Vec<Bytes>, row_group_rows: usize) -> Result<Merged> {
+/// The files' rows merged into one file written to `out` in the table's order, duplicates
+/// dropped. On [`Merged::Unsorted`] `out` holds part of a file: the caller starts it again.
+pub fn merge_sorted<R, W>(
+    table: Table,
+    inputs: Vec<R>,
+    out: W,
+    row_group_rows: usize,
+) -> Result<Merged<W>>
+where
+    R: ChunkReader + 'static,
+    W: std::io::Write + Send,
+{
     let schema = table.schema();
     let keys = Keys::new(table, &schema)?;
-    // The output is about the inputs' size: reserved once, it is never copied into a buffer of
-    // twice its size as it grows (by doubling, a 256 MiB merge's output reached a 512 MiB buffer
-    // with the 256 MiB one still held during the copy, beside the inputs).
-    let reserve = inputs.iter().map(Bytes::len).sum::<usize>();
-    let reserve = reserve + reserve / 16 + (64 << 10);
     let mut sources: Vec<RecordBatch> = Vec::new();
     let mut cursors: Vec<Cursor> = Vec::new();
-    for bytes in inputs {
-        let mut reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+    for input in inputs {
+        let mut reader = ParquetRecordBatchReaderBuilder::try_new(input)
             .and_then(|b| b.with_batch_size(BATCH_ROWS).build())
             .map_err(enc)?;
         if let Some(batch) = next_batch(table, &mut reader)? {
@@ -128,8 +143,7 @@ pub fn merge_sorted(table: Table, inputs: Vec<Bytes>, row_group_rows: usize) -> 
     let props = tables::writer_properties(&schema)?
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
         .build();
-    let mut out = Vec::with_capacity(reserve);
-    let mut w = ArrowWriter::try_new(&mut out, schema.clone(), Some(props)).map_err(enc)?;
+    let mut w = ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(enc)?;
     // Live cursors ordered by current row, the smallest last; among equal rows the earlier
     // input goes last, so it wins.
     let before = |cursors: &[Cursor], a: usize, b: usize| {
@@ -183,8 +197,44 @@ pub fn merge_sorted(table: Table, inputs: Vec<Bytes>, row_group_rows: usize) -> 
         live.insert(at, c);
     }
     rows += flush(&mut w, &sources, &mut picks)?;
-    w.close().map_err(enc)?;
-    Ok(Merged::File(Bytes::from(out), rows))
+    Ok(Merged::File(w.into_inner().map_err(enc)?, rows))
+}
+
+/// The files merged into one written to `out`, in the table's order: streamed when every
+/// input is in that order (as everything this version writes is), else decoded, sorted and
+/// encoded whole. Blocking file I/O: runs on a thread of its own.
+pub fn merge_files(table: Table, files: Vec<File>, out: File, rgs: usize) -> Result<(File, u64)> {
+    let readers = files
+        .iter()
+        .map(File::try_clone)
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(io)?;
+    let mut out = match merge_sorted(table, readers, out.try_clone().map_err(io)?, rgs)? {
+        Merged::File(_, rows) => return Ok((out, rows)),
+        Merged::Unsorted => out,
+    };
+    tracing::info!(
+        table = table.name(),
+        "an input of a merge is not sorted; merging in memory"
+    );
+    let mut batches = Vec::new();
+    for mut f in files {
+        let mut bytes = Vec::new();
+        f.seek(SeekFrom::Start(0))
+            .and_then(|_| f.read_to_end(&mut bytes))
+            .map_err(io)?;
+        for b in tables::decode_parquet(bytes.into())? {
+            batches.push(tables::conform(table, &b)?);
+        }
+    }
+    let all = tables::concat(&table.schema(), &batches)?;
+    let merged = tables::sort_dedupe(table, &all)?;
+    let bytes = tables::encode_parquet(&merged, rgs)?;
+    out.set_len(0)
+        .and_then(|_| out.seek(SeekFrom::Start(0)))
+        .and_then(|_| out.write_all(&bytes))
+        .map_err(io)?;
+    Ok((out, merged.num_rows() as u64))
 }
 
 impl Keys {
@@ -228,8 +278,8 @@ impl Cursor {
     }
 }
 
-fn flush(
-    w: &mut ArrowWriter<&mut Vec<u8>>,
+fn flush<W: std::io::Write + Send>(
+    w: &mut ArrowWriter<W>,
     sources: &[RecordBatch],
     picks: &mut Vec<(usize, usize)>,
 ) -> Result<u64> {

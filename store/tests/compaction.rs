@@ -251,3 +251,59 @@ async fn persists_go_on_while_a_merge_runs() {
     }
     assert_eq!(count(&s).await, 4 * 100 + 100 + 10);
 }
+
+/// A merge is written to a temporary file and uploaded in parts (8 MiB): an output larger than
+/// one part comes out whole, in the table and after a restart, with no part or staging file left
+/// beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_larger_than_an_upload_part_comes_out_whole() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = quiet(dir.path());
+    c.compact_min_files = 2;
+    let s = Store::open(c.clone()).await.expect("open");
+    let (at, mut seed) = (DAY, 13u64);
+    // ~86,000 readings fit one day at this spacing: two devices' days of them, each with 64
+    // random bytes (as hex) in `extra` so that the merged file is past one part (~11 MB).
+    for device in ["d1", "d2"] {
+        let mut rows = rows(at, 80_000, &mut seed);
+        for r in &mut rows {
+            r.reading.device_id = device.to_owned();
+            let hex: String = (0..8)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    format!("{seed:016x}")
+                })
+                .collect();
+            r.reading.extra = Some(format!("{{\"n\":\"{hex}\"}}"));
+        }
+        s.append(rows, vec![]).await.expect("append");
+        s.persist().await.expect("persist");
+    }
+    assert_eq!(s.compact().await.expect("compact"), 1);
+    let files = s.snapshot().files;
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        files[0].size > 8 << 20,
+        "{} bytes: not past one part",
+        files[0].size
+    );
+    assert_eq!(count(&s).await, 160_000);
+    drop(s);
+    let s = Store::open(c).await.expect("reopen");
+    assert_eq!(count(&s).await, 160_000);
+    let day_dir = dir
+        .path()
+        .join(files[0].path.as_ref())
+        .parent()
+        .map(|p| p.to_owned());
+    let names: Vec<String> = std::fs::read_dir(day_dir.expect("dir"))
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.ends_with(".parquet")),
+        "left beside the files: {names:?}"
+    );
+}

@@ -9,7 +9,7 @@
 //!   order, duplicates across files dropped the same way, inputs longer than a decoded batch.
 
 use arrow_array::RecordBatch;
-use carewatch_store::merge::{Merged, merge_sorted};
+use carewatch_store::merge::{Merged, merge_files, merge_sorted};
 use carewatch_store::{Row, Table, sorted, tables};
 use carewatch_transform::schema::ObservationBatchBuilder;
 use carewatch_transform::{Format, Reading, Source, catalogue};
@@ -144,10 +144,11 @@ fn the_streaming_merge_gives_the_rows_the_whole_sort_gives() {
         let whole: Vec<RecordBatch> = inputs.iter().cloned().map(read_all).collect();
         let all = tables::concat(&t.schema(), &whole).expect("concat");
         let want = tables::sort_dedupe(t, &all).expect("sort");
-        let Merged::File(got, count) = merge_sorted(t, inputs, 7_000).expect("merge") else {
+        let Merged::File(got, count) = merge_sorted(t, inputs, Vec::new(), 7_000).expect("merge")
+        else {
             panic!("sorted inputs taken for unsorted");
         };
-        let got = read_all(got);
+        let got = read_all(got.into());
         if files > 1 {
             assert!(
                 want.num_rows() < all.num_rows(),
@@ -168,7 +169,100 @@ fn an_input_out_of_order_is_reported_not_merged() {
     let raw = tables::concat(&t.schema(), &batches(&rows[10_000..], 1000)).expect("concat");
     inputs[1] = tables::encode_parquet(&raw, 1 << 20).expect("encode");
     assert!(matches!(
-        merge_sorted(t, inputs, 1 << 20).expect("merge"),
+        merge_sorted(t, inputs, Vec::new(), 1 << 20).expect("merge"),
         Merged::Unsorted
     ));
+}
+
+/// Compaction's merge over files: an input out of order is noticed after part of the output
+/// was written, and the output file is then the whole sort's file (started again, not appended
+/// to what the streaming merge wrote).
+#[test]
+fn a_merge_of_files_with_one_unsorted_starts_its_output_again() {
+    use std::io::{Seek, SeekFrom, Write};
+    let t = Table::Observations;
+    let rows = one_day(20_000, 29);
+    let mut inputs = persisted_files(&rows, 2);
+    let raw = tables::concat(&t.schema(), &batches(&rows[10_000..], 1000)).expect("concat");
+    inputs[1] = tables::encode_parquet(&raw, 1 << 20).expect("encode");
+    let whole: Vec<RecordBatch> = inputs.iter().cloned().map(read_all).collect();
+    let all = tables::concat(&t.schema(), &whole).expect("concat");
+    let want = tables::sort_dedupe(t, &all).expect("sort");
+    let files = inputs
+        .iter()
+        .map(|b| {
+            let mut f = tempfile::tempfile().expect("tmp");
+            f.write_all(b).expect("write");
+            f.seek(SeekFrom::Start(0)).expect("seek");
+            f
+        })
+        .collect();
+    let out = tempfile::tempfile().expect("tmp");
+    let (mut out, count) = merge_files(t, files, out, 7_000).expect("merge");
+    let mut got = Vec::new();
+    out.seek(SeekFrom::Start(0)).expect("seek");
+    std::io::Read::read_to_end(&mut out, &mut got).expect("read");
+    assert_eq!(count as usize, want.num_rows());
+    assert_eq!(read_all(got.into()), want);
+}
+
+/// A persist's sort over its buffered batches, gathered without concatenating them, against
+/// the same rows sorted and de-duplicated here by their keys: (patient, code, effective time,
+/// device) once each, the first received kept, in that order (nulls first).
+#[test]
+fn sorting_batches_gives_each_natural_key_once_in_order_first_received_kept() {
+    use arrow_array::{Array, StringArray, TimestampMicrosecondArray};
+    let t = Table::Observations;
+    let rows = readings(25_000, 31);
+    let mut want: Vec<(Option<String>, String, i64, String, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.reading.patient_id.clone(),
+                r.reading.vital.code.to_owned(),
+                r.reading.effective_us,
+                r.reading.device_id.clone(),
+                r.received_us,
+            )
+        })
+        .collect();
+    want.sort();
+    want.dedup_by(|b, a| (&a.0, &a.1, a.2, &a.3) == (&b.0, &b.1, b.2, &b.3));
+    for per in [25_000, 4_096, 999, 1] {
+        let got = tables::sort_dedupe_batches(t, &batches(&rows, per)).expect("sort");
+        let s = |n: &str| {
+            got.column_by_name(n)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+                .expect(n)
+        };
+        let ts = |n: &str| {
+            got.column_by_name(n)
+                .and_then(|c| {
+                    c.as_any()
+                        .downcast_ref::<TimestampMicrosecondArray>()
+                        .cloned()
+                })
+                .expect(n)
+        };
+        let (p, c, d, e, r) = (
+            s("patient_id"),
+            s("code"),
+            s("device_id"),
+            ts("effective_time"),
+            ts("received_time"),
+        );
+        let keys: Vec<_> = (0..got.num_rows())
+            .map(|i| {
+                (
+                    p.is_valid(i).then(|| p.value(i).to_owned()),
+                    c.value(i).to_owned(),
+                    e.value(i),
+                    d.value(i).to_owned(),
+                    r.value(i),
+                )
+            })
+            .collect();
+        assert!(want.len() < rows.len(), "no duplicates to drop");
+        assert_eq!(keys, want, "batches of {per}");
+    }
 }

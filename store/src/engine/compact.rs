@@ -13,9 +13,9 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use super::delta::{NewFile, Op};
 use super::persist::{blocking, delete_all, persist, sync_local, sync_log};
 use super::priority::{MERGE_NICE, yielding};
-use super::{Inner, Store, get_bytes, io, lock};
+use super::{Inner, Store, io, lock, spool};
 use crate::Result;
-use crate::merge::{Merged, merge_sorted};
+use crate::merge::merge_files;
 use crate::tables::{self, FileMeta, Table};
 
 #[derive(Debug)]
@@ -45,30 +45,6 @@ pub(super) fn intent_files(dir: &Path) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
-}
-
-/// The files merged into one in the table's order: streamed when every input is in that order
-/// (as everything this version writes is), else decoded, sorted and encoded whole.
-fn merge_files(table: Table, files: Vec<bytes::Bytes>, rgs: usize) -> Result<(bytes::Bytes, u64)> {
-    if let Merged::File(bytes, rows) = merge_sorted(table, files.clone(), rgs)? {
-        return Ok((bytes, rows));
-    }
-    tracing::info!(
-        table = table.name(),
-        "an input of a merge is not sorted; merging in memory"
-    );
-    let mut batches = Vec::new();
-    for f in files {
-        for b in tables::decode_parquet(f)? {
-            batches.push(tables::conform(table, &b)?);
-        }
-    }
-    let all = tables::concat(&table.schema(), &batches)?;
-    let merged = tables::sort_dedupe(table, &all)?;
-    Ok((
-        tables::encode_parquet(&merged, rgs)?,
-        merged.num_rows() as u64,
-    ))
 }
 
 /// Finishes or undoes compactions a crash interrupted.
@@ -136,20 +112,21 @@ async fn compact_day(inner: &Inner, inputs: Vec<FileMeta>) -> Result<()> {
     let (table, date) = (head.table, head.date.clone());
     let first = inputs.iter().map(|f| f.wal_first).min().unwrap_or(0);
     let last = inputs.iter().map(|f| f.wal_last).max().unwrap_or(0);
-    // The inputs' compressed bytes (at most `compact_max_bytes`); the merge decodes a batch of
-    // each at a time.
+    // The inputs as files (downloaded when the tables are elsewhere); the merge decodes a batch
+    // of each at a time and writes its output to a temporary file.
     let mut files = Vec::with_capacity(inputs.len());
     for f in &inputs {
-        files.push(get_bytes(inner.objects.as_ref(), &f.path).await?);
+        files.push(spool::input(inner, &f.path).await?);
     }
+    let merged = spool::temp_file(inner).await?;
     let pause = lock(&inner.state).merge_pause.take();
     if let Some((reached, release)) = pause {
         let _ = reached.send(());
         let _ = release.await;
     }
     let rgs = inner.config.row_group_rows;
-    let merge = move || merge_files(table, files, rgs);
-    let (bytes, rows) = yielding("carewatch-merge", MERGE_NICE, merge).await?;
+    let merge = move || merge_files(table, files, merged, rgs);
+    let (merged, rows) = yielding("carewatch-merge", MERGE_NICE, merge).await?;
     let stamp = chrono::Utc::now().timestamp_micros();
     let path = tables::file_path(
         table,
@@ -158,8 +135,7 @@ async fn compact_day(inner: &Inner, inputs: Vec<FileMeta>) -> Result<()> {
         last,
         &format!("{}-c{stamp}", inner.node.file_suffix()),
     );
-    let size = bytes.len() as u64;
-    inner.objects.put(&path, bytes.into()).await.map_err(io)?;
+    let size = spool::upload(inner, &path, merged).await?;
     if let Some(root) = inner.local_root.clone() {
         let p = vec![path.clone()];
         if let Err(e) = blocking(move || sync_local(&root, &p)).await {

@@ -1,5 +1,5 @@
-//! Persist's CPU phase: the buffered batches of each table are concatenated, sorted by key
-//! and de-duplicated, split by day and encoded as Parquet (a file's columns on several
+//! Persist's CPU phase: the buffered batches of each table are sorted by key and
+//! de-duplicated (gathered from the batches, not concatenated first), split by day and encoded as Parquet (a file's columns on several
 //! threads, [`crate::sorted`]), on a thread of lower priority ([`super::priority`]).
 
 use std::collections::BTreeMap;
@@ -35,10 +35,8 @@ pub(super) async fn encode(
         let mut out = Vec::new();
         for (table, batches) in by_table {
             let t = Instant::now();
-            let all = tables::concat(&table.schema(), &batches)?;
+            let sorted_all = tables::sort_dedupe_batches(table, &batches)?;
             drop(batches);
-            let sorted_all = tables::sort_dedupe(table, &all)?;
-            drop(all);
             let days = tables::split_by_day(table, &sorted_all)?;
             drop(sorted_all);
             let sort = t.elapsed();

@@ -20,6 +20,7 @@ mod persist;
 mod prefix;
 mod priority;
 mod remote_wal;
+mod spool;
 mod stats;
 mod writer;
 
