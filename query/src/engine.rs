@@ -131,6 +131,7 @@ impl QueryEngine {
         let ctx = SessionContext::new_with_state(state);
         crate::fhir_read::register_udfs(&ctx);
         crate::quantile::register(&ctx);
+        crate::arg_max::register(&ctx);
         let url = url::Url::parse(TABLES_URL).map_err(|_| QueryError::Internal)?;
         ctx.register_object_store(&url, store.objects());
         let reg = |name: &str, t: Arc<dyn datafusion::datasource::TableProvider>| {

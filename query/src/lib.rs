@@ -15,6 +15,7 @@
 //!
 //! What it must not do: write anything, or depend on `ingest`.
 
+pub mod arg_max;
 pub mod audit;
 pub mod engine;
 mod errors;

@@ -129,6 +129,7 @@ pub fn queries(patient: &str, day: &str, next: &str) -> Vec<Query> {
         Query {
             name: "latest value per patient",
             carewatch: vec![
+                latest("arg_max(value, effective_time)"),
                 latest("last_value(value ORDER BY effective_time)"),
                 latest_window.clone(),
             ],
