@@ -128,3 +128,29 @@ async fn two_nodes_compacting_one_day_at_once_leave_each_row_once() {
     let (ids, _) = table(&t.path().join("reader"), &g, &pg).await;
     assert_eq!(ids.len(), 5 * PER as usize, "every row once: {ids:?}");
 }
+
+/// A merge on the object store: its inputs are downloaded into temporary files and its output
+/// (past one 8 MiB part) goes up as a multipart upload; the merged file holds every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_on_the_object_store_uploads_its_output_in_parts() {
+    let (g, t) = (Garage::start(), tempfile::tempdir().expect("tmp"));
+    let mut c = config(&t.path().join("a"), &g, None);
+    c.compact_min_files = 2;
+    let s = Store::open(c).await.expect("open");
+    for rows in support::bulky_days(support::T0 - support::T0 % 86_400_000_000, &mut 5) {
+        s.append(rows, vec![]).await.expect("append");
+        s.persist().await.expect("persist");
+    }
+    assert_eq!(s.compact_all().await.expect("compact"), 1);
+    let files = s.snapshot().files;
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].size > 8 << 20, "{} bytes", files[0].size);
+    drop(s);
+    let reader = Store::open(config(&t.path().join("r"), &g, None))
+        .await
+        .expect("open");
+    let batches = reader.read_all(Table::Observations).await.expect("read");
+    let ids: Vec<String> = batches.iter().flat_map(device_ids).collect();
+    assert_eq!(ids.len(), 160_000);
+    assert_eq!(ids.iter().filter(|d| *d == "d1").count(), 80_000);
+}

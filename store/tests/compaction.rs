@@ -261,23 +261,7 @@ async fn a_merge_larger_than_an_upload_part_comes_out_whole() {
     let mut c = quiet(dir.path());
     c.compact_min_files = 2;
     let s = Store::open(c.clone()).await.expect("open");
-    let (at, mut seed) = (DAY, 13u64);
-    // ~86,000 readings fit one day at this spacing: two devices' days of them, each with 64
-    // random bytes (as hex) in `extra` so that the merged file is past one part (~11 MB).
-    for device in ["d1", "d2"] {
-        let mut rows = rows(at, 80_000, &mut seed);
-        for r in &mut rows {
-            r.reading.device_id = device.to_owned();
-            let hex: String = (0..8)
-                .map(|_| {
-                    seed = seed
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    format!("{seed:016x}")
-                })
-                .collect();
-            r.reading.extra = Some(format!("{{\"n\":\"{hex}\"}}"));
-        }
+    for rows in support::bulky_days(DAY, &mut 13) {
         s.append(rows, vec![]).await.expect("append");
         s.persist().await.expect("persist");
     }

@@ -28,3 +28,28 @@ pub fn rows(device: &str, from_min: i64, n: i64) -> Vec<Row> {
         })
         .collect()
 }
+
+/// Two devices' days of heart rate (`d1`, `d2`, 80,000 readings each, ~1 s apart from `day`),
+/// each reading with 64 random bytes (as hex) in `extra`: two persisted files that merge into
+/// one of ~11 MB, past one 8 MiB upload part.
+pub fn bulky_days(day: i64, seed: &mut u64) -> Vec<Vec<Row>> {
+    let mut next = || {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *seed
+    };
+    ["d1", "d2"]
+        .into_iter()
+        .map(|device| {
+            let mut out = rows(device, 0, 80_000);
+            for (i, r) in (0..).zip(out.iter_mut()) {
+                r.reading.effective_us = day + i * 1_000_003;
+                r.reading.value = 40.0 + (next() % 100) as f64;
+                let hex: String = (0..8).map(|_| format!("{:016x}", next())).collect();
+                r.reading.extra = Some(format!("{{\"n\":\"{hex}\"}}"));
+            }
+            out
+        })
+        .collect()
+}
