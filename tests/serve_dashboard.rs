@@ -152,6 +152,9 @@ fn feeds_are_scoped_to_the_care_team_and_metrics_move() {
         metric("carewatch_minute_bins_patients") == 3.0
     });
     assert!(metric("carewatch_minute_bins_bytes") >= 3.0 * 10.0 * 32.0);
+    // The dashboard's latest-value cache: the 3 patients, a 600-byte sparkline ring per vital.
+    assert_eq!(metric("carewatch_latest_patients"), 3.0);
+    assert!(metric("carewatch_latest_bytes") >= 3.0 * 600.0);
     // The allocator's view (jemalloc, the binary's allocator): what it holds, within what is
     // resident.
     let (held, resident) = (

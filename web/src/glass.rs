@@ -95,7 +95,7 @@ pub(crate) async fn open(
     if carewatch_auth::may_see_patient(&s.registry, &who, &patient) {
         return axum::Json(json!({"patient_id": patient, "needed": false})).into_response();
     }
-    let known = s.registry.care_team(&patient).is_some() || s.latest.patients().contains(&patient);
+    let known = s.registry.care_team(&patient).is_some() || s.latest.has(&patient);
     if !known {
         return error(StatusCode::NOT_FOUND, "not_found", "no such patient");
     }

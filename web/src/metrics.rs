@@ -232,6 +232,19 @@ pub async fn metrics(
         "Bytes allocated for the minute bins' slots (32 per slot; excludes the interned ids).",
         bin_bytes as f64,
     );
+    let (latest_patients, latest_bytes) = s.latest.bytes();
+    o.single(
+        "carewatch_latest_patients",
+        "gauge",
+        "Patients in the dashboard's latest-value cache (heard of in the last day).",
+        latest_patients as f64,
+    );
+    o.single(
+        "carewatch_latest_bytes",
+        "gauge",
+        "Bytes the latest-value cache's entries and sparkline rings take (600 per vital).",
+        latest_bytes as f64,
+    );
     o.single(
         "carewatch_rule_samples",
         "gauge",
