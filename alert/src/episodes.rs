@@ -17,6 +17,8 @@
 //! - an `absence` rule (device silent) turns gaps between data buckets of at least `for`
 //!   into episodes; the gap open at `now` is an unresolved one.
 
+use std::borrow::Borrow;
+
 /// One bucket's condition.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
@@ -74,10 +76,10 @@ fn worse(shape: &Shape, a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 /// Every episode and the trailing pending run (if any) in `samples` (by bucket start, in
-/// order: a `&BTreeMap<i64, Sample>` or the live engine's sorted vector), looking only at
+/// order: a `&BTreeMap<i64, Sample>` or the live engine's packed samples), looking only at
 /// buckets that end at or before `closed_until` (for `absence`, `closed_until` is "now").
-pub fn episodes<'a>(
-    samples: impl IntoIterator<Item = (&'a i64, &'a Sample)>,
+pub fn episodes<T: Borrow<i64>, S: Borrow<Sample>>(
+    samples: impl IntoIterator<Item = (T, S)>,
     shape: &Shape,
     closed_until: i64,
 ) -> Vec<Episode> {
@@ -96,7 +98,8 @@ pub fn episodes<'a>(
     } else {
         closed_until
     };
-    for (&t, s) in samples.into_iter().take_while(|(t, _)| **t <= last) {
+    let samples = samples.into_iter().map(|(t, s)| (*t.borrow(), *s.borrow()));
+    for (t, s) in samples.take_while(|(t, _)| *t <= last) {
         if s.hit {
             if let Some((mut e, nonhit)) = cur.take() {
                 let gap = t - e.end_us; // time without a hit since the run's last hit bucket
@@ -152,15 +155,16 @@ pub fn episodes<'a>(
     out
 }
 
-fn absences<'a>(
-    samples: impl IntoIterator<Item = (&'a i64, &'a Sample)>,
+fn absences<T: Borrow<i64>, S>(
+    samples: impl IntoIterator<Item = (T, S)>,
     shape: &Shape,
     now: i64,
 ) -> Vec<Episode> {
     let b = shape.bucket_us.max(1);
     let mut out = Vec::new();
     let mut prev: Option<i64> = None;
-    for (&t, _) in samples.into_iter().take_while(|(t, _)| **t < now) {
+    let starts = samples.into_iter().map(|(t, _)| *t.borrow());
+    for t in starts.take_while(|t| *t < now) {
         if let Some(p) = prev
             && t - (p + b) >= shape.for_us.max(1)
         {

@@ -164,7 +164,11 @@ fn changed(s: &mut Series, shape: &Shape, closed_until: i64) -> Option<Vec<Episo
     let episodes = if none {
         Vec::new()
     } else {
-        episodes(s.samples().iter().map(|(t, v)| (t, v)), shape, closed_until)
+        episodes(
+            s.samples().iter().map(|h| (h.t(), h.sample())),
+            shape,
+            closed_until,
+        )
     };
     let was_quiet = std::mem::replace(&mut s.quiet, episodes.is_empty());
     (!(was_quiet && episodes.is_empty())).then_some(episodes)
@@ -176,7 +180,7 @@ fn no_gap(s: &Series, shape: &Shape, now: i64) -> bool {
     let b = shape.bucket_us.max(1);
     let min = shape.for_us.max(1);
     let mut prev: Option<i64> = None;
-    for &(t, _) in s.before(now) {
+    for t in s.before(now).iter().map(super::series::Held::t) {
         if prev.is_some_and(|p| t - (p + b) >= min) {
             return false;
         }
@@ -190,11 +194,11 @@ fn no_gap(s: &Series, shape: &Shape, now: i64) -> bool {
 /// buckets from after `now` (future-skewed data, which the clock reaching them brings into
 /// view). Other gaps cannot have appeared without new samples, which touch the series anyway.
 fn silence_may_start(s: &Series, shape: &Shape, now: i64) -> bool {
-    if s.samples().last().is_some_and(|e| e.0 >= now) {
+    if s.samples().last().is_some_and(|e| e.t() >= now) {
         return true;
     }
     match s.before(now).last() {
-        Some(&(t, _)) => now - (t + shape.bucket_us.max(1)) >= shape.for_us.max(1),
+        Some(h) => now - (h.t() + shape.bucket_us.max(1)) >= shape.for_us.max(1),
         None => true,
     }
 }

@@ -25,13 +25,50 @@ pub(super) type Pid = u32;
 /// device-silent catch-up's reach).
 pub(super) const FORGET_US: i64 = 24 * 3_600_000_000;
 
+/// A sample as a series holds it, in 16 bytes (a `(i64, Sample)` takes 32: the `Option<f64>`
+/// and the flag each pad to 8): the bucket start doubled plus the hit flag, and the value's
+/// bits with one NaN standing for "no value".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Held {
+    key: i64,
+    value: u64,
+}
+
+/// The bits of "no value": a NaN with a payload no arithmetic gives (a computed NaN is kept
+/// as its own bits, so it stays a value).
+const NO_VALUE: u64 = 0x7ff8_c0de_0000_0001;
+
+impl Held {
+    fn new(t: i64, s: Sample) -> Held {
+        Held {
+            // Bucket starts are within ±2^62 µs (146,000 years) of 1970; beyond, the order of
+            // the extremes is lost, never a panic.
+            key: t.saturating_mul(2) | i64::from(s.hit),
+            value: s.value.map_or(NO_VALUE, f64::to_bits),
+        }
+    }
+
+    /// The bucket's start.
+    pub(super) fn t(&self) -> i64 {
+        self.key >> 1
+    }
+
+    /// The bucket's condition.
+    pub(super) fn sample(&self) -> Sample {
+        Sample {
+            hit: self.key & 1 == 1,
+            value: (self.value != NO_VALUE).then(|| f64::from_bits(self.value)),
+        }
+    }
+}
+
 /// One (rule, patient)'s samples.
 #[derive(Debug, Default)]
 pub(super) struct Series {
-    /// By bucket start, sorted: a vector, 32 bytes a sample (a B-tree took 50–75 with its
-    /// nodes' slack, for series of 5 to 63 samples); samples arrive in time order but for late
-    /// data, and pruning drops a prefix.
-    samples: Vec<(i64, Sample)>,
+    /// By bucket start, sorted: a vector of 16-byte samples (a B-tree of `(i64, Sample)` took
+    /// 50–75 bytes a sample with its nodes' slack, for series of 5 to 63 samples); samples
+    /// arrive in time order but for late data, and pruning drops a prefix.
+    samples: Vec<Held>,
     /// Samples are complete from here on (earlier ones may have been pruned or never loaded);
     /// meaningful once `covered`.
     pub(super) from_us: i64,
@@ -47,13 +84,13 @@ pub(super) struct Series {
 
 impl Series {
     /// The samples, by bucket start.
-    pub(super) fn samples(&self) -> &[(i64, Sample)] {
+    pub(super) fn samples(&self) -> &[Held] {
         &self.samples
     }
 
     /// The samples of buckets starting before `t`.
-    pub(super) fn before(&self, t: i64) -> &[(i64, Sample)] {
-        &self.samples[..self.samples.partition_point(|e| e.0 < t)]
+    pub(super) fn before(&self, t: i64) -> &[Held] {
+        &self.samples[..self.samples.partition_point(|e| e.t() < t)]
     }
 
     /// Does `[from, …)` now count as covered (the series is complete from the earliest start
@@ -67,7 +104,7 @@ impl Series {
 
     /// Does bucket `t` have a sample?
     pub(super) fn has(&self, t: i64) -> bool {
-        self.samples.binary_search_by_key(&t, |e| e.0).is_ok()
+        self.samples.binary_search_by_key(&t, Held::t).is_ok()
     }
 
     /// Is the series complete from `at` on?
@@ -76,15 +113,19 @@ impl Series {
     }
 
     pub(super) fn insert(&mut self, t: i64, s: Sample) {
-        let was = match self.samples.binary_search_by_key(&t, |e| e.0) {
-            Ok(i) => std::mem::replace(&mut self.samples[i].1, s).hit,
+        let was = match self.samples.binary_search_by_key(&t, Held::t) {
+            Ok(i) => {
+                std::mem::replace(&mut self.samples[i], Held::new(t, s))
+                    .sample()
+                    .hit
+            }
             Err(i) => {
                 // Grow by a quarter (a doubling would leave an 18-sample series 14 slots of
                 // slack; series are short, so the extra copies are cheap).
                 if self.samples.len() == self.samples.capacity() {
                     self.samples.reserve_exact((self.samples.len() / 4).max(4));
                 }
-                self.samples.insert(i, (t, s));
+                self.samples.insert(i, Held::new(t, s));
                 false
             }
         };
@@ -98,10 +139,10 @@ impl Series {
 
     /// Drops the samples before `edge`.
     fn prune(&mut self, edge: i64) {
-        let gone = self.samples.partition_point(|e| e.0 < edge);
+        let gone = self.samples.partition_point(|e| e.t() < edge);
         if gone > 0 {
             self.samples.drain(..gone);
-            self.hits = self.samples.iter().filter(|e| e.1.hit).count() as u32;
+            self.hits = self.samples.iter().filter(|e| e.sample().hit).count() as u32;
             self.from_us = self.from_us.max(edge);
         }
     }
@@ -381,7 +422,7 @@ mod tests {
         for t in [10, 30, 20, 40, 30] {
             s.insert(t, sample(t >= 30));
         }
-        let starts: Vec<i64> = s.samples().iter().map(|e| e.0).collect();
+        let starts: Vec<i64> = s.samples().iter().map(Held::t).collect();
         assert_eq!(starts, [10, 20, 30, 40]);
         assert_eq!(s.hits, 2);
         s.insert(40, sample(false));
@@ -390,9 +431,45 @@ mod tests {
         assert_eq!(s.before(30).len(), 2);
         assert_eq!(s.before(5).len(), 0);
         s.prune(25);
-        let starts: Vec<i64> = s.samples().iter().map(|e| e.0).collect();
+        let starts: Vec<i64> = s.samples().iter().map(Held::t).collect();
         assert_eq!(starts, [30, 40]);
         assert_eq!((s.hits, s.from_us), (1, 25));
+    }
+
+    #[test]
+    fn a_held_sample_is_16_bytes_and_gives_back_what_went_in() {
+        assert_eq!(size_of::<Held>(), 16);
+        let values = [
+            None,
+            Some(0.0),
+            Some(-0.0),
+            Some(36.6),
+            Some(-1e300),
+            Some(f64::INFINITY),
+            Some(f64::NAN),
+            Some(f64::from_bits(NO_VALUE ^ 1)),
+        ];
+        let times = [0, 1, -1, 60_000_000, -86_400_000_000, 1 << 61, -(1 << 61)];
+        for t in times {
+            for value in values {
+                for hit in [false, true] {
+                    let back = Held::new(t, Sample { hit, value }).sample();
+                    assert_eq!(Held::new(t, Sample { hit, value }).t(), t);
+                    assert_eq!(back.hit, hit, "{t} {value:?}");
+                    // Bits, so that a NaN value compares equal to itself.
+                    assert_eq!(back.value.map(f64::to_bits), value.map(f64::to_bits));
+                }
+            }
+        }
+        // The order of bucket starts is the order of the keys, whatever the flags.
+        let mut keys: Vec<Held> = times
+            .iter()
+            .map(|t| Held::new(*t, sample(*t % 2 == 0)))
+            .collect();
+        keys.sort_by_key(|h| h.key);
+        let mut sorted = times.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(keys.iter().map(Held::t).collect::<Vec<_>>(), sorted);
     }
 
     #[test]
